@@ -1,0 +1,298 @@
+//! `keyseat keys create|list|show|update|suspend|resume|revoke`.
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use super::table::{self, opt};
+use crate::clock::Timestamp;
+use crate::error::Result;
+use crate::input;
+use crate::model::{Actor, ConflictPolicy, Key, KeyStatus};
+use crate::store::{KeyChange, KeyPatch, NewKey, Storage};
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print its secret (shown only this once).
+    Create(CreateArgs),
+    /// List all keys.
+    List(JsonFlag),
+    /// Show one key and its live sessions.
+    Show(KeyArg),
+    /// Change a key's label, seats, policy or expiry.
+    Update(UpdateArgs),
+    /// Refuse a key until resumed; ends its live sessions.
+    Suspend(KeyArg),
+    /// Make a suspended key usable again.
+    Resume(KeyArg),
+    /// Refuse a key for good; ends its live sessions.
+    Revoke(KeyArg),
+}
+
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KeyArg {
+    /// Key id (key_…) or display prefix (ks_xxxxxxxx).
+    key: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// A note for you: customer, order number…
+    #[arg(long)]
+    label: Option<String>,
+    /// Devices that may use the key at once (1-1000).
+    #[arg(long, default_value_t = 1)]
+    max_sessions: u32,
+    /// What a start does when all seats are live.
+    #[arg(long, value_enum, default_value_t = Policy::Takeover)]
+    on_conflict: Policy,
+    /// When the key stops working (RFC 3339, e.g. 2027-01-31T00:00:00Z).
+    #[arg(long, value_name = "TIME")]
+    expires_at: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// Key id (key_…) or display prefix (ks_xxxxxxxx).
+    key: String,
+    /// New label ("" clears it).
+    #[arg(long)]
+    label: Option<String>,
+    /// New seat limit (1-1000); live sessions beyond it end.
+    #[arg(long)]
+    max_sessions: Option<u32>,
+    /// New conflict policy.
+    #[arg(long, value_enum)]
+    on_conflict: Option<Policy>,
+    /// New expiry (RFC 3339), or `never`.
+    #[arg(long, value_name = "TIME|never")]
+    expires_at: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Policy {
+    /// The new device wins; the oldest heartbeat loses its seat.
+    Takeover,
+    /// The new device is refused (seats_full).
+    Reject,
+}
+
+impl From<Policy> for ConflictPolicy {
+    fn from(p: Policy) -> Self {
+        match p {
+            Policy::Takeover => ConflictPolicy::Takeover,
+            Policy::Reject => ConflictPolicy::Reject,
+        }
+    }
+}
+
+pub fn run(cmd: KeysCommand, store: &dyn Storage, now: Timestamp) -> Result<()> {
+    let cli = Actor::cli();
+    match cmd {
+        KeysCommand::Create(a) => {
+            let new = NewKey {
+                label: input::label(a.label)?,
+                max_sessions: Some(input::max_sessions(a.max_sessions)?),
+                on_conflict: Some(a.on_conflict.into()),
+                expires_at: a
+                    .expires_at
+                    .as_deref()
+                    .map(|t| input::time("--expires-at", t))
+                    .transpose()?,
+            };
+            let created = store.create_key(&new, now, &cli)?;
+            let secret = created.access_key.expose_secret();
+            if a.json {
+                let mut v = serde_json::to_value(&created.key).unwrap_or_default();
+                v["access_key"] = json!(secret);
+                println!("{v}");
+            } else {
+                println!(
+                    "Created key {} ({})",
+                    created.key.key_id, created.key.prefix
+                );
+                println!("{}", describe(&created.key));
+                println!();
+                println!("Access key (shown only this once; give it to the customer):");
+                println!("  {secret}");
+            }
+        }
+        KeysCommand::List(a) => {
+            let mut keys = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let page = store.list_keys(1000, after.as_deref(), now)?;
+                keys.extend(page.keys);
+                match page.next_after {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
+            if a.json {
+                println!("{}", json!(keys));
+            } else if keys.is_empty() {
+                println!("No keys yet. Create one with: keyseat keys create --label \"...\"");
+            } else {
+                let rows: Vec<Vec<String>> = keys
+                    .iter()
+                    .map(|k| {
+                        vec![
+                            k.key_id.clone(),
+                            k.prefix.clone(),
+                            opt(k.label.as_deref()),
+                            format!("{}/{}", k.live_sessions, k.max_sessions),
+                            k.on_conflict.as_str().into(),
+                            status_text(k, now),
+                            opt(k.expires_at),
+                            k.created_at.to_string(),
+                        ]
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    table::render(
+                        &[
+                            "KEY ID",
+                            "PREFIX",
+                            "LABEL",
+                            "LIVE/SEATS",
+                            "POLICY",
+                            "STATUS",
+                            "EXPIRES",
+                            "CREATED"
+                        ],
+                        &rows
+                    )
+                );
+            }
+        }
+        KeysCommand::Show(a) => {
+            let key = store.get_key(&a.key, now)?;
+            let sessions = store.live_sessions(Some(&key.key_id), now)?;
+            if a.json {
+                let mut v = serde_json::to_value(&key).unwrap_or_default();
+                v["sessions"] = json!(sessions);
+                println!("{v}");
+            } else {
+                println!("{}", describe(&key));
+                println!();
+                if sessions.is_empty() {
+                    println!("No live sessions.");
+                } else {
+                    println!("{}", super::sessions::session_table(&sessions, now));
+                }
+            }
+        }
+        KeysCommand::Update(a) => {
+            let patch = KeyPatch {
+                label: a.label.map(|l| input::label(Some(l))).transpose()?,
+                max_sessions: a.max_sessions.map(input::max_sessions).transpose()?,
+                on_conflict: a.on_conflict.map(Into::into),
+                expires_at: a
+                    .expires_at
+                    .map(|t| match t.trim() {
+                        "never" | "" => Ok(None),
+                        t => input::time("--expires-at", t).map(Some),
+                    })
+                    .transpose()?,
+                status: None,
+            };
+            if patch.is_empty() {
+                return Err(crate::error::Error::InvalidRequest(
+                    "nothing to change: give --label, --max-sessions, --on-conflict or --expires-at"
+                        .into(),
+                ));
+            }
+            let change = store.update_key(&a.key, &patch, now, &cli)?;
+            print_change("Updated", &change, a.json);
+        }
+        KeysCommand::Suspend(a) => {
+            let patch = KeyPatch {
+                status: Some(KeyStatus::Suspended),
+                ..Default::default()
+            };
+            let change = store.update_key(&a.key, &patch, now, &cli)?;
+            print_change("Suspended", &change, a.json);
+        }
+        KeysCommand::Resume(a) => {
+            let patch = KeyPatch {
+                status: Some(KeyStatus::Active),
+                ..Default::default()
+            };
+            let change = store.update_key(&a.key, &patch, now, &cli)?;
+            print_change("Resumed", &change, a.json);
+        }
+        KeysCommand::Revoke(a) => {
+            let change = store.revoke_key(&a.key, now, &cli)?;
+            print_change("Revoked", &change, a.json);
+        }
+    }
+    Ok(())
+}
+
+fn status_text(k: &Key, now: Timestamp) -> String {
+    if k.status == KeyStatus::Active && k.is_expired_at(now) {
+        "expired".into()
+    } else {
+        k.status.as_str().into()
+    }
+}
+
+fn describe(k: &Key) -> String {
+    let rows = [
+        ("key id", k.key_id.clone()),
+        ("prefix", k.prefix.clone()),
+        ("label", opt(k.label.as_deref())),
+        ("status", k.status.as_str().into()),
+        (
+            "seats",
+            format!("{} live of {}", k.live_sessions, k.max_sessions),
+        ),
+        ("on conflict", k.on_conflict.as_str().into()),
+        ("expires", opt(k.expires_at)),
+        ("created", k.created_at.to_string()),
+        ("updated", k.updated_at.to_string()),
+        ("revoked", opt(k.revoked_at)),
+    ];
+    rows.iter()
+        .map(|(name, value)| format!("{name:<12} {value}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn print_change(verb: &str, change: &KeyChange, json: bool) {
+    if json {
+        let mut v = serde_json::to_value(&change.key).unwrap_or_default();
+        v["ended_sessions"] = json!(change
+            .ended
+            .iter()
+            .map(|s| s.session_id.clone())
+            .collect::<Vec<_>>());
+        println!("{v}");
+        return;
+    }
+    println!("{verb} key {} ({})", change.key.key_id, change.key.prefix);
+    println!("{}", describe(&change.key));
+    for s in &change.ended {
+        println!(
+            "Ended session {} ({})",
+            s.session_id,
+            s.device_name.as_deref().unwrap_or("unnamed device")
+        );
+    }
+}

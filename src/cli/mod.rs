@@ -1,0 +1,280 @@
+//! The command line: `serve`, `migrate`, `sweep`, `keys …`, `sessions …`,
+//! `events`. Commands other than `serve` work directly on the database file
+//! (safe while the server runs: SQLite's locking and `busy_timeout`
+//! serialise the writers) and print a human table, or JSON with `--json`.
+//!
+//! Exit codes: 0 success, 1 the command failed (one line on stderr), 2 bad
+//! usage or an invalid setting.
+
+mod keys;
+mod sessions;
+mod table;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::{self, Overrides, Settings};
+use crate::error::{Error, Result};
+use crate::server::{shutdown_signal, Server};
+use crate::store::{OpenMode, SqliteStore, Storage};
+
+/// keyseat: a self-hosted license seat server. One device at a time (or N)
+/// per access key.
+#[derive(Debug, Parser)]
+#[command(name = "keyseat", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    settings: SettingFlags,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Settings flags; each overrides the config file and `KEYSEAT_*`.
+#[derive(Debug, Args)]
+struct SettingFlags {
+    /// Config file (TOML); see config.example.toml [env: KEYSEAT_CONFIG]
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// SQLite database file [default: keyseat.db] [env: KEYSEAT_DATABASE]
+    #[arg(long, global = true, value_name = "PATH")]
+    database: Option<String>,
+    /// Address to listen on [default: 127.0.0.1:8080] [env: KEYSEAT_LISTEN]
+    #[arg(long, global = true, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Admin API bearer token; unset turns the admin API off [env: KEYSEAT_ADMIN_TOKEN]
+    #[arg(long, global = true, value_name = "TOKEN")]
+    admin_token: Option<String>,
+    /// [default: 30] [env: KEYSEAT_HEARTBEAT_INTERVAL_SECONDS]
+    #[arg(long, global = true, value_name = "SECS")]
+    heartbeat_interval_seconds: Option<String>,
+    /// [default: 60] [env: KEYSEAT_SESSION_TIMEOUT_SECONDS]
+    #[arg(long, global = true, value_name = "SECS")]
+    session_timeout_seconds: Option<String>,
+    /// [default: 10] [env: KEYSEAT_SWEEP_INTERVAL_SECONDS]
+    #[arg(long, global = true, value_name = "SECS")]
+    sweep_interval_seconds: Option<String>,
+    /// Days of history kept [default: 30] [env: KEYSEAT_HISTORY_DAYS]
+    #[arg(long, global = true, value_name = "DAYS")]
+    history_days: Option<String>,
+    /// on | off [default: on] [env: KEYSEAT_RATE_LIMITS]
+    #[arg(long, global = true, value_name = "ON|OFF")]
+    rate_limits: Option<String>,
+    /// [default: 30] [env: KEYSEAT_FAILED_KEY_LOOKUPS_PER_MINUTE]
+    #[arg(long, global = true, value_name = "N")]
+    failed_key_lookups_per_minute: Option<String>,
+    /// [default: 10] [env: KEYSEAT_ADMIN_AUTH_FAILURES_PER_MINUTE]
+    #[arg(long, global = true, value_name = "N")]
+    admin_auth_failures_per_minute: Option<String>,
+    /// Log filter such as info or debug [default: info] [env: KEYSEAT_LOG]
+    #[arg(long, global = true, value_name = "FILTER")]
+    log: Option<String>,
+}
+
+impl SettingFlags {
+    fn overrides(&self) -> Overrides {
+        let mut o = Overrides {
+            config: self.config.clone(),
+            ..Default::default()
+        };
+        let pairs: [(&'static str, &Option<String>); 11] = [
+            ("listen", &self.listen),
+            ("database", &self.database),
+            ("admin_token", &self.admin_token),
+            (
+                "heartbeat_interval_seconds",
+                &self.heartbeat_interval_seconds,
+            ),
+            ("session_timeout_seconds", &self.session_timeout_seconds),
+            ("sweep_interval_seconds", &self.sweep_interval_seconds),
+            ("history_days", &self.history_days),
+            ("rate_limits", &self.rate_limits),
+            (
+                "failed_key_lookups_per_minute",
+                &self.failed_key_lookups_per_minute,
+            ),
+            (
+                "admin_auth_failures_per_minute",
+                &self.admin_auth_failures_per_minute,
+            ),
+            ("log", &self.log),
+        ];
+        for (name, value) in pairs {
+            if let Some(v) = value {
+                o.values.insert(name, v.clone());
+            }
+        }
+        o
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (creates and migrates the database if needed).
+    Serve,
+    /// Create the database if needed and apply pending migrations.
+    Migrate {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One sweep pass: record expired sessions, prune old history.
+    Sweep {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage access keys.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// Live sessions.
+    #[command(subcommand)]
+    Sessions(sessions::SessionsCommand),
+    /// The audit log, newest first.
+    Events(sessions::EventsArgs),
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (settings, warnings) = match config::load(&cli.settings.overrides()) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("keyseat: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let serving = matches!(cli.command, Command::Serve);
+    init_tracing(&settings, serving);
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    let result = match cli.command {
+        Command::Serve => serve(settings),
+        Command::Migrate { json } => migrate(&settings, json),
+        Command::Sweep { json } => sweep(&settings, json),
+        Command::Keys(cmd) => with_store(&settings, |s, now| keys::run(cmd, s, now)),
+        Command::Sessions(cmd) => with_store(&settings, |s, now| sessions::run(cmd, s, now)),
+        Command::Events(args) => with_store(&settings, |s, now| sessions::events(args, s, now)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keyseat: {}", one_line(&e.to_string()));
+            ExitCode::from(match e {
+                Error::Config(_) | Error::InvalidRequest(_) => 2,
+                _ => 1,
+            })
+        }
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Logs go to stderr, so `--json` output on stdout stays parseable. The
+/// server logs at the configured level; other commands only warn unless a
+/// level was asked for.
+fn init_tracing(settings: &Settings, serving: bool) {
+    let filter = if serving || settings.log != Settings::default().log {
+        settings.log.clone()
+    } else {
+        "warn".into()
+    };
+    // refinery narrates every start-up at info; its news is in our own line.
+    let filter = if filter.contains("refinery") {
+        filter
+    } else {
+        format!("{filter},refinery=warn,refinery_core=warn")
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+fn serve(settings: Settings) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", settings.listen)))?;
+        let server = Server::start(settings, listener, Arc::new(SystemClock)).await?;
+        server.run_until(shutdown_signal()).await
+    })
+}
+
+fn migrate(settings: &Settings, json: bool) -> Result<()> {
+    let store = SqliteStore::open(&settings.database, OpenMode::CreateAndMigrate)?;
+    let path = store.path().display().to_string();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "database": path, "migrated": true })
+        );
+    } else {
+        println!("database {path} is up to date");
+    }
+    Ok(())
+}
+
+fn sweep(settings: &Settings, json: bool) -> Result<()> {
+    let store = SqliteStore::open(&settings.database, OpenMode::Existing)?;
+    let now = SystemClock.now();
+    let report = store.sweep(now, settings.history_days, false)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "expired": report.expired.iter().map(|s| serde_json::json!({
+                    "key_prefix": s.key_prefix, "session_id": s.session_id,
+                    "device_name": s.device_name, "expired_at": s.expires_at,
+                })).collect::<Vec<_>>(),
+                "revoked": report.revoked.iter().map(|s| serde_json::json!({
+                    "key_prefix": s.key_prefix, "session_id": s.session_id,
+                    "device_name": s.device_name,
+                })).collect::<Vec<_>>(),
+                "pruned_sessions": report.pruned_sessions,
+                "pruned_events": report.pruned_events,
+            })
+        );
+    } else {
+        println!("Cleaned up {} stale session(s)", report.expired.len());
+        for s in &report.expired {
+            println!(
+                "  - Key: {}..., Session: {}, Device: {}",
+                s.key_prefix,
+                s.session_id,
+                s.device_name.as_deref().unwrap_or("-")
+            );
+        }
+        for s in &report.revoked {
+            println!(
+                "Ended session {} of expired key {}...",
+                s.session_id, s.key_prefix
+            );
+        }
+        println!(
+            "Pruned {} session(s) and {} event(s) older than {} days",
+            report.pruned_sessions, report.pruned_events, settings.history_days
+        );
+    }
+    Ok(())
+}
+
+fn with_store(
+    settings: &Settings,
+    f: impl FnOnce(&dyn Storage, crate::clock::Timestamp) -> Result<()>,
+) -> Result<()> {
+    let store = SqliteStore::open(&settings.database, OpenMode::Existing)?;
+    f(&store, SystemClock.now())
+}

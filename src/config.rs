@@ -1,0 +1,528 @@
+//! Settings: built-in defaults, then the TOML config file, then `KEYSEAT_*`
+//! environment variables, then command-line flags, validated once after
+//! merging. Every problem is reported as one line naming the setting and
+//! where it came from; the CLI exits 2 on it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::rules::Timing;
+
+/// A secret whose `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The secret itself, for comparing or sending.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The merged, validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Address the HTTP server binds.
+    pub listen: SocketAddr,
+    /// The SQLite database file.
+    pub database: PathBuf,
+    /// Bearer token for `/api/admin/*`; `None` turns the admin API off.
+    pub admin_token: Option<Secret>,
+    /// How often clients are told to heartbeat.
+    pub heartbeat_interval_seconds: u64,
+    /// How long a session lives after its last heartbeat.
+    pub session_timeout_seconds: u64,
+    /// How often the sweep records expired sessions.
+    pub sweep_interval_seconds: u64,
+    /// Days of ended sessions and events kept.
+    pub history_days: u32,
+    /// Whether rate limits apply.
+    pub rate_limits: bool,
+    /// Failed key lookups allowed per client address per minute.
+    pub failed_key_lookups_per_minute: u32,
+    /// Failed admin authentications allowed per client address per minute.
+    pub admin_auth_failures_per_minute: u32,
+    /// A tracing filter, e.g. `info` or `keyseat=debug`.
+    pub log: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database: PathBuf::from("keyseat.db"),
+            admin_token: None,
+            heartbeat_interval_seconds: 30,
+            session_timeout_seconds: 60,
+            sweep_interval_seconds: 10,
+            history_days: 30,
+            rate_limits: true,
+            failed_key_lookups_per_minute: 30,
+            admin_auth_failures_per_minute: 10,
+            log: "info".into(),
+        }
+    }
+}
+
+impl Settings {
+    /// The durations the session rules need.
+    pub fn timing(&self) -> Timing {
+        Timing {
+            heartbeat_interval_secs: self.heartbeat_interval_seconds,
+            session_timeout_secs: self.session_timeout_seconds,
+        }
+    }
+}
+
+/// A configuration problem, as one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Values given on the command line; `None` leaves the setting alone.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--config`
+    pub config: Option<PathBuf>,
+    /// Every other flag, by setting name (`listen`, `database`, …), as text.
+    pub values: BTreeMap<&'static str, String>,
+}
+
+/// The config file's shape: every setting optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    listen: Option<String>,
+    database: Option<PathBuf>,
+    admin_token: Option<String>,
+    heartbeat_interval_seconds: Option<u64>,
+    session_timeout_seconds: Option<u64>,
+    sweep_interval_seconds: Option<u64>,
+    history_days: Option<u32>,
+    rate_limits: Option<String>,
+    failed_key_lookups_per_minute: Option<u32>,
+    admin_auth_failures_per_minute: Option<u32>,
+    log: Option<String>,
+}
+
+/// Every setting name, in the order of the example file. Each has an
+/// environment variable `KEYSEAT_<NAME>` and a flag `--<name>` (dashes).
+pub const SETTING_NAMES: [&str; 11] = [
+    "listen",
+    "database",
+    "admin_token",
+    "heartbeat_interval_seconds",
+    "session_timeout_seconds",
+    "sweep_interval_seconds",
+    "history_days",
+    "rate_limits",
+    "failed_key_lookups_per_minute",
+    "admin_auth_failures_per_minute",
+    "log",
+];
+
+/// Loads settings from the real environment.
+pub fn load(overrides: &Overrides) -> Result<(Settings, Vec<String>), ConfigError> {
+    load_with_env(overrides, |name| std::env::var(name).ok(), env_names())
+}
+
+fn env_names() -> Vec<String> {
+    std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with("KEYSEAT_"))
+        .collect()
+}
+
+/// Loads settings with an injected environment (for tests). Returns the
+/// settings and warnings worth logging (unknown `KEYSEAT_*` variables, a
+/// short admin token).
+pub fn load_with_env(
+    overrides: &Overrides,
+    env: impl Fn(&str) -> Option<String>,
+    env_present: Vec<String>,
+) -> Result<(Settings, Vec<String>), ConfigError> {
+    let mut warnings = Vec::new();
+    let mut s = Settings::default();
+
+    let config_path = overrides.config.clone().or_else(|| {
+        env("KEYSEAT_CONFIG")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    });
+    if let Some(path) = &config_path {
+        apply_file(&mut s, path)?;
+    }
+
+    for name in SETTING_NAMES {
+        let var = env_var_name(name);
+        if let Some(value) = env(&var) {
+            apply_text(&mut s, name, &value, &format!("environment variable {var}"))?;
+        }
+    }
+    for var in env_present {
+        let known = var == "KEYSEAT_CONFIG" || SETTING_NAMES.iter().any(|n| env_var_name(n) == var);
+        if !known {
+            warnings.push(format!("ignoring unknown environment variable {var}"));
+        }
+    }
+
+    for (name, value) in &overrides.values {
+        apply_text(
+            &mut s,
+            name,
+            value,
+            &format!("--{}", name.replace('_', "-")),
+        )?;
+    }
+
+    validate(&s)?;
+    if let Some(token) = &s.admin_token {
+        if token.expose().len() < 16 {
+            warnings.push(
+                "admin_token is shorter than 16 characters; use a long random token in production"
+                    .into(),
+            );
+        }
+    }
+    Ok((s, warnings))
+}
+
+/// `KEYSEAT_` + the setting name in capitals.
+pub fn env_var_name(setting: &str) -> String {
+    format!("KEYSEAT_{}", setting.to_ascii_uppercase())
+}
+
+fn apply_file(s: &mut Settings, path: &Path) -> Result<(), ConfigError> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("cannot read config file {shown}: {e}")))?;
+    let file: FileSettings = toml::from_str(&text).map_err(|e| {
+        let msg = e.message().replace('\n', " ");
+        ConfigError(format!("config file {shown}: {msg}"))
+    })?;
+    let from = format!("config file {shown}");
+    let mut set = |name: &str, v: Option<String>| -> Result<(), ConfigError> {
+        match v {
+            Some(v) => apply_text(s, name, &v, &from),
+            None => Ok(()),
+        }
+    };
+    set("listen", file.listen)?;
+    set("database", file.database.map(|p| p.display().to_string()))?;
+    set("admin_token", file.admin_token)?;
+    set(
+        "heartbeat_interval_seconds",
+        file.heartbeat_interval_seconds.map(|v| v.to_string()),
+    )?;
+    set(
+        "session_timeout_seconds",
+        file.session_timeout_seconds.map(|v| v.to_string()),
+    )?;
+    set(
+        "sweep_interval_seconds",
+        file.sweep_interval_seconds.map(|v| v.to_string()),
+    )?;
+    set("history_days", file.history_days.map(|v| v.to_string()))?;
+    set("rate_limits", file.rate_limits)?;
+    set(
+        "failed_key_lookups_per_minute",
+        file.failed_key_lookups_per_minute.map(|v| v.to_string()),
+    )?;
+    set(
+        "admin_auth_failures_per_minute",
+        file.admin_auth_failures_per_minute.map(|v| v.to_string()),
+    )?;
+    set("log", file.log)?;
+    Ok(())
+}
+
+fn number<T: std::str::FromStr>(name: &str, value: &str, from: &str) -> Result<T, ConfigError> {
+    value.trim().parse().map_err(|_| {
+        ConfigError(format!(
+            "{name} = `{value}` (from {from}) is not a whole number"
+        ))
+    })
+}
+
+/// Sets one setting from text, whatever its source.
+fn apply_text(s: &mut Settings, name: &str, value: &str, from: &str) -> Result<(), ConfigError> {
+    match name {
+        "listen" => {
+            s.listen = value.trim().parse().map_err(|_| {
+                ConfigError(format!(
+                    "listen = `{value}` (from {from}) is not an address like 127.0.0.1:8080"
+                ))
+            })?
+        }
+        "database" => {
+            if value.trim().is_empty() {
+                return Err(ConfigError(format!("database (from {from}) is empty")));
+            }
+            s.database = PathBuf::from(value)
+        }
+        "admin_token" => {
+            s.admin_token = if value.is_empty() {
+                None
+            } else if value.bytes().all(|b| b.is_ascii_graphic()) {
+                Some(Secret::new(value))
+            } else {
+                return Err(ConfigError(format!(
+                    "admin_token (from {from}) may contain only visible ASCII characters, no spaces"
+                )));
+            }
+        }
+        "heartbeat_interval_seconds" => s.heartbeat_interval_seconds = number(name, value, from)?,
+        "session_timeout_seconds" => s.session_timeout_seconds = number(name, value, from)?,
+        "sweep_interval_seconds" => s.sweep_interval_seconds = number(name, value, from)?,
+        "history_days" => s.history_days = number(name, value, from)?,
+        "failed_key_lookups_per_minute" => {
+            s.failed_key_lookups_per_minute = number(name, value, from)?
+        }
+        "admin_auth_failures_per_minute" => {
+            s.admin_auth_failures_per_minute = number(name, value, from)?
+        }
+        "rate_limits" => {
+            s.rate_limits = match value.trim().to_ascii_lowercase().as_str() {
+                "on" | "true" => true,
+                "off" | "false" => false,
+                _ => {
+                    return Err(ConfigError(format!(
+                        "rate_limits = `{value}` (from {from}) must be `on` or `off`"
+                    )))
+                }
+            }
+        }
+        "log" => {
+            tracing_subscriber::EnvFilter::try_new(value).map_err(|e| {
+                ConfigError(format!(
+                    "log = `{value}` (from {from}) is not a valid log filter: {e}"
+                ))
+            })?;
+            s.log = value.to_owned()
+        }
+        other => return Err(ConfigError(format!("unknown setting {other}"))),
+    }
+    Ok(())
+}
+
+fn validate(s: &Settings) -> Result<(), ConfigError> {
+    let fail = |m: String| Err(ConfigError(m));
+    if !(1..=86_400).contains(&s.heartbeat_interval_seconds) {
+        return fail(format!(
+            "heartbeat_interval_seconds = {} must be between 1 and 86400",
+            s.heartbeat_interval_seconds
+        ));
+    }
+    if s.session_timeout_seconds <= s.heartbeat_interval_seconds {
+        return fail(format!(
+            "session_timeout_seconds = {} must be greater than heartbeat_interval_seconds = {} \
+             (twice the interval is usual)",
+            s.session_timeout_seconds, s.heartbeat_interval_seconds
+        ));
+    }
+    if s.session_timeout_seconds > 7 * 86_400 {
+        return fail(format!(
+            "session_timeout_seconds = {} must be at most 604800 (7 days)",
+            s.session_timeout_seconds
+        ));
+    }
+    if !(1..=3_600).contains(&s.sweep_interval_seconds) {
+        return fail(format!(
+            "sweep_interval_seconds = {} must be between 1 and 3600",
+            s.sweep_interval_seconds
+        ));
+    }
+    if !(1..=3_650).contains(&s.history_days) {
+        return fail(format!(
+            "history_days = {} must be between 1 and 3650",
+            s.history_days
+        ));
+    }
+    if s.failed_key_lookups_per_minute == 0 || s.admin_auth_failures_per_minute == 0 {
+        return fail(
+            "rate limits per minute must be at least 1 (use rate_limits = \"off\" to disable)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::io::Write;
+
+    fn load_env(
+        pairs: &[(&str, &str)],
+        overrides: &Overrides,
+    ) -> Result<(Settings, Vec<String>), ConfigError> {
+        let env: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let names = env.keys().cloned().collect();
+        load_with_env(overrides, |k| env.get(k).cloned(), names)
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let (s, _) = load_env(&[], &Overrides::default()).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.database, PathBuf::from("keyseat.db"));
+        assert_eq!(s.heartbeat_interval_seconds, 30);
+        assert_eq!(s.session_timeout_seconds, 60);
+        assert_eq!(s.sweep_interval_seconds, 10);
+        assert_eq!(s.history_days, 30);
+        assert!(s.rate_limits);
+        assert!(s.admin_token.is_none());
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            "listen = \"127.0.0.1:9000\"\nhistory_days = 7\nlog = \"debug\""
+        )
+        .unwrap();
+        let mut o = Overrides {
+            config: Some(file.path().to_owned()),
+            ..Default::default()
+        };
+        o.values.insert("history_days", "3".into());
+        let (s, _) = load_env(
+            &[
+                ("KEYSEAT_LISTEN", "127.0.0.1:9001"),
+                ("KEYSEAT_HISTORY_DAYS", "5"),
+            ],
+            &o,
+        )
+        .unwrap();
+        assert_eq!(s.listen.port(), 9001, "env beats file");
+        assert_eq!(s.history_days, 3, "flag beats env");
+        assert_eq!(s.log, "debug", "file beats default");
+    }
+
+    #[test]
+    fn config_path_can_come_from_the_environment() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "sweep_interval_seconds = 2").unwrap();
+        let path = file.path().display().to_string();
+        let (s, _) = load_env(&[("KEYSEAT_CONFIG", &path)], &Overrides::default()).unwrap();
+        assert_eq!(s.sweep_interval_seconds, 2);
+    }
+
+    #[test]
+    fn invalid_settings_are_one_clear_line() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (
+                &[("KEYSEAT_SESSION_TIMEOUT_SECONDS", "30")],
+                "must be greater than heartbeat_interval_seconds",
+            ),
+            (&[("KEYSEAT_LISTEN", "nowhere")], "not an address"),
+            (&[("KEYSEAT_HISTORY_DAYS", "-1")], "not a whole number"),
+            (&[("KEYSEAT_RATE_LIMITS", "maybe")], "must be `on` or `off`"),
+            (
+                &[("KEYSEAT_SWEEP_INTERVAL_SECONDS", "0")],
+                "between 1 and 3600",
+            ),
+            (&[("KEYSEAT_ADMIN_TOKEN", "has space")], "visible ASCII"),
+            (&[("KEYSEAT_LOG", "[[[")], "not a valid log filter"),
+        ];
+        for (env, expected) in cases {
+            let err = load_env(env, &Overrides::default()).unwrap_err();
+            assert!(err.0.contains(expected), "{env:?}: {err}");
+            assert!(!err.0.contains('\n'), "one line: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "sesion_timeout_seconds = 90").unwrap();
+        let o = Overrides {
+            config: Some(file.path().to_owned()),
+            ..Default::default()
+        };
+        let err = load_env(&[], &o).unwrap_err();
+        assert!(err.0.contains("sesion_timeout_seconds"), "{err}");
+        assert!(!err.0.contains('\n'));
+    }
+
+    #[test]
+    fn missing_config_file_is_an_error() {
+        let o = Overrides {
+            config: Some("/nonexistent/keyseat.toml".into()),
+            ..Default::default()
+        };
+        assert!(load_env(&[], &o)
+            .unwrap_err()
+            .0
+            .contains("cannot read config file"));
+    }
+
+    #[test]
+    fn unknown_env_vars_warn_and_secrets_are_redacted() {
+        let (s, warnings) = load_env(
+            &[
+                ("KEYSEAT_SESION_TIMEOUT", "1"),
+                ("KEYSEAT_ADMIN_TOKEN", "short"),
+            ],
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(warnings
+            .iter()
+            .any(|w| w.contains("KEYSEAT_SESION_TIMEOUT")));
+        assert!(warnings.iter().any(|w| w.contains("shorter than 16")));
+        assert!(!format!("{s:?}").contains("short"));
+    }
+
+    #[test]
+    fn example_config_lists_every_setting_at_its_default() {
+        let text = include_str!("../config.example.toml");
+        for name in SETTING_NAMES {
+            assert!(text.contains(name), "config.example.toml lacks {name}");
+        }
+        let uncommented: String = text
+            .lines()
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|l| l.contains(" = "))
+                    .unwrap_or(l)
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let file: FileSettings = toml::from_str(&uncommented).unwrap();
+        let d = Settings::default();
+        assert_eq!(file.listen.as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(
+            file.heartbeat_interval_seconds,
+            Some(d.heartbeat_interval_seconds)
+        );
+        assert_eq!(
+            file.session_timeout_seconds,
+            Some(d.session_timeout_seconds)
+        );
+        assert_eq!(file.sweep_interval_seconds, Some(d.sweep_interval_seconds));
+        assert_eq!(file.history_days, Some(d.history_days));
+        assert_eq!(
+            file.failed_key_lookups_per_minute,
+            Some(d.failed_key_lookups_per_minute)
+        );
+    }
+}

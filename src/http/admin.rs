@@ -1,0 +1,341 @@
+//! The admin API (contract, "Admin API"): keys, live sessions, the audit
+//! log. Every route needs the admin bearer token; with none configured the
+//! whole tree answers 404, as if it did not exist.
+
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Deserializer};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::extract::{ApiJson, ApiQuery, ClientAddr};
+use super::AppState;
+use crate::clock::Timestamp;
+use crate::error::{Error, Result};
+use crate::input;
+use crate::model::{Actor, ConflictPolicy, EndReason, Key, KeyStatus, Session};
+use crate::store::{
+    blocking, log_session_end, EndOutcome, EventFilter, KeyChange, KeyPatch, NewKey,
+};
+
+/// Largest page the list endpoints return.
+const MAX_PAGE: u32 = 1000;
+/// Default page size.
+const DEFAULT_PAGE: u32 = 100;
+
+pub fn router(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/keys", post(create_key).get(list_keys))
+        .route("/keys/{key_id}", get(get_key).patch(update_key))
+        .route("/keys/{key_id}/revoke", post(revoke_key))
+        .route("/sessions", get(list_sessions))
+        .route("/sessions/{session_id}", delete(kick_session))
+        .route("/events", get(list_events))
+        .fallback(super::not_found)
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
+        .layer(middleware::from_fn_with_state(state, admin_enabled))
+}
+
+/// With no admin token configured the admin API does not exist (404).
+async fn admin_enabled(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response> {
+    if state.inner.admin_token_digest.is_none() {
+        return Err(Error::NotFound(req.uri().path().to_owned()));
+    }
+    Ok(next.run(req).await)
+}
+
+/// Checks `Authorization: Bearer <token>` by comparing SHA-256 digests in
+/// constant time; repeated failures from one address are rate-limited.
+async fn require_admin(
+    State(state): State<AppState>,
+    addr: ClientAddr,
+    req: Request,
+    next: Next,
+) -> Result<Response> {
+    let Some(expected) = state.inner.admin_token_digest else {
+        return Err(Error::NotFound(req.uri().path().to_owned()));
+    };
+    let limiter = &state.inner.admin_failures;
+    limiter.check(addr.0, state.now())?;
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+    let ok = presented.is_some_and(|token| {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        bool::from(digest.ct_eq(&expected))
+    });
+    if !ok {
+        limiter.record_failure(addr.0, state.now());
+        tracing::warn!(client = %addr.label(), "admin request with a missing or wrong token");
+        return Err(Error::Unauthorized);
+    }
+    Ok(next.run(req).await)
+}
+
+/// Distinguishes a field that is absent (outer `None`) from one set to
+/// `null` (`Some(None)`), for PATCH.
+fn nullable<'de, D, T>(d: D) -> std::result::Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Deserialize)]
+struct CreateKeyBody {
+    label: Option<String>,
+    max_sessions: Option<u32>,
+    on_conflict: Option<ConflictPolicy>,
+    expires_at: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PatchKeyBody {
+    #[serde(default, deserialize_with = "nullable")]
+    label: Option<Option<String>>,
+    max_sessions: Option<u32>,
+    on_conflict: Option<ConflictPolicy>,
+    #[serde(default, deserialize_with = "nullable")]
+    expires_at: Option<Option<String>>,
+    status: Option<String>,
+}
+
+fn page_limit(limit: Option<u32>) -> Result<u32> {
+    match limit {
+        None => Ok(DEFAULT_PAGE),
+        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        Some(n) => Err(Error::InvalidRequest(format!(
+            "limit must be between 1 and {MAX_PAGE} (got {n})"
+        ))),
+    }
+}
+
+fn log_key_change(change: &KeyChange) {
+    for s in &change.ended {
+        log_session_end(s, EndReason::Revoked);
+    }
+}
+
+async fn create_key(
+    State(state): State<AppState>,
+    addr: ClientAddr,
+    ApiJson(body): ApiJson<CreateKeyBody>,
+) -> Result<(StatusCode, Json<Value>)> {
+    let new = NewKey {
+        label: input::label(body.label)?,
+        max_sessions: body.max_sessions.map(input::max_sessions).transpose()?,
+        on_conflict: body.on_conflict,
+        expires_at: body
+            .expires_at
+            .as_deref()
+            .map(|t| input::time("expires_at", t))
+            .transpose()?,
+    };
+    let store = state.store()?;
+    let clock = state.clock();
+    let actor = Actor(addr.label());
+    let created = blocking(move || store.create_key(&new, clock.now(), &actor)).await?;
+    tracing::info!(key = %created.key.prefix, key_id = %created.key.key_id, "key created");
+    let mut body =
+        serde_json::to_value(&created.key).map_err(|e| Error::Internal(e.to_string()))?;
+    body["access_key"] = json!(created.access_key.expose_secret());
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+#[derive(Debug, Deserialize)]
+struct KeyListQuery {
+    limit: Option<u32>,
+    after: Option<String>,
+}
+
+async fn list_keys(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<KeyListQuery>,
+) -> Result<Json<Value>> {
+    let limit = page_limit(q.limit)?;
+    let store = state.store()?;
+    let clock = state.clock();
+    let after = q.after.filter(|a| !a.is_empty());
+    let page = blocking(move || store.list_keys(limit, after.as_deref(), clock.now())).await?;
+    Ok(Json(
+        json!({ "keys": page.keys, "next_after": page.next_after }),
+    ))
+}
+
+async fn get_key(State(state): State<AppState>, Path(key_id): Path<String>) -> Result<Json<Key>> {
+    let store = state.store()?;
+    let clock = state.clock();
+    Ok(Json(
+        blocking(move || store.get_key(&key_id, clock.now())).await?,
+    ))
+}
+
+async fn update_key(
+    State(state): State<AppState>,
+    addr: ClientAddr,
+    Path(key_id): Path<String>,
+    ApiJson(body): ApiJson<PatchKeyBody>,
+) -> Result<Json<Key>> {
+    let patch = KeyPatch {
+        label: body.label.map(input::label).transpose()?,
+        max_sessions: body.max_sessions.map(input::max_sessions).transpose()?,
+        on_conflict: body.on_conflict,
+        expires_at: body
+            .expires_at
+            .map(|t| {
+                t.as_deref()
+                    .map(|t| input::time("expires_at", t))
+                    .transpose()
+            })
+            .transpose()?,
+        status: match body.status.as_deref() {
+            None => None,
+            Some("active") => Some(KeyStatus::Active),
+            Some("suspended") => Some(KeyStatus::Suspended),
+            Some("revoked") => {
+                return Err(Error::InvalidRequest(
+                    "status: revoke a key with POST /api/admin/keys/{key_id}/revoke".into(),
+                ))
+            }
+            Some(other) => {
+                return Err(Error::InvalidRequest(format!(
+                    "status must be `active` or `suspended` (got `{other}`)"
+                )))
+            }
+        },
+    };
+    let store = state.store()?;
+    let clock = state.clock();
+    let actor = Actor(addr.label());
+    let change = blocking(move || store.update_key(&key_id, &patch, clock.now(), &actor)).await?;
+    tracing::info!(key = %change.key.prefix, key_id = %change.key.key_id, "key updated");
+    log_key_change(&change);
+    Ok(Json(change.key))
+}
+
+async fn revoke_key(
+    State(state): State<AppState>,
+    addr: ClientAddr,
+    Path(key_id): Path<String>,
+) -> Result<Json<Key>> {
+    let store = state.store()?;
+    let clock = state.clock();
+    let actor = Actor(addr.label());
+    let change = blocking(move || store.revoke_key(&key_id, clock.now(), &actor)).await?;
+    tracing::info!(key = %change.key.prefix, key_id = %change.key.key_id, "key revoked");
+    log_key_change(&change);
+    Ok(Json(change.key))
+}
+
+#[derive(Debug, Deserialize)]
+struct SessionListQuery {
+    key_id: Option<String>,
+}
+
+/// A live session as the admin list shows it (what the old admin SQL
+/// showed, plus the fence and device details).
+pub fn admin_session_json(s: &Session, now: Timestamp) -> Value {
+    json!({
+        "key_id": s.key_id,
+        "key_prefix": s.key_prefix,
+        "session_id": s.session_id,
+        "device_name": s.device_name,
+        "fingerprint": s.fingerprint,
+        "client_addr": s.client_addr,
+        "fence": s.fence,
+        "started_at": s.started_at,
+        "last_heartbeat": s.last_heartbeat,
+        "seconds_since_heartbeat": now.secs_since(s.last_heartbeat),
+        "expires_at": s.expires_at,
+    })
+}
+
+async fn list_sessions(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<SessionListQuery>,
+) -> Result<Json<Value>> {
+    let store = state.store()?;
+    let now = state.now();
+    let key = q.key_id.filter(|k| !k.is_empty());
+    let sessions = blocking(move || store.live_sessions(key.as_deref(), now)).await?;
+    Ok(Json(json!({
+        "sessions": sessions.iter().map(|s| admin_session_json(s, now)).collect::<Vec<_>>(),
+    })))
+}
+
+async fn kick_session(
+    State(state): State<AppState>,
+    addr: ClientAddr,
+    Path(session_id): Path<String>,
+) -> Result<Json<Value>> {
+    let store = state.store()?;
+    let clock = state.clock();
+    let actor = Actor(addr.label());
+    let id = session_id.clone();
+    let outcome = blocking(move || store.kick_session(&id, clock.now(), &actor)).await?;
+    Ok(Json(match outcome {
+        EndOutcome::Ended(s) => {
+            log_session_end(&s, EndReason::Revoked);
+            json!({ "session_id": session_id, "ended": true })
+        }
+        EndOutcome::AlreadyEnded(reason) => {
+            json!({ "session_id": session_id, "ended": false, "reason": reason })
+        }
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct EventQuery {
+    key_id: Option<String>,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    since: Option<String>,
+    before: Option<i64>,
+    limit: Option<u32>,
+}
+
+async fn list_events(
+    State(state): State<AppState>,
+    ApiQuery(q): ApiQuery<EventQuery>,
+) -> Result<Json<Value>> {
+    let filter = EventFilter {
+        key_id: q.key_id.filter(|k| !k.is_empty()),
+        event_type: q
+            .event_type
+            .filter(|t| !t.is_empty())
+            .map(|t| input::event_type(&t))
+            .transpose()?,
+        since: q
+            .since
+            .filter(|t| !t.is_empty())
+            .map(|t| input::time("since", &t))
+            .transpose()?,
+        before_id: q.before,
+        limit: page_limit(q.limit)?,
+    };
+    let limit = filter.limit;
+    let store = state.store()?;
+    let events = blocking(move || store.events(&filter)).await?;
+    // A full page may have more behind it: pass `next_before` as `before`.
+    let next_before = (events.len() == limit as usize)
+        .then(|| events.last().map(|e| e.id))
+        .flatten();
+    Ok(Json(
+        json!({ "events": events, "next_before": next_before }),
+    ))
+}

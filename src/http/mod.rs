@@ -1,0 +1,133 @@
+//! The HTTP layer: routes of the wire contract (`shared/spec/api.md`), the
+//! shared state handlers see, and the guards every request passes (body
+//! limit, panic guard, JSON errors for unknown routes and methods).
+//!
+//! Handlers validate input, read the clock, and call storage through
+//! [`crate::store::blocking`]; they never build SQL and never decide policy.
+
+mod admin;
+pub use admin::admin_session_json;
+pub mod error;
+pub mod extract;
+mod health;
+mod session;
+
+use std::any::Any;
+use std::sync::{Arc, OnceLock};
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Response, Uri};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use sha2::{Digest, Sha256};
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::clock::{Clock, Timestamp};
+use crate::config::Settings;
+use crate::error::{Error, Result};
+use crate::ratelimit::FailureLimiter;
+use crate::rules::Timing;
+use crate::store::Storage;
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    /// Set once the database is open and migrated; until then requests get
+    /// 503 rather than a wrong answer.
+    store: OnceLock<Arc<dyn Storage>>,
+    clock: Arc<dyn Clock>,
+    timing: Timing,
+    /// SHA-256 of the admin token: compared in constant time with the
+    /// digest of what a request presents, so neither length nor content
+    /// leaks through timing.
+    admin_token_digest: Option<[u8; 32]>,
+    key_failures: FailureLimiter,
+    admin_failures: FailureLimiter,
+}
+
+impl AppState {
+    /// State for a server with these settings, not yet ready.
+    pub fn new(settings: &Settings, clock: Arc<dyn Clock>) -> Self {
+        AppState {
+            inner: Arc::new(Shared {
+                store: OnceLock::new(),
+                clock,
+                timing: settings.timing(),
+                admin_token_digest: settings
+                    .admin_token
+                    .as_ref()
+                    .map(|t| Sha256::digest(t.expose().as_bytes()).into()),
+                key_failures: FailureLimiter::new(
+                    settings.rate_limits,
+                    settings.failed_key_lookups_per_minute,
+                ),
+                admin_failures: FailureLimiter::new(
+                    settings.rate_limits,
+                    settings.admin_auth_failures_per_minute,
+                ),
+            }),
+        }
+    }
+
+    /// Marks the server ready: requests are served from now on.
+    pub fn set_ready(&self, store: Arc<dyn Storage>) {
+        let _ = self.inner.store.set(store);
+    }
+
+    /// The store, or 503 while the server is still starting.
+    fn store(&self) -> Result<Arc<dyn Storage>> {
+        self.inner
+            .store
+            .get()
+            .cloned()
+            .ok_or_else(|| Error::Unavailable("the server is starting; retry shortly".into()))
+    }
+
+    fn clock(&self) -> Arc<dyn Clock> {
+        self.inner.clock.clone()
+    }
+
+    fn now(&self) -> Timestamp {
+        self.inner.clock.now()
+    }
+
+    fn timing(&self) -> Timing {
+        self.inner.timing
+    }
+}
+
+/// The whole HTTP application, apart from binding, so tests can drive it
+/// in-process.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health::health))
+        .merge(session::router())
+        .nest("/api/admin", admin::router(state.clone()))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .with_state(state)
+}
+
+async fn not_found(uri: Uri) -> Error {
+    Error::NotFound(uri.path().to_owned())
+}
+
+async fn method_not_allowed() -> Error {
+    Error::MethodNotAllowed
+}
+
+fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response<axum::body::Body> {
+    let detail = panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into());
+    Error::Internal(format!("handler panicked: {detail}")).into_response()
+}

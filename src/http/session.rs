@@ -1,0 +1,241 @@
+//! The session API that apps on devices call: start, heartbeat, end,
+//! status (contract, "Session API").
+
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::extract::{ApiJson, ClientAddr};
+use super::AppState;
+use crate::error::{Error, Result};
+use crate::input;
+use crate::keys::AccessKey;
+use crate::model::{Actor, EndReason, Session};
+use crate::store::{blocking, log_session_end, EndOutcome, StartRequest};
+
+/// Longest access key string looked at; anything longer is a malformed
+/// request, not a guess.
+const MAX_KEY_CHARS: usize = 256;
+/// Device name limit (characters).
+const MAX_DEVICE_NAME: usize = 128;
+/// Fingerprint limit (characters).
+const MAX_FINGERPRINT: usize = 256;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/session/start", post(start))
+        .route("/api/session/heartbeat", post(heartbeat))
+        .route("/api/session/end", post(end))
+        .route("/api/session/status", post(status))
+}
+
+#[derive(Debug, Deserialize)]
+struct StartBody {
+    access_key: String,
+    session_id: Option<String>,
+    device: Option<DeviceBody>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct DeviceBody {
+    name: Option<String>,
+    fingerprint: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SessionBody {
+    access_key: String,
+    session_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct StatusBody {
+    access_key: String,
+}
+
+/// Guards every session endpoint: an address that keeps failing key
+/// lookups is refused before any work, the key's checksum is checked before
+/// any database lookup, and every `invalid_key` counts as a failure.
+struct KeyGuard {
+    state: AppState,
+    addr: ClientAddr,
+}
+
+impl KeyGuard {
+    fn new(state: &AppState, addr: ClientAddr) -> Result<Self> {
+        state.inner.key_failures.check(addr.0, state.now())?;
+        Ok(KeyGuard {
+            state: state.clone(),
+            addr,
+        })
+    }
+
+    fn parse(&self, text: &str) -> Result<AccessKey> {
+        if text.chars().count() > MAX_KEY_CHARS {
+            return Err(Error::InvalidRequest(format!(
+                "access_key must be at most {MAX_KEY_CHARS} characters"
+            )));
+        }
+        AccessKey::parse(text.trim()).map_err(|_| self.failed(Error::InvalidKey))
+    }
+
+    /// Passes a result through, counting `invalid_key` against the address.
+    fn check<T>(&self, result: Result<T>) -> Result<T> {
+        result.map_err(|e| match e {
+            Error::InvalidKey => self.failed(e),
+            other => other,
+        })
+    }
+
+    fn failed(&self, e: Error) -> Error {
+        self.state
+            .inner
+            .key_failures
+            .record_failure(self.addr.0, self.state.now());
+        e
+    }
+}
+
+fn terminated_json(s: &Session) -> Value {
+    json!({
+        "session_id": s.session_id,
+        "device_name": s.device_name,
+        "last_heartbeat": s.last_heartbeat,
+    })
+}
+
+async fn start(
+    State(state): State<AppState>,
+    addr: ClientAddr,
+    ApiJson(body): ApiJson<StartBody>,
+) -> Result<Json<Value>> {
+    let guard = KeyGuard::new(&state, addr)?;
+    let key = guard.parse(&body.access_key)?;
+    if let Some(id) = &body.session_id {
+        input::session_id(id)?;
+    }
+    let device = body.device.unwrap_or_default();
+    let req = StartRequest {
+        key,
+        session_id: body.session_id,
+        device_name: input::optional_text(device.name, "device.name", MAX_DEVICE_NAME)?,
+        fingerprint: input::optional_text(
+            device.fingerprint,
+            "device.fingerprint",
+            MAX_FINGERPRINT,
+        )?,
+        actor: Actor(addr.label()),
+    };
+    let store = state.store()?;
+    let (clock, timing) = (state.clock(), state.timing());
+    let outcome = guard.check(
+        blocking(move || {
+            let result = store.start_session(&req, clock.now(), timing);
+            if let Err(Error::SeatsFull { .. }) = &result {
+                tracing::info!(key = %req.key.prefix(), device = req.device_name.as_deref().unwrap_or("-"),
+                    "start rejected: all seats in use");
+            }
+            result
+        })
+        .await,
+    )?;
+
+    let s = &outcome.session;
+    for ended in &outcome.expired {
+        log_session_end(ended, EndReason::Expired);
+    }
+    for ended in &outcome.terminated {
+        log_session_end(ended, EndReason::Superseded);
+    }
+    tracing::info!(
+        key = %s.key_prefix,
+        session = %s.session_id,
+        device = s.device_name.as_deref().unwrap_or("-"),
+        fence = s.fence,
+        "session {}",
+        if outcome.resumed { "start retried (same session)" } else { "started" }
+    );
+    Ok(Json(json!({
+        "session_id": s.session_id,
+        "fence": s.fence,
+        "started_at": s.started_at,
+        "expires_at": s.expires_at,
+        "heartbeat_interval_seconds": timing.heartbeat_interval_secs,
+        "session_timeout_seconds": timing.session_timeout_secs,
+        "previous_session_terminated": !outcome.terminated.is_empty(),
+        "terminated_sessions": outcome.terminated.iter().map(terminated_json).collect::<Vec<_>>(),
+        "resumed": outcome.resumed,
+    })))
+}
+
+async fn heartbeat(
+    State(state): State<AppState>,
+    addr: ClientAddr,
+    ApiJson(body): ApiJson<SessionBody>,
+) -> Result<Json<Value>> {
+    let guard = KeyGuard::new(&state, addr)?;
+    let key = guard.parse(&body.access_key)?;
+    input::session_id(&body.session_id)?;
+    let store = state.store()?;
+    let (clock, timing) = (state.clock(), state.timing());
+    let session_id = body.session_id;
+    let s = guard
+        .check(blocking(move || store.heartbeat(&key, &session_id, clock.now(), timing)).await)?;
+    Ok(Json(json!({
+        "session_id": s.session_id,
+        "fence": s.fence,
+        "last_heartbeat": s.last_heartbeat,
+        "expires_at": s.expires_at,
+        "heartbeat_interval_seconds": timing.heartbeat_interval_secs,
+    })))
+}
+
+async fn end(
+    State(state): State<AppState>,
+    addr: ClientAddr,
+    ApiJson(body): ApiJson<SessionBody>,
+) -> Result<Json<Value>> {
+    let guard = KeyGuard::new(&state, addr)?;
+    let key = guard.parse(&body.access_key)?;
+    input::session_id(&body.session_id)?;
+    let store = state.store()?;
+    let clock = state.clock();
+    let session_id = body.session_id;
+    let actor = Actor(addr.label());
+    let outcome = guard
+        .check(blocking(move || store.end_session(&key, &session_id, clock.now(), &actor)).await)?;
+    Ok(Json(match outcome {
+        EndOutcome::Ended(s) => {
+            log_session_end(&s, EndReason::Ended);
+            json!({ "ended": true })
+        }
+        EndOutcome::AlreadyEnded(reason) => json!({ "ended": false, "reason": reason }),
+    }))
+}
+
+async fn status(
+    State(state): State<AppState>,
+    addr: ClientAddr,
+    ApiJson(body): ApiJson<StatusBody>,
+) -> Result<Json<Value>> {
+    let guard = KeyGuard::new(&state, addr)?;
+    let key = guard.parse(&body.access_key)?;
+    let store = state.store()?;
+    let clock = state.clock();
+    let (k, live) = guard.check(blocking(move || store.key_status(&key, clock.now())).await)?;
+    Ok(Json(json!({
+        "active": !live.is_empty(),
+        "max_sessions": k.max_sessions,
+        "on_conflict": k.on_conflict,
+        "sessions": live.iter().map(|s| json!({
+            "session_id": s.session_id,
+            "device_name": s.device_name,
+            "started_at": s.started_at,
+            "last_heartbeat": s.last_heartbeat,
+            "expires_at": s.expires_at,
+            "fence": s.fence,
+        })).collect::<Vec<_>>(),
+    })))
+}

@@ -1,0 +1,186 @@
+//! Starting and stopping the server: the one seam (`Server::start`) that
+//! `keyseat serve` and the tests share.
+//!
+//! Order matters. The listener serves from the first moment (answering 503
+//! while the database opens, never a wrong answer), then the database is
+//! opened and migrated, sessions live at the last stop get their full
+//! timeout, the server is marked ready, and the sweep starts. On stop:
+//! in-flight requests finish, the sweep stops, the stop time is recorded and
+//! the WAL is checkpointed.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::clock::Clock;
+use crate::config::Settings;
+use crate::error::{Error, Result};
+use crate::http::{app, AppState};
+use crate::store::{blocking, OpenMode, SqliteStore, Storage};
+use crate::sweep;
+
+/// How long in-flight requests get to finish after a stop signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    store: Arc<dyn Storage>,
+    clock: Arc<dyn Clock>,
+    stop: watch::Sender<bool>,
+    http: JoinHandle<std::io::Result<()>>,
+    sweep: JoinHandle<()>,
+}
+
+impl Server {
+    /// Serves on `listener` and returns once the database is ready.
+    pub async fn start(
+        settings: Settings,
+        listener: TcpListener,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Server> {
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::Internal(format!("listener has no address: {e}")))?;
+        let state = AppState::new(&settings, clock.clone());
+        let (stop, stop_rx) = watch::channel(false);
+
+        let mut http_stop = stop_rx.clone();
+        let router = app(state.clone());
+        let http = tokio::spawn(async move {
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|stopped| *stopped).await;
+            })
+            .await
+        });
+
+        let path = settings.database.clone();
+        let timing = settings.timing();
+        let ready_clock = clock.clone();
+        let opened = blocking(move || {
+            let store = SqliteStore::open(&path, OpenMode::CreateAndMigrate)?;
+            let report = store.resume_after_restart(ready_clock.now(), timing)?;
+            let first_run = store.list_keys(1, None, ready_clock.now())?.keys.is_empty();
+            Ok((store, report, first_run))
+        })
+        .await;
+        let (store, report, first_run) = match opened {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = stop.send(true);
+                let _ = http.await;
+                return Err(e);
+            }
+        };
+        let store: Arc<dyn Storage> = Arc::new(store);
+        if report.resumed > 0 {
+            tracing::info!(
+                sessions = report.resumed,
+                "resumed session(s) live at the last stop; each has a full timeout from now"
+            );
+        }
+        sweep::log_report(&crate::store::SweepReport {
+            expired: report.expired,
+            ..Default::default()
+        });
+        state.set_ready(store.clone());
+
+        let sweep = tokio::spawn(sweep::run(
+            store.clone(),
+            clock.clone(),
+            Duration::from_secs(settings.sweep_interval_seconds),
+            settings.history_days,
+            stop_rx,
+        ));
+
+        tracing::info!(
+            "keyseat {} listening on http://{addr} (database {})",
+            env!("CARGO_PKG_VERSION"),
+            settings.database.display()
+        );
+        if first_run {
+            tracing::info!(
+                "no access keys yet; create the first one with: keyseat --database {} keys create --label \"first customer\"",
+                settings.database.display()
+            );
+        }
+        Ok(Server {
+            addr,
+            store,
+            clock,
+            stop,
+            http,
+            sweep,
+        })
+    }
+
+    /// The address it listens on (the real port when bound to port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The storage it serves from.
+    pub fn store(&self) -> Arc<dyn Storage> {
+        self.store.clone()
+    }
+
+    /// Serves until `signal` completes, then stops cleanly.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<()> {
+        signal.await;
+        tracing::info!("stopping: finishing in-flight requests");
+        self.stop().await
+    }
+
+    /// Stops: in-flight requests finish (bounded), the sweep stops, the
+    /// stop is recorded and the database flushed.
+    pub async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(true);
+        let mut http = self.http;
+        match tokio::time::timeout(DRAIN_TIMEOUT, &mut http).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "HTTP server failed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
+            Err(_) => {
+                tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; closing them");
+                http.abort();
+            }
+        }
+        let _ = self.sweep.await;
+        let store = self.store;
+        let now = self.clock.now();
+        blocking(move || store.mark_stopped(now)).await?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

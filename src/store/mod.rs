@@ -1,0 +1,272 @@
+//! The storage boundary. Everything above this module (HTTP, CLI, sweep)
+//! talks to a [`Storage`]; only `sqlite.rs` knows SQL. A PostgreSQL backend
+//! for multi-instance deployments would be a second implementation beside
+//! it, with no change above this line.
+//!
+//! Storage never decides policy: each write loads its inputs, asks
+//! [`crate::rules`] what to do, and applies the answer in one transaction.
+//! All methods are blocking; async callers go through [`blocking`].
+
+mod sqlite;
+
+pub use sqlite::{OpenMode, SqliteStore};
+
+use crate::clock::Timestamp;
+use crate::error::{Error, Result};
+use crate::keys::AccessKey;
+use crate::model::{Actor, ConflictPolicy, EndReason, Event, EventType, Key, KeyStatus, Session};
+use crate::rules::Timing;
+
+/// A device asking for a seat.
+#[derive(Debug, Clone)]
+pub struct StartRequest {
+    /// The checksum-verified key.
+    pub key: AccessKey,
+    /// The client's own session id, if it chose one (for idempotent retries).
+    pub session_id: Option<String>,
+    /// Self-reported device name.
+    pub device_name: Option<String>,
+    /// Self-reported stable device fingerprint.
+    pub fingerprint: Option<String>,
+    /// Who sent it.
+    pub actor: Actor,
+}
+
+/// The result of a successful start.
+#[derive(Debug, Clone)]
+pub struct StartOutcome {
+    /// The session now holding a seat.
+    pub session: Session,
+    /// True when this was a retry of a start whose session is still live.
+    pub resumed: bool,
+    /// Sessions this start superseded.
+    pub terminated: Vec<Session>,
+    /// Sessions found dead (lease ran out) and recorded as expired.
+    pub expired: Vec<Session>,
+}
+
+/// The result of ending a session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EndOutcome {
+    /// It was live and is now ended.
+    Ended(Box<Session>),
+    /// It had already ended, for this reason.
+    AlreadyEnded(EndReason),
+}
+
+/// Fields of a new key; `None` takes the default.
+#[derive(Debug, Clone, Default)]
+pub struct NewKey {
+    /// Operator's note.
+    pub label: Option<String>,
+    /// Seat limit (default 1).
+    pub max_sessions: Option<u32>,
+    /// Conflict policy (default takeover).
+    pub on_conflict: Option<ConflictPolicy>,
+    /// Expiry, if any.
+    pub expires_at: Option<Timestamp>,
+}
+
+/// A new key with its secret, which is never available again.
+#[derive(Debug, Clone)]
+pub struct CreatedKey {
+    /// The stored key.
+    pub key: Key,
+    /// The secret.
+    pub access_key: AccessKey,
+}
+
+/// Changes to a key. Outer `None` leaves a field alone; for nullable fields
+/// `Some(None)` clears it.
+#[derive(Debug, Clone, Default)]
+pub struct KeyPatch {
+    /// New label.
+    pub label: Option<Option<String>>,
+    /// New seat limit; live sessions beyond it end (reason `revoked`).
+    pub max_sessions: Option<u32>,
+    /// New conflict policy.
+    pub on_conflict: Option<ConflictPolicy>,
+    /// New expiry.
+    pub expires_at: Option<Option<Timestamp>>,
+    /// `Active` or `Suspended` (revocation has its own call).
+    pub status: Option<KeyStatus>,
+}
+
+impl KeyPatch {
+    /// Whether the patch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.label.is_none()
+            && self.max_sessions.is_none()
+            && self.on_conflict.is_none()
+            && self.expires_at.is_none()
+            && self.status.is_none()
+    }
+}
+
+/// A key change and the sessions it ended.
+#[derive(Debug, Clone)]
+pub struct KeyChange {
+    /// The key after the change.
+    pub key: Key,
+    /// Live sessions ended by it (reason `revoked`).
+    pub ended: Vec<Session>,
+}
+
+/// One page of keys.
+#[derive(Debug, Clone)]
+pub struct KeyPage {
+    /// Keys in creation order.
+    pub keys: Vec<Key>,
+    /// Pass as `after` to get the next page; `None` on the last page.
+    pub next_after: Option<String>,
+}
+
+/// Which events to list.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Only this key (id).
+    pub key_id: Option<String>,
+    /// Only this type.
+    pub event_type: Option<EventType>,
+    /// Only at or after this time.
+    pub since: Option<Timestamp>,
+    /// Only with an id below this (paging, newest first).
+    pub before_id: Option<i64>,
+    /// At most this many.
+    pub limit: u32,
+}
+
+/// What one sweep pass did.
+#[derive(Debug, Clone, Default)]
+pub struct SweepReport {
+    /// Sessions whose lease ran out, now recorded as expired.
+    pub expired: Vec<Session>,
+    /// Live sessions of keys whose own expiry passed, now revoked.
+    pub revoked: Vec<Session>,
+    /// Ended sessions deleted for being older than the history window.
+    pub pruned_sessions: usize,
+    /// Events deleted for being older than the history window.
+    pub pruned_events: usize,
+}
+
+/// What start-up recovery did.
+#[derive(Debug, Clone, Default)]
+pub struct ResumeReport {
+    /// Sessions live at the stop, each given a full timeout from readiness.
+    pub resumed: usize,
+    /// Sessions that had already expired before the stop, now recorded.
+    pub expired: Vec<Session>,
+}
+
+/// Everything keyseat keeps. Implementations must make every write
+/// atomic and must serialise starts per key, so that concurrent starts can
+/// never leave more live sessions than seats.
+pub trait Storage: Send + Sync + 'static {
+    /// A cheap read that proves the database answers.
+    fn check_health(&self) -> Result<()>;
+
+    /// Starts (or resumes) a session. Errors: key problems,
+    /// `session_id_taken`, `seats_full` (recorded as `start_rejected`).
+    fn start_session(
+        &self,
+        req: &StartRequest,
+        now: Timestamp,
+        timing: Timing,
+    ) -> Result<StartOutcome>;
+
+    /// Extends a live session's lease, or says precisely why it is over.
+    fn heartbeat(
+        &self,
+        key: &AccessKey,
+        session_id: &str,
+        now: Timestamp,
+        timing: Timing,
+    ) -> Result<Session>;
+
+    /// Ends a session at its client's request.
+    fn end_session(
+        &self,
+        key: &AccessKey,
+        session_id: &str,
+        now: Timestamp,
+        actor: &Actor,
+    ) -> Result<EndOutcome>;
+
+    /// The key and its live sessions (checks the key like every session call).
+    fn key_status(&self, key: &AccessKey, now: Timestamp) -> Result<(Key, Vec<Session>)>;
+
+    /// Creates a key with a fresh secret.
+    fn create_key(&self, new: &NewKey, now: Timestamp, actor: &Actor) -> Result<CreatedKey>;
+
+    /// Keys in creation order, `limit` at a time, after the given key id.
+    fn list_keys(&self, limit: u32, after: Option<&str>, now: Timestamp) -> Result<KeyPage>;
+
+    /// One key, by key id or display prefix (`ks_xxxxxxxx` or `xxxxxxxx`).
+    fn get_key(&self, key_ref: &str, now: Timestamp) -> Result<Key>;
+
+    /// Applies a patch; suspending, expiring or lowering the seat limit ends
+    /// the live sessions that no longer fit (reason `revoked`).
+    fn update_key(
+        &self,
+        key_ref: &str,
+        patch: &KeyPatch,
+        now: Timestamp,
+        actor: &Actor,
+    ) -> Result<KeyChange>;
+
+    /// Revokes a key for good and ends its live sessions. Idempotent.
+    fn revoke_key(&self, key_ref: &str, now: Timestamp, actor: &Actor) -> Result<KeyChange>;
+
+    /// Live sessions, most recent heartbeat first, optionally of one key.
+    fn live_sessions(&self, key_ref: Option<&str>, now: Timestamp) -> Result<Vec<Session>>;
+
+    /// Ends a session as an admin (reason `revoked`).
+    fn kick_session(&self, session_id: &str, now: Timestamp, actor: &Actor) -> Result<EndOutcome>;
+
+    /// The audit log, newest first.
+    fn events(&self, filter: &EventFilter) -> Result<Vec<Event>>;
+
+    /// Records expired sessions, ends sessions of expired keys, prunes
+    /// history older than `history_days`; with `mark_alive`, notes that the
+    /// server was up at `now` (for restart recovery).
+    fn sweep(&self, now: Timestamp, history_days: u32, mark_alive: bool) -> Result<SweepReport>;
+
+    /// Start-up recovery: sessions live when the server last stopped get a
+    /// full timeout from `ready_at`.
+    fn resume_after_restart(&self, ready_at: Timestamp, timing: Timing) -> Result<ResumeReport>;
+
+    /// Notes a clean stop at `now` and flushes the write-ahead log.
+    fn mark_stopped(&self, now: Timestamp) -> Result<()>;
+}
+
+/// Runs blocking storage work on tokio's blocking pool, never on an async
+/// worker, and re-raises a panic from it in the caller (where the HTTP
+/// layer's panic guard turns it into a 500).
+pub async fn blocking<T, F>(f: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+        Err(join) => Err(Error::Internal(format!("storage task cancelled: {join}"))),
+    }
+}
+
+/// The log line for a session that ended, in the shape operators grep for.
+pub fn log_session_end(session: &Session, reason: EndReason) {
+    tracing::info!(
+        key = %session.key_prefix,
+        session = %session.session_id,
+        device = session.device_name.as_deref().unwrap_or("-"),
+        reason = reason.as_str(),
+        "session {}",
+        match reason {
+            EndReason::Ended => "ended",
+            EndReason::Superseded => "superseded",
+            EndReason::Expired => "expired",
+            EndReason::Revoked => "revoked",
+        }
+    );
+}

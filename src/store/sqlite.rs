@@ -1,0 +1,1136 @@
+//! SQLite behind the [`Storage`] boundary: one file in WAL mode, an r2d2
+//! pool for reads, one in-process writer at a time, refinery migrations
+//! embedded in the binary.
+//!
+//! Why a writer mutex as well as SQLite's own lock: SQLite lets only one
+//! writer in at a time anyway, and contending writers inside one process
+//! would otherwise spin in `busy_timeout` sleeps. The mutex queues them
+//! fairly; `busy_timeout` still covers writers in *other* processes (the CLI
+//! working on the same file while the server runs). Every write opens with
+//! `BEGIN IMMEDIATE`, so the read-decide-write of a start happens under the
+//! write lock and no interleaving can exceed a key's seat limit.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use r2d2::{Pool, PooledConnection};
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{named_params, params, Connection, OpenFlags, OptionalExtension, Row, Transaction};
+use serde_json::json;
+
+use super::*;
+use crate::keys::{new_key_id, AccessKey, KEY_TAG, PREFIX_LEN};
+use crate::rules::{self, StartDecision};
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// How long a connection waits for another process's write lock before
+/// the request is answered 503.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections in the pool: enough for concurrent reads on 2-8 cores.
+const POOL_SIZE: u32 = 8;
+/// Where refinery records applied migrations.
+const HISTORY_TABLE: &str = "refinery_schema_history";
+
+/// How to open the database file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Create the file if needed and apply pending migrations (`serve`,
+    /// `migrate`).
+    CreateAndMigrate,
+    /// The file must exist and be fully migrated (every other command), so
+    /// a mistyped path is an error rather than a new empty database.
+    Existing,
+}
+
+/// The SQLite implementation of [`Storage`].
+pub struct SqliteStore {
+    pool: Pool<SqliteConnectionManager>,
+    write_lock: Mutex<()>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+/// Per-connection settings, applied to every pooled connection.
+fn configure(conn: &mut Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // FULL: a start, end or key change acknowledged to a client survives a
+    // power cut, not just a process crash.
+    conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")?;
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (and in `CreateAndMigrate` mode creates and migrates) the
+    /// database at `path`.
+    pub fn open(path: &Path, mode: OpenMode) -> Result<SqliteStore> {
+        let shown = path.display();
+        let flags = match mode {
+            OpenMode::CreateAndMigrate => {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    if !parent.is_dir() {
+                        return Err(Error::Database(format!(
+                            "cannot create database {shown}: directory {} does not exist",
+                            parent.display()
+                        )));
+                    }
+                }
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+            }
+            OpenMode::Existing => {
+                if !path.is_file() {
+                    return Err(Error::Database(format!(
+                        "database file {shown} does not exist; check --database or \
+                         KEYSEAT_DATABASE, or create it with `keyseat migrate`"
+                    )));
+                }
+                OpenFlags::SQLITE_OPEN_READ_WRITE
+            }
+        } | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+
+        let describe = |e: rusqlite::Error| -> Error {
+            match &e {
+                rusqlite::Error::SqliteFailure(f, _)
+                    if f.code == rusqlite::ErrorCode::NotADatabase =>
+                {
+                    Error::Database(format!("{shown} is not a SQLite database"))
+                }
+                _ => Error::Database(format!("cannot open database {shown}: {e}")),
+            }
+        };
+
+        let mut conn = Connection::open_with_flags(path, flags).map_err(describe)?;
+        configure(&mut conn).map_err(describe)?;
+        match mode {
+            OpenMode::CreateAndMigrate => {
+                let journal: String = conn
+                    .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+                    .map_err(describe)?;
+                if !journal.eq_ignore_ascii_case("wal") {
+                    return Err(Error::Database(format!(
+                        "cannot switch {shown} to WAL mode (got {journal})"
+                    )));
+                }
+                check_not_newer(&mut conn, &shown.to_string())?;
+                embedded::migrations::runner()
+                    .run(&mut conn)
+                    .map_err(|e| Error::Database(format!("migrating {shown} failed: {e}")))?;
+            }
+            OpenMode::Existing => check_schema_current(&mut conn, &shown.to_string())?,
+        }
+        drop(conn);
+
+        let manager = SqliteConnectionManager::file(path)
+            .with_flags(OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+            .with_init(configure);
+        let pool = Pool::builder()
+            .max_size(POOL_SIZE)
+            .min_idle(Some(1))
+            .connection_timeout(BUSY_TIMEOUT)
+            .build(manager)
+            .map_err(|e| Error::Database(format!("cannot open database {shown}: {e}")))?;
+        Ok(SqliteStore {
+            pool,
+            write_lock: Mutex::new(()),
+            path: path.to_owned(),
+        })
+    }
+
+    /// The file this store works on.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> Result<PooledConnection<SqliteConnectionManager>> {
+        Ok(self.pool.get()?)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        // A panic inside a write leaves SQLite rolled back (the transaction
+        // is dropped), so the guard's data, `()`, cannot be inconsistent.
+        self.write_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction and commits if it
+    /// returns `Ok`. A domain refusal that must still be recorded (a
+    /// rejected start) is returned as `Ok(Err(..))` by the closure.
+    fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+        let _guard = self.lock();
+        let mut conn = self.conn()?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = self.conn()?;
+        f(&conn)
+    }
+}
+
+/// Refuses a database written by a newer keyseat (its migrations would be
+/// unknown to this binary).
+fn check_not_newer(conn: &mut Connection, shown: &str) -> Result<()> {
+    if !history_table_exists(conn)? {
+        return Ok(());
+    }
+    let latest = latest_embedded_version();
+    let applied: Option<i64> = conn.query_row(
+        &format!("SELECT MAX(version) FROM {HISTORY_TABLE}"),
+        [],
+        |r| r.get(0),
+    )?;
+    if applied.is_some_and(|v| v > latest) {
+        return Err(Error::Database(format!(
+            "database {shown} has schema version {} but this keyseat knows only up to {latest}; \
+             use a newer keyseat",
+            applied.unwrap_or_default()
+        )));
+    }
+    Ok(())
+}
+
+fn check_schema_current(conn: &mut Connection, shown: &str) -> Result<()> {
+    if !history_table_exists(conn)? {
+        let has_tables: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'",
+            [],
+            |r| r.get(0),
+        )?;
+        return Err(Error::Database(if has_tables == 0 {
+            format!("database {shown} is empty; create it with `keyseat migrate`")
+        } else {
+            format!("{shown} is not a keyseat database")
+        }));
+    }
+    check_not_newer(conn, shown)?;
+    let applied: Option<i64> = conn.query_row(
+        &format!("SELECT MAX(version) FROM {HISTORY_TABLE}"),
+        [],
+        |r| r.get(0),
+    )?;
+    if applied.unwrap_or(0) < latest_embedded_version() {
+        return Err(Error::Database(format!(
+            "database {shown} needs migrating; run `keyseat migrate` (or start `keyseat serve`)"
+        )));
+    }
+    Ok(())
+}
+
+fn history_table_exists(conn: &Connection) -> Result<bool> {
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [HISTORY_TABLE],
+        |r| r.get(0),
+    )?;
+    Ok(n > 0)
+}
+
+fn latest_embedded_version() -> i64 {
+    embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| i64::from(m.version()))
+        .max()
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------
+// Row mapping
+
+const KEY_COLUMNS: &str = "k.key_id, k.prefix, k.label, k.max_sessions, k.on_conflict, k.status, \
+     k.expires_at, k.created_at, k.updated_at, k.revoked_at, \
+     (SELECT COUNT(*) FROM sessions s WHERE s.key_id = k.key_id AND s.ended_at IS NULL \
+        AND s.expires_at > :now)";
+
+fn opt_ts(v: Option<i64>) -> Option<Timestamp> {
+    v.map(Timestamp)
+}
+
+fn key_from_row(row: &Row<'_>) -> rusqlite::Result<Key> {
+    let policy: String = row.get(4)?;
+    let status: String = row.get(5)?;
+    Ok(Key {
+        key_id: row.get(0)?,
+        prefix: row.get(1)?,
+        label: row.get(2)?,
+        max_sessions: row.get(3)?,
+        on_conflict: ConflictPolicy::parse(&policy).unwrap_or(ConflictPolicy::Takeover),
+        status: KeyStatus::parse(&status).unwrap_or(KeyStatus::Suspended),
+        expires_at: opt_ts(row.get(6)?),
+        created_at: Timestamp(row.get(7)?),
+        updated_at: Timestamp(row.get(8)?),
+        revoked_at: opt_ts(row.get(9)?),
+        live_sessions: row.get(10)?,
+    })
+}
+
+const SESSION_COLUMNS: &str = "s.session_id, s.key_id, k.prefix, s.fence, s.device_name, \
+     s.fingerprint, s.client_addr, s.started_at, s.last_heartbeat, s.expires_at, s.ended_at, \
+     s.end_reason, s.superseded_by";
+
+fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
+    let reason: Option<String> = row.get(11)?;
+    Ok(Session {
+        session_id: row.get(0)?,
+        key_id: row.get(1)?,
+        key_prefix: row.get(2)?,
+        fence: row.get(3)?,
+        device_name: row.get(4)?,
+        fingerprint: row.get(5)?,
+        client_addr: row.get(6)?,
+        started_at: Timestamp(row.get(7)?),
+        last_heartbeat: Timestamp(row.get(8)?),
+        expires_at: Timestamp(row.get(9)?),
+        ended_at: opt_ts(row.get(10)?),
+        end_reason: reason.as_deref().and_then(EndReason::parse),
+        superseded_by: row.get(12)?,
+    })
+}
+
+fn key_by_hash(conn: &Connection, hash: &[u8], now: Timestamp) -> Result<Option<Key>> {
+    let sql = format!("SELECT {KEY_COLUMNS} FROM keys k WHERE k.key_hash = :hash");
+    Ok(conn
+        .query_row(
+            &sql,
+            named_params! {":hash": hash, ":now": now.0},
+            key_from_row,
+        )
+        .optional()?)
+}
+
+fn key_by_id(conn: &Connection, key_id: &str, now: Timestamp) -> Result<Option<Key>> {
+    let sql = format!("SELECT {KEY_COLUMNS} FROM keys k WHERE k.key_id = :id");
+    Ok(conn
+        .query_row(
+            &sql,
+            named_params! {":id": key_id, ":now": now.0},
+            key_from_row,
+        )
+        .optional()?)
+}
+
+/// Resolves a key id, or a display prefix with or without `ks_`.
+fn resolve_key(conn: &Connection, key_ref: &str, now: Timestamp) -> Result<Key> {
+    let key_ref = key_ref.trim();
+    if let Some(key) = key_by_id(conn, key_ref, now)? {
+        return Ok(key);
+    }
+    let bare = key_ref.strip_prefix(KEY_TAG).unwrap_or(key_ref);
+    if bare.len() == PREFIX_LEN && bare.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        let prefix = format!("{KEY_TAG}{bare}");
+        let sql = format!("SELECT {KEY_COLUMNS} FROM keys k WHERE k.prefix = :prefix LIMIT 2");
+        let mut stmt = conn.prepare(&sql)?;
+        let found = stmt
+            .query_map(
+                named_params! {":prefix": prefix, ":now": now.0},
+                key_from_row,
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        match found.len() {
+            1 => return Ok(found.into_iter().next().expect("one key")),
+            n if n > 1 => {
+                return Err(Error::Conflict(format!(
+                    "prefix {prefix} matches more than one key; use the key id"
+                )))
+            }
+            _ => {}
+        }
+    }
+    Err(Error::KeyNotFound(crate::keys::redact(key_ref)))
+}
+
+fn session_by_id(conn: &Connection, id: &str) -> Result<Option<Session>> {
+    let sql = format!(
+        "SELECT {SESSION_COLUMNS} FROM sessions s JOIN keys k ON k.key_id = s.key_id \
+         WHERE s.session_id = ?1"
+    );
+    Ok(conn.query_row(&sql, [id], session_from_row).optional()?)
+}
+
+fn open_sessions_of(conn: &Connection, key_id: &str) -> Result<Vec<Session>> {
+    let sql = format!(
+        "SELECT {SESSION_COLUMNS} FROM sessions s JOIN keys k ON k.key_id = s.key_id \
+         WHERE s.key_id = ?1 AND s.ended_at IS NULL ORDER BY s.fence"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt
+        .query_map([key_id], session_from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// The key behind an access key, checked like on every session endpoint.
+fn usable_key(conn: &Connection, key: &AccessKey, now: Timestamp) -> Result<Key> {
+    let found = key_by_hash(conn, &key.hash(), now)?.ok_or(Error::InvalidKey)?;
+    rules::check_key(&found, now)?;
+    Ok(found)
+}
+
+// ---------------------------------------------------------------------------
+// Writes shared by several operations
+
+struct EventRecord<'a> {
+    at: Timestamp,
+    event_type: EventType,
+    key_id: Option<&'a str>,
+    session_id: Option<&'a str>,
+    device_name: Option<&'a str>,
+    actor: &'a Actor,
+    detail: Option<serde_json::Value>,
+}
+
+fn record(tx: &Transaction<'_>, e: EventRecord<'_>) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO events (at, type, key_id, session_id, device_name, client_addr, detail) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        e.at.0,
+        e.event_type.as_str(),
+        e.key_id,
+        e.session_id,
+        e.device_name,
+        e.actor.0,
+        e.detail.map(|d| d.to_string()),
+    ])?;
+    Ok(())
+}
+
+/// Ends a session that is still open, records the event, returns the
+/// session as it is now. `at` is when it ended (for expiry, the moment its
+/// lease ran out, not the moment the sweep noticed).
+fn end_open_session(
+    tx: &Transaction<'_>,
+    mut session: Session,
+    reason: EndReason,
+    at: Timestamp,
+    superseded_by: Option<&str>,
+    actor: &Actor,
+    detail: Option<serde_json::Value>,
+) -> Result<Session> {
+    let changed = tx
+        .prepare_cached(
+            "UPDATE sessions SET ended_at = ?2, end_reason = ?3, superseded_by = ?4 \
+             WHERE session_id = ?1 AND ended_at IS NULL",
+        )?
+        .execute(params![
+            session.session_id,
+            at.0,
+            reason.as_str(),
+            superseded_by
+        ])?;
+    if changed == 1 {
+        record(
+            tx,
+            EventRecord {
+                at,
+                event_type: EventType::for_end(reason),
+                key_id: Some(&session.key_id),
+                session_id: Some(&session.session_id),
+                device_name: session.device_name.as_deref(),
+                actor,
+                detail,
+            },
+        )?;
+    }
+    session.ended_at = Some(at);
+    session.end_reason = Some(reason);
+    session.superseded_by = superseded_by.map(str::to_owned);
+    Ok(session)
+}
+
+/// Records an open session whose lease has run out as expired.
+fn record_expiry(tx: &Transaction<'_>, session: Session) -> Result<Session> {
+    let at = session.expires_at;
+    end_open_session(
+        tx,
+        session,
+        EndReason::Expired,
+        at,
+        None,
+        &Actor::server(),
+        None,
+    )
+}
+
+/// Ends the given live sessions of a key with reason `revoked`.
+fn revoke_sessions(
+    tx: &Transaction<'_>,
+    sessions: Vec<Session>,
+    now: Timestamp,
+    actor: &Actor,
+    cause: &str,
+) -> Result<Vec<Session>> {
+    sessions
+        .into_iter()
+        .map(|s| {
+            end_open_session(
+                tx,
+                s,
+                EndReason::Revoked,
+                now,
+                None,
+                actor,
+                Some(json!({ "cause": cause })),
+            )
+        })
+        .collect()
+}
+
+/// Open sessions of a key split into (dead ones, now recorded as expired;
+/// live ones).
+fn settle_open_sessions(
+    tx: &Transaction<'_>,
+    key_id: &str,
+    now: Timestamp,
+) -> Result<(Vec<Session>, Vec<Session>)> {
+    let (live, dead): (Vec<_>, Vec<_>) = open_sessions_of(tx, key_id)?
+        .into_iter()
+        .partition(|s| s.is_live_at(now));
+    let expired = dead
+        .into_iter()
+        .map(|s| record_expiry(tx, s))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((expired, live))
+}
+
+fn explain_not_live(conn: &Connection, session: &Session, now: Timestamp) -> Error {
+    match rules::end_reason_at(session, now) {
+        Some(EndReason::Superseded) => {
+            let by = session
+                .superseded_by
+                .as_deref()
+                .and_then(|id| session_by_id(conn, id).ok().flatten());
+            Error::SessionSuperseded {
+                device_name: by.as_ref().and_then(|s| s.device_name.clone()),
+                started_at: by.map(|s| s.started_at).or(session.ended_at).unwrap_or(now),
+            }
+        }
+        Some(reason) => Error::SessionOver(reason),
+        None => Error::Internal("session is live but was explained as ended".into()),
+    }
+}
+
+fn set_server_state(tx: &Transaction<'_>, name: &str, value: i64) -> Result<()> {
+    tx.execute(
+        "INSERT INTO server_state (name, value) VALUES (?1, ?2) \
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        params![name, value],
+    )?;
+    Ok(())
+}
+
+const LAST_ALIVE: &str = "last_alive";
+
+// ---------------------------------------------------------------------------
+// The Storage implementation
+
+impl Storage for SqliteStore {
+    fn check_health(&self) -> Result<()> {
+        self.read(|c| {
+            c.query_row("SELECT COUNT(*) FROM server_state", [], |r| {
+                r.get::<_, i64>(0)
+            })?;
+            Ok(())
+        })
+    }
+
+    fn start_session(
+        &self,
+        req: &StartRequest,
+        now: Timestamp,
+        timing: Timing,
+    ) -> Result<StartOutcome> {
+        self.write(|tx| {
+            let key = key_by_hash(tx, &req.key.hash(), now)?.ok_or(Error::InvalidKey)?;
+            let requested = match &req.session_id {
+                Some(id) => session_by_id(tx, id)?,
+                None => None,
+            };
+            let open = open_sessions_of(tx, &key.key_id)?;
+            let plan = match rules::plan_start(
+                &key,
+                requested.as_ref(),
+                &open,
+                req.fingerprint.as_deref(),
+                now,
+            ) {
+                Ok(plan) => plan,
+                Err(refusal @ Error::SeatsFull { .. }) => {
+                    record(
+                        tx,
+                        EventRecord {
+                            at: now,
+                            event_type: EventType::StartRejected,
+                            key_id: Some(&key.key_id),
+                            session_id: req.session_id.as_deref(),
+                            device_name: req.device_name.as_deref(),
+                            actor: &req.actor,
+                            detail: Some(json!({ "reason": "seats_full" })),
+                        },
+                    )?;
+                    return Ok(Err(refusal));
+                }
+                Err(refusal) => return Ok(Err(refusal)),
+            };
+
+            let mut by_id: std::collections::HashMap<String, Session> = open
+                .into_iter()
+                .map(|s| (s.session_id.clone(), s))
+                .collect();
+            let expired = plan
+                .expire
+                .iter()
+                .filter_map(|id| by_id.remove(id))
+                .map(|s| record_expiry(tx, s))
+                .collect::<Result<Vec<_>>>()?;
+
+            match plan.decision {
+                StartDecision::Resume { session_id } => {
+                    let lease = timing.lease_until(now);
+                    tx.execute(
+                        "UPDATE sessions SET last_heartbeat = ?2, expires_at = MAX(expires_at, ?3) \
+                         WHERE session_id = ?1",
+                        params![session_id, now.0, lease.0],
+                    )?;
+                    let session = session_by_id(tx, &session_id)?
+                        .ok_or_else(|| Error::Internal("resumed session vanished".into()))?;
+                    Ok(Ok(StartOutcome {
+                        session,
+                        resumed: true,
+                        terminated: vec![],
+                        expired,
+                    }))
+                }
+                StartDecision::Admit { supersede } => {
+                    let session_id = req
+                        .session_id
+                        .clone()
+                        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                    let fence: i64 = tx.query_row(
+                        "UPDATE keys SET next_fence = next_fence + 1 WHERE key_id = ?1 \
+                         RETURNING next_fence - 1",
+                        [&key.key_id],
+                        |r| r.get(0),
+                    )?;
+                    let lease = timing.lease_until(now);
+                    tx.execute(
+                        "INSERT INTO sessions (session_id, key_id, fence, device_name, fingerprint, \
+                         client_addr, started_at, last_heartbeat, expires_at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
+                        params![
+                            session_id,
+                            key.key_id,
+                            fence,
+                            req.device_name,
+                            req.fingerprint,
+                            req.actor.0,
+                            now.0,
+                            lease.0
+                        ],
+                    )?;
+                    let mut terminated = Vec::with_capacity(supersede.len());
+                    for victim_id in &supersede {
+                        let Some(victim) = by_id.remove(victim_id) else {
+                            continue;
+                        };
+                        terminated.push(end_open_session(
+                            tx,
+                            victim,
+                            EndReason::Superseded,
+                            now,
+                            Some(&session_id),
+                            &req.actor,
+                            Some(json!({
+                                "superseded_by": session_id,
+                                "by_device_name": req.device_name,
+                            })),
+                        )?);
+                    }
+                    record(
+                        tx,
+                        EventRecord {
+                            at: now,
+                            event_type: EventType::SessionStarted,
+                            key_id: Some(&key.key_id),
+                            session_id: Some(&session_id),
+                            device_name: req.device_name.as_deref(),
+                            actor: &req.actor,
+                            detail: Some(json!({
+                                "fence": fence,
+                                "terminated": supersede,
+                            })),
+                        },
+                    )?;
+                    let session = session_by_id(tx, &session_id)?
+                        .ok_or_else(|| Error::Internal("new session vanished".into()))?;
+                    Ok(Ok(StartOutcome {
+                        session,
+                        resumed: false,
+                        terminated,
+                        expired,
+                    }))
+                }
+            }
+        })?
+    }
+
+    fn heartbeat(
+        &self,
+        key: &AccessKey,
+        session_id: &str,
+        now: Timestamp,
+        timing: Timing,
+    ) -> Result<Session> {
+        self.write(|tx| {
+            let key = usable_key(tx, key, now)?;
+            let lease = timing.lease_until(now);
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE sessions SET last_heartbeat = :now, expires_at = MAX(expires_at, :lease) \
+                     WHERE session_id = :id AND key_id = :key AND ended_at IS NULL \
+                     AND expires_at > :now",
+                )?
+                .execute(named_params! {
+                    ":now": now.0, ":lease": lease.0, ":id": session_id, ":key": key.key_id,
+                })?;
+            let session = session_by_id(tx, session_id)?
+                .filter(|s| s.key_id == key.key_id)
+                .ok_or(Error::SessionNotFound)?;
+            if changed == 1 {
+                Ok(session)
+            } else {
+                Err(explain_not_live(tx, &session, now))
+            }
+        })
+    }
+
+    fn end_session(
+        &self,
+        key: &AccessKey,
+        session_id: &str,
+        now: Timestamp,
+        actor: &Actor,
+    ) -> Result<EndOutcome> {
+        self.write(|tx| {
+            let key = usable_key(tx, key, now)?;
+            let session = session_by_id(tx, session_id)?
+                .filter(|s| s.key_id == key.key_id)
+                .ok_or(Error::SessionNotFound)?;
+            end_for(tx, session, EndReason::Ended, now, actor)
+        })
+    }
+
+    fn key_status(&self, key: &AccessKey, now: Timestamp) -> Result<(Key, Vec<Session>)> {
+        self.read(|c| {
+            let key = usable_key(c, key, now)?;
+            let mut live = open_sessions_of(c, &key.key_id)?;
+            live.retain(|s| s.is_live_at(now));
+            Ok((key, live))
+        })
+    }
+
+    fn create_key(&self, new: &NewKey, now: Timestamp, actor: &Actor) -> Result<CreatedKey> {
+        let access_key = AccessKey::generate();
+        let key_id = new_key_id();
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO keys (key_id, key_hash, prefix, label, max_sessions, on_conflict, \
+                 expires_at, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+                params![
+                    key_id,
+                    access_key.hash().as_slice(),
+                    access_key.prefix(),
+                    new.label,
+                    new.max_sessions.unwrap_or(1),
+                    new.on_conflict.unwrap_or(ConflictPolicy::Takeover).as_str(),
+                    new.expires_at.map(|t| t.0),
+                    now.0,
+                ],
+            )?;
+            let key = key_by_id(tx, &key_id, now)?
+                .ok_or_else(|| Error::Internal("new key vanished".into()))?;
+            record(
+                tx,
+                EventRecord {
+                    at: now,
+                    event_type: EventType::KeyCreated,
+                    key_id: Some(&key_id),
+                    session_id: None,
+                    device_name: None,
+                    actor,
+                    detail: Some(json!({
+                        "label": key.label,
+                        "max_sessions": key.max_sessions,
+                        "on_conflict": key.on_conflict,
+                        "expires_at": key.expires_at,
+                    })),
+                },
+            )?;
+            Ok(CreatedKey { key, access_key })
+        })
+    }
+
+    fn list_keys(&self, limit: u32, after: Option<&str>, now: Timestamp) -> Result<KeyPage> {
+        self.read(|c| {
+            let after_row: i64 = match after {
+                None => 0,
+                Some(id) => c
+                    .query_row("SELECT id FROM keys WHERE key_id = ?1", [id], |r| r.get(0))
+                    .optional()?
+                    .ok_or_else(|| {
+                        Error::InvalidRequest(format!("after: no key with id {id}"))
+                    })?,
+            };
+            let sql = format!(
+                "SELECT {KEY_COLUMNS} FROM keys k WHERE k.id > :after ORDER BY k.id LIMIT :limit"
+            );
+            let mut stmt = c.prepare(&sql)?;
+            let mut keys = stmt
+                .query_map(
+                    named_params! {":after": after_row, ":limit": i64::from(limit) + 1, ":now": now.0},
+                    key_from_row,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let next_after = if keys.len() > limit as usize {
+                keys.truncate(limit as usize);
+                keys.last().map(|k| k.key_id.clone())
+            } else {
+                None
+            };
+            Ok(KeyPage { keys, next_after })
+        })
+    }
+
+    fn get_key(&self, key_ref: &str, now: Timestamp) -> Result<Key> {
+        self.read(|c| resolve_key(c, key_ref, now))
+    }
+
+    fn update_key(
+        &self,
+        key_ref: &str,
+        patch: &KeyPatch,
+        now: Timestamp,
+        actor: &Actor,
+    ) -> Result<KeyChange> {
+        self.write(|tx| {
+            let before = resolve_key(tx, key_ref, now)?;
+            if before.status == KeyStatus::Revoked {
+                return Err(Error::Conflict(format!(
+                    "key {} is revoked; revocation is final",
+                    before.key_id
+                )));
+            }
+            if patch.status == Some(KeyStatus::Revoked) {
+                return Err(Error::InvalidRequest(
+                    "status: use the revoke action to revoke a key".into(),
+                ));
+            }
+            let mut changes = serde_json::Map::new();
+            if let Some(label) = &patch.label {
+                tx.execute(
+                    "UPDATE keys SET label = ?2 WHERE key_id = ?1",
+                    params![before.key_id, label],
+                )?;
+                changes.insert("label".into(), json!(label));
+            }
+            if let Some(max) = patch.max_sessions {
+                tx.execute(
+                    "UPDATE keys SET max_sessions = ?2 WHERE key_id = ?1",
+                    params![before.key_id, max],
+                )?;
+                changes.insert("max_sessions".into(), json!(max));
+            }
+            if let Some(policy) = patch.on_conflict {
+                tx.execute(
+                    "UPDATE keys SET on_conflict = ?2 WHERE key_id = ?1",
+                    params![before.key_id, policy.as_str()],
+                )?;
+                changes.insert("on_conflict".into(), json!(policy));
+            }
+            if let Some(expires) = patch.expires_at {
+                tx.execute(
+                    "UPDATE keys SET expires_at = ?2 WHERE key_id = ?1",
+                    params![before.key_id, expires.map(|t| t.0)],
+                )?;
+                changes.insert("expires_at".into(), json!(expires));
+            }
+            if let Some(status) = patch.status {
+                tx.execute(
+                    "UPDATE keys SET status = ?2 WHERE key_id = ?1",
+                    params![before.key_id, status.as_str()],
+                )?;
+                changes.insert("status".into(), json!(status));
+            }
+            tx.execute(
+                "UPDATE keys SET updated_at = ?2 WHERE key_id = ?1",
+                params![before.key_id, now.0],
+            )?;
+            let key = key_by_id(tx, &before.key_id, now)?
+                .ok_or_else(|| Error::Internal("updated key vanished".into()))?;
+            record(
+                tx,
+                EventRecord {
+                    at: now,
+                    event_type: EventType::KeyUpdated,
+                    key_id: Some(&key.key_id),
+                    session_id: None,
+                    device_name: None,
+                    actor,
+                    detail: Some(serde_json::Value::Object(changes)),
+                },
+            )?;
+
+            // Sessions that no longer fit the key as it now is.
+            let (_, live) = settle_open_sessions(tx, &key.key_id, now)?;
+            let (cause, victims): (&str, Vec<Session>) = if key.status == KeyStatus::Suspended {
+                ("key_suspended", live)
+            } else if key.is_expired_at(now) {
+                ("key_expired", live)
+            } else {
+                let excess = rules::excess_after_limit_change(&live, key.max_sessions, now);
+                let victims = live
+                    .into_iter()
+                    .filter(|s| excess.contains(&s.session_id))
+                    .collect();
+                ("seat_limit_lowered", victims)
+            };
+            let ended = revoke_sessions(tx, victims, now, actor, cause)?;
+            let key = key_by_id(tx, &key.key_id, now)?
+                .ok_or_else(|| Error::Internal("updated key vanished".into()))?;
+            Ok(KeyChange { key, ended })
+        })
+    }
+
+    fn revoke_key(&self, key_ref: &str, now: Timestamp, actor: &Actor) -> Result<KeyChange> {
+        self.write(|tx| {
+            let before = resolve_key(tx, key_ref, now)?;
+            if before.status == KeyStatus::Revoked {
+                return Ok(KeyChange {
+                    key: before,
+                    ended: vec![],
+                });
+            }
+            tx.execute(
+                "UPDATE keys SET status = 'revoked', revoked_at = ?2, updated_at = ?2 \
+                 WHERE key_id = ?1",
+                params![before.key_id, now.0],
+            )?;
+            record(
+                tx,
+                EventRecord {
+                    at: now,
+                    event_type: EventType::KeyRevoked,
+                    key_id: Some(&before.key_id),
+                    session_id: None,
+                    device_name: None,
+                    actor,
+                    detail: None,
+                },
+            )?;
+            let (_, live) = settle_open_sessions(tx, &before.key_id, now)?;
+            let ended = revoke_sessions(tx, live, now, actor, "key_revoked")?;
+            let key = key_by_id(tx, &before.key_id, now)?
+                .ok_or_else(|| Error::Internal("revoked key vanished".into()))?;
+            Ok(KeyChange { key, ended })
+        })
+    }
+
+    fn live_sessions(&self, key_ref: Option<&str>, now: Timestamp) -> Result<Vec<Session>> {
+        self.read(|c| {
+            let key_id = match key_ref {
+                Some(r) => Some(resolve_key(c, r, now)?.key_id),
+                None => None,
+            };
+            let sql = format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions s JOIN keys k ON k.key_id = s.key_id \
+                 WHERE s.ended_at IS NULL AND s.expires_at > :now \
+                 AND k.status = 'active' AND (k.expires_at IS NULL OR k.expires_at > :now) \
+                 AND (:key IS NULL OR s.key_id = :key) \
+                 ORDER BY s.last_heartbeat DESC, s.session_id"
+            );
+            let mut stmt = c.prepare(&sql)?;
+            let rows = stmt
+                .query_map(
+                    named_params! {":now": now.0, ":key": key_id},
+                    session_from_row,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
+    fn kick_session(&self, session_id: &str, now: Timestamp, actor: &Actor) -> Result<EndOutcome> {
+        self.write(|tx| {
+            let session = session_by_id(tx, session_id)?
+                .ok_or_else(|| Error::AdminSessionNotFound(session_id.to_owned()))?;
+            end_for(tx, session, EndReason::Revoked, now, actor)
+        })
+    }
+
+    fn events(&self, filter: &EventFilter) -> Result<Vec<Event>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT e.id, e.at, e.type, e.key_id, k.prefix, e.session_id, e.device_name, \
+                 e.client_addr, e.detail FROM events e LEFT JOIN keys k ON k.key_id = e.key_id \
+                 WHERE (:key IS NULL OR e.key_id = :key) AND (:type IS NULL OR e.type = :type) \
+                 AND (:since IS NULL OR e.at >= :since) AND (:before IS NULL OR e.id < :before) \
+                 ORDER BY e.id DESC LIMIT :limit",
+            )?;
+            let rows = stmt
+                .query_map(
+                    named_params! {
+                        ":key": filter.key_id,
+                        ":type": filter.event_type.map(EventType::as_str),
+                        ":since": filter.since.map(|t| t.0),
+                        ":before": filter.before_id,
+                        ":limit": filter.limit,
+                    },
+                    |row| {
+                        let kind: String = row.get(2)?;
+                        let detail: Option<String> = row.get(8)?;
+                        Ok(Event {
+                            id: row.get(0)?,
+                            at: Timestamp(row.get(1)?),
+                            event_type: EventType::parse(&kind).unwrap_or(EventType::KeyUpdated),
+                            key_id: row.get(3)?,
+                            key_prefix: row.get(4)?,
+                            session_id: row.get(5)?,
+                            device_name: row.get(6)?,
+                            client_addr: row.get(7)?,
+                            detail: detail.and_then(|d| serde_json::from_str(&d).ok()),
+                        })
+                    },
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
+    fn sweep(&self, now: Timestamp, history_days: u32, mark_alive: bool) -> Result<SweepReport> {
+        self.write(|tx| {
+            let sql = format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions s JOIN keys k ON k.key_id = s.key_id \
+                 WHERE s.ended_at IS NULL AND s.expires_at <= ?1 ORDER BY s.expires_at"
+            );
+            let due = tx
+                .prepare(&sql)?
+                .query_map([now.0], session_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let expired = due
+                .into_iter()
+                .map(|s| record_expiry(tx, s))
+                .collect::<Result<Vec<_>>>()?;
+
+            let sql = format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions s JOIN keys k ON k.key_id = s.key_id \
+                 WHERE s.ended_at IS NULL AND k.expires_at IS NOT NULL AND k.expires_at <= ?1"
+            );
+            let of_expired_keys = tx
+                .prepare(&sql)?
+                .query_map([now.0], session_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let revoked =
+                revoke_sessions(tx, of_expired_keys, now, &Actor::server(), "key_expired")?;
+
+            let cutoff = now.minus_secs(u64::from(history_days) * 86_400);
+            let pruned_events = tx.execute("DELETE FROM events WHERE at < ?1", [cutoff.0])?;
+            let pruned_sessions = tx.execute(
+                "DELETE FROM sessions WHERE ended_at IS NOT NULL AND ended_at < ?1",
+                [cutoff.0],
+            )?;
+            if mark_alive {
+                set_server_state(tx, LAST_ALIVE, now.0)?;
+            }
+            Ok(SweepReport {
+                expired,
+                revoked,
+                pruned_sessions,
+                pruned_events,
+            })
+        })
+    }
+
+    fn resume_after_restart(&self, ready_at: Timestamp, timing: Timing) -> Result<ResumeReport> {
+        self.write(|tx| {
+            let last_alive: Option<i64> = tx
+                .query_row(
+                    "SELECT value FROM server_state WHERE name = ?1",
+                    [LAST_ALIVE],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            // Sessions whose lease ran out while the server was still up are
+            // recorded as expired; the rest were live at the stop.
+            let expired = match last_alive {
+                Some(alive) => {
+                    let sql = format!(
+                        "SELECT {SESSION_COLUMNS} FROM sessions s JOIN keys k \
+                         ON k.key_id = s.key_id WHERE s.ended_at IS NULL AND s.expires_at <= ?1"
+                    );
+                    let due = tx
+                        .prepare(&sql)?
+                        .query_map([alive], session_from_row)?
+                        .collect::<rusqlite::Result<Vec<_>>>()?;
+                    due.into_iter()
+                        .map(|s| record_expiry(tx, s))
+                        .collect::<Result<Vec<_>>>()?
+                }
+                None => vec![],
+            };
+            let floor = rules::lease_after_restart(Timestamp(i64::MIN), ready_at, timing);
+            let resumed = tx.execute(
+                "UPDATE sessions SET expires_at = MAX(expires_at, ?1) WHERE ended_at IS NULL",
+                [floor.0],
+            )?;
+            set_server_state(tx, LAST_ALIVE, ready_at.0)?;
+            Ok(ResumeReport { resumed, expired })
+        })
+    }
+
+    fn mark_stopped(&self, now: Timestamp) -> Result<()> {
+        self.write(|tx| set_server_state(tx, LAST_ALIVE, now.0))?;
+        self.read(|c| {
+            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            Ok(())
+        })
+    }
+}
+
+/// Ends a session for `reason` if it is live; otherwise says how it ended
+/// (recording an unrecorded expiry on the way).
+fn end_for(
+    tx: &Transaction<'_>,
+    session: Session,
+    reason: EndReason,
+    now: Timestamp,
+    actor: &Actor,
+) -> Result<EndOutcome> {
+    if session.is_live_at(now) {
+        let detail = (reason == EndReason::Revoked).then(|| json!({ "cause": "kicked" }));
+        let ended = end_open_session(tx, session, reason, now, None, actor, detail)?;
+        return Ok(EndOutcome::Ended(Box::new(ended)));
+    }
+    if session.ended_at.is_none() {
+        record_expiry(tx, session)?;
+        return Ok(EndOutcome::AlreadyEnded(EndReason::Expired));
+    }
+    Ok(EndOutcome::AlreadyEnded(
+        session.end_reason.unwrap_or(EndReason::Expired),
+    ))
+}

@@ -1,0 +1,87 @@
+//! The periodic stale-session sweep. Liveness never depends on it (a
+//! session is dead at its timeout whether or not the sweep has run); the
+//! sweep records the deaths in the audit log, ends sessions of keys whose
+//! own expiry passed, prunes history past its retention, and notes that the
+//! server is alive so a restart can tell which sessions were live at a
+//! crash.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::clock::Clock;
+use crate::error::Result;
+use crate::model::EndReason;
+use crate::store::{blocking, log_session_end, Storage, SweepReport};
+
+/// One pass. `mark_alive` is true only for the server's own sweep: the CLI's
+/// `keyseat sweep` says nothing about whether the server is up.
+pub async fn pass(
+    store: Arc<dyn Storage>,
+    clock: Arc<dyn Clock>,
+    history_days: u32,
+    mark_alive: bool,
+) -> Result<SweepReport> {
+    let report = blocking(move || store.sweep(clock.now(), history_days, mark_alive)).await?;
+    log_report(&report);
+    Ok(report)
+}
+
+/// Logs a pass in the shape the old cron job's operators grep for:
+/// `Cleaned up N stale session(s)` and one line per session with its key
+/// prefix and session id.
+pub fn log_report(report: &SweepReport) {
+    if !report.expired.is_empty() {
+        tracing::info!("Cleaned up {} stale session(s)", report.expired.len());
+        for s in &report.expired {
+            tracing::info!(
+                "  - Key: {}..., Session: {}, Device: {}",
+                s.key_prefix,
+                s.session_id,
+                s.device_name.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    for s in &report.revoked {
+        log_session_end(s, EndReason::Revoked);
+    }
+    if report.pruned_sessions + report.pruned_events > 0 {
+        tracing::info!(
+            sessions = report.pruned_sessions,
+            events = report.pruned_events,
+            "pruned history past its retention"
+        );
+    }
+}
+
+/// Runs a pass every `interval` until `stop` turns true. A failed pass is
+/// logged and the next one runs as usual: a locked or full disk must not
+/// kill the sweep for good.
+pub async fn run(
+    store: Arc<dyn Storage>,
+    clock: Arc<dyn Clock>,
+    interval: Duration,
+    history_days: u32,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            // Checked first so a stop is never delayed by a due tick.
+            biased;
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    break;
+                }
+            }
+            _ = ticker.tick() => {
+                if let Err(e) = pass(store.clone(), clock.clone(), history_days, true).await {
+                    tracing::error!(error = %e, "sweep failed; retrying at the next interval");
+                }
+            }
+        }
+    }
+    tracing::debug!("sweep stopped");
+}
