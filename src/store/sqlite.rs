@@ -351,7 +351,13 @@ fn resolve_key(conn: &Connection, key_ref: &str, now: Timestamp) -> Result<Key> 
             _ => {}
         }
     }
-    Err(Error::KeyNotFound(crate::keys::redact(key_ref)))
+    // Someone may paste the secret itself here: never echo more than its prefix.
+    let shown = if key_ref.starts_with(KEY_TAG) {
+        crate::keys::redact(key_ref)
+    } else {
+        key_ref.to_owned()
+    };
+    Err(Error::KeyNotFound(shown))
 }
 
 fn session_by_id(conn: &Connection, id: &str) -> Result<Option<Session>> {
