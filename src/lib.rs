@@ -1,4 +1,27 @@
 //! keyseat: a self-hosted license seat server.
+//!
+//! A vendor sells access keys; keyseat makes sure each key is used on at
+//! most `max_sessions` devices at a time. An app calls `start`, then a
+//! `heartbeat` every interval, then `end`; a device that starts on a full
+//! key supersedes the live session with the oldest heartbeat (or is refused,
+//! per key), and a session that stops heartbeating is dead at the timeout.
+//!
+//! How a request flows, one way only:
+//!
+//! - [`http`] parses and validates the request (contract errors in
+//!   [`http::error`]), reads the [`clock`], and calls [`store`] on the
+//!   blocking pool ([`store::blocking`]);
+//! - [`store`] is the storage boundary: [`store::SqliteStore`] loads the
+//!   inputs in one transaction, asks [`rules`] what to do, and applies it;
+//! - [`rules`] holds the session rules, pure functions of their inputs and
+//!   `now`: seats, takeover/reject, liveness, restart leases.
+//!
+//! Around them: [`keys`] (the access key format), [`model`] (domain types),
+//! [`config`] (defaults, file, env, flags), [`sweep`] (the periodic
+//! stale-session sweep), [`server`] (start/stop, the seam tests use),
+//! [`cli`] (the `keyseat` command), [`ratelimit`] and [`input`]
+//! (validation shared by HTTP and CLI).
+
 pub mod cli;
 pub mod clock;
 pub mod config;
