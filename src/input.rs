@@ -32,6 +32,11 @@ pub fn optional_text(
 ) -> Result<Option<String>> {
     let Some(value) = value else { return Ok(None) };
     let value = value.trim().to_owned();
+    if value.chars().any(char::is_control) {
+        return Err(Error::InvalidRequest(format!(
+            "{field} must not contain control characters (newlines, tabs, escapes)"
+        )));
+    }
     if value.chars().count() > max_chars {
         return Err(Error::InvalidRequest(format!(
             "{field} must be at most {max_chars} characters"
@@ -60,7 +65,8 @@ pub fn label(label: Option<String>) -> Result<Option<String>> {
 pub fn time(field: &str, text: &str) -> Result<Timestamp> {
     Timestamp::parse_rfc3339(text).ok_or_else(|| {
         Error::InvalidRequest(format!(
-            "{field} must be an RFC 3339 time such as 2027-01-31T00:00:00Z (got `{text}`)"
+            "{field} must be an RFC 3339 time such as 2027-01-31T00:00:00Z (got `{}`)",
+            crate::keys::redact_secret(text)
         ))
     })
 }
@@ -83,7 +89,8 @@ pub fn time_or_age(field: &str, text: &str, now: Timestamp) -> Result<Timestamp>
     }
     time(field, t).map_err(|_| {
         Error::InvalidRequest(format!(
-            "{field} must be an RFC 3339 time or an age such as 30m, 12h, 7d (got `{text}`)"
+            "{field} must be an RFC 3339 time or an age such as 30m, 12h, 7d (got `{}`)",
+            crate::keys::redact_secret(text)
         ))
     })
 }
@@ -133,6 +140,8 @@ mod tests {
         assert_eq!(max_sessions(1000).unwrap(), 1000);
         assert_eq!(label(Some("  ".into())).unwrap(), None);
         assert!(label(Some("x".repeat(201))).is_err());
+        assert!(label(Some("a\nb".into())).is_err());
+        assert!(optional_text(Some("x\u{1b}[31m".into()), "device.name", 128).is_err());
         assert!(event_type("session_started").is_ok());
         assert!(event_type("nope")
             .unwrap_err()

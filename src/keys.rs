@@ -130,6 +130,16 @@ pub fn new_key_id() -> String {
     format!("key_{}", random_base62(16))
 }
 
+/// Echoes operator input in an error, unless it looks like an access key
+/// (someone pasted the secret in the wrong place): then only its prefix.
+pub fn redact_secret(text: &str) -> String {
+    if text.trim_start().starts_with(KEY_TAG) {
+        redact(text.trim_start())
+    } else {
+        text.to_owned()
+    }
+}
+
 /// Shortens anything that might be an access key to what may be logged.
 pub fn redact(text: &str) -> String {
     let keep = KEY_TAG.len() + PREFIX_LEN;

@@ -315,7 +315,7 @@ fn the_database_can_come_from_the_environment() {
     assert!(path.is_file());
 }
 
-// BUG: with a relative --database that starts with `file:` (a legal file
+// Regression (fixed): with a relative --database that starts with `file:` (a legal file
 // name), `migrate` opens it as an SQLite URI (SQLITE_OPEN_URI in
 // SqliteStore::open) and creates `foo.db`, while every other command looks
 // for the literal file `file:foo.db` and says it does not exist.
@@ -1048,7 +1048,7 @@ fn the_access_key_is_never_shown_again() {
     assert_eq!(field(&shown, "status"), "active");
 }
 
-// BUG: `sessions kick <access key>` echoes the whole secret on stderr
+// Regression (fixed): `sessions kick <access key>` echoes the whole secret on stderr
 // ("keyseat: no session with id ks_…<all 41 characters>"): the session-id
 // path of the error (Error::AdminSessionNotFound) is not redacted the way
 // key references are (keys::redact). Same for `--since`/`--expires-at`
@@ -1065,7 +1065,7 @@ fn sessions_kick_does_not_echo_an_access_key() {
     assert!(!line.contains(&secret[11..]), "secret on stderr: {line}");
 }
 
-// BUG: labels may contain newlines (and other control characters such as
+// Regression (fixed): labels may contain newlines (and other control characters such as
 // ESC), which `keys list`/`keys show` print raw, so one key spans several
 // rows and a label can forge table rows or send terminal escapes. The same
 // path exists for device names sent by clients over HTTP (shown raw by

@@ -13,14 +13,20 @@ use serde_json::json;
 #[tokio::test]
 async fn restart_keeps_keys_and_live_sessions() {
     let s = TestServer::start().await;
-    let (key, created) = s.create_key(json!({"label": "acme", "max_sessions": 2})).await;
+    let (key, created) = s
+        .create_key(json!({"label": "acme", "max_sessions": 2}))
+        .await;
     let live = s.started(&key, "A").await;
     let ended = s.started(&key, "B").await;
     s.end(&key, &ended).await;
 
     let s = s.restart_after(5).await;
     let (status, body) = s
-        .admin("GET", &format!("/api/admin/keys/{}", created["key_id"].as_str().unwrap()), None)
+        .admin(
+            "GET",
+            &format!("/api/admin/keys/{}", created["key_id"].as_str().unwrap()),
+            None,
+        )
         .await;
     assert_eq!(status, 200);
     assert_eq!(body["label"], "acme");
@@ -46,7 +52,10 @@ async fn outage_longer_than_the_timeout_ends_no_session() {
     let s = s.restart_after(600).await;
     s.clock.advance_secs(59);
     let (status, body) = s.heartbeat(&key, &id).await;
-    assert_eq!(status, 200, "device heartbeating through the outage carries on: {body}");
+    assert_eq!(
+        status, 200,
+        "device heartbeating through the outage carries on: {body}"
+    );
 }
 
 /// A device that went away during the outage expires one timeout after the
@@ -74,7 +83,7 @@ async fn restart_does_not_revive_sessions_dead_before_the_stop() {
     let (key, _) = s.create_key(json!({})).await;
     let id = s.started(&key, "A").await;
     s.clock.advance_secs(90); // dead at 60 s, server still up
-    // The server's sweep notes it was alive at this moment.
+                              // The server's sweep notes it was alive at this moment.
     let store = s.store();
     let now = s.now();
     keyseat::store::blocking(move || store.sweep(now, 30, true))

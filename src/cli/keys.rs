@@ -270,7 +270,7 @@ fn describe(k: &Key) -> String {
         ("revoked", opt(k.revoked_at)),
     ];
     rows.iter()
-        .map(|(name, value)| format!("{name:<12} {value}"))
+        .map(|(name, value)| format!("{name:<12} {}", table::printable(value)))
         .collect::<Vec<_>>()
         .join("\n")
 }

@@ -1,7 +1,15 @@
 //! Plain-text tables for the CLI's human output.
 
 /// Renders rows under headers, columns padded to their widest cell.
+/// Control characters in cells (stored before input validation existed, or
+/// by a future path that forgets it) are shown escaped, so a device name can
+/// never forge a row or send escape codes to the operator's terminal.
 pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|c| printable(c)).collect())
+        .collect();
+    let rows = &rows;
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -26,6 +34,23 @@ pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// Escapes control characters (`\n`, `\u{1b}`…).
+pub fn printable(text: &str) -> String {
+    if text.chars().any(char::is_control) {
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect()
+    } else {
+        text.to_owned()
+    }
+}
+
 /// A cell for an optional value.
 pub fn opt(value: Option<impl ToString>) -> String {
     value.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
@@ -40,5 +65,12 @@ mod tests {
             &[vec!["xxx".into(), "y".into()], vec!["z".into(), "-".into()]],
         );
         assert_eq!(t, "A    BB\nxxx  y\nz    -");
+    }
+
+    #[test]
+    fn control_characters_cannot_forge_rows() {
+        let t = super::render(&["A"], &[vec!["evil\nrow\u{1b}[31m".into()]]);
+        assert_eq!(t.lines().count(), 2);
+        assert!(!t.contains('\u{1b}'));
     }
 }

@@ -75,6 +75,15 @@ impl SqliteStore {
     /// database at `path`.
     pub fn open(path: &Path, mode: OpenMode) -> Result<SqliteStore> {
         let shown = path.display();
+        // The bundled SQLite treats a name starting with `file:` as a URI
+        // whatever the open flags say; `./file:x.db` is taken literally.
+        let literal;
+        let path = if path.to_string_lossy().starts_with("file:") {
+            literal = Path::new(".").join(path);
+            literal.as_path()
+        } else {
+            path
+        };
         let flags = match mode {
             OpenMode::CreateAndMigrate => {
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -96,8 +105,7 @@ impl SqliteStore {
                 }
                 OpenFlags::SQLITE_OPEN_READ_WRITE
             }
-        } | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_URI;
+        } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
 
         let describe = |e: rusqlite::Error| -> Error {
             match &e {
@@ -122,6 +130,7 @@ impl SqliteStore {
                         "cannot switch {shown} to WAL mode (got {journal})"
                     )));
                 }
+                check_not_foreign(&conn, &shown.to_string())?;
                 check_not_newer(&mut conn, &shown.to_string())?;
                 embedded::migrations::runner()
                     .run(&mut conn)
@@ -199,6 +208,24 @@ fn check_not_newer(conn: &mut Connection, shown: &str) -> Result<()> {
             "database {shown} has schema version {} but this keyseat knows only up to {latest}; \
              use a newer keyseat",
             applied.unwrap_or_default()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses to add keyseat's tables to another application's database.
+fn check_not_foreign(conn: &Connection, shown: &str) -> Result<()> {
+    if history_table_exists(conn)? {
+        return Ok(());
+    }
+    let tables: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'",
+        [],
+        |r| r.get(0),
+    )?;
+    if tables > 0 {
+        return Err(Error::Database(format!(
+            "{shown} is not a keyseat database (it has other tables); choose another --database"
         )));
     }
     Ok(())
@@ -352,12 +379,7 @@ fn resolve_key(conn: &Connection, key_ref: &str, now: Timestamp) -> Result<Key> 
         }
     }
     // Someone may paste the secret itself here: never echo more than its prefix.
-    let shown = if key_ref.starts_with(KEY_TAG) {
-        crate::keys::redact(key_ref)
-    } else {
-        key_ref.to_owned()
-    };
-    Err(Error::KeyNotFound(shown))
+    Err(Error::KeyNotFound(crate::keys::redact_secret(key_ref)))
 }
 
 fn session_by_id(conn: &Connection, id: &str) -> Result<Option<Session>> {
@@ -983,8 +1005,9 @@ impl Storage for SqliteStore {
 
     fn kick_session(&self, session_id: &str, now: Timestamp, actor: &Actor) -> Result<EndOutcome> {
         self.write(|tx| {
-            let session = session_by_id(tx, session_id)?
-                .ok_or_else(|| Error::AdminSessionNotFound(session_id.to_owned()))?;
+            let session = session_by_id(tx, session_id)?.ok_or_else(|| {
+                Error::AdminSessionNotFound(crate::keys::redact_secret(session_id))
+            })?;
             end_for(tx, session, EndReason::Revoked, now, actor)
         })
     }

@@ -1,0 +1,230 @@
+//! The wire calls, one function per route, with no retry policy: what
+//! [`super::Client`] and `keyseat check` build on.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// A failed call: either no HTTP answer at all, or an answer that is not
+/// 2xx (with the contract's error code when the server sent one).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApiError {
+    /// Connection refused, reset, timed out, DNS failure…
+    Transport(String),
+    /// The server answered with an error.
+    Server {
+        /// HTTP status.
+        status: u16,
+        /// The contract's error code (`http_<status>` if the body was not
+        /// the contract's error shape, e.g. a proxy's 502 page).
+        code: String,
+        /// The server's message.
+        message: String,
+        /// The whole `error` object (extra fields such as `superseded_by`).
+        error: Value,
+        /// `Retry-After`, when sent.
+        retry_after: Option<Duration>,
+    },
+}
+
+impl ApiError {
+    /// Worth retrying: no answer, a 5xx, or 429.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ApiError::Transport(_) => true,
+            ApiError::Server { status, .. } => *status >= 500 || *status == 429,
+        }
+    }
+
+    /// The contract's error code, if the server answered.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ApiError::Transport(_) => None,
+            ApiError::Server { code, .. } => Some(code),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApiError::Transport(e) => write!(f, "server unreachable: {e}"),
+            ApiError::Server {
+                status,
+                code,
+                message,
+                ..
+            } => write!(f, "{status} {code}: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// A keyseat server's session API.
+#[derive(Clone)]
+pub struct Api {
+    base: String,
+    agent: ureq::Agent,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api").field("base", &self.base).finish()
+    }
+}
+
+impl Api {
+    /// An API client for `server_url` (`http://host:port` or `https://…`,
+    /// with or without a trailing slash); each call is bounded by
+    /// `timeout`.
+    pub fn new(server_url: &str, timeout: Duration) -> Result<Api, String> {
+        let base = server_url.trim().trim_end_matches('/').to_owned();
+        let rest = base
+            .strip_prefix("http://")
+            .or_else(|| base.strip_prefix("https://"))
+            .ok_or_else(|| format!("server URL must start with http:// or https:// (got `{base}`)"))?;
+        if rest.is_empty() || rest.contains(char::is_whitespace) {
+            return Err(format!("server URL `{base}` has no host"));
+        }
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(timeout))
+            .user_agent(concat!("keyseat-client/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        Ok(Api {
+            base,
+            agent,
+            timeout,
+        })
+    }
+
+    /// The server URL, without a trailing slash.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `GET /health`; the body on 200.
+    pub fn health(&self) -> Result<Value, ApiError> {
+        let resp = self
+            .agent
+            .get(format!("{}/health", self.base))
+            .call()
+            .map_err(transport)?;
+        read(resp)
+    }
+
+    /// POSTs JSON to a path; the body on 2xx. `timeout` shortens the call's
+    /// time budget (never lengthens it).
+    pub fn post(&self, path: &str, body: &Value, timeout: Option<Duration>) -> Result<Value, ApiError> {
+        let budget = timeout.map_or(self.timeout, |t| t.min(self.timeout));
+        let resp = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .config()
+            .timeout_global(Some(budget))
+            .build()
+            .send_json(body)
+            .map_err(transport)?;
+        read(resp)
+    }
+
+    /// `POST /api/session/start`.
+    pub fn start(
+        &self,
+        access_key: &str,
+        session_id: Option<&str>,
+        device_name: Option<&str>,
+        fingerprint: Option<&str>,
+    ) -> Result<Value, ApiError> {
+        let mut body = json!({ "access_key": access_key });
+        if let Some(id) = session_id {
+            body["session_id"] = json!(id);
+        }
+        body["device"] = json!({ "name": device_name, "fingerprint": fingerprint });
+        self.post("/api/session/start", &body, None)
+    }
+
+    /// `POST /api/session/heartbeat`.
+    pub fn heartbeat(
+        &self,
+        access_key: &str,
+        session_id: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Value, ApiError> {
+        self.post(
+            "/api/session/heartbeat",
+            &json!({ "access_key": access_key, "session_id": session_id }),
+            timeout,
+        )
+    }
+
+    /// `POST /api/session/end`.
+    pub fn end(
+        &self,
+        access_key: &str,
+        session_id: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Value, ApiError> {
+        self.post(
+            "/api/session/end",
+            &json!({ "access_key": access_key, "session_id": session_id }),
+            timeout,
+        )
+    }
+
+    /// `POST /api/session/status`.
+    pub fn status(&self, access_key: &str) -> Result<Value, ApiError> {
+        self.post("/api/session/status", &json!({ "access_key": access_key }), None)
+    }
+}
+
+fn transport(e: ureq::Error) -> ApiError {
+    ApiError::Transport(e.to_string())
+}
+
+fn read(mut resp: ureq::http::Response<ureq::Body>) -> Result<Value, ApiError> {
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let text = resp
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| ApiError::Transport(format!("reading the answer failed: {e}")))?;
+    let parsed: Option<Value> = serde_json::from_str(&text).ok();
+    if (200..300).contains(&status) {
+        return parsed.ok_or_else(|| ApiError::Server {
+            status,
+            code: "invalid_response".into(),
+            message: "the server's answer was not JSON".into(),
+            error: Value::Null,
+            retry_after,
+        });
+    }
+    let error = parsed
+        .as_ref()
+        .map(|v| v["error"].clone())
+        .filter(|e| e["code"].is_string())
+        .unwrap_or(Value::Null);
+    let code = error["code"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("http_{status}"));
+    let message = error["message"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| text.chars().take(200).collect());
+    Err(ApiError::Server {
+        status,
+        code,
+        message,
+        error,
+        retry_after,
+    })
+}
