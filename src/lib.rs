@@ -23,6 +23,8 @@
 //! (validation shared by HTTP and CLI).
 
 pub mod cli;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod error;

@@ -6,6 +6,8 @@
 //! Exit codes: 0 success, 1 the command failed (one line on stderr), 2 bad
 //! usage or an invalid setting.
 
+#[cfg(feature = "client")]
+pub mod client;
 mod keys;
 mod sessions;
 mod table;
@@ -135,11 +137,27 @@ enum Command {
     Sessions(sessions::SessionsCommand),
     /// The audit log, newest first.
     Events(sessions::EventsArgs),
+    /// Hold a seat like an app would, printing each event (the reference
+    /// client). Exit codes: 0 ended by user, 3 superseded, 4 expired,
+    /// 5 revoked, 6 key refused, 7 unreachable, 8 seats full, 1 other.
+    #[cfg(feature = "client")]
+    Client(client::ClientArgs),
+    /// Verify a live deployment: health, start, heartbeat, status,
+    /// one-device-at-a-time, end (and expiry). Exit 0 only if all pass.
+    #[cfg(feature = "client")]
+    Check(client::CheckArgs),
 }
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The device-side commands talk to a server; they need no settings.
+    #[cfg(feature = "client")]
+    match cli.command {
+        Command::Client(args) => return client::run_client(args),
+        Command::Check(args) => return client::run_check(args),
+        _ => {}
+    }
     let (settings, warnings) = match config::load(&cli.settings.overrides()) {
         Ok(v) => v,
         Err(e) => {
@@ -159,6 +177,8 @@ pub fn main() -> ExitCode {
         Command::Keys(cmd) => with_store(&settings, |s, now| keys::run(cmd, s, now)),
         Command::Sessions(cmd) => with_store(&settings, |s, now| sessions::run(cmd, s, now)),
         Command::Events(args) => with_store(&settings, |s, now| sessions::events(args, s, now)),
+        #[cfg(feature = "client")]
+        Command::Client(_) | Command::Check(_) => unreachable!("handled above"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

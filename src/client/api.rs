@@ -84,7 +84,9 @@ impl Api {
         let rest = base
             .strip_prefix("http://")
             .or_else(|| base.strip_prefix("https://"))
-            .ok_or_else(|| format!("server URL must start with http:// or https:// (got `{base}`)"))?;
+            .ok_or_else(|| {
+                format!("server URL must start with http:// or https:// (got `{base}`)")
+            })?;
         if rest.is_empty() || rest.contains(char::is_whitespace) {
             return Err(format!("server URL `{base}` has no host"));
         }
@@ -118,7 +120,12 @@ impl Api {
 
     /// POSTs JSON to a path; the body on 2xx. `timeout` shortens the call's
     /// time budget (never lengthens it).
-    pub fn post(&self, path: &str, body: &Value, timeout: Option<Duration>) -> Result<Value, ApiError> {
+    pub fn post(
+        &self,
+        path: &str,
+        body: &Value,
+        timeout: Option<Duration>,
+    ) -> Result<Value, ApiError> {
         let budget = timeout.map_or(self.timeout, |t| t.min(self.timeout));
         let resp = self
             .agent
@@ -177,7 +184,11 @@ impl Api {
 
     /// `POST /api/session/status`.
     pub fn status(&self, access_key: &str) -> Result<Value, ApiError> {
-        self.post("/api/session/status", &json!({ "access_key": access_key }), None)
+        self.post(
+            "/api/session/status",
+            &json!({ "access_key": access_key }),
+            None,
+        )
     }
 }
 

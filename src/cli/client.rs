@@ -1,0 +1,429 @@
+//! `keyseat client` (the reference client: the library in a terminal) and
+//! `keyseat check` (the old deployment test script, built in).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::Value;
+
+use crate::client::{Api, ApiError, Client, ClientError, LostReason, SessionEvent};
+
+/// Exit codes of `keyseat client`, one per way of ending.
+pub mod exit {
+    /// Ended by the user (Ctrl-C or SIGTERM); the session was ended.
+    pub const ENDED_BY_USER: u8 = 0;
+    /// Something else went wrong (bad URL, unexpected answer).
+    pub const ERROR: u8 = 1;
+    /// Another device started with the same key and took the seat.
+    pub const SUPERSEDED: u8 = 3;
+    /// The server expired the session (missed heartbeats).
+    pub const EXPIRED: u8 = 4;
+    /// An administrator ended the session, or it was ended elsewhere.
+    pub const REVOKED: u8 = 5;
+    /// The key was refused: typo, unknown, revoked, suspended or expired.
+    pub const KEY_REFUSED: u8 = 6;
+    /// The server could not be reached before the lease ran out.
+    pub const UNREACHABLE: u8 = 7;
+    /// All seats are in use and the key's policy is `reject`.
+    pub const SEATS_FULL: u8 = 8;
+}
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Server URL, e.g. http://127.0.0.1:8080
+    #[arg(long)]
+    server: String,
+    /// The access key (ks_…).
+    #[arg(long)]
+    key: String,
+    /// The name other devices are shown when this one takes over.
+    #[arg(long)]
+    device_name: Option<String>,
+    /// A device fingerprint, or `machine` for this machine's (hashed) id.
+    #[arg(long)]
+    fingerprint: Option<String>,
+}
+
+fn print_line(text: &str) {
+    println!("{text}");
+}
+
+/// Runs the reference client until Ctrl-C/SIGTERM or the session is lost.
+pub fn run_client(args: ClientArgs) -> ExitCode {
+    let device = args
+        .device_name
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "keyseat client".into());
+    let mut client = match Client::new(&args.server, &args.key) {
+        Ok(c) => c.device_name(device.clone()),
+        Err(e) => return fail(&e),
+    };
+    match args.fingerprint.as_deref() {
+        Some("machine") => {
+            if let Some(fp) = crate::client::machine_fingerprint("keyseat-reference-client") {
+                client = client.fingerprint(fp);
+            }
+        }
+        Some(fp) => client = client.fingerprint(fp),
+        None => {}
+    }
+    let client = client.on_event(|event| match event {
+        SessionEvent::HeartbeatFailed {
+            attempt,
+            error,
+            lease_left,
+        } => print_line(&format!(
+            "heartbeat failed (attempt {attempt}): {error}; session still valid for {} s",
+            lease_left.as_secs()
+        )),
+        SessionEvent::Recovered { failed_attempts } => print_line(&format!(
+            "heartbeat recovered after {failed_attempts} failed attempt(s)"
+        )),
+        SessionEvent::Lost(_) => {}
+    });
+    let session = match client.start() {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    let info = session.info().clone();
+    print_line(&format!(
+        "started session {} (fence {}) as \"{device}\"; heartbeat every {} s, timeout {} s",
+        info.session_id,
+        info.fence,
+        info.heartbeat_interval.as_secs(),
+        info.session_timeout.as_secs()
+    ));
+    for t in &info.terminated {
+        print_line(&format!(
+            "warning: previous session on another device was disconnected: \"{}\" (session {})",
+            t.device_name.as_deref().unwrap_or("unnamed device"),
+            t.session_id
+        ));
+    }
+
+    let (lost_tx, mut lost_rx) = tokio::sync::mpsc::unbounded_channel();
+    session.on_lost(move |reason| {
+        let _ = lost_tx.send(reason);
+    });
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("keyseat: cannot wait for signals: {e}");
+            return ExitCode::from(exit::ERROR);
+        }
+    };
+    let lost = runtime.block_on(async {
+        tokio::select! {
+            _ = crate::server::shutdown_signal() => None,
+            reason = lost_rx.recv() => reason,
+        }
+    });
+    match lost {
+        None => {
+            let _ = session.end();
+            print_line("ended by user");
+            ExitCode::from(exit::ENDED_BY_USER)
+        }
+        Some(reason) => {
+            print_line(&format!("lost: {reason}"));
+            drop(session);
+            ExitCode::from(match reason {
+                LostReason::Superseded { .. } => exit::SUPERSEDED,
+                LostReason::Expired => exit::EXPIRED,
+                LostReason::Revoked | LostReason::Ended | LostReason::NotFound => exit::REVOKED,
+                LostReason::KeyRefused { .. } => exit::KEY_REFUSED,
+                LostReason::Unreachable { .. } => exit::UNREACHABLE,
+                LostReason::Rejected { .. } => exit::ERROR,
+            })
+        }
+    }
+}
+
+fn fail(e: &ClientError) -> ExitCode {
+    eprintln!("keyseat: cannot start a session: {e}");
+    ExitCode::from(match e {
+        ClientError::InvalidKeyFormat(_) => exit::KEY_REFUSED,
+        ClientError::Refused { code, .. } if code == "seats_full" => exit::SEATS_FULL,
+        ClientError::Refused { code, .. } if code == "invalid_key" || code.starts_with("key_") => {
+            exit::KEY_REFUSED
+        }
+        ClientError::Unreachable(_) => exit::UNREACHABLE,
+        _ => exit::ERROR,
+    })
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Server URL, e.g. https://licenses.example.com
+    #[arg(long)]
+    server: String,
+    /// An access key to test with. Use a test key: the checks take over
+    /// its seat, so a real user of it would be disconnected.
+    #[arg(long)]
+    key: String,
+    /// Also check that a silent session expires (waits for the server's
+    /// advertised timeout).
+    #[arg(long)]
+    with_expiry: bool,
+}
+
+/// Runs the checks; exit 0 only when every check passes.
+pub fn run_check(args: CheckArgs) -> ExitCode {
+    if let Err(e) = crate::keys::AccessKey::parse(args.key.trim()) {
+        eprintln!("keyseat: the access key is not valid: {e}");
+        return ExitCode::from(exit::KEY_REFUSED);
+    }
+    let api = match Api::new(&args.server, Duration::from_secs(10)) {
+        Ok(api) => api,
+        Err(e) => {
+            eprintln!("keyseat: {e}");
+            return ExitCode::from(exit::ERROR);
+        }
+    };
+    let mut check = Check {
+        api,
+        key: args.key.trim().to_owned(),
+        passed: 0,
+        total: 0,
+        opened: Vec::new(),
+    };
+    println!(
+        "Checking {} (the checks start and end sessions on this key)",
+        check.api.base()
+    );
+    check.run(args.with_expiry);
+    check.cleanup();
+    println!("{}/{} checks passed", check.passed, check.total);
+    if check.passed == check.total {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(exit::ERROR)
+    }
+}
+
+struct Check {
+    api: Api,
+    key: String,
+    passed: usize,
+    total: usize,
+    /// Sessions this run started, ended at the end whatever happened.
+    opened: Vec<String>,
+}
+
+const DEVICE_A: &str = "keyseat-check-A";
+const DEVICE_B: &str = "keyseat-check-B";
+const DEVICE_C: &str = "keyseat-check-expiry";
+
+impl Check {
+    fn report(&mut self, name: &str, outcome: Result<String, String>) -> bool {
+        self.total += 1;
+        match outcome {
+            Ok(detail) => {
+                self.passed += 1;
+                println!("PASS {name}: {detail}");
+                true
+            }
+            Err(reason) => {
+                println!("FAIL {name}: {reason}");
+                false
+            }
+        }
+    }
+
+    fn start(&mut self, device: &str) -> Result<Value, ApiError> {
+        let id = format!("keyseat-check-{}", uuid::Uuid::new_v4());
+        self.opened.push(id.clone());
+        self.api.start(&self.key, Some(&id), Some(device), None)
+    }
+
+    fn run(&mut self, with_expiry: bool) {
+        let health = self.api.health().map_err(|e| e.to_string()).and_then(|h| {
+            if h["status"] == "ok" && h["database"] == "ok" {
+                Ok(format!(
+                    "server {} is up, database ok",
+                    h["version"].as_str().unwrap_or("?")
+                ))
+            } else {
+                Err(format!("unexpected health answer {h}"))
+            }
+        });
+        self.report("health", health);
+
+        let a = self.start(DEVICE_A);
+        let a_id = a
+            .as_ref()
+            .ok()
+            .and_then(|b| b["session_id"].as_str())
+            .map(str::to_owned);
+        let timeout = a
+            .as_ref()
+            .ok()
+            .and_then(|b| b["session_timeout_seconds"].as_u64())
+            .unwrap_or(60);
+        let started = a
+            .map_err(|e| e.to_string())
+            .and_then(|b| match b["session_id"].as_str() {
+                Some(id) => Ok(format!("session {id}, fence {}", b["fence"])),
+                None => Err(format!("no session_id in {b}")),
+            });
+        let skipped = || Err::<String, String>("skipped: no session was started".into());
+        self.report("start", started);
+
+        let Some(a_id) = a_id else {
+            for name in ["heartbeat", "status", "one-device-at-a-time", "end"] {
+                self.report(name, skipped());
+            }
+            if with_expiry {
+                self.report("expiry", skipped());
+            }
+            return;
+        };
+
+        let hb = self
+            .api
+            .heartbeat(&self.key, &a_id, None)
+            .map_err(|e| e.to_string())
+            .map(|b| {
+                format!(
+                    "lease extended to {}",
+                    b["expires_at"].as_str().unwrap_or("?")
+                )
+            });
+        self.report("heartbeat", hb);
+
+        let status = self
+            .api
+            .status(&self.key)
+            .map_err(|e| e.to_string())
+            .and_then(|b| {
+                let listed = b["sessions"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|s| s["session_id"] == a_id.as_str()));
+                if listed {
+                    Ok(format!(
+                        "session listed as live ({} of {} seat(s))",
+                        b["sessions"].as_array().map_or(0, Vec::len),
+                        b["max_sessions"]
+                    ))
+                } else {
+                    Err(format!("the live session is missing from {b}"))
+                }
+            });
+        self.report("status", status);
+
+        let (one_device, end) = self.one_device(&a_id);
+        self.report("one-device-at-a-time", one_device);
+        self.report("end", end);
+
+        if with_expiry {
+            let expiry = self.expiry(timeout);
+            self.report("expiry", expiry);
+        }
+    }
+
+    /// Device B starts; device A must be superseded and told B's name.
+    /// Then B ends and must be told so. Returns both outcomes.
+    fn one_device(&mut self, a_id: &str) -> (Result<String, String>, Result<String, String>) {
+        let b = match self.start(DEVICE_B) {
+            Ok(b) => b,
+            Err(e) => {
+                let reason = if e.code() == Some("seats_full") {
+                    "a second device was refused with seats_full: the key's policy is reject, not takeover".to_owned()
+                } else {
+                    format!("starting a second device failed: {e}")
+                };
+                return (Err(reason), Err("skipped: no second session".into()));
+            }
+        };
+        let b_id = b["session_id"].as_str().unwrap_or_default().to_owned();
+        let result = (|| {
+            let terminated = b["terminated_sessions"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|t| t["session_id"] == a_id));
+            if !terminated || b["previous_session_terminated"] != true {
+                return Err("a second device started without ending the first: the key allows more than one device at a time".to_owned());
+            }
+            match self.api.heartbeat(&self.key, a_id, None) {
+                Err(ApiError::Server {
+                    status: 409,
+                    code,
+                    error,
+                    ..
+                }) if code == "session_superseded" => {
+                    let by = error["superseded_by"]["device_name"]
+                        .as_str()
+                        .unwrap_or_default();
+                    if by == DEVICE_B {
+                        Ok(format!(
+                            "the first device heard 409 session_superseded naming \"{by}\""
+                        ))
+                    } else {
+                        Err(format!(
+                            "session_superseded named \"{by}\", not \"{DEVICE_B}\""
+                        ))
+                    }
+                }
+                Ok(_) => {
+                    Err("the first device's heartbeat still succeeds after the takeover".into())
+                }
+                Err(e) => Err(format!(
+                    "the first device heard {e}, not 409 session_superseded"
+                )),
+            }
+        })();
+        let end = self.end_check(&b_id);
+        (result, end)
+    }
+
+    fn end_check(&mut self, id: &str) -> Result<String, String> {
+        match self.api.end(&self.key, id, None) {
+            Ok(b) if b["ended"] == true => {}
+            Ok(b) => return Err(format!("end answered {b}, expected ended: true")),
+            Err(e) => return Err(e.to_string()),
+        }
+        match self.api.heartbeat(&self.key, id, None) {
+            Err(ApiError::Server {
+                status: 410, code, ..
+            }) if code == "session_ended" => {
+                Ok("ended; a later heartbeat hears 410 session_ended".into())
+            }
+            Ok(_) => Err("a heartbeat after end still succeeds".into()),
+            Err(e) => Err(format!(
+                "a heartbeat after end heard {e}, not 410 session_ended"
+            )),
+        }
+    }
+
+    fn expiry(&mut self, timeout: u64) -> Result<String, String> {
+        let c = self
+            .start(DEVICE_C)
+            .map_err(|e| format!("starting failed: {e}"))?;
+        let id = c["session_id"].as_str().unwrap_or_default().to_owned();
+        let wait = timeout + 2;
+        println!("     waiting {wait} s for the session to expire (server timeout {timeout} s)…");
+        std::thread::sleep(Duration::from_secs(wait));
+        match self.api.heartbeat(&self.key, &id, None) {
+            Err(ApiError::Server {
+                status: 410, code, ..
+            }) if code == "session_expired" => {
+                Ok(format!("a silent session expired after {timeout} s"))
+            }
+            Ok(_) => Err(format!(
+                "the session was still live {wait} s after its last heartbeat"
+            )),
+            Err(e) => Err(format!("heard {e}, not 410 session_expired")),
+        }
+    }
+
+    /// Ends every session this run started (already-ended ones are fine).
+    fn cleanup(&mut self) {
+        for id in std::mem::take(&mut self.opened) {
+            let _ = self.api.end(&self.key, &id, Some(Duration::from_secs(5)));
+        }
+    }
+}
