@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::rules::Timing;
+use crate::store::Durability;
 
 /// A secret whose `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
@@ -57,6 +58,10 @@ pub struct Settings {
     pub admin_auth_failures_per_minute: u32,
     /// A tracing filter, e.g. `info` or `keyseat=debug`.
     pub log: String,
+    /// How stale heartbeat times on disk may be (the CLI's view).
+    pub heartbeat_persist_seconds: u64,
+    /// Commit durability: FULL (default) or NORMAL.
+    pub durability: Durability,
 }
 
 impl Default for Settings {
@@ -73,6 +78,8 @@ impl Default for Settings {
             failed_key_lookups_per_minute: 30,
             admin_auth_failures_per_minute: 10,
             log: "info".into(),
+            heartbeat_persist_seconds: 60,
+            durability: Durability::Full,
         }
     }
 }
@@ -116,11 +123,13 @@ struct FileSettings {
     failed_key_lookups_per_minute: Option<u32>,
     admin_auth_failures_per_minute: Option<u32>,
     log: Option<String>,
+    heartbeat_persist_seconds: Option<u64>,
+    synchronous: Option<String>,
 }
 
 /// Every setting name, in the order of the example file. Each has an
 /// environment variable `KEYSEAT_<NAME>` and a flag `--<name>` (dashes).
-pub const SETTING_NAMES: [&str; 11] = [
+pub const SETTING_NAMES: [&str; 13] = [
     "listen",
     "database",
     "admin_token",
@@ -132,6 +141,8 @@ pub const SETTING_NAMES: [&str; 11] = [
     "failed_key_lookups_per_minute",
     "admin_auth_failures_per_minute",
     "log",
+    "heartbeat_persist_seconds",
+    "synchronous",
 ];
 
 /// Loads settings from the real environment.
@@ -246,6 +257,11 @@ fn apply_file(s: &mut Settings, path: &Path) -> Result<(), ConfigError> {
         file.admin_auth_failures_per_minute.map(|v| v.to_string()),
     )?;
     set("log", file.log)?;
+    set(
+        "heartbeat_persist_seconds",
+        file.heartbeat_persist_seconds.map(|v| v.to_string()),
+    )?;
+    set("synchronous", file.synchronous)?;
     Ok(())
 }
 
@@ -313,6 +329,18 @@ fn apply_text(s: &mut Settings, name: &str, value: &str, from: &str) -> Result<(
             })?;
             s.log = value.to_owned()
         }
+        "heartbeat_persist_seconds" => s.heartbeat_persist_seconds = number(name, value, from)?,
+        "synchronous" => {
+            s.durability = match value.trim().to_ascii_lowercase().as_str() {
+                "full" => Durability::Full,
+                "normal" => Durability::Normal,
+                _ => {
+                    return Err(ConfigError(format!(
+                        "synchronous = `{value}` (from {from}) must be `full` or `normal`"
+                    )))
+                }
+            }
+        }
         other => return Err(ConfigError(format!("unknown setting {other}"))),
     }
     Ok(())
@@ -349,6 +377,12 @@ fn validate(s: &Settings) -> Result<(), ConfigError> {
         return fail(format!(
             "history_days = {} must be between 1 and 3650",
             s.history_days
+        ));
+    }
+    if !(1..=3_600).contains(&s.heartbeat_persist_seconds) {
+        return fail(format!(
+            "heartbeat_persist_seconds = {} must be between 1 and 3600",
+            s.heartbeat_persist_seconds
         ));
     }
     if s.failed_key_lookups_per_minute == 0 || s.admin_auth_failures_per_minute == 0 {

@@ -21,7 +21,7 @@ use crate::clock::Clock;
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::http::{app, AppState};
-use crate::store::{blocking, OpenMode, SqliteStore, Storage};
+use crate::store::{blocking, LiveOptions, LiveStore, Storage};
 use crate::sweep;
 
 /// How long in-flight requests get to finish after a stop signal.
@@ -35,6 +35,34 @@ pub struct Server {
     stop: watch::Sender<bool>,
     http: JoinHandle<std::io::Result<()>>,
     sweep: JoinHandle<()>,
+    upkeep: JoinHandle<()>,
+}
+
+/// How often the store's upkeep runs: a CLI change reaches the running
+/// server within this (plus the write's own time).
+const UPKEEP_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Runs the store's upkeep (heartbeat persistence, reconciling other
+/// processes' writes, checkpoints) until stopped; errors are logged.
+async fn maintain(store: Arc<dyn Storage>, mut stop: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(UPKEEP_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    break;
+                }
+            }
+            _ = ticker.tick() => {
+                let s = store.clone();
+                if let Err(e) = blocking(move || s.maintain()).await {
+                    tracing::error!(error = %e, "store upkeep failed; retrying");
+                }
+            }
+        }
+    }
 }
 
 impl Server {
@@ -64,12 +92,16 @@ impl Server {
         });
 
         let path = settings.database.clone();
-        let timing = settings.timing();
-        let ready_clock = clock.clone();
+        let opts = LiveOptions {
+            timing: settings.timing(),
+            persist_secs: settings.heartbeat_persist_seconds,
+            durability: settings.durability,
+        };
+        let store_clock = clock.clone();
         let opened = blocking(move || {
-            let store = SqliteStore::open(&path, OpenMode::CreateAndMigrate)?;
-            let report = store.resume_after_restart(ready_clock.now(), timing)?;
-            let first_run = store.list_keys(1, None, ready_clock.now())?.keys.is_empty();
+            let ready_at = store_clock.now();
+            let (store, report) = LiveStore::open(&path, opts, store_clock.clone(), ready_at)?;
+            let first_run = store.list_keys(1, None, ready_at)?.keys.is_empty();
             Ok((store, report, first_run))
         })
         .await;
@@ -99,8 +131,9 @@ impl Server {
             clock.clone(),
             Duration::from_secs(settings.sweep_interval_seconds),
             settings.history_days,
-            stop_rx,
+            stop_rx.clone(),
         ));
+        let upkeep = tokio::spawn(maintain(store.clone(), stop_rx));
 
         tracing::info!(
             "keyseat {} listening on http://{addr} (database {})",
@@ -120,6 +153,7 @@ impl Server {
             stop,
             http,
             sweep,
+            upkeep,
         })
     }
 
@@ -155,6 +189,7 @@ impl Server {
             }
         }
         let _ = self.sweep.await;
+        let _ = self.upkeep.await;
         let store = self.store;
         let now = self.clock.now();
         blocking(move || store.mark_stopped(now)).await?;

@@ -74,6 +74,12 @@ struct SettingFlags {
     /// Log filter such as info or debug [default: info] [env: KEYSEAT_LOG]
     #[arg(long, global = true, value_name = "FILTER")]
     log: Option<String>,
+    /// Staleness of heartbeat times on disk [default: 60] [env: KEYSEAT_HEARTBEAT_PERSIST_SECONDS]
+    #[arg(long, global = true, value_name = "SECS")]
+    heartbeat_persist_seconds: Option<String>,
+    /// full | normal [default: full] [env: KEYSEAT_SYNCHRONOUS]
+    #[arg(long, global = true, value_name = "FULL|NORMAL")]
+    synchronous: Option<String>,
 }
 
 impl SettingFlags {
@@ -82,7 +88,7 @@ impl SettingFlags {
             config: self.config.clone(),
             ..Default::default()
         };
-        let pairs: [(&'static str, &Option<String>); 11] = [
+        let pairs: [(&'static str, &Option<String>); 13] = [
             ("listen", &self.listen),
             ("database", &self.database),
             ("admin_token", &self.admin_token),
@@ -103,6 +109,8 @@ impl SettingFlags {
                 &self.admin_auth_failures_per_minute,
             ),
             ("log", &self.log),
+            ("heartbeat_persist_seconds", &self.heartbeat_persist_seconds),
+            ("synchronous", &self.synchronous),
         ];
         for (name, value) in pairs {
             if let Some(v) = value {

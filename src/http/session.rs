@@ -181,13 +181,26 @@ async fn heartbeat(
     let store = state.store()?;
     let (clock, timing) = (state.clock(), state.timing());
     let session_id = body.session_id;
-    let s = guard
-        .check(blocking(move || store.heartbeat(&key, &session_id, clock.now(), timing)).await)?;
+    // Almost every heartbeat is answered from memory, right here, with no
+    // database call; the rest (key not cached yet, session not live) go to
+    // the blocking pool.
+    let (fence, at, expires_at) = match store.heartbeat_fast(&key, &session_id) {
+        Some(beat) => {
+            let beat = guard.check(beat)?;
+            (beat.fence, beat.at, beat.expires_at)
+        }
+        None => {
+            let id = session_id.clone();
+            let s = guard
+                .check(blocking(move || store.heartbeat(&key, &id, clock.now(), timing)).await)?;
+            (s.fence, s.last_heartbeat, s.expires_at)
+        }
+    };
     Ok(Json(json!({
-        "session_id": s.session_id,
-        "fence": s.fence,
-        "last_heartbeat": s.last_heartbeat,
-        "expires_at": s.expires_at,
+        "session_id": session_id,
+        "fence": fence,
+        "last_heartbeat": at,
+        "expires_at": expires_at,
         "heartbeat_interval_seconds": timing.heartbeat_interval_secs,
     })))
 }

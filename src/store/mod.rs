@@ -7,9 +7,14 @@
 //! [`crate::rules`] what to do, and applies the answer in one transaction.
 //! All methods are blocking; async callers go through [`blocking`].
 
+mod live;
+mod memory;
 mod sqlite;
+mod writer;
 
-pub use sqlite::{OpenMode, SqliteStore};
+pub use live::{LiveOptions, LiveStore};
+pub use memory::Beat;
+pub use sqlite::{Durability, OpenMode, SqliteStore};
 
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
@@ -173,6 +178,19 @@ pub trait Storage: Send + Sync + 'static {
         now: Timestamp,
         timing: Timing,
     ) -> Result<StartOutcome>;
+
+    /// A heartbeat answered at once, without blocking (from memory), when
+    /// the store can; `None` means "call [`Storage::heartbeat`]".
+    fn heartbeat_fast(&self, _key: &AccessKey, _session_id: &str) -> Option<Result<Beat>> {
+        None
+    }
+
+    /// Background upkeep, called about twice a second by the server:
+    /// persisting heartbeat times, noticing other processes' writes,
+    /// checkpointing.
+    fn maintain(&self) -> Result<()> {
+        Ok(())
+    }
 
     /// Extends a live session's lease, or says precisely why it is over.
     fn heartbeat(

@@ -16,9 +16,10 @@ use std::time::Duration;
 
 use r2d2::{Pool, PooledConnection};
 use r2d2_sqlite::SqliteConnectionManager;
-use rusqlite::{named_params, params, Connection, OpenFlags, OptionalExtension, Row, Transaction};
+use rusqlite::{named_params, params, Connection, OpenFlags, OptionalExtension, Row};
 use serde_json::json;
 
+use super::memory::{Change, Memory};
 use super::*;
 use crate::keys::{new_key_id, AccessKey, KEY_TAG, PREFIX_LEN};
 use crate::rules::{self, StartDecision};
@@ -48,6 +49,7 @@ pub enum OpenMode {
 
 /// The SQLite implementation of [`Storage`].
 pub struct SqliteStore {
+    durability: Durability,
     pool: Pool<SqliteConnectionManager>,
     write_lock: Mutex<()>,
     path: PathBuf,
@@ -61,19 +63,42 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
-/// Per-connection settings, applied to every pooled connection.
-fn configure(conn: &mut Connection) -> rusqlite::Result<()> {
+/// Per-connection settings, applied to every connection.
+fn configure(conn: &mut Connection, durability: Durability) -> rusqlite::Result<()> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     // FULL: a start, end or key change acknowledged to a client survives a
-    // power cut, not just a process crash.
-    conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")?;
+    // power cut, not just a process crash. NORMAL (WAL): survives a process
+    // crash; a power cut may lose the last commits.
+    let sync = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.execute_batch(&format!(
+        "PRAGMA foreign_keys = ON; PRAGMA synchronous = {sync};"
+    ))?;
     Ok(())
+}
+
+/// How hard a commit waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `synchronous = FULL`: acknowledged writes survive a power cut.
+    #[default]
+    Full,
+    /// `synchronous = NORMAL`: acknowledged writes survive a process crash;
+    /// a power cut may lose the last ones.
+    Normal,
 }
 
 impl SqliteStore {
     /// Opens (and in `CreateAndMigrate` mode creates and migrates) the
     /// database at `path`.
     pub fn open(path: &Path, mode: OpenMode) -> Result<SqliteStore> {
+        Self::open_with(path, mode, Durability::Full)
+    }
+
+    /// Opens with a chosen durability.
+    pub fn open_with(path: &Path, mode: OpenMode, durability: Durability) -> Result<SqliteStore> {
         let shown = path.display();
         // The bundled SQLite treats a name starting with `file:` as a URI
         // whatever the open flags say; `./file:x.db` is taken literally.
@@ -119,7 +144,7 @@ impl SqliteStore {
         };
 
         let mut conn = Connection::open_with_flags(path, flags).map_err(describe)?;
-        configure(&mut conn).map_err(describe)?;
+        configure(&mut conn, durability).map_err(describe)?;
         match mode {
             OpenMode::CreateAndMigrate => {
                 let journal: String = conn
@@ -142,7 +167,7 @@ impl SqliteStore {
 
         let manager = SqliteConnectionManager::file(path)
             .with_flags(OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-            .with_init(configure);
+            .with_init(move |c| configure(c, durability));
         let pool = Pool::builder()
             .max_size(POOL_SIZE)
             .min_idle(Some(1))
@@ -150,10 +175,21 @@ impl SqliteStore {
             .build(manager)
             .map_err(|e| Error::Database(format!("cannot open database {shown}: {e}")))?;
         Ok(SqliteStore {
+            durability,
             pool,
             write_lock: Mutex::new(()),
             path: path.to_owned(),
         })
+    }
+
+    /// A new connection of its own (for the server's writer thread).
+    pub(super) fn new_connection(&self) -> Result<Connection> {
+        let mut conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        configure(&mut conn, self.durability)?;
+        Ok(conn)
     }
 
     /// The file this store works on.
@@ -176,7 +212,7 @@ impl SqliteStore {
     /// Runs `f` in one `BEGIN IMMEDIATE` transaction and commits if it
     /// returns `Ok`. A domain refusal that must still be recorded (a
     /// rejected start) is returned as `Ok(Err(..))` by the closure.
-    fn write<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
+    fn write<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let _guard = self.lock();
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -185,7 +221,7 @@ impl SqliteStore {
         Ok(value)
     }
 
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    pub(super) fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let conn = self.conn()?;
         f(&conn)
     }
@@ -279,10 +315,20 @@ fn latest_embedded_version() -> i64 {
 // ---------------------------------------------------------------------------
 // Row mapping
 
-const KEY_COLUMNS: &str = "k.key_id, k.prefix, k.label, k.max_sessions, k.on_conflict, k.status, \
-     k.expires_at, k.created_at, k.updated_at, k.revoked_at, \
-     (SELECT COUNT(*) FROM sessions s WHERE s.key_id = k.key_id AND s.ended_at IS NULL \
-        AND s.expires_at > :now)";
+/// A session's effective lease end on disk: its own `expires_at`, or the
+/// lease floor every session got at the last restart, whichever is later.
+/// (The floor spares a restart from rewriting every open session.)
+const EFFECTIVE_EXPIRY: &str =
+    "MAX(s.expires_at, IFNULL((SELECT value FROM server_state WHERE name = 'lease_floor'), 0))";
+
+fn key_columns() -> String {
+    format!(
+        "k.key_id, k.prefix, k.label, k.max_sessions, k.on_conflict, k.status, \
+         k.expires_at, k.created_at, k.updated_at, k.revoked_at, \
+         (SELECT COUNT(*) FROM sessions s WHERE s.key_id = k.key_id AND s.ended_at IS NULL \
+            AND {EFFECTIVE_EXPIRY} > :now)"
+    )
+}
 
 fn opt_ts(v: Option<i64>) -> Option<Timestamp> {
     v.map(Timestamp)
@@ -306,9 +352,13 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<Key> {
     })
 }
 
-const SESSION_COLUMNS: &str = "s.session_id, s.key_id, k.prefix, s.fence, s.device_name, \
-     s.fingerprint, s.client_addr, s.started_at, s.last_heartbeat, s.expires_at, s.ended_at, \
-     s.end_reason, s.superseded_by";
+fn session_columns() -> String {
+    format!(
+        "s.session_id, s.key_id, k.prefix, s.fence, s.device_name, \
+         s.fingerprint, s.client_addr, s.started_at, s.last_heartbeat, {EFFECTIVE_EXPIRY}, \
+         s.ended_at, s.end_reason, s.superseded_by"
+    )
+}
 
 fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
     let reason: Option<String> = row.get(11)?;
@@ -329,25 +379,22 @@ fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
     })
 }
 
-fn key_by_hash(conn: &Connection, hash: &[u8], now: Timestamp) -> Result<Option<Key>> {
-    let sql = format!("SELECT {KEY_COLUMNS} FROM keys k WHERE k.key_hash = :hash");
+pub(super) fn key_by_hash(conn: &Connection, hash: &[u8], now: Timestamp) -> Result<Option<Key>> {
+    let sql = format!(
+        "SELECT {} FROM keys k WHERE k.key_hash = :hash",
+        key_columns()
+    );
     Ok(conn
-        .query_row(
-            &sql,
-            named_params! {":hash": hash, ":now": now.0},
-            key_from_row,
-        )
+        .prepare_cached(&sql)?
+        .query_row(named_params! {":hash": hash, ":now": now.0}, key_from_row)
         .optional()?)
 }
 
 fn key_by_id(conn: &Connection, key_id: &str, now: Timestamp) -> Result<Option<Key>> {
-    let sql = format!("SELECT {KEY_COLUMNS} FROM keys k WHERE k.key_id = :id");
+    let sql = format!("SELECT {} FROM keys k WHERE k.key_id = :id", key_columns());
     Ok(conn
-        .query_row(
-            &sql,
-            named_params! {":id": key_id, ":now": now.0},
-            key_from_row,
-        )
+        .prepare_cached(&sql)?
+        .query_row(named_params! {":id": key_id, ":now": now.0}, key_from_row)
         .optional()?)
 }
 
@@ -360,7 +407,10 @@ fn resolve_key(conn: &Connection, key_ref: &str, now: Timestamp) -> Result<Key> 
     let bare = key_ref.strip_prefix(KEY_TAG).unwrap_or(key_ref);
     if bare.len() == PREFIX_LEN && bare.bytes().all(|b| b.is_ascii_alphanumeric()) {
         let prefix = format!("{KEY_TAG}{bare}");
-        let sql = format!("SELECT {KEY_COLUMNS} FROM keys k WHERE k.prefix = :prefix LIMIT 2");
+        let sql = format!(
+            "SELECT {} FROM keys k WHERE k.prefix = :prefix LIMIT 2",
+            key_columns()
+        );
         let mut stmt = conn.prepare(&sql)?;
         let found = stmt
             .query_map(
@@ -382,18 +432,22 @@ fn resolve_key(conn: &Connection, key_ref: &str, now: Timestamp) -> Result<Key> 
     Err(Error::KeyNotFound(crate::keys::redact_secret(key_ref)))
 }
 
-fn session_by_id(conn: &Connection, id: &str) -> Result<Option<Session>> {
+fn session_row(conn: &Connection, id: &str) -> Result<Option<Session>> {
     let sql = format!(
-        "SELECT {SESSION_COLUMNS} FROM sessions s JOIN keys k ON k.key_id = s.key_id \
-         WHERE s.session_id = ?1"
+        "SELECT {} FROM sessions s JOIN keys k ON k.key_id = s.key_id WHERE s.session_id = ?1",
+        session_columns()
     );
-    Ok(conn.query_row(&sql, [id], session_from_row).optional()?)
+    Ok(conn
+        .prepare_cached(&sql)?
+        .query_row([id], session_from_row)
+        .optional()?)
 }
 
-fn open_sessions_of(conn: &Connection, key_id: &str) -> Result<Vec<Session>> {
+fn open_session_rows(conn: &Connection, key_id: &str) -> Result<Vec<Session>> {
     let sql = format!(
-        "SELECT {SESSION_COLUMNS} FROM sessions s JOIN keys k ON k.key_id = s.key_id \
-         WHERE s.key_id = ?1 AND s.ended_at IS NULL ORDER BY s.fence"
+        "SELECT {} FROM sessions s JOIN keys k ON k.key_id = s.key_id \
+         WHERE s.key_id = ?1 AND s.ended_at IS NULL ORDER BY s.fence",
+        session_columns()
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt
@@ -402,15 +456,259 @@ fn open_sessions_of(conn: &Connection, key_id: &str) -> Result<Vec<Session>> {
     Ok(rows)
 }
 
-/// The key behind an access key, checked like on every session endpoint.
-fn usable_key(conn: &Connection, key: &AccessKey, now: Timestamp) -> Result<Key> {
-    let found = key_by_hash(conn, &key.hash(), now)?.ok_or(Error::InvalidKey)?;
-    rules::check_key(&found, now)?;
-    Ok(found)
+/// Ids of every open session (for reconciling memory with other writers).
+pub(super) fn open_session_ids(conn: &Connection) -> Result<std::collections::HashSet<String>> {
+    let mut stmt = conn.prepare("SELECT session_id FROM sessions WHERE ended_at IS NULL")?;
+    let ids = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(ids)
+}
+
+/// An open session as memory loads it: (id, key id, fence, last heartbeat,
+/// effective lease end on disk).
+pub(super) type OpenRow = (String, String, i64, i64, i64);
+
+/// Every open session, for loading memory at start-up.
+pub(super) fn open_sessions_for_memory(conn: &Connection) -> Result<Vec<OpenRow>> {
+    let sql = format!(
+        "SELECT s.session_id, s.key_id, s.fence, s.last_heartbeat, {EFFECTIVE_EXPIRY} \
+         FROM sessions s WHERE s.ended_at IS NULL"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
 }
 
 // ---------------------------------------------------------------------------
-// Writes shared by several operations
+// Transactions: what every write and read of sessions goes through
+
+/// One unit of work on a connection. With `mem` (the server), the exact
+/// heartbeat and lease of each open session come from memory, disk leases
+/// get `slack` added (heartbeats reach the disk lazily, so the disk's lease
+/// must stay an upper bound of the true one), and what changes is collected
+/// in `changes` for memory to apply after the commit.
+pub struct Tx<'a> {
+    pub(super) c: &'a Connection,
+    mem: Option<&'a Memory>,
+    slack_secs: u64,
+    pub(super) changes: Vec<Change>,
+}
+
+impl<'a> Tx<'a> {
+    /// Straight on the database (the CLI).
+    pub(super) fn direct(c: &'a Connection) -> Self {
+        Tx {
+            c,
+            mem: None,
+            slack_secs: 0,
+            changes: Vec::new(),
+        }
+    }
+
+    /// With the server's memory.
+    pub(super) fn with_memory(c: &'a Connection, mem: &'a Memory, slack_secs: u64) -> Self {
+        Tx {
+            c,
+            mem: Some(mem),
+            slack_secs,
+            changes: Vec::new(),
+        }
+    }
+
+    fn overlay(&self, mut s: Session) -> Session {
+        if s.ended_at.is_none() {
+            if let Some((hb, exp)) = self.mem.and_then(|m| m.lease_of(&s.session_id)) {
+                s.last_heartbeat = Timestamp(hb);
+                s.expires_at = Timestamp(exp);
+            }
+        }
+        s
+    }
+
+    fn session(&self, id: &str) -> Result<Option<Session>> {
+        Ok(session_row(self.c, id)?.map(|s| self.overlay(s)))
+    }
+
+    fn open_sessions_of(&self, key_id: &str) -> Result<Vec<Session>> {
+        Ok(open_session_rows(self.c, key_id)?
+            .into_iter()
+            .map(|s| self.overlay(s))
+            .collect())
+    }
+
+    /// The lease end written to disk for a lease ending at `exact`.
+    fn disk_lease(&self, exact: Timestamp) -> i64 {
+        exact.plus_secs(self.slack_secs).0
+    }
+
+    fn record(&self, e: EventRecord<'_>) -> Result<()> {
+        self.c
+            .prepare_cached(
+                "INSERT INTO events (at, type, key_id, session_id, device_name, client_addr, detail) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                e.at.0,
+                e.event_type.as_str(),
+                e.key_id,
+                e.session_id,
+                e.device_name,
+                e.actor.0,
+                e.detail.map(|d| d.to_string()),
+            ])?;
+        Ok(())
+    }
+
+    /// Ends a session that is still open, records the event, returns the
+    /// session as it is now. `at` is when it ended (for expiry, the moment
+    /// its lease ran out, not the moment the sweep noticed).
+    #[allow(clippy::too_many_arguments)]
+    fn end_open_session(
+        &mut self,
+        mut session: Session,
+        reason: EndReason,
+        at: Timestamp,
+        superseded_by: Option<&str>,
+        actor: &Actor,
+        detail: Option<serde_json::Value>,
+    ) -> Result<Session> {
+        let changed = self
+            .c
+            .prepare_cached(
+                "UPDATE sessions SET ended_at = ?2, end_reason = ?3, superseded_by = ?4, \
+                 last_heartbeat = MAX(last_heartbeat, ?5) \
+                 WHERE session_id = ?1 AND ended_at IS NULL",
+            )?
+            .execute(params![
+                session.session_id,
+                at.0,
+                reason.as_str(),
+                superseded_by,
+                session.last_heartbeat.0,
+            ])?;
+        if changed == 1 {
+            self.record(EventRecord {
+                at,
+                event_type: EventType::for_end(reason),
+                key_id: Some(&session.key_id),
+                session_id: Some(&session.session_id),
+                device_name: session.device_name.as_deref(),
+                actor,
+                detail,
+            })?;
+            self.changes.push(Change::Ended {
+                id: session.session_id.clone(),
+            });
+        }
+        session.ended_at = Some(at);
+        session.end_reason = Some(reason);
+        session.superseded_by = superseded_by.map(str::to_owned);
+        Ok(session)
+    }
+
+    /// Records an open session whose lease has run out as expired.
+    fn record_expiry(&mut self, session: Session) -> Result<Session> {
+        let at = session.expires_at;
+        self.end_open_session(
+            session,
+            EndReason::Expired,
+            at,
+            None,
+            &Actor::server(),
+            None,
+        )
+    }
+
+    /// Ends the given live sessions with reason `revoked`.
+    fn revoke_sessions(
+        &mut self,
+        sessions: Vec<Session>,
+        now: Timestamp,
+        actor: &Actor,
+        cause: &str,
+    ) -> Result<Vec<Session>> {
+        sessions
+            .into_iter()
+            .map(|s| {
+                self.end_open_session(
+                    s,
+                    EndReason::Revoked,
+                    now,
+                    None,
+                    actor,
+                    Some(json!({ "cause": cause })),
+                )
+            })
+            .collect()
+    }
+
+    /// Open sessions of a key split into (dead ones, now recorded as
+    /// expired; live ones).
+    fn settle_open_sessions(
+        &mut self,
+        key_id: &str,
+        now: Timestamp,
+    ) -> Result<(Vec<Session>, Vec<Session>)> {
+        let (live, dead): (Vec<_>, Vec<_>) = self
+            .open_sessions_of(key_id)?
+            .into_iter()
+            .partition(|s| s.is_live_at(now));
+        let expired = dead
+            .into_iter()
+            .map(|s| self.record_expiry(s))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((expired, live))
+    }
+
+    fn explain_not_live(&self, session: &Session, now: Timestamp) -> Error {
+        match rules::end_reason_at(session, now) {
+            Some(EndReason::Superseded) => {
+                let by = session
+                    .superseded_by
+                    .as_deref()
+                    .and_then(|id| session_row(self.c, id).ok().flatten());
+                Error::SessionSuperseded {
+                    device_name: by.as_ref().and_then(|s| s.device_name.clone()),
+                    started_at: by.map(|s| s.started_at).or(session.ended_at).unwrap_or(now),
+                }
+            }
+            Some(reason) => Error::SessionOver(reason),
+            None => Error::Internal("session is live but was explained as ended".into()),
+        }
+    }
+
+    fn set_server_state(&self, name: &str, value: i64) -> Result<()> {
+        self.c.execute(
+            "INSERT INTO server_state (name, value) VALUES (?1, ?2) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            params![name, value],
+        )?;
+        Ok(())
+    }
+
+    fn server_state(&self, name: &str) -> Result<Option<i64>> {
+        Ok(self
+            .c
+            .query_row(
+                "SELECT value FROM server_state WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// The key behind an access key, checked like on every session endpoint.
+    fn usable_key(&self, key: &AccessKey, now: Timestamp) -> Result<Key> {
+        let found = key_by_hash(self.c, &key.hash(), now)?.ok_or(Error::InvalidKey)?;
+        rules::check_key(&found, now)?;
+        Ok(found)
+    }
+}
 
 struct EventRecord<'a> {
     at: Timestamp,
@@ -422,151 +720,729 @@ struct EventRecord<'a> {
     detail: Option<serde_json::Value>,
 }
 
-fn record(tx: &Transaction<'_>, e: EventRecord<'_>) -> Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO events (at, type, key_id, session_id, device_name, client_addr, detail) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
-        e.at.0,
-        e.event_type.as_str(),
-        e.key_id,
-        e.session_id,
-        e.device_name,
-        e.actor.0,
-        e.detail.map(|d| d.to_string()),
-    ])?;
-    Ok(())
-}
-
-/// Ends a session that is still open, records the event, returns the
-/// session as it is now. `at` is when it ended (for expiry, the moment its
-/// lease ran out, not the moment the sweep noticed).
-fn end_open_session(
-    tx: &Transaction<'_>,
-    mut session: Session,
-    reason: EndReason,
-    at: Timestamp,
-    superseded_by: Option<&str>,
-    actor: &Actor,
-    detail: Option<serde_json::Value>,
-) -> Result<Session> {
-    let changed = tx
-        .prepare_cached(
-            "UPDATE sessions SET ended_at = ?2, end_reason = ?3, superseded_by = ?4 \
-             WHERE session_id = ?1 AND ended_at IS NULL",
-        )?
-        .execute(params![
-            session.session_id,
-            at.0,
-            reason.as_str(),
-            superseded_by
-        ])?;
-    if changed == 1 {
-        record(
-            tx,
-            EventRecord {
-                at,
-                event_type: EventType::for_end(reason),
-                key_id: Some(&session.key_id),
-                session_id: Some(&session.session_id),
-                device_name: session.device_name.as_deref(),
-                actor,
-                detail,
-            },
-        )?;
-    }
-    session.ended_at = Some(at);
-    session.end_reason = Some(reason);
-    session.superseded_by = superseded_by.map(str::to_owned);
-    Ok(session)
-}
-
-/// Records an open session whose lease has run out as expired.
-fn record_expiry(tx: &Transaction<'_>, session: Session) -> Result<Session> {
-    let at = session.expires_at;
-    end_open_session(
-        tx,
-        session,
-        EndReason::Expired,
-        at,
-        None,
-        &Actor::server(),
-        None,
-    )
-}
-
-/// Ends the given live sessions of a key with reason `revoked`.
-fn revoke_sessions(
-    tx: &Transaction<'_>,
-    sessions: Vec<Session>,
-    now: Timestamp,
-    actor: &Actor,
-    cause: &str,
-) -> Result<Vec<Session>> {
-    sessions
-        .into_iter()
-        .map(|s| {
-            end_open_session(
-                tx,
-                s,
-                EndReason::Revoked,
-                now,
-                None,
-                actor,
-                Some(json!({ "cause": cause })),
-            )
-        })
-        .collect()
-}
-
-/// Open sessions of a key split into (dead ones, now recorded as expired;
-/// live ones).
-fn settle_open_sessions(
-    tx: &Transaction<'_>,
-    key_id: &str,
-    now: Timestamp,
-) -> Result<(Vec<Session>, Vec<Session>)> {
-    let (live, dead): (Vec<_>, Vec<_>) = open_sessions_of(tx, key_id)?
-        .into_iter()
-        .partition(|s| s.is_live_at(now));
-    let expired = dead
-        .into_iter()
-        .map(|s| record_expiry(tx, s))
-        .collect::<Result<Vec<_>>>()?;
-    Ok((expired, live))
-}
-
-fn explain_not_live(conn: &Connection, session: &Session, now: Timestamp) -> Error {
-    match rules::end_reason_at(session, now) {
-        Some(EndReason::Superseded) => {
-            let by = session
-                .superseded_by
-                .as_deref()
-                .and_then(|id| session_by_id(conn, id).ok().flatten());
-            Error::SessionSuperseded {
-                device_name: by.as_ref().and_then(|s| s.device_name.clone()),
-                started_at: by.map(|s| s.started_at).or(session.ended_at).unwrap_or(now),
-            }
-        }
-        Some(reason) => Error::SessionOver(reason),
-        None => Error::Internal("session is live but was explained as ended".into()),
-    }
-}
-
-fn set_server_state(tx: &Transaction<'_>, name: &str, value: i64) -> Result<()> {
-    tx.execute(
-        "INSERT INTO server_state (name, value) VALUES (?1, ?2) \
-         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-        params![name, value],
-    )?;
-    Ok(())
-}
-
 const LAST_ALIVE: &str = "last_alive";
+const LEASE_FLOOR: &str = "lease_floor";
 
 // ---------------------------------------------------------------------------
-// The Storage implementation
+// The operations, shared by the CLI's direct store and the server's store
+
+/// Starts (or resumes) a session. The outer error aborts the transaction;
+/// the inner one is a refusal to answer after committing (a rejected start
+/// is recorded).
+pub(super) fn start_op(
+    tx: &mut Tx<'_>,
+    req: &StartRequest,
+    now: Timestamp,
+    timing: Timing,
+) -> Result<Result<StartOutcome>> {
+    let key = key_by_hash(tx.c, &req.key.hash(), now)?.ok_or(Error::InvalidKey);
+    let key = match key {
+        Ok(k) => k,
+        Err(e) => return Ok(Err(e)),
+    };
+    tx.changes.push(Change::KeySeen {
+        hash: req.key.hash(),
+        key: super::memory::CachedKey {
+            key_id: std::sync::Arc::from(key.key_id.as_str()),
+            status: key.status,
+            expires_at: key.expires_at.map(|t| t.0),
+        },
+    });
+    let requested = match &req.session_id {
+        Some(id) => tx.session(id)?,
+        None => None,
+    };
+    let open = tx.open_sessions_of(&key.key_id)?;
+    let plan = match rules::plan_start(
+        &key,
+        requested.as_ref(),
+        &open,
+        req.fingerprint.as_deref(),
+        now,
+    ) {
+        Ok(plan) => plan,
+        Err(refusal @ Error::SeatsFull { .. }) => {
+            tx.record(EventRecord {
+                at: now,
+                event_type: EventType::StartRejected,
+                key_id: Some(&key.key_id),
+                session_id: req.session_id.as_deref(),
+                device_name: req.device_name.as_deref(),
+                actor: &req.actor,
+                detail: Some(json!({ "reason": "seats_full" })),
+            })?;
+            return Ok(Err(refusal));
+        }
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+
+    let mut by_id: std::collections::HashMap<String, Session> = open
+        .into_iter()
+        .map(|s| (s.session_id.clone(), s))
+        .collect();
+    let expired = plan
+        .expire
+        .iter()
+        .filter_map(|id| by_id.remove(id))
+        .map(|s| tx.record_expiry(s))
+        .collect::<Result<Vec<_>>>()?;
+    let lease = timing.lease_until(now);
+
+    match plan.decision {
+        StartDecision::Resume { session_id } => {
+            tx.c.execute(
+                "UPDATE sessions SET last_heartbeat = ?2, expires_at = MAX(expires_at, ?3) \
+                 WHERE session_id = ?1",
+                params![session_id, now.0, tx.disk_lease(lease)],
+            )?;
+            tx.changes.push(Change::Extended {
+                id: session_id.clone(),
+                at: now.0,
+                expires_at: lease.0,
+            });
+            let mut session = tx
+                .session(&session_id)?
+                .ok_or_else(|| Error::Internal("resumed session vanished".into()))?;
+            session.last_heartbeat = now;
+            session.expires_at = session
+                .expires_at
+                .max(lease)
+                .min(lease.max(session.expires_at));
+            if tx.mem.is_some() {
+                session.expires_at = lease;
+            }
+            Ok(Ok(StartOutcome {
+                session,
+                resumed: true,
+                terminated: vec![],
+                expired,
+            }))
+        }
+        StartDecision::Admit { supersede } => {
+            let session_id = req
+                .session_id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            let fence: i64 = tx.c.query_row(
+                "UPDATE keys SET next_fence = next_fence + 1 WHERE key_id = ?1 \
+                 RETURNING next_fence - 1",
+                [&key.key_id],
+                |r| r.get(0),
+            )?;
+            tx.c.prepare_cached(
+                "INSERT INTO sessions (session_id, key_id, fence, device_name, fingerprint, \
+                 client_addr, started_at, last_heartbeat, expires_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
+            )?
+            .execute(params![
+                session_id,
+                key.key_id,
+                fence,
+                req.device_name,
+                req.fingerprint,
+                req.actor.0,
+                now.0,
+                tx.disk_lease(lease)
+            ])?;
+            let mut terminated = Vec::with_capacity(supersede.len());
+            for victim_id in &supersede {
+                let Some(victim) = by_id.remove(victim_id) else {
+                    continue;
+                };
+                terminated.push(tx.end_open_session(
+                    victim,
+                    EndReason::Superseded,
+                    now,
+                    Some(&session_id),
+                    &req.actor,
+                    Some(json!({
+                        "superseded_by": session_id,
+                        "by_device_name": req.device_name,
+                    })),
+                )?);
+            }
+            tx.record(EventRecord {
+                at: now,
+                event_type: EventType::SessionStarted,
+                key_id: Some(&key.key_id),
+                session_id: Some(&session_id),
+                device_name: req.device_name.as_deref(),
+                actor: &req.actor,
+                detail: Some(json!({ "fence": fence, "terminated": supersede })),
+            })?;
+            tx.changes.push(Change::Started {
+                id: session_id.clone(),
+                key_id: key.key_id.clone(),
+                fence,
+                at: now.0,
+                expires_at: lease.0,
+            });
+            let session = Session {
+                session_id,
+                key_id: key.key_id.clone(),
+                key_prefix: key.prefix.clone(),
+                fence,
+                device_name: req.device_name.clone(),
+                fingerprint: req.fingerprint.clone(),
+                client_addr: Some(req.actor.0.clone()),
+                started_at: now,
+                last_heartbeat: now,
+                expires_at: lease,
+                ended_at: None,
+                end_reason: None,
+                superseded_by: None,
+            };
+            Ok(Ok(StartOutcome {
+                session,
+                resumed: false,
+                terminated,
+                expired,
+            }))
+        }
+    }
+}
+
+/// A heartbeat on the database alone (the CLI's store; the server answers
+/// heartbeats from memory).
+fn heartbeat_op(
+    tx: &mut Tx<'_>,
+    key: &AccessKey,
+    session_id: &str,
+    now: Timestamp,
+    timing: Timing,
+) -> Result<Session> {
+    let key = tx.usable_key(key, now)?;
+    let lease = timing.lease_until(now);
+    let session = tx
+        .session(session_id)?
+        .filter(|s| s.key_id == key.key_id)
+        .ok_or(Error::SessionNotFound)?;
+    if !session.is_live_at(now) {
+        return Err(tx.explain_not_live(&session, now));
+    }
+    tx.c.execute(
+        "UPDATE sessions SET last_heartbeat = ?2, expires_at = MAX(expires_at, ?3) \
+         WHERE session_id = ?1",
+        params![session_id, now.0, tx.disk_lease(lease)],
+    )?;
+    Ok(Session {
+        last_heartbeat: now,
+        expires_at: lease,
+        ..session
+    })
+}
+
+/// Explains why a session is not live for this key (or that it is).
+pub(super) fn explain_op(
+    tx: &Tx<'_>,
+    key: &AccessKey,
+    session_id: &str,
+    now: Timestamp,
+) -> Result<Session> {
+    let key = tx.usable_key(key, now)?;
+    let session = tx
+        .session(session_id)?
+        .filter(|s| s.key_id == key.key_id)
+        .ok_or(Error::SessionNotFound)?;
+    if session.is_live_at(now) {
+        Ok(session)
+    } else {
+        Err(tx.explain_not_live(&session, now))
+    }
+}
+
+pub(super) fn end_op(
+    tx: &mut Tx<'_>,
+    key: &AccessKey,
+    session_id: &str,
+    now: Timestamp,
+    actor: &Actor,
+) -> Result<EndOutcome> {
+    let key = tx.usable_key(key, now)?;
+    let session = tx
+        .session(session_id)?
+        .filter(|s| s.key_id == key.key_id)
+        .ok_or(Error::SessionNotFound)?;
+    end_for(tx, session, EndReason::Ended, now, actor)
+}
+
+pub(super) fn key_status_op(
+    tx: &Tx<'_>,
+    key: &AccessKey,
+    now: Timestamp,
+) -> Result<(Key, Vec<Session>)> {
+    let mut key = tx.usable_key(key, now)?;
+    let mut live = tx.open_sessions_of(&key.key_id)?;
+    live.retain(|s| s.is_live_at(now));
+    key.live_sessions = live.len() as u32;
+    Ok((key, live))
+}
+
+pub(super) fn create_key_op(
+    tx: &mut Tx<'_>,
+    new: &NewKey,
+    access_key: &AccessKey,
+    key_id: &str,
+    now: Timestamp,
+    actor: &Actor,
+) -> Result<Key> {
+    tx.c.execute(
+        "INSERT INTO keys (key_id, key_hash, prefix, label, max_sessions, on_conflict, \
+         expires_at, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+        params![
+            key_id,
+            access_key.hash().as_slice(),
+            access_key.prefix(),
+            new.label,
+            new.max_sessions.unwrap_or(1),
+            new.on_conflict.unwrap_or(ConflictPolicy::Takeover).as_str(),
+            new.expires_at.map(|t| t.0),
+            now.0,
+        ],
+    )?;
+    let key =
+        key_by_id(tx.c, key_id, now)?.ok_or_else(|| Error::Internal("new key vanished".into()))?;
+    tx.record(EventRecord {
+        at: now,
+        event_type: EventType::KeyCreated,
+        key_id: Some(key_id),
+        session_id: None,
+        device_name: None,
+        actor,
+        detail: Some(json!({
+            "label": key.label,
+            "max_sessions": key.max_sessions,
+            "on_conflict": key.on_conflict,
+            "expires_at": key.expires_at,
+        })),
+    })?;
+    Ok(key)
+}
+
+/// The key as the caller should see it: live count from memory when the
+/// server holds it.
+fn fresh_key(tx: &Tx<'_>, key_id: &str, now: Timestamp) -> Result<Key> {
+    let mut key =
+        key_by_id(tx.c, key_id, now)?.ok_or_else(|| Error::Internal("key vanished".into()))?;
+    if tx.mem.is_some() {
+        key.live_sessions = tx
+            .open_sessions_of(key_id)?
+            .iter()
+            .filter(|s| s.is_live_at(now))
+            .count() as u32;
+    }
+    Ok(key)
+}
+
+pub(super) fn update_key_op(
+    tx: &mut Tx<'_>,
+    key_ref: &str,
+    patch: &KeyPatch,
+    now: Timestamp,
+    actor: &Actor,
+) -> Result<KeyChange> {
+    let before = resolve_key(tx.c, key_ref, now)?;
+    if before.status == KeyStatus::Revoked {
+        return Err(Error::Conflict(format!(
+            "key {} is revoked; revocation is final",
+            before.key_id
+        )));
+    }
+    if patch.status == Some(KeyStatus::Revoked) {
+        return Err(Error::InvalidRequest(
+            "status: use the revoke action to revoke a key".into(),
+        ));
+    }
+    let id = &before.key_id;
+    let mut changes = serde_json::Map::new();
+    if let Some(label) = &patch.label {
+        tx.c.execute(
+            "UPDATE keys SET label = ?2 WHERE key_id = ?1",
+            params![id, label],
+        )?;
+        changes.insert("label".into(), json!(label));
+    }
+    if let Some(max) = patch.max_sessions {
+        tx.c.execute(
+            "UPDATE keys SET max_sessions = ?2 WHERE key_id = ?1",
+            params![id, max],
+        )?;
+        changes.insert("max_sessions".into(), json!(max));
+    }
+    if let Some(policy) = patch.on_conflict {
+        tx.c.execute(
+            "UPDATE keys SET on_conflict = ?2 WHERE key_id = ?1",
+            params![id, policy.as_str()],
+        )?;
+        changes.insert("on_conflict".into(), json!(policy));
+    }
+    if let Some(expires) = patch.expires_at {
+        tx.c.execute(
+            "UPDATE keys SET expires_at = ?2 WHERE key_id = ?1",
+            params![id, expires.map(|t| t.0)],
+        )?;
+        changes.insert("expires_at".into(), json!(expires));
+    }
+    if let Some(status) = patch.status {
+        tx.c.execute(
+            "UPDATE keys SET status = ?2 WHERE key_id = ?1",
+            params![id, status.as_str()],
+        )?;
+        changes.insert("status".into(), json!(status));
+    }
+    tx.c.execute(
+        "UPDATE keys SET updated_at = ?2 WHERE key_id = ?1",
+        params![id, now.0],
+    )?;
+    tx.changes.push(Change::KeysChanged);
+    let key =
+        key_by_id(tx.c, id, now)?.ok_or_else(|| Error::Internal("updated key vanished".into()))?;
+    tx.record(EventRecord {
+        at: now,
+        event_type: EventType::KeyUpdated,
+        key_id: Some(&key.key_id),
+        session_id: None,
+        device_name: None,
+        actor,
+        detail: Some(serde_json::Value::Object(changes)),
+    })?;
+
+    // Sessions that no longer fit the key as it now is.
+    let (_, live) = tx.settle_open_sessions(&key.key_id, now)?;
+    let (cause, victims): (&str, Vec<Session>) = if key.status == KeyStatus::Suspended {
+        ("key_suspended", live)
+    } else if key.is_expired_at(now) {
+        ("key_expired", live)
+    } else {
+        let excess = rules::excess_after_limit_change(&live, key.max_sessions, now);
+        let victims = live
+            .into_iter()
+            .filter(|s| excess.contains(&s.session_id))
+            .collect();
+        ("seat_limit_lowered", victims)
+    };
+    let ended = tx.revoke_sessions(victims, now, actor, cause)?;
+    let key = fresh_key(tx, &key.key_id, now)?;
+    Ok(KeyChange { key, ended })
+}
+
+pub(super) fn revoke_key_op(
+    tx: &mut Tx<'_>,
+    key_ref: &str,
+    now: Timestamp,
+    actor: &Actor,
+) -> Result<KeyChange> {
+    let before = resolve_key(tx.c, key_ref, now)?;
+    if before.status == KeyStatus::Revoked {
+        return Ok(KeyChange {
+            key: before,
+            ended: vec![],
+        });
+    }
+    tx.c.execute(
+        "UPDATE keys SET status = 'revoked', revoked_at = ?2, updated_at = ?2 WHERE key_id = ?1",
+        params![before.key_id, now.0],
+    )?;
+    tx.changes.push(Change::KeysChanged);
+    tx.record(EventRecord {
+        at: now,
+        event_type: EventType::KeyRevoked,
+        key_id: Some(&before.key_id),
+        session_id: None,
+        device_name: None,
+        actor,
+        detail: None,
+    })?;
+    let (_, live) = tx.settle_open_sessions(&before.key_id, now)?;
+    let ended = tx.revoke_sessions(live, now, actor, "key_revoked")?;
+    let key = fresh_key(tx, &before.key_id, now)?;
+    Ok(KeyChange { key, ended })
+}
+
+pub(super) fn get_key_op(tx: &Tx<'_>, key_ref: &str, now: Timestamp) -> Result<Key> {
+    let key = resolve_key(tx.c, key_ref, now)?;
+    fresh_key(tx, &key.key_id, now)
+}
+
+pub(super) fn list_keys_op(
+    tx: &Tx<'_>,
+    limit: u32,
+    after: Option<&str>,
+    now: Timestamp,
+) -> Result<KeyPage> {
+    let after_row: i64 = match after {
+        None => 0,
+        Some(id) => {
+            tx.c.query_row("SELECT id FROM keys WHERE key_id = ?1", [id], |r| r.get(0))
+                .optional()?
+                .ok_or_else(|| Error::InvalidRequest(format!("after: no key with id {id}")))?
+        }
+    };
+    let sql = format!(
+        "SELECT {} FROM keys k WHERE k.id > :after ORDER BY k.id LIMIT :limit",
+        key_columns()
+    );
+    let mut stmt = tx.c.prepare(&sql)?;
+    let mut keys = stmt
+        .query_map(
+            named_params! {":after": after_row, ":limit": i64::from(limit) + 1, ":now": now.0},
+            key_from_row,
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let next_after = if keys.len() > limit as usize {
+        keys.truncate(limit as usize);
+        keys.last().map(|k| k.key_id.clone())
+    } else {
+        None
+    };
+    if tx.mem.is_some() {
+        for k in &mut keys {
+            if k.live_sessions > 0 {
+                *k = fresh_key(tx, &k.key_id, now)?;
+            }
+        }
+    }
+    Ok(KeyPage { keys, next_after })
+}
+
+pub(super) fn live_sessions_op(
+    tx: &Tx<'_>,
+    key_ref: Option<&str>,
+    now: Timestamp,
+) -> Result<Vec<Session>> {
+    let key_id = match key_ref {
+        Some(r) => Some(resolve_key(tx.c, r, now)?.key_id),
+        None => None,
+    };
+    let sql = format!(
+        "SELECT {} FROM sessions s JOIN keys k ON k.key_id = s.key_id \
+         WHERE s.ended_at IS NULL AND {EFFECTIVE_EXPIRY} > :now \
+         AND k.status = 'active' AND (k.expires_at IS NULL OR k.expires_at > :now) \
+         AND (:key IS NULL OR s.key_id = :key)",
+        session_columns()
+    );
+    let mut stmt = tx.c.prepare(&sql)?;
+    let mut rows: Vec<Session> = stmt
+        .query_map(
+            named_params! {":now": now.0, ":key": key_id},
+            session_from_row,
+        )?
+        .map(|r| r.map(|s| tx.overlay(s)))
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    rows.retain(|s| s.is_live_at(now));
+    rows.sort_by(|a, b| {
+        b.last_heartbeat
+            .cmp(&a.last_heartbeat)
+            .then_with(|| a.session_id.cmp(&b.session_id))
+    });
+    Ok(rows)
+}
+
+pub(super) fn kick_op(
+    tx: &mut Tx<'_>,
+    session_id: &str,
+    now: Timestamp,
+    actor: &Actor,
+) -> Result<EndOutcome> {
+    let session = tx
+        .session(session_id)?
+        .ok_or_else(|| Error::AdminSessionNotFound(crate::keys::redact_secret(session_id)))?;
+    end_for(tx, session, EndReason::Revoked, now, actor)
+}
+
+pub(super) fn events_op(c: &Connection, filter: &EventFilter) -> Result<Vec<Event>> {
+    let mut stmt = c.prepare(
+        "SELECT e.id, e.at, e.type, e.key_id, k.prefix, e.session_id, e.device_name, \
+         e.client_addr, e.detail FROM events e LEFT JOIN keys k ON k.key_id = e.key_id \
+         WHERE (:key IS NULL OR e.key_id = :key) AND (:type IS NULL OR e.type = :type) \
+         AND (:since IS NULL OR e.at >= :since) AND (:before IS NULL OR e.id < :before) \
+         ORDER BY e.id DESC LIMIT :limit",
+    )?;
+    let rows = stmt
+        .query_map(
+            named_params! {
+                ":key": filter.key_id,
+                ":type": filter.event_type.map(EventType::as_str),
+                ":since": filter.since.map(|t| t.0),
+                ":before": filter.before_id,
+                ":limit": filter.limit,
+            },
+            |row| {
+                let kind: String = row.get(2)?;
+                let detail: Option<String> = row.get(8)?;
+                Ok(Event {
+                    id: row.get(0)?,
+                    at: Timestamp(row.get(1)?),
+                    event_type: EventType::parse(&kind).unwrap_or(EventType::KeyUpdated),
+                    key_id: row.get(3)?,
+                    key_prefix: row.get(4)?,
+                    session_id: row.get(5)?,
+                    device_name: row.get(6)?,
+                    client_addr: row.get(7)?,
+                    detail: detail.and_then(|d| serde_json::from_str(&d).ok()),
+                })
+            },
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// The sweep's database part. `due` lists sessions known to have expired
+/// (the server's memory); without it (the CLI) they are found on disk.
+pub(super) fn sweep_op(
+    tx: &mut Tx<'_>,
+    now: Timestamp,
+    history_days: u32,
+    mark_alive: bool,
+    due: Option<&[(String, i64)]>,
+) -> Result<SweepReport> {
+    let expired_sessions: Vec<Session> = match due {
+        Some(due) => {
+            let mut out = Vec::with_capacity(due.len());
+            for (id, exact_end) in due {
+                if let Some(mut s) = session_row(tx.c, id)? {
+                    if s.ended_at.is_none() {
+                        s.expires_at = Timestamp(*exact_end);
+                        out.push(s);
+                    }
+                }
+            }
+            out
+        }
+        None => {
+            let sql = format!(
+                "SELECT {} FROM sessions s JOIN keys k ON k.key_id = s.key_id \
+                 WHERE s.ended_at IS NULL AND {EFFECTIVE_EXPIRY} <= ?1 ORDER BY s.expires_at",
+                session_columns()
+            );
+            let rows =
+                tx.c.prepare(&sql)?
+                    .query_map([now.0], session_from_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows
+        }
+    };
+    let expired = expired_sessions
+        .into_iter()
+        .map(|s| tx.record_expiry(s))
+        .collect::<Result<Vec<_>>>()?;
+
+    let sql = format!(
+        "SELECT {} FROM sessions s JOIN keys k ON k.key_id = s.key_id \
+         WHERE s.ended_at IS NULL AND k.expires_at IS NOT NULL AND k.expires_at <= ?1",
+        session_columns()
+    );
+    let of_expired_keys =
+        tx.c.prepare(&sql)?
+            .query_map([now.0], session_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+    let of_expired_keys: Vec<Session> =
+        of_expired_keys.into_iter().map(|s| tx.overlay(s)).collect();
+    let revoked = tx.revoke_sessions(of_expired_keys, now, &Actor::server(), "key_expired")?;
+
+    let cutoff = now.minus_secs(u64::from(history_days) * 86_400);
+    let pruned_events =
+        tx.c.execute("DELETE FROM events WHERE at < ?1", [cutoff.0])?;
+    let pruned_sessions = tx.c.execute(
+        "DELETE FROM sessions WHERE ended_at IS NOT NULL AND ended_at < ?1",
+        [cutoff.0],
+    )?;
+    if mark_alive {
+        tx.set_server_state(LAST_ALIVE, now.0)?;
+    }
+    Ok(SweepReport {
+        expired,
+        revoked,
+        pruned_sessions,
+        pruned_events,
+    })
+}
+
+/// Start-up recovery: records sessions that expired while the server was
+/// still up, and gives every other open session a lease floor of one full
+/// timeout from `ready_at` (one row in `server_state`, not a rewrite of
+/// every session).
+pub(super) fn resume_op(
+    tx: &mut Tx<'_>,
+    ready_at: Timestamp,
+    timing: Timing,
+) -> Result<ResumeReport> {
+    let expired = match tx.server_state(LAST_ALIVE)? {
+        Some(alive) => {
+            let sql = format!(
+                "SELECT {} FROM sessions s JOIN keys k ON k.key_id = s.key_id \
+                 WHERE s.ended_at IS NULL AND {EFFECTIVE_EXPIRY} <= ?1",
+                session_columns()
+            );
+            let due =
+                tx.c.prepare(&sql)?
+                    .query_map([alive], session_from_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+            due.into_iter()
+                .map(|s| tx.record_expiry(s))
+                .collect::<Result<Vec<_>>>()?
+        }
+        None => vec![],
+    };
+    let resumed: i64 = tx.c.query_row(
+        "SELECT COUNT(*) FROM sessions WHERE ended_at IS NULL",
+        [],
+        |r| r.get(0),
+    )?;
+    let floor = rules::lease_after_restart(Timestamp(i64::MIN), ready_at, timing);
+    let old_floor = tx.server_state(LEASE_FLOOR)?.unwrap_or(i64::MIN);
+    tx.set_server_state(LEASE_FLOOR, floor.0.max(old_floor))?;
+    tx.set_server_state(LAST_ALIVE, ready_at.0)?;
+    Ok(ResumeReport {
+        resumed: resumed as usize,
+        expired,
+    })
+}
+
+/// Writes heartbeat times to disk: `(session id, heartbeat)`; the disk's
+/// lease is the heartbeat plus timeout plus slack (an upper bound).
+pub(super) fn flush_op(tx: &mut Tx<'_>, beats: &[(String, i64)], timing: Timing) -> Result<usize> {
+    let mut stmt = tx.c.prepare_cached(
+        "UPDATE sessions SET last_heartbeat = MAX(last_heartbeat, ?2), \
+         expires_at = MAX(expires_at, ?3) WHERE session_id = ?1 AND ended_at IS NULL",
+    )?;
+    let mut n = 0;
+    for (id, at) in beats {
+        let lease = timing.lease_until(Timestamp(*at));
+        n += stmt.execute(params![id, at, tx.disk_lease(lease)])?;
+    }
+    Ok(n)
+}
+
+pub(super) fn mark_alive_op(tx: &Tx<'_>, now: Timestamp) -> Result<()> {
+    tx.set_server_state(LAST_ALIVE, now.0)
+}
+
+/// Ends a session for `reason` if it is live; otherwise says how it ended
+/// (recording an unrecorded expiry on the way).
+fn end_for(
+    tx: &mut Tx<'_>,
+    session: Session,
+    reason: EndReason,
+    now: Timestamp,
+    actor: &Actor,
+) -> Result<EndOutcome> {
+    if session.is_live_at(now) {
+        let detail = (reason == EndReason::Revoked).then(|| json!({ "cause": "kicked" }));
+        let ended = tx.end_open_session(session, reason, now, None, actor, detail)?;
+        return Ok(EndOutcome::Ended(Box::new(ended)));
+    }
+    if session.ended_at.is_none() {
+        tx.record_expiry(session)?;
+        return Ok(EndOutcome::AlreadyEnded(EndReason::Expired));
+    }
+    Ok(EndOutcome::AlreadyEnded(
+        session.end_reason.unwrap_or(EndReason::Expired),
+    ))
+}
+
+// ---------------------------------------------------------------------------
+// The direct store (CLI): each call its own transaction
 
 impl Storage for SqliteStore {
     fn check_health(&self) -> Result<()> {
@@ -584,138 +1460,7 @@ impl Storage for SqliteStore {
         now: Timestamp,
         timing: Timing,
     ) -> Result<StartOutcome> {
-        self.write(|tx| {
-            let key = key_by_hash(tx, &req.key.hash(), now)?.ok_or(Error::InvalidKey)?;
-            let requested = match &req.session_id {
-                Some(id) => session_by_id(tx, id)?,
-                None => None,
-            };
-            let open = open_sessions_of(tx, &key.key_id)?;
-            let plan = match rules::plan_start(
-                &key,
-                requested.as_ref(),
-                &open,
-                req.fingerprint.as_deref(),
-                now,
-            ) {
-                Ok(plan) => plan,
-                Err(refusal @ Error::SeatsFull { .. }) => {
-                    record(
-                        tx,
-                        EventRecord {
-                            at: now,
-                            event_type: EventType::StartRejected,
-                            key_id: Some(&key.key_id),
-                            session_id: req.session_id.as_deref(),
-                            device_name: req.device_name.as_deref(),
-                            actor: &req.actor,
-                            detail: Some(json!({ "reason": "seats_full" })),
-                        },
-                    )?;
-                    return Ok(Err(refusal));
-                }
-                Err(refusal) => return Ok(Err(refusal)),
-            };
-
-            let mut by_id: std::collections::HashMap<String, Session> = open
-                .into_iter()
-                .map(|s| (s.session_id.clone(), s))
-                .collect();
-            let expired = plan
-                .expire
-                .iter()
-                .filter_map(|id| by_id.remove(id))
-                .map(|s| record_expiry(tx, s))
-                .collect::<Result<Vec<_>>>()?;
-
-            match plan.decision {
-                StartDecision::Resume { session_id } => {
-                    let lease = timing.lease_until(now);
-                    tx.execute(
-                        "UPDATE sessions SET last_heartbeat = ?2, expires_at = MAX(expires_at, ?3) \
-                         WHERE session_id = ?1",
-                        params![session_id, now.0, lease.0],
-                    )?;
-                    let session = session_by_id(tx, &session_id)?
-                        .ok_or_else(|| Error::Internal("resumed session vanished".into()))?;
-                    Ok(Ok(StartOutcome {
-                        session,
-                        resumed: true,
-                        terminated: vec![],
-                        expired,
-                    }))
-                }
-                StartDecision::Admit { supersede } => {
-                    let session_id = req
-                        .session_id
-                        .clone()
-                        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-                    let fence: i64 = tx.query_row(
-                        "UPDATE keys SET next_fence = next_fence + 1 WHERE key_id = ?1 \
-                         RETURNING next_fence - 1",
-                        [&key.key_id],
-                        |r| r.get(0),
-                    )?;
-                    let lease = timing.lease_until(now);
-                    tx.execute(
-                        "INSERT INTO sessions (session_id, key_id, fence, device_name, fingerprint, \
-                         client_addr, started_at, last_heartbeat, expires_at) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
-                        params![
-                            session_id,
-                            key.key_id,
-                            fence,
-                            req.device_name,
-                            req.fingerprint,
-                            req.actor.0,
-                            now.0,
-                            lease.0
-                        ],
-                    )?;
-                    let mut terminated = Vec::with_capacity(supersede.len());
-                    for victim_id in &supersede {
-                        let Some(victim) = by_id.remove(victim_id) else {
-                            continue;
-                        };
-                        terminated.push(end_open_session(
-                            tx,
-                            victim,
-                            EndReason::Superseded,
-                            now,
-                            Some(&session_id),
-                            &req.actor,
-                            Some(json!({
-                                "superseded_by": session_id,
-                                "by_device_name": req.device_name,
-                            })),
-                        )?);
-                    }
-                    record(
-                        tx,
-                        EventRecord {
-                            at: now,
-                            event_type: EventType::SessionStarted,
-                            key_id: Some(&key.key_id),
-                            session_id: Some(&session_id),
-                            device_name: req.device_name.as_deref(),
-                            actor: &req.actor,
-                            detail: Some(json!({
-                                "fence": fence,
-                                "terminated": supersede,
-                            })),
-                        },
-                    )?;
-                    let session = session_by_id(tx, &session_id)?
-                        .ok_or_else(|| Error::Internal("new session vanished".into()))?;
-                    Ok(Ok(StartOutcome {
-                        session,
-                        resumed: false,
-                        terminated,
-                        expired,
-                    }))
-                }
-            }
-        })?
+        self.write(|c| start_op(&mut Tx::direct(c), req, now, timing))?
     }
 
     fn heartbeat(
@@ -725,27 +1470,7 @@ impl Storage for SqliteStore {
         now: Timestamp,
         timing: Timing,
     ) -> Result<Session> {
-        self.write(|tx| {
-            let key = usable_key(tx, key, now)?;
-            let lease = timing.lease_until(now);
-            let changed = tx
-                .prepare_cached(
-                    "UPDATE sessions SET last_heartbeat = :now, expires_at = MAX(expires_at, :lease) \
-                     WHERE session_id = :id AND key_id = :key AND ended_at IS NULL \
-                     AND expires_at > :now",
-                )?
-                .execute(named_params! {
-                    ":now": now.0, ":lease": lease.0, ":id": session_id, ":key": key.key_id,
-                })?;
-            let session = session_by_id(tx, session_id)?
-                .filter(|s| s.key_id == key.key_id)
-                .ok_or(Error::SessionNotFound)?;
-            if changed == 1 {
-                Ok(session)
-            } else {
-                Err(explain_not_live(tx, &session, now))
-            }
-        })
+        self.write(|c| heartbeat_op(&mut Tx::direct(c), key, session_id, now, timing))
     }
 
     fn end_session(
@@ -755,98 +1480,27 @@ impl Storage for SqliteStore {
         now: Timestamp,
         actor: &Actor,
     ) -> Result<EndOutcome> {
-        self.write(|tx| {
-            let key = usable_key(tx, key, now)?;
-            let session = session_by_id(tx, session_id)?
-                .filter(|s| s.key_id == key.key_id)
-                .ok_or(Error::SessionNotFound)?;
-            end_for(tx, session, EndReason::Ended, now, actor)
-        })
+        self.write(|c| end_op(&mut Tx::direct(c), key, session_id, now, actor))
     }
 
     fn key_status(&self, key: &AccessKey, now: Timestamp) -> Result<(Key, Vec<Session>)> {
-        self.read(|c| {
-            let key = usable_key(c, key, now)?;
-            let mut live = open_sessions_of(c, &key.key_id)?;
-            live.retain(|s| s.is_live_at(now));
-            Ok((key, live))
-        })
+        self.read(|c| key_status_op(&Tx::direct(c), key, now))
     }
 
     fn create_key(&self, new: &NewKey, now: Timestamp, actor: &Actor) -> Result<CreatedKey> {
         let access_key = AccessKey::generate();
         let key_id = new_key_id();
-        self.write(|tx| {
-            tx.execute(
-                "INSERT INTO keys (key_id, key_hash, prefix, label, max_sessions, on_conflict, \
-                 expires_at, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
-                params![
-                    key_id,
-                    access_key.hash().as_slice(),
-                    access_key.prefix(),
-                    new.label,
-                    new.max_sessions.unwrap_or(1),
-                    new.on_conflict.unwrap_or(ConflictPolicy::Takeover).as_str(),
-                    new.expires_at.map(|t| t.0),
-                    now.0,
-                ],
-            )?;
-            let key = key_by_id(tx, &key_id, now)?
-                .ok_or_else(|| Error::Internal("new key vanished".into()))?;
-            record(
-                tx,
-                EventRecord {
-                    at: now,
-                    event_type: EventType::KeyCreated,
-                    key_id: Some(&key_id),
-                    session_id: None,
-                    device_name: None,
-                    actor,
-                    detail: Some(json!({
-                        "label": key.label,
-                        "max_sessions": key.max_sessions,
-                        "on_conflict": key.on_conflict,
-                        "expires_at": key.expires_at,
-                    })),
-                },
-            )?;
-            Ok(CreatedKey { key, access_key })
-        })
+        let key = self
+            .write(|c| create_key_op(&mut Tx::direct(c), new, &access_key, &key_id, now, actor))?;
+        Ok(CreatedKey { key, access_key })
     }
 
     fn list_keys(&self, limit: u32, after: Option<&str>, now: Timestamp) -> Result<KeyPage> {
-        self.read(|c| {
-            let after_row: i64 = match after {
-                None => 0,
-                Some(id) => c
-                    .query_row("SELECT id FROM keys WHERE key_id = ?1", [id], |r| r.get(0))
-                    .optional()?
-                    .ok_or_else(|| {
-                        Error::InvalidRequest(format!("after: no key with id {id}"))
-                    })?,
-            };
-            let sql = format!(
-                "SELECT {KEY_COLUMNS} FROM keys k WHERE k.id > :after ORDER BY k.id LIMIT :limit"
-            );
-            let mut stmt = c.prepare(&sql)?;
-            let mut keys = stmt
-                .query_map(
-                    named_params! {":after": after_row, ":limit": i64::from(limit) + 1, ":now": now.0},
-                    key_from_row,
-                )?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            let next_after = if keys.len() > limit as usize {
-                keys.truncate(limit as usize);
-                keys.last().map(|k| k.key_id.clone())
-            } else {
-                None
-            };
-            Ok(KeyPage { keys, next_after })
-        })
+        self.read(|c| list_keys_op(&Tx::direct(c), limit, after, now))
     }
 
     fn get_key(&self, key_ref: &str, now: Timestamp) -> Result<Key> {
-        self.read(|c| resolve_key(c, key_ref, now))
+        self.read(|c| get_key_op(&Tx::direct(c), key_ref, now))
     }
 
     fn update_key(
@@ -856,310 +1510,38 @@ impl Storage for SqliteStore {
         now: Timestamp,
         actor: &Actor,
     ) -> Result<KeyChange> {
-        self.write(|tx| {
-            let before = resolve_key(tx, key_ref, now)?;
-            if before.status == KeyStatus::Revoked {
-                return Err(Error::Conflict(format!(
-                    "key {} is revoked; revocation is final",
-                    before.key_id
-                )));
-            }
-            if patch.status == Some(KeyStatus::Revoked) {
-                return Err(Error::InvalidRequest(
-                    "status: use the revoke action to revoke a key".into(),
-                ));
-            }
-            let mut changes = serde_json::Map::new();
-            if let Some(label) = &patch.label {
-                tx.execute(
-                    "UPDATE keys SET label = ?2 WHERE key_id = ?1",
-                    params![before.key_id, label],
-                )?;
-                changes.insert("label".into(), json!(label));
-            }
-            if let Some(max) = patch.max_sessions {
-                tx.execute(
-                    "UPDATE keys SET max_sessions = ?2 WHERE key_id = ?1",
-                    params![before.key_id, max],
-                )?;
-                changes.insert("max_sessions".into(), json!(max));
-            }
-            if let Some(policy) = patch.on_conflict {
-                tx.execute(
-                    "UPDATE keys SET on_conflict = ?2 WHERE key_id = ?1",
-                    params![before.key_id, policy.as_str()],
-                )?;
-                changes.insert("on_conflict".into(), json!(policy));
-            }
-            if let Some(expires) = patch.expires_at {
-                tx.execute(
-                    "UPDATE keys SET expires_at = ?2 WHERE key_id = ?1",
-                    params![before.key_id, expires.map(|t| t.0)],
-                )?;
-                changes.insert("expires_at".into(), json!(expires));
-            }
-            if let Some(status) = patch.status {
-                tx.execute(
-                    "UPDATE keys SET status = ?2 WHERE key_id = ?1",
-                    params![before.key_id, status.as_str()],
-                )?;
-                changes.insert("status".into(), json!(status));
-            }
-            tx.execute(
-                "UPDATE keys SET updated_at = ?2 WHERE key_id = ?1",
-                params![before.key_id, now.0],
-            )?;
-            let key = key_by_id(tx, &before.key_id, now)?
-                .ok_or_else(|| Error::Internal("updated key vanished".into()))?;
-            record(
-                tx,
-                EventRecord {
-                    at: now,
-                    event_type: EventType::KeyUpdated,
-                    key_id: Some(&key.key_id),
-                    session_id: None,
-                    device_name: None,
-                    actor,
-                    detail: Some(serde_json::Value::Object(changes)),
-                },
-            )?;
-
-            // Sessions that no longer fit the key as it now is.
-            let (_, live) = settle_open_sessions(tx, &key.key_id, now)?;
-            let (cause, victims): (&str, Vec<Session>) = if key.status == KeyStatus::Suspended {
-                ("key_suspended", live)
-            } else if key.is_expired_at(now) {
-                ("key_expired", live)
-            } else {
-                let excess = rules::excess_after_limit_change(&live, key.max_sessions, now);
-                let victims = live
-                    .into_iter()
-                    .filter(|s| excess.contains(&s.session_id))
-                    .collect();
-                ("seat_limit_lowered", victims)
-            };
-            let ended = revoke_sessions(tx, victims, now, actor, cause)?;
-            let key = key_by_id(tx, &key.key_id, now)?
-                .ok_or_else(|| Error::Internal("updated key vanished".into()))?;
-            Ok(KeyChange { key, ended })
-        })
+        self.write(|c| update_key_op(&mut Tx::direct(c), key_ref, patch, now, actor))
     }
 
     fn revoke_key(&self, key_ref: &str, now: Timestamp, actor: &Actor) -> Result<KeyChange> {
-        self.write(|tx| {
-            let before = resolve_key(tx, key_ref, now)?;
-            if before.status == KeyStatus::Revoked {
-                return Ok(KeyChange {
-                    key: before,
-                    ended: vec![],
-                });
-            }
-            tx.execute(
-                "UPDATE keys SET status = 'revoked', revoked_at = ?2, updated_at = ?2 \
-                 WHERE key_id = ?1",
-                params![before.key_id, now.0],
-            )?;
-            record(
-                tx,
-                EventRecord {
-                    at: now,
-                    event_type: EventType::KeyRevoked,
-                    key_id: Some(&before.key_id),
-                    session_id: None,
-                    device_name: None,
-                    actor,
-                    detail: None,
-                },
-            )?;
-            let (_, live) = settle_open_sessions(tx, &before.key_id, now)?;
-            let ended = revoke_sessions(tx, live, now, actor, "key_revoked")?;
-            let key = key_by_id(tx, &before.key_id, now)?
-                .ok_or_else(|| Error::Internal("revoked key vanished".into()))?;
-            Ok(KeyChange { key, ended })
-        })
+        self.write(|c| revoke_key_op(&mut Tx::direct(c), key_ref, now, actor))
     }
 
     fn live_sessions(&self, key_ref: Option<&str>, now: Timestamp) -> Result<Vec<Session>> {
-        self.read(|c| {
-            let key_id = match key_ref {
-                Some(r) => Some(resolve_key(c, r, now)?.key_id),
-                None => None,
-            };
-            let sql = format!(
-                "SELECT {SESSION_COLUMNS} FROM sessions s JOIN keys k ON k.key_id = s.key_id \
-                 WHERE s.ended_at IS NULL AND s.expires_at > :now \
-                 AND k.status = 'active' AND (k.expires_at IS NULL OR k.expires_at > :now) \
-                 AND (:key IS NULL OR s.key_id = :key) \
-                 ORDER BY s.last_heartbeat DESC, s.session_id"
-            );
-            let mut stmt = c.prepare(&sql)?;
-            let rows = stmt
-                .query_map(
-                    named_params! {":now": now.0, ":key": key_id},
-                    session_from_row,
-                )?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows)
-        })
+        self.read(|c| live_sessions_op(&Tx::direct(c), key_ref, now))
     }
 
     fn kick_session(&self, session_id: &str, now: Timestamp, actor: &Actor) -> Result<EndOutcome> {
-        self.write(|tx| {
-            let session = session_by_id(tx, session_id)?.ok_or_else(|| {
-                Error::AdminSessionNotFound(crate::keys::redact_secret(session_id))
-            })?;
-            end_for(tx, session, EndReason::Revoked, now, actor)
-        })
+        self.write(|c| kick_op(&mut Tx::direct(c), session_id, now, actor))
     }
 
     fn events(&self, filter: &EventFilter) -> Result<Vec<Event>> {
-        self.read(|c| {
-            let mut stmt = c.prepare(
-                "SELECT e.id, e.at, e.type, e.key_id, k.prefix, e.session_id, e.device_name, \
-                 e.client_addr, e.detail FROM events e LEFT JOIN keys k ON k.key_id = e.key_id \
-                 WHERE (:key IS NULL OR e.key_id = :key) AND (:type IS NULL OR e.type = :type) \
-                 AND (:since IS NULL OR e.at >= :since) AND (:before IS NULL OR e.id < :before) \
-                 ORDER BY e.id DESC LIMIT :limit",
-            )?;
-            let rows = stmt
-                .query_map(
-                    named_params! {
-                        ":key": filter.key_id,
-                        ":type": filter.event_type.map(EventType::as_str),
-                        ":since": filter.since.map(|t| t.0),
-                        ":before": filter.before_id,
-                        ":limit": filter.limit,
-                    },
-                    |row| {
-                        let kind: String = row.get(2)?;
-                        let detail: Option<String> = row.get(8)?;
-                        Ok(Event {
-                            id: row.get(0)?,
-                            at: Timestamp(row.get(1)?),
-                            event_type: EventType::parse(&kind).unwrap_or(EventType::KeyUpdated),
-                            key_id: row.get(3)?,
-                            key_prefix: row.get(4)?,
-                            session_id: row.get(5)?,
-                            device_name: row.get(6)?,
-                            client_addr: row.get(7)?,
-                            detail: detail.and_then(|d| serde_json::from_str(&d).ok()),
-                        })
-                    },
-                )?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows)
-        })
+        self.read(|c| events_op(c, filter))
     }
 
     fn sweep(&self, now: Timestamp, history_days: u32, mark_alive: bool) -> Result<SweepReport> {
-        self.write(|tx| {
-            let sql = format!(
-                "SELECT {SESSION_COLUMNS} FROM sessions s JOIN keys k ON k.key_id = s.key_id \
-                 WHERE s.ended_at IS NULL AND s.expires_at <= ?1 ORDER BY s.expires_at"
-            );
-            let due = tx
-                .prepare(&sql)?
-                .query_map([now.0], session_from_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            let expired = due
-                .into_iter()
-                .map(|s| record_expiry(tx, s))
-                .collect::<Result<Vec<_>>>()?;
-
-            let sql = format!(
-                "SELECT {SESSION_COLUMNS} FROM sessions s JOIN keys k ON k.key_id = s.key_id \
-                 WHERE s.ended_at IS NULL AND k.expires_at IS NOT NULL AND k.expires_at <= ?1"
-            );
-            let of_expired_keys = tx
-                .prepare(&sql)?
-                .query_map([now.0], session_from_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            let revoked =
-                revoke_sessions(tx, of_expired_keys, now, &Actor::server(), "key_expired")?;
-
-            let cutoff = now.minus_secs(u64::from(history_days) * 86_400);
-            let pruned_events = tx.execute("DELETE FROM events WHERE at < ?1", [cutoff.0])?;
-            let pruned_sessions = tx.execute(
-                "DELETE FROM sessions WHERE ended_at IS NOT NULL AND ended_at < ?1",
-                [cutoff.0],
-            )?;
-            if mark_alive {
-                set_server_state(tx, LAST_ALIVE, now.0)?;
-            }
-            Ok(SweepReport {
-                expired,
-                revoked,
-                pruned_sessions,
-                pruned_events,
-            })
-        })
+        self.write(|c| sweep_op(&mut Tx::direct(c), now, history_days, mark_alive, None))
     }
 
     fn resume_after_restart(&self, ready_at: Timestamp, timing: Timing) -> Result<ResumeReport> {
-        self.write(|tx| {
-            let last_alive: Option<i64> = tx
-                .query_row(
-                    "SELECT value FROM server_state WHERE name = ?1",
-                    [LAST_ALIVE],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            // Sessions whose lease ran out while the server was still up are
-            // recorded as expired; the rest were live at the stop.
-            let expired = match last_alive {
-                Some(alive) => {
-                    let sql = format!(
-                        "SELECT {SESSION_COLUMNS} FROM sessions s JOIN keys k \
-                         ON k.key_id = s.key_id WHERE s.ended_at IS NULL AND s.expires_at <= ?1"
-                    );
-                    let due = tx
-                        .prepare(&sql)?
-                        .query_map([alive], session_from_row)?
-                        .collect::<rusqlite::Result<Vec<_>>>()?;
-                    due.into_iter()
-                        .map(|s| record_expiry(tx, s))
-                        .collect::<Result<Vec<_>>>()?
-                }
-                None => vec![],
-            };
-            let floor = rules::lease_after_restart(Timestamp(i64::MIN), ready_at, timing);
-            let resumed = tx.execute(
-                "UPDATE sessions SET expires_at = MAX(expires_at, ?1) WHERE ended_at IS NULL",
-                [floor.0],
-            )?;
-            set_server_state(tx, LAST_ALIVE, ready_at.0)?;
-            Ok(ResumeReport { resumed, expired })
-        })
+        self.write(|c| resume_op(&mut Tx::direct(c), ready_at, timing))
     }
 
     fn mark_stopped(&self, now: Timestamp) -> Result<()> {
-        self.write(|tx| set_server_state(tx, LAST_ALIVE, now.0))?;
+        self.write(|c| mark_alive_op(&Tx::direct(c), now))?;
         self.read(|c| {
             c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
             Ok(())
         })
     }
-}
-
-/// Ends a session for `reason` if it is live; otherwise says how it ended
-/// (recording an unrecorded expiry on the way).
-fn end_for(
-    tx: &Transaction<'_>,
-    session: Session,
-    reason: EndReason,
-    now: Timestamp,
-    actor: &Actor,
-) -> Result<EndOutcome> {
-    if session.is_live_at(now) {
-        let detail = (reason == EndReason::Revoked).then(|| json!({ "cause": "kicked" }));
-        let ended = end_open_session(tx, session, reason, now, None, actor, detail)?;
-        return Ok(EndOutcome::Ended(Box::new(ended)));
-    }
-    if session.ended_at.is_none() {
-        record_expiry(tx, session)?;
-        return Ok(EndOutcome::AlreadyEnded(EndReason::Expired));
-    }
-    Ok(EndOutcome::AlreadyEnded(
-        session.end_reason.unwrap_or(EndReason::Expired),
-    ))
 }

@@ -1,0 +1,402 @@
+//! The server's store: live sessions in memory, durable writes through the
+//! group-commit writer, reads from the pool (never behind the writer).
+//!
+//! - Heartbeats are answered from memory ([`Memory::heartbeat`]); their
+//!   times reach the disk in batches every half persistence interval, and
+//!   the disk's lease carries the persistence interval as slack so it stays
+//!   an upper bound of the true lease (the CLI reads the disk).
+//! - Starts, ends, kicks, key changes and expiries are durable before they
+//!   are answered: one writer thread commits them in batches.
+//! - Another process (the CLI) writing the file is noticed through
+//!   `PRAGMA data_version` on the writer's connection within one
+//!   maintenance tick, and memory is reconciled.
+//! - The WAL is checkpointed off the writer thread; past a size limit the
+//!   checkpoint becomes a blocking `TRUNCATE`, so the WAL stays bounded.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::memory::{CachedKey, LiveSession, Memory};
+use super::sqlite::{self, Durability, Tx};
+use super::writer::Writer;
+use super::*;
+use crate::clock::Clock;
+use crate::keys::new_key_id;
+use crate::rules;
+
+/// WAL size past which the checkpointer blocks until it is truncated.
+const WAL_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
+/// Heartbeat times written per flush transaction.
+const FLUSH_BATCH: usize = 5_000;
+
+/// Settings of the server's store.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveOptions {
+    /// Heartbeat interval and session timeout.
+    pub timing: Timing,
+    /// How stale heartbeat times on disk may be (seconds).
+    pub persist_secs: u64,
+    /// Commit durability.
+    pub durability: Durability,
+}
+
+/// The server's [`Storage`].
+pub struct LiveStore {
+    db: SqliteStore,
+    writer: Writer,
+    mem: Arc<Memory>,
+    clock: Arc<dyn Clock>,
+    opts: LiveOptions,
+    /// `PRAGMA data_version` as last seen by the writer's connection.
+    data_version: Arc<AtomicI64>,
+    /// When heartbeat times were last written (server clock: the lease
+    /// arithmetic that the flush keeps true is in server time).
+    last_flush: Mutex<Timestamp>,
+}
+
+impl LiveStore {
+    /// Opens (creating and migrating) the database, runs restart recovery
+    /// with `ready_at` as the moment of readiness, loads every open session
+    /// into memory and starts the writer.
+    pub fn open(
+        path: &Path,
+        opts: LiveOptions,
+        clock: Arc<dyn Clock>,
+        ready_at: Timestamp,
+    ) -> Result<(LiveStore, ResumeReport)> {
+        let db = SqliteStore::open_with(path, OpenMode::CreateAndMigrate, opts.durability)?;
+        let report = db.resume_after_restart(ready_at, opts.timing)?;
+        let mem = Arc::new(Memory::default());
+        let floor = opts.timing.lease_until(ready_at).0;
+        let open = db.read(sqlite::open_sessions_for_memory)?;
+        for (id, key_id, fence, last_heartbeat, _disk_lease) in open {
+            // Every session live at the stop gets one full timeout from
+            // readiness; the disk lease carries slack and is not used.
+            let expires_at = floor.max(opts.timing.lease_until(Timestamp(last_heartbeat)).0);
+            mem.insert(
+                &id,
+                LiveSession {
+                    key_id: Arc::from(key_id),
+                    fence,
+                    last_heartbeat,
+                    expires_at,
+                    persisted_heartbeat: last_heartbeat,
+                    dirty: false,
+                },
+            );
+        }
+        let conn = db.new_connection()?;
+        // Checkpoints run on the maintenance tick, never inline in a commit.
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
+        let version: i64 = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+        let writer = Writer::start(conn)?;
+        Ok((
+            LiveStore {
+                db,
+                writer,
+                mem,
+                clock,
+                opts,
+                data_version: Arc::new(AtomicI64::new(version)),
+                last_flush: Mutex::new(ready_at),
+            },
+            report,
+        ))
+    }
+
+    /// Sessions held in memory.
+    pub fn live_in_memory(&self) -> usize {
+        self.mem.len()
+    }
+
+    fn slack(&self) -> u64 {
+        self.opts.persist_secs
+    }
+
+    /// Runs `f` in the writer's next batch; memory changes apply after
+    /// the commit, before the answer.
+    fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Tx<'_>) -> Result<T> + Send + 'static,
+    {
+        let mem = self.mem.clone();
+        let slack = self.slack();
+        self.writer.run(move |c| {
+            let mut tx = Tx::with_memory(c, &mem, slack);
+            let value = f(&mut tx)?;
+            let changes = std::mem::take(&mut tx.changes);
+            let after: Box<dyn FnOnce() + Send> = Box::new(move || mem.apply(changes));
+            Ok((value, after))
+        })
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
+        self.db
+            .read(|c| f(&Tx::with_memory(c, &self.mem, self.slack())))
+    }
+
+    /// Looks a key up on disk (read pool) and caches what heartbeats need.
+    fn load_key(&self, key: &AccessKey, now: Timestamp) -> Result<Key> {
+        let generation = self.mem.key_generation();
+        let hash = key.hash();
+        let found = self
+            .db
+            .read(|c| sqlite::key_by_hash(c, &hash, now))?
+            .ok_or(Error::InvalidKey)?;
+        self.mem.cache_key(
+            hash,
+            CachedKey {
+                key_id: Arc::from(found.key_id.as_str()),
+                status: found.status,
+                expires_at: found.expires_at.map(|t| t.0),
+            },
+            generation,
+        );
+        Ok(found)
+    }
+
+    /// Writes pending heartbeat times to disk.
+    fn flush(&self) -> Result<usize> {
+        let timing = self.opts.timing;
+        let mut total = 0;
+        loop {
+            let batch = self.mem.take_dirty(FLUSH_BATCH);
+            if batch.is_empty() {
+                return Ok(total);
+            }
+            let n = batch.len();
+            let mem = self.mem.clone();
+            let slack = self.slack();
+            self.writer.run(move |c| {
+                let mut tx = Tx::with_memory(c, &mem, slack);
+                sqlite::flush_op(&mut tx, &batch, timing)?;
+                let after: Box<dyn FnOnce() + Send> = Box::new(move || mem.persisted(&batch));
+                Ok(((), after))
+            })?;
+            total += n;
+            if n < FLUSH_BATCH {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Notices writes by other processes and reconciles memory: sessions
+    /// they ended leave memory, cached keys are dropped.
+    fn reconcile(&self) -> Result<()> {
+        let mem = self.mem.clone();
+        let seen = self.data_version.clone();
+        self.writer.run(move |c| {
+            let version: i64 = c.query_row("PRAGMA data_version", [], |r| r.get(0))?;
+            if version == seen.load(Ordering::SeqCst) {
+                let nothing: Box<dyn FnOnce() + Send> = Box::new(|| {});
+                return Ok(((), nothing));
+            }
+            seen.store(version, Ordering::SeqCst);
+            let open = sqlite::open_session_ids(c)?;
+            let after: Box<dyn FnOnce() + Send> = Box::new(move || {
+                let dropped = mem.retain_open(&open);
+                mem.forget_keys();
+                tracing::info!(
+                    sessions_ended_elsewhere = dropped,
+                    "another process changed the database; reconciled"
+                );
+            });
+            Ok(((), after))
+        })
+    }
+
+    /// Checkpoints the WAL without blocking writers; past the size limit,
+    /// blocks until it is truncated.
+    fn checkpoint(&self) -> Result<()> {
+        let wal = {
+            let mut p = self.db.path().as_os_str().to_owned();
+            p.push("-wal");
+            std::path::PathBuf::from(p)
+        };
+        let size = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        let mode = if size > WAL_LIMIT_BYTES {
+            tracing::warn!(
+                wal_bytes = size,
+                "WAL over its limit; truncating with a blocking checkpoint"
+            );
+            "TRUNCATE"
+        } else {
+            "PASSIVE"
+        };
+        self.db.read(|c| {
+            c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()))?;
+            Ok(())
+        })
+    }
+}
+
+impl Storage for LiveStore {
+    fn check_health(&self) -> Result<()> {
+        self.db.check_health()
+    }
+
+    fn start_session(
+        &self,
+        req: &StartRequest,
+        now: Timestamp,
+        timing: Timing,
+    ) -> Result<StartOutcome> {
+        let req = req.clone();
+        self.write(move |tx| sqlite::start_op(tx, &req, now, timing))?
+    }
+
+    fn heartbeat_fast(&self, key: &AccessKey, session_id: &str) -> Option<Result<Beat>> {
+        let cached = self.mem.cached_key(&key.hash())?;
+        let now = self.clock.now();
+        match cached.status {
+            KeyStatus::Revoked => return Some(Err(Error::KeyRevoked)),
+            KeyStatus::Suspended => return Some(Err(Error::KeySuspended)),
+            KeyStatus::Active if cached.expires_at.is_some_and(|at| at <= now.0) => {
+                return Some(Err(Error::KeyExpired))
+            }
+            KeyStatus::Active => {}
+        }
+        self.mem
+            .heartbeat(
+                session_id,
+                &cached.key_id,
+                self.clock.as_ref(),
+                self.opts.timing.session_timeout_secs,
+            )
+            .map(Ok)
+    }
+
+    fn heartbeat(
+        &self,
+        key: &AccessKey,
+        session_id: &str,
+        now: Timestamp,
+        _timing: Timing,
+    ) -> Result<Session> {
+        // The key was not cached (first heartbeat since start-up or a key
+        // change): load it, then beat in memory as the fast path would.
+        let found = self.load_key(key, now)?;
+        rules::check_key(&found, now)?;
+        let timeout = self.opts.timing.session_timeout_secs;
+        if let Some(beat) =
+            self.mem
+                .heartbeat(session_id, &found.key_id, self.clock.as_ref(), timeout)
+        {
+            let mut session = self.read(|tx| sqlite::explain_op(tx, key, session_id, beat.at))?;
+            session.last_heartbeat = beat.at;
+            session.expires_at = beat.expires_at;
+            return Ok(session);
+        }
+        // Memory cannot extend it: ask the disk (with memory's leases) why.
+        self.read(|tx| sqlite::explain_op(tx, key, session_id, self.clock.now()))
+    }
+
+    fn end_session(
+        &self,
+        key: &AccessKey,
+        session_id: &str,
+        now: Timestamp,
+        actor: &Actor,
+    ) -> Result<EndOutcome> {
+        let (key, id, actor) = (key.clone(), session_id.to_owned(), actor.clone());
+        self.write(move |tx| sqlite::end_op(tx, &key, &id, now, &actor))
+    }
+
+    fn key_status(&self, key: &AccessKey, now: Timestamp) -> Result<(Key, Vec<Session>)> {
+        self.read(|tx| sqlite::key_status_op(tx, key, now))
+    }
+
+    fn create_key(&self, new: &NewKey, now: Timestamp, actor: &Actor) -> Result<CreatedKey> {
+        let access_key = AccessKey::generate();
+        let (new, actor, secret) = (new.clone(), actor.clone(), access_key.clone());
+        let key = self.write(move |tx| {
+            sqlite::create_key_op(tx, &new, &secret, &new_key_id(), now, &actor)
+        })?;
+        Ok(CreatedKey { key, access_key })
+    }
+
+    fn list_keys(&self, limit: u32, after: Option<&str>, now: Timestamp) -> Result<KeyPage> {
+        self.read(|tx| sqlite::list_keys_op(tx, limit, after, now))
+    }
+
+    fn get_key(&self, key_ref: &str, now: Timestamp) -> Result<Key> {
+        self.read(|tx| sqlite::get_key_op(tx, key_ref, now))
+    }
+
+    fn update_key(
+        &self,
+        key_ref: &str,
+        patch: &KeyPatch,
+        now: Timestamp,
+        actor: &Actor,
+    ) -> Result<KeyChange> {
+        let (r, patch, actor) = (key_ref.to_owned(), patch.clone(), actor.clone());
+        self.write(move |tx| sqlite::update_key_op(tx, &r, &patch, now, &actor))
+    }
+
+    fn revoke_key(&self, key_ref: &str, now: Timestamp, actor: &Actor) -> Result<KeyChange> {
+        let (r, actor) = (key_ref.to_owned(), actor.clone());
+        self.write(move |tx| sqlite::revoke_key_op(tx, &r, now, &actor))
+    }
+
+    fn live_sessions(&self, key_ref: Option<&str>, now: Timestamp) -> Result<Vec<Session>> {
+        self.read(|tx| sqlite::live_sessions_op(tx, key_ref, now))
+    }
+
+    fn kick_session(&self, session_id: &str, now: Timestamp, actor: &Actor) -> Result<EndOutcome> {
+        let (id, actor) = (session_id.to_owned(), actor.clone());
+        self.write(move |tx| sqlite::kick_op(tx, &id, now, &actor))
+    }
+
+    fn events(&self, filter: &EventFilter) -> Result<Vec<Event>> {
+        self.db.events(filter)
+    }
+
+    fn sweep(&self, now: Timestamp, history_days: u32, mark_alive: bool) -> Result<SweepReport> {
+        let due = self.mem.due(now);
+        let refile = due.clone();
+        let result =
+            self.write(move |tx| sqlite::sweep_op(tx, now, history_days, mark_alive, Some(&due)));
+        if result.is_err() {
+            // Not recorded: file them again so the next pass retries.
+            self.mem.refile(&refile);
+        }
+        result
+    }
+
+    fn resume_after_restart(&self, ready_at: Timestamp, timing: Timing) -> Result<ResumeReport> {
+        self.write(move |tx| sqlite::resume_op(tx, ready_at, timing))
+    }
+
+    fn maintain(&self) -> Result<()> {
+        self.reconcile()?;
+        let due = {
+            let mut last = self.last_flush.lock().unwrap_or_else(|p| p.into_inner());
+            let now = self.clock.now();
+            // Every half interval, so a time on disk is at most one
+            // interval behind the true one.
+            if now.0 - last.0 >= i64::try_from(self.opts.persist_secs * 500).unwrap_or(i64::MAX) {
+                *last = now;
+                true
+            } else {
+                false
+            }
+        };
+        if due {
+            self.flush()?;
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    fn mark_stopped(&self, now: Timestamp) -> Result<()> {
+        self.flush()?;
+        self.write(move |tx| sqlite::mark_alive_op(tx, now))?;
+        self.db.read(|c| {
+            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,176 @@
+//! One writer thread that commits batches (group commit).
+//!
+//! Durable writes (starts, ends, supersedes, expiries, key changes) queue
+//! here. The thread takes everything queued, runs each job in its own
+//! savepoint inside one `BEGIN IMMEDIATE` transaction, commits once (one
+//! fsync for the whole batch under `synchronous=FULL`), then applies each
+//! job's memory changes and answers its caller, in commit order. A job that
+//! fails rolls back its savepoint only; a failed commit fails the batch.
+//! Nothing is acknowledged before it is durable.
+
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::thread::JoinHandle;
+
+use rusqlite::Connection;
+
+use crate::error::{Error, Result};
+
+/// Jobs taken into one transaction at most.
+const MAX_BATCH: usize = 512;
+/// Jobs that may wait; callers block beyond that (backpressure).
+const QUEUE: usize = 8192;
+
+/// Called with the commit error, if any, once the batch's fate is known.
+type Finish = Box<dyn FnOnce(Option<&str>) + Send>;
+
+/// What a job leaves to do once its batch's commit is known.
+pub struct Done {
+    keep: bool,
+    finish: Finish,
+}
+
+type Job = Box<dyn FnOnce(&Connection) -> Done + Send>;
+
+/// The handle to the writer thread.
+pub struct Writer {
+    tx: Option<SyncSender<Job>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Starts the thread on its own connection.
+    pub fn start(conn: Connection) -> Result<Writer> {
+        let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("keyseat-writer".into())
+            .spawn(move || run(conn, rx))
+            .map_err(|e| Error::Internal(format!("cannot start the writer thread: {e}")))?;
+        Ok(Writer {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Runs `work` in the next batch and waits until it is committed.
+    /// `work` returns its answer and a function applied after the commit
+    /// (memory changes) before the answer is returned.
+    pub fn run<T, W>(&self, work: W) -> Result<T>
+    where
+        T: Send + 'static,
+        W: FnOnce(&Connection) -> Result<(T, Box<dyn FnOnce() + Send>)> + Send + 'static,
+    {
+        let (reply_tx, reply_rx) = mpsc::sync_channel::<Result<T>>(1);
+        let job: Job = Box::new(move |conn: &Connection| match work(conn) {
+            Ok((value, after_commit)) => Done {
+                keep: true,
+                finish: Box::new(move |commit_error| {
+                    let _ = reply_tx.send(match commit_error {
+                        None => {
+                            after_commit();
+                            Ok(value)
+                        }
+                        Some(e) => Err(Error::Unavailable(format!("the write was not saved: {e}"))),
+                    });
+                }),
+            },
+            Err(e) => Done {
+                keep: false,
+                finish: Box::new(move |_| {
+                    let _ = reply_tx.send(Err(e));
+                }),
+            },
+        });
+        self.tx
+            .as_ref()
+            .ok_or_else(|| Error::Unavailable("the server is stopping".into()))?
+            .send(job)
+            .map_err(|_| Error::Unavailable("the database writer has stopped".into()))?;
+        reply_rx
+            .recv()
+            .map_err(|_| Error::Unavailable("the write could not be completed; retry".into()))?
+    }
+
+    /// Finishes queued work and stops the thread.
+    pub fn shutdown(&mut self) {
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn run(conn: Connection, rx: Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&conn, batch);
+    }
+}
+
+fn commit_batch(conn: &Connection, batch: Vec<Job>) {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let msg = e.to_string();
+        tracing::warn!(error = %msg, jobs = batch.len(), "could not begin a write batch");
+        for job in batch {
+            // Run nothing: fail each job without touching the database.
+            fail_unstarted(job, &msg);
+        }
+        return;
+    }
+    let mut finishes = Vec::with_capacity(batch.len());
+    for job in batch {
+        if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+            finishes.push(Done {
+                keep: false,
+                finish: Box::new(move |_| drop(e)),
+            });
+            continue;
+        }
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(conn)))
+            .unwrap_or_else(|_| Done {
+                keep: false,
+                finish: Box::new(|_| tracing::error!("a write job panicked; it was rolled back")),
+            });
+        let end = if done.keep {
+            "RELEASE job"
+        } else {
+            "ROLLBACK TO job; RELEASE job"
+        };
+        if let Err(e) = conn.execute_batch(end) {
+            tracing::error!(error = %e, "savepoint cleanup failed");
+        }
+        finishes.push(done);
+    }
+    match conn.execute_batch("COMMIT") {
+        Ok(()) => {
+            for done in finishes {
+                (done.finish)(None);
+            }
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            tracing::error!(error = %msg, "write batch failed to commit; nothing in it was saved");
+            let _ = conn.execute_batch("ROLLBACK");
+            for done in finishes {
+                (done.finish)(Some(&msg));
+            }
+        }
+    }
+}
+
+/// A job that never ran: its reply channel is dropped with it, so its
+/// caller sees the writer's error.
+fn fail_unstarted(job: Job, _msg: &str) {
+    drop(job);
+}

@@ -1,0 +1,168 @@
+//! The server's in-memory store and the database file it shares with the
+//! CLI: durable writes are on disk when answered, heartbeat times reach the
+//! disk within the persistence interval, and changes made by another
+//! process (the CLI) take effect in the running server within a second.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{assert_error, TestServer};
+use keyseat::model::Actor;
+use keyseat::store::{KeyPatch, OpenMode, SqliteStore, Storage};
+use serde_json::json;
+
+/// The CLI's view of the file: a separate connection, like another process.
+fn cli_store(s: &TestServer) -> SqliteStore {
+    SqliteStore::open(&s.db_path(), OpenMode::Existing).unwrap()
+}
+
+/// Polls until `f` holds, returning how long it took.
+async fn within(limit: Duration, mut f: impl AsyncFnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if f().await {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A start is on disk when it is answered, and so are its supersede and
+/// events (group commit acknowledges only after the commit).
+#[tokio::test]
+async fn starts_are_durable_when_answered() {
+    let s = TestServer::start().await;
+    let (key, _) = s.create_key(json!({})).await;
+    let a = s.started(&key, "A").await;
+    let b = s.started(&key, "B").await;
+    let cli = cli_store(&s);
+    let live = cli.live_sessions(None, s.now()).unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].session_id, b);
+    let events = cli
+        .events(&keyseat::store::EventFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(events
+        .iter()
+        .any(|e| e.session_id.as_deref() == Some(a.as_str())
+            && e.event_type == keyseat::model::EventType::SessionSuperseded));
+}
+
+/// A kick made by another process reaches the running server within a
+/// second: the device's next heartbeat hears session_revoked.
+#[tokio::test]
+async fn cli_kick_takes_effect_within_a_second() {
+    let s = TestServer::start().await;
+    let (key, _) = s.create_key(json!({})).await;
+    let id = s.started(&key, "A").await;
+    assert_eq!(s.heartbeat(&key, &id).await.0, 200);
+    cli_store(&s)
+        .kick_session(&id, s.now(), &Actor::cli())
+        .unwrap();
+    let took = within(Duration::from_secs(2), async || {
+        s.heartbeat(&key, &id).await.0 == 410
+    })
+    .await;
+    eprintln!("CLI kick reached the server after {took:?}");
+    let (status, body) = s.heartbeat(&key, &id).await;
+    assert_error(status, &body, 410, "session_revoked");
+}
+
+/// Suspending a key from the CLI refuses its heartbeats within a second;
+/// resuming makes new sessions work again.
+#[tokio::test]
+async fn cli_key_changes_take_effect_within_a_second() {
+    let s = TestServer::start().await;
+    let (key, created) = s.create_key(json!({})).await;
+    let key_id = created["key_id"].as_str().unwrap().to_owned();
+    let id = s.started(&key, "A").await;
+    assert_eq!(s.heartbeat(&key, &id).await.0, 200);
+    let cli = cli_store(&s);
+    let suspend = KeyPatch {
+        status: Some(keyseat::model::KeyStatus::Suspended),
+        ..Default::default()
+    };
+    cli.update_key(&key_id, &suspend, s.now(), &Actor::cli())
+        .unwrap();
+    within(Duration::from_secs(2), async || {
+        s.heartbeat(&key, &id).await.0 == 403
+    })
+    .await;
+    let (status, body) = s.heartbeat(&key, &id).await;
+    assert_error(status, &body, 403, "key_suspended");
+
+    let resume = KeyPatch {
+        status: Some(keyseat::model::KeyStatus::Active),
+        ..Default::default()
+    };
+    cli.update_key(&key_id, &resume, s.now(), &Actor::cli())
+        .unwrap();
+    within(Duration::from_secs(2), async || {
+        s.start_session(&key, "B").await.0 == 200
+    })
+    .await;
+    let b = s.started(&key, "C").await;
+    assert_eq!(s.heartbeat(&key, &b).await.0, 200);
+}
+
+/// Heartbeat times reach the disk within the persistence interval, so the
+/// CLI's `sessions list` is never staler than that.
+#[tokio::test]
+async fn heartbeat_times_reach_the_disk() {
+    let s = TestServer::start_with(|c| c.heartbeat_persist_seconds = 1).await;
+    let (key, _) = s.create_key(json!({})).await;
+    let id = s.started(&key, "A").await;
+    s.clock.advance_secs(20);
+    assert_eq!(s.heartbeat(&key, &id).await.0, 200);
+    let beat_at = s.now();
+    let cli = cli_store(&s);
+    let took = within(Duration::from_secs(3), async || {
+        cli.live_sessions(None, s.now())
+            .unwrap()
+            .first()
+            .is_some_and(|x| x.last_heartbeat == beat_at)
+    })
+    .await;
+    eprintln!("heartbeat time on disk after {took:?} (persistence interval 1 s)");
+}
+
+/// The disk's lease stays an upper bound of the true one: a CLI sweep run
+/// while the server holds a heartbeat not yet on disk never expires the
+/// live session.
+#[tokio::test]
+async fn cli_sweep_never_expires_a_live_session() {
+    let s = TestServer::start().await; // persistence interval 60 s
+    let (key, _) = s.create_key(json!({})).await;
+    let id = s.started(&key, "A").await;
+    s.clock.advance_secs(50);
+    assert_eq!(s.heartbeat(&key, &id).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(600)).await; // flushed: disk has t=50
+    s.clock.advance_secs(25);
+    assert_eq!(s.heartbeat(&key, &id).await.0, 200); // t=75, in memory only
+    s.clock.advance_secs(50);
+    // t=125: dead by the disk's heartbeat (50 + 60), live by the true one
+    // (75 + 60). The disk's lease carries the persistence slack.
+    let report = cli_store(&s).sweep(s.now(), 30, false).unwrap();
+    assert!(report.expired.is_empty(), "{:?}", report.expired);
+    assert_eq!(s.heartbeat(&key, &id).await.0, 200);
+}
+
+/// After a clean stop the disk has every heartbeat time.
+#[tokio::test]
+async fn a_clean_stop_flushes_heartbeats() {
+    let mut s = TestServer::start().await;
+    let (key, _) = s.create_key(json!({})).await;
+    let id = s.started(&key, "A").await;
+    s.clock.advance_secs(7);
+    s.heartbeat(&key, &id).await;
+    let beat_at = s.now();
+    s.stop().await;
+    let cli = cli_store(&s);
+    let live = cli.live_sessions(None, beat_at).unwrap();
+    assert_eq!(live[0].last_heartbeat, beat_at);
+}
