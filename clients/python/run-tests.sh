@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Tests of the Python client against the real keyseat binary.
+#
+#   bash clients/python/run-tests.sh            # from anywhere
+#
+# Creates (or reuses) a virtual environment in clients/python/.venv (set
+# KEYSEAT_PY_VENV to use another directory, PYTHON to pick the interpreter),
+# installs the package the way a user would (pip install ./clients/python)
+# plus pytest, checks that a wheel builds, builds the server with
+# `cargo build --locked` unless KEYSEAT_BIN names a binary, and runs pytest.
+# Exits non-zero on any failure.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+python="${PYTHON:-python3}"
+venv="${KEYSEAT_PY_VENV:-$here/.venv}"
+
+if ! "$venv/bin/python" -c 'import sys; assert sys.version_info >= (3, 9)' >/dev/null 2>&1; then
+  echo "== creating a virtual environment in $venv"
+  rm -rf "$venv"
+  "$python" -m venv "$venv"
+fi
+py="$venv/bin/python"
+
+echo "== pip install ./clients/python pytest"
+"$py" -m pip install --quiet --disable-pip-version-check pytest
+"$py" -m pip install --quiet --disable-pip-version-check --force-reinstall --no-deps "$here"
+
+echo "== building a wheel"
+wheels="$(mktemp -d)"
+trap 'rm -rf "$wheels"' EXIT
+"$py" -m pip wheel --quiet --disable-pip-version-check --no-deps -w "$wheels" "$here"
+ls "$wheels"/keyseat_client-*.whl >/dev/null
+echo "built $(basename "$wheels"/keyseat_client-*.whl)"
+
+if [ -z "${KEYSEAT_BIN:-}" ]; then
+  echo "== cargo build --locked"
+  (cd "$repo" && cargo build --locked)
+  export KEYSEAT_BIN="$repo/target/debug/keyseat"
+fi
+
+echo "== pytest (server: $KEYSEAT_BIN)"
+cd "$here"
+"$py" -m pytest -q -p no:cacheprovider tests

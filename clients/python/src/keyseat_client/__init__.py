@@ -1,0 +1,100 @@
+"""keyseat_client: the device side of a keyseat license seat server.
+
+::
+
+    from keyseat_client import Client, InvalidKey, SeatsFull
+
+    client = Client("https://licenses.example.com", key, device_name="Ana's laptop")
+    session = client.start()          # raises InvalidKey, SeatsFull, ...
+    if session.previous_session_terminated:
+        print("Previous session on another device was disconnected")
+    session.on_lost(lambda reason, other_device: print("licence lost:", reason, other_device))
+    ...                                # the app runs; heartbeats run on a daemon thread
+    session.end()
+
+Standard library only; Python 3.9+.
+"""
+
+from ._version import __version__
+from .api import DEFAULT_TIMEOUT, Api
+from .errors import (
+    ConfigError,
+    InvalidKey,
+    InvalidKeyFormat,
+    InvalidRequest,
+    KeyExpired,
+    KeyRefused,
+    KeyRevoked,
+    KeyseatError,
+    KeySuspended,
+    PayloadTooLarge,
+    RateLimited,
+    SeatsFull,
+    ServerUnreachable,
+    SessionEnded,
+    SessionExpired,
+    SessionGone,
+    SessionIdTaken,
+    SessionNotFound,
+    SessionRevoked,
+    SessionSuperseded,
+    Unauthorized,
+)
+from .fingerprint import machine_fingerprint
+from .keys import check_access_key, is_access_key
+from .session import (
+    Client,
+    HeartbeatFailed,
+    HeartbeatRecovered,
+    LostCallback,
+    LostInfo,
+    LostReason,
+    Session,
+    SessionEvent,
+    SessionLost,
+    SessionState,
+    StartInfo,
+    TerminatedDevice,
+)
+
+__all__ = [
+    "__version__",
+    "Api",
+    "Client",
+    "ConfigError",
+    "DEFAULT_TIMEOUT",
+    "HeartbeatFailed",
+    "HeartbeatRecovered",
+    "InvalidKey",
+    "InvalidKeyFormat",
+    "InvalidRequest",
+    "KeyExpired",
+    "KeyRefused",
+    "KeyRevoked",
+    "KeySuspended",
+    "KeyseatError",
+    "LostCallback",
+    "LostInfo",
+    "LostReason",
+    "PayloadTooLarge",
+    "RateLimited",
+    "SeatsFull",
+    "ServerUnreachable",
+    "Session",
+    "SessionEnded",
+    "SessionEvent",
+    "SessionExpired",
+    "SessionGone",
+    "SessionIdTaken",
+    "SessionLost",
+    "SessionNotFound",
+    "SessionRevoked",
+    "SessionState",
+    "SessionSuperseded",
+    "StartInfo",
+    "TerminatedDevice",
+    "Unauthorized",
+    "check_access_key",
+    "is_access_key",
+    "machine_fingerprint",
+]

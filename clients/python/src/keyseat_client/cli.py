@@ -1,0 +1,200 @@
+"""``python -m keyseat_client``: the library in a terminal, behaving like the
+Rust ``keyseat client`` (same lines, same exit codes).
+
+Exit codes:
+
+== ==========================================================================
+0  ended by the user (Ctrl-C or SIGTERM); the session was ended
+1  something else went wrong (bad URL, unexpected answer)
+3  another device started with the same key and took the seat
+4  the server expired the session (missed heartbeats)
+5  an administrator ended the session, or it was ended elsewhere / unknown
+6  the key was refused: typo, unknown, revoked, suspended or expired
+7  the server could not be reached before the lease ran out
+8  all seats are in use and the key's policy is ``reject``
+== ==========================================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+from typing import List, Optional
+
+from .errors import InvalidKeyFormat, KeyRefused, KeyseatError, SeatsFull, ServerUnreachable
+from .fingerprint import machine_fingerprint
+from .session import (
+    Client,
+    HeartbeatFailed,
+    HeartbeatRecovered,
+    LostReason,
+    SessionEvent,
+)
+
+__all__ = ["main", "EXIT_CODES"]
+
+ENDED_BY_USER = 0
+ERROR = 1
+SUPERSEDED = 3
+EXPIRED = 4
+REVOKED = 5
+KEY_REFUSED = 6
+UNREACHABLE = 7
+SEATS_FULL = 8
+
+#: The exit code for each way a session can be lost.
+EXIT_CODES = {
+    LostReason.SUPERSEDED: SUPERSEDED,
+    LostReason.EXPIRED: EXPIRED,
+    LostReason.REVOKED: REVOKED,
+    LostReason.ENDED: REVOKED,
+    LostReason.NOT_FOUND: REVOKED,
+    LostReason.KEY_REFUSED: KEY_REFUSED,
+    LostReason.UNREACHABLE: UNREACHABLE,
+    LostReason.REJECTED: ERROR,
+}
+
+
+def _print_line(text: str) -> None:
+    try:
+        print(text, flush=True)
+    except (BrokenPipeError, ValueError):
+        pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m keyseat_client",
+        description=(
+            "Start a keyseat session and keep it alive until Ctrl-C/SIGTERM "
+            "(exit 0) or until it is lost (exit 3 superseded, 4 expired, "
+            "5 revoked, 6 key refused, 7 unreachable; 8 seats full at start)."
+        ),
+    )
+    p.add_argument("--server", required=True, help="Server URL, e.g. http://127.0.0.1:8080")
+    p.add_argument("--key", required=True, help="The access key (ks_...).")
+    p.add_argument(
+        "--device-name",
+        help="The name other devices are shown when this one takes over.",
+    )
+    p.add_argument(
+        "--fingerprint",
+        help="A device fingerprint, or `machine` for this machine's (hashed) id.",
+    )
+    return p
+
+
+class _Interrupted(BaseException):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _fail(e: KeyseatError) -> int:
+    try:
+        print(f"keyseat: cannot start a session: {e}", file=sys.stderr, flush=True)
+    except (BrokenPipeError, ValueError):
+        pass
+    if isinstance(e, InvalidKeyFormat):
+        return KEY_REFUSED
+    if isinstance(e, SeatsFull):
+        return SEATS_FULL
+    if isinstance(e, KeyRefused):
+        return KEY_REFUSED
+    if isinstance(e, ServerUnreachable):
+        return UNREACHABLE
+    return ERROR
+
+
+def _on_event(event: SessionEvent) -> None:
+    if isinstance(event, HeartbeatFailed):
+        _print_line(
+            f"heartbeat failed (attempt {event.attempt}): {event.error}; "
+            f"session still valid for {int(event.lease_left)} s"
+        )
+    elif isinstance(event, HeartbeatRecovered):
+        _print_line(
+            f"heartbeat recovered after {event.failed_attempts} failed attempt(s)"
+        )
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Runs the reference client until Ctrl-C/SIGTERM or the session is
+    lost; returns the exit code."""
+    args = _parser().parse_args(argv)
+    device = args.device_name
+    if device is None:
+        device = os.environ.get("HOSTNAME", "keyseat client")
+    fingerprint = args.fingerprint
+    if fingerprint == "machine":
+        fingerprint = machine_fingerprint("keyseat-reference-client")
+    done = threading.Event()
+    by_user = threading.Event()
+    starting = [True]
+
+    def on_signal(signum: int, frame: object) -> None:
+        if starting[0]:
+            # Still starting: give up at once (a hung server must not hold
+            # Ctrl-C for several timeouts).
+            raise _Interrupted(signum)
+        by_user.set()
+        done.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    if hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, on_signal)
+    try:
+        client = Client(
+            args.server,
+            args.key,
+            device_name=device,
+            fingerprint=fingerprint,
+            on_event=_on_event,
+        )
+        session = client.start()
+    except KeyseatError as e:
+        return _fail(e)
+    except _Interrupted as e:
+        return 128 + e.signum
+    starting[0] = False
+    session.on_lost(lambda reason, device_name: done.set())
+
+    info = session.info
+    _print_line(
+        f'started session {info.session_id} (fence {info.fence}) as "{device}"; '
+        f"heartbeat every {int(info.heartbeat_interval)} s, "
+        f"timeout {int(info.session_timeout)} s"
+    )
+    for t in info.terminated:
+        name = t.device_name if t.device_name is not None else "unnamed device"
+        _print_line(
+            "warning: previous session on another device was disconnected: "
+            f'"{name}" (session {t.session_id})'
+        )
+
+    # A timed wait, so signal handlers run promptly on every platform.
+    while not done.wait(0.5):
+        pass
+
+    lost = session.lost
+    if by_user.is_set() or lost is None:
+        try:
+            session.end()
+        except KeyseatError:
+            pass
+        _print_line("ended by user")
+        return ENDED_BY_USER
+    _print_line(f"lost: {lost}")
+    try:
+        session.end(2.0)
+    except KeyseatError:
+        pass
+    return EXIT_CODES.get(lost.reason, ERROR)
+
+
+def main_exit() -> None:
+    """Console-script entry point (``keyseat-client``)."""
+    sys.exit(main())

@@ -1,0 +1,685 @@
+"""The device side: :class:`Client` starts a :class:`Session`, whose
+heartbeats run on a daemon thread.
+
+What it gets right so the app does not have to:
+
+- the start is retried with the same client-chosen session id, which the
+  server treats as the same start, so a lost answer never costs a seat;
+- heartbeats follow the interval the server returns; transient failures (no
+  connection, timeouts, 5xx, 429 with ``Retry-After``) are retried with
+  backoff and jitter while the lease the server last granted lasts, so a
+  server restart or a short outage never loses the session; only when the
+  lease runs out is it lost as :attr:`LostReason.UNREACHABLE`;
+- a terminal answer (superseded, expired, ended, revoked, key refused) stops
+  the heartbeats at once and reaches the app through :meth:`Session.on_lost`,
+  :meth:`Session.wait_lost` and :attr:`Session.state`;
+- :meth:`Session.end` (and leaving a ``with`` block, and interpreter exit)
+  end the session on the server without waiting for a heartbeat interval.
+"""
+
+from __future__ import annotations
+
+import atexit
+import enum
+import logging
+import random
+import threading
+import time
+import uuid
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+from .api import DEFAULT_TIMEOUT, Api
+from .errors import (
+    KeyRefused,
+    KeyseatError,
+    ServerUnreachable,
+    SessionNotFound,
+)
+from .keys import check_access_key, redact
+
+__all__ = [
+    "Client",
+    "Session",
+    "SessionState",
+    "LostReason",
+    "LostInfo",
+    "StartInfo",
+    "TerminatedDevice",
+    "HeartbeatFailed",
+    "HeartbeatRecovered",
+    "SessionLost",
+    "SessionEvent",
+    "LostCallback",
+    "backoff",
+]
+
+log = logging.getLogger("keyseat_client")
+
+#: How long ending a session waits for the server when leaving a ``with``
+#: block or at interpreter exit.
+EXIT_END_TIMEOUT = 2.0
+#: First retry delay after a failed heartbeat (seconds); doubles per failure.
+FIRST_RETRY = 0.5
+#: Cap of the delay between start attempts (seconds).
+START_RETRY_CAP = 5.0
+
+
+class LostReason(str, enum.Enum):
+    """Why a session is no longer usable."""
+
+    #: Another device started with the same key and took this seat.
+    SUPERSEDED = "superseded"
+    #: The server had no heartbeat for a whole timeout.
+    EXPIRED = "expired"
+    #: The session was ended by another call (e.g. another process).
+    ENDED = "ended"
+    #: An administrator ended the session (or revoked its key meanwhile).
+    REVOKED = "revoked"
+    #: The key was refused: ``invalid_key``, ``key_revoked``,
+    #: ``key_suspended`` or ``key_expired``.
+    KEY_REFUSED = "key_refused"
+    #: The server does not know the session (history pruned, other server).
+    NOT_FOUND = "not_found"
+    #: No answer from the server until the lease it last granted ran out.
+    UNREACHABLE = "unreachable"
+    #: Another refusal the client does not expect (a bug on either side).
+    REJECTED = "rejected"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class SessionState(str, enum.Enum):
+    """What a session is doing now."""
+
+    #: Heartbeats are succeeding.
+    ACTIVE = "active"
+    #: Heartbeats are failing transiently; the session stays valid until the
+    #: lease runs out (see :attr:`Session.lease_left`).
+    RETRYING = "retrying"
+    #: The session is over; the app should stop licensed work.
+    LOST = "lost"
+    #: The app ended it.
+    ENDED = "ended"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class LostInfo:
+    """The details of a loss: the reason, and for a takeover the other
+    device's name; ``code``/``message`` are the server's for refusals, the
+    last error for :attr:`LostReason.UNREACHABLE`."""
+
+    reason: LostReason
+    #: For :attr:`LostReason.SUPERSEDED`: the device that took over, if it
+    #: gave a name.
+    device_name: Optional[str] = None
+    #: For :attr:`LostReason.SUPERSEDED`: when it started (RFC 3339).
+    at: Optional[str] = None
+    #: The contract's error code of the answer, if any.
+    code: Optional[str] = None
+    #: The server's message, or what went wrong.
+    message: str = ""
+
+    def __str__(self) -> str:
+        r = self.reason
+        if r is LostReason.SUPERSEDED:
+            if self.device_name is not None:
+                return (
+                    f'superseded: device "{self.device_name}" started with the '
+                    "same access key"
+                )
+            return "superseded: another device started with the same access key"
+        if r is LostReason.EXPIRED:
+            return "expired: the server missed this device's heartbeats"
+        if r is LostReason.ENDED:
+            return "ended elsewhere"
+        if r is LostReason.REVOKED:
+            return "revoked by an administrator"
+        if r is LostReason.KEY_REFUSED:
+            return f"key refused ({self.code}): {self.message}"
+        if r is LostReason.NOT_FOUND:
+            return "the server no longer knows this session"
+        if r is LostReason.UNREACHABLE:
+            return (
+                "unreachable: no answer from the server before the lease ran out "
+                f"({self.message})"
+            )
+        return f"rejected ({self.code}): {self.message}"
+
+
+@dataclass(frozen=True)
+class TerminatedDevice:
+    """A device whose session this start ended."""
+
+    session_id: str
+    device_name: Optional[str] = None
+    #: Its last heartbeat (RFC 3339, server time).
+    last_heartbeat: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class StartInfo:
+    """What the server said when the session started."""
+
+    session_id: str
+    #: Strictly increasing per key, so work from a superseded device can be
+    #: told apart.
+    fence: int
+    #: Whether starting here ended another device's session.
+    previous_session_terminated: bool
+    #: The sessions it ended.
+    terminated: Tuple[TerminatedDevice, ...]
+    #: Seconds between heartbeats the server asked for.
+    heartbeat_interval: float
+    #: Seconds the server keeps a silent session.
+    session_timeout: float
+    started_at: Optional[str] = None
+    expires_at: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class HeartbeatFailed:
+    """A heartbeat failed transiently and will be retried."""
+
+    #: Failed attempts in a row.
+    attempt: int
+    #: What went wrong.
+    error: str
+    #: Seconds left on the lease.
+    lease_left: float
+
+
+@dataclass(frozen=True)
+class HeartbeatRecovered:
+    """A heartbeat succeeded after failures."""
+
+    failed_attempts: int
+
+
+@dataclass(frozen=True)
+class SessionLost:
+    """The session was lost."""
+
+    info: LostInfo
+
+
+#: What the ``on_event`` hook of a :class:`Client` receives.
+SessionEvent = Union[HeartbeatFailed, HeartbeatRecovered, SessionLost]
+#: ``callback(reason, other_device_name)``; the name is set for takeovers.
+LostCallback = Callable[[LostReason, Optional[str]], Any]
+
+
+def backoff(attempt: int, cap: float, retry_after: Optional[float] = None) -> float:
+    """Exponential backoff with "equal jitter" (half fixed, half random):
+    0.5 s for the first failure, doubling, capped at ``cap``, and never
+    shorter than a server's ``Retry-After``."""
+    exp = FIRST_RETRY * float(1 << min(max(attempt, 1) - 1, 16))
+    half = min(exp, cap) / 2
+    delay = half + random.uniform(0, half)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return delay
+
+
+def _lost_from_error(e: KeyseatError) -> LostInfo:
+    code = e.code
+    if code == "session_superseded":
+        by = e.error.get("superseded_by")
+        by = by if isinstance(by, dict) else {}
+        name = by.get("device_name")
+        at = by.get("started_at")
+        return LostInfo(
+            LostReason.SUPERSEDED,
+            device_name=name if isinstance(name, str) else None,
+            at=at if isinstance(at, str) else None,
+            code=code,
+            message=e.message,
+        )
+    simple = {
+        "session_expired": LostReason.EXPIRED,
+        "session_ended": LostReason.ENDED,
+        "session_revoked": LostReason.REVOKED,
+        "session_not_found": LostReason.NOT_FOUND,
+        "invalid_key": LostReason.KEY_REFUSED,
+        "key_revoked": LostReason.KEY_REFUSED,
+        "key_suspended": LostReason.KEY_REFUSED,
+        "key_expired": LostReason.KEY_REFUSED,
+    }
+    return LostInfo(simple.get(code, LostReason.REJECTED), code=code, message=e.message)
+
+
+def _seconds(body: Dict[str, Any], name: str) -> Optional[float]:
+    value = body.get(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        return None
+    return float(value)
+
+
+def _parse_start(body: Dict[str, Any]) -> StartInfo:
+    def bad(name: str) -> ServerUnreachable:
+        return ServerUnreachable(f"the server's start answer lacks {name}")
+
+    session_id = body.get("session_id")
+    if not isinstance(session_id, str):
+        raise bad("session_id")
+    fence = body.get("fence")
+    if isinstance(fence, bool) or not isinstance(fence, int):
+        raise bad("fence")
+    interval = _seconds(body, "heartbeat_interval_seconds")
+    if interval is None:
+        raise bad("heartbeat_interval_seconds")
+    timeout = _seconds(body, "session_timeout_seconds")
+    if timeout is None:
+        raise bad("session_timeout_seconds")
+    terminated: List[TerminatedDevice] = []
+    raw = body.get("terminated_sessions")
+    if isinstance(raw, list):
+        for t in raw:
+            if not isinstance(t, dict):
+                continue
+            sid, name, hb = t.get("session_id"), t.get("device_name"), t.get("last_heartbeat")
+            terminated.append(
+                TerminatedDevice(
+                    session_id=sid if isinstance(sid, str) else "",
+                    device_name=name if isinstance(name, str) else None,
+                    last_heartbeat=hb if isinstance(hb, str) else None,
+                )
+            )
+    started_at, expires_at = body.get("started_at"), body.get("expires_at")
+    return StartInfo(
+        session_id=session_id,
+        fence=fence,
+        previous_session_terminated=body.get("previous_session_terminated") is True,
+        terminated=tuple(terminated),
+        heartbeat_interval=max(interval, 1.0),
+        session_timeout=timeout,
+        started_at=started_at if isinstance(started_at, str) else None,
+        expires_at=expires_at if isinstance(expires_at, str) else None,
+    )
+
+
+class Client:
+    """Connection settings for one access key.
+
+    The key's checksum is checked here, so a typo raises
+    :class:`~keyseat_client.InvalidKeyFormat` (an
+    :class:`~keyseat_client.InvalidKey`) at once, without a request; a
+    server URL that is not ``http(s)://host`` raises
+    :class:`~keyseat_client.ConfigError`.
+
+    :param device_name: shown to the other device when this one takes over,
+        and to operators.
+    :param fingerprint: a stable device fingerprint (see
+        :func:`~keyseat_client.machine_fingerprint`): lets the same device
+        restart at once on a ``reject``-policy key.
+    :param timeout: the time budget of each HTTP call, in seconds.
+    :param start_attempts: how many times a start is tried on transient
+        failures (same session id each time).
+    :param on_event: called from the heartbeat thread with every
+        :data:`SessionEvent` (failed heartbeats, recovery, loss); keep it quick.
+    """
+
+    def __init__(
+        self,
+        server_url: str,
+        access_key: str,
+        device_name: Optional[str] = None,
+        fingerprint: Optional[str] = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        *,
+        start_attempts: int = 3,
+        on_event: Optional[Callable[[SessionEvent], Any]] = None,
+    ) -> None:
+        self._access_key = check_access_key(access_key)
+        self._api = Api(server_url, timeout)
+        self.device_name = device_name
+        self.fingerprint = fingerprint
+        self.start_attempts = max(int(start_attempts), 1)
+        self.on_event = on_event
+
+    @property
+    def api(self) -> Api:
+        """The low-level API, for calls this class does not wrap."""
+        return self._api
+
+    @property
+    def server_url(self) -> str:
+        return self._api.base
+
+    @property
+    def key_prefix(self) -> str:
+        """``ks_`` and the first 8 characters of the key: safe to show."""
+        return redact(self._access_key)
+
+    def __repr__(self) -> str:
+        return (
+            f"Client(server={self._api.base!r}, key={self.key_prefix!r}, "
+            f"device_name={self.device_name!r})"
+        )
+
+    def status(self) -> Dict[str, Any]:
+        """The key's live sessions (``POST /api/session/status``)."""
+        return self._api.status(self._access_key)
+
+    def start(self) -> "Session":
+        """Starts a session and its heartbeat thread.
+
+        Transient failures are retried (``start_attempts`` in all) with the
+        same session id, which the server treats as the same start. Raises
+        :class:`~keyseat_client.SeatsFull`, a
+        :class:`~keyseat_client.KeyRefused` subclass,
+        :class:`~keyseat_client.ServerUnreachable`, ...
+        """
+        session_id = str(uuid.uuid4())
+        attempt = 0
+        while True:
+            attempt += 1
+            sent_at = time.monotonic()
+            try:
+                body = self._api.start(
+                    self._access_key, session_id, self.device_name, self.fingerprint
+                )
+                break
+            except KeyseatError as e:
+                if e.transient and attempt < self.start_attempts:
+                    time.sleep(backoff(attempt, START_RETRY_CAP, e.retry_after))
+                    continue
+                raise
+        info = _parse_start(body)
+        session = Session(self._api, self._access_key, info, sent_at, self.on_event)
+        session._start_heartbeats()
+        return session
+
+
+class Session:
+    """A live session; get one from :meth:`Client.start`.
+
+    Keep a reference for as long as the app is licensed: the session lives
+    until :meth:`end`, the end of a ``with`` block, or interpreter exit
+    (which ends still-live sessions, waiting at most 2 s for the server).
+    """
+
+    def __init__(
+        self,
+        api: Api,
+        access_key: str,
+        info: StartInfo,
+        lease_from: float,
+        on_event: Optional[Callable[[SessionEvent], Any]] = None,
+    ) -> None:
+        self._api = api
+        self._access_key = access_key
+        self._info = info
+        self._on_event = on_event
+        self._cond = threading.Condition(threading.Lock())
+        # Everything below is guarded by _cond.
+        self._state = SessionState.ACTIVE
+        self._stop = False
+        self._lost: Optional[LostInfo] = None
+        self._interval = info.heartbeat_interval
+        # The lease: when the last successful heartbeat (or the start) was
+        # sent, plus the timeout. The server's own deadline is never earlier.
+        self._lease_deadline = lease_from + info.session_timeout
+        self._failed_attempts = 0
+        self._on_lost: List[LostCallback] = []
+        self._thread: Optional[threading.Thread] = None
+
+    def _start_heartbeats(self) -> None:
+        _live_sessions.add(self)
+        self._thread = threading.Thread(
+            target=self._heartbeat_loop, name="keyseat-heartbeat", daemon=True
+        )
+        self._thread.start()
+
+    # -- what the server said at the start ----------------------------------
+
+    @property
+    def info(self) -> StartInfo:
+        return self._info
+
+    @property
+    def session_id(self) -> str:
+        return self._info.session_id
+
+    @property
+    def fence(self) -> int:
+        """Strictly increasing per key."""
+        return self._info.fence
+
+    @property
+    def previous_session_terminated(self) -> bool:
+        """Whether starting here ended another device's session; show
+        "previous session on another device was disconnected"."""
+        return self._info.previous_session_terminated
+
+    @property
+    def terminated(self) -> Tuple[TerminatedDevice, ...]:
+        """The devices whose sessions this start ended."""
+        return self._info.terminated
+
+    @property
+    def session_timeout(self) -> float:
+        return self._info.session_timeout
+
+    # -- now ------------------------------------------------------------------
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """The interval the server asked for most recently (seconds)."""
+        with self._cond:
+            return self._interval
+
+    @property
+    def state(self) -> SessionState:
+        with self._cond:
+            return self._state
+
+    @property
+    def lost(self) -> Optional[LostInfo]:
+        """Why the session was lost, or ``None`` while it is not."""
+        with self._cond:
+            return self._lost
+
+    @property
+    def is_usable(self) -> bool:
+        """Whether licensed work may continue (active, or retrying within
+        the lease)."""
+        with self._cond:
+            return self._state in (SessionState.ACTIVE, SessionState.RETRYING)
+
+    @property
+    def failed_attempts(self) -> int:
+        """Heartbeats failed in a row (0 when active)."""
+        with self._cond:
+            return self._failed_attempts
+
+    @property
+    def lease_left(self) -> float:
+        """Seconds until the lease the server last granted runs out."""
+        with self._cond:
+            return max(self._lease_deadline - time.monotonic(), 0.0)
+
+    def __repr__(self) -> str:
+        return (
+            f"Session(session_id={self.session_id!r}, fence={self.fence}, "
+            f"state={self.state.value!r})"
+        )
+
+    # -- being told -------------------------------------------------------------
+
+    def on_lost(self, callback: LostCallback) -> LostCallback:
+        """Registers ``callback(reason, other_device_name)``, called once,
+        from the heartbeat thread, when the session is lost (at once, on
+        this thread, if it already is). ``other_device_name`` is the name of
+        the device that took over for :attr:`LostReason.SUPERSEDED`, else
+        ``None``. Not called when the app ends the session itself. Keep it
+        quick and hand the news to your UI thread; exceptions it raises are
+        logged. Returns ``callback``, so it works as a decorator."""
+        with self._cond:
+            if self._state is SessionState.LOST:
+                info = self._lost
+            else:
+                if self._state is not SessionState.ENDED:
+                    self._on_lost.append(callback)
+                return callback
+        assert info is not None
+        _call_safely(callback, info.reason, info.device_name)
+        return callback
+
+    def wait_lost(self, timeout: Optional[float] = None) -> Optional[LostReason]:
+        """Blocks until the session is lost (returning why), the app ends it
+        (``None``), or ``timeout`` seconds pass (``None``; ``None`` waits
+        forever). :attr:`lost` has the details."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self._state in (SessionState.LOST, SessionState.ENDED),
+                timeout,
+            )
+            return self._lost.reason if self._lost is not None else None
+
+    # -- ending -------------------------------------------------------------------
+
+    def end(self, timeout: Optional[float] = None) -> bool:
+        """Ends the session: stops the heartbeats at once and tells the
+        server. Returns whether the server still had it live (``False`` if
+        it had already ended, e.g. superseded, or was lost, or ``end`` was
+        called before). Never raises for a session that was already lost or
+        ended; for a live one it raises what the server call raised (e.g.
+        :class:`~keyseat_client.ServerUnreachable`)."""
+        with self._cond:
+            was_lost = self._state is SessionState.LOST
+            if self._state is SessionState.ENDED:
+                return False
+            self._stop = True
+            if not was_lost:
+                self._state = SessionState.ENDED
+            self._cond.notify_all()
+        _live_sessions.discard(self)
+        # A lost session may still be live on the server (unreachable):
+        # ending it frees the seat as soon as the server is back.
+        try:
+            body = self._api.end(self._access_key, self._info.session_id, timeout)
+        except KeyseatError as e:
+            if was_lost or isinstance(e, (KeyRefused, SessionNotFound)):
+                return False
+            raise
+        return body.get("ended") is True
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.end(EXIT_END_TIMEOUT)
+        except KeyseatError as e:
+            log.warning("keyseat: ending session %s failed: %s", self.session_id, e)
+
+    # -- the heartbeat thread ---------------------------------------------------
+
+    def _emit(self, event: SessionEvent) -> None:
+        if self._on_event is not None:
+            _call_safely(self._on_event, event)
+
+    def _lose(self, info: LostInfo) -> None:
+        """Records a loss (once) unless the app already ended the session."""
+        with self._cond:
+            if self._stop or self._state in (SessionState.LOST, SessionState.ENDED):
+                return
+            self._state = SessionState.LOST
+            self._lost = info
+            self._stop = True
+            callbacks, self._on_lost = self._on_lost, []
+            self._cond.notify_all()
+        self._emit(SessionLost(info))
+        for callback in callbacks:
+            _call_safely(callback, info.reason, info.device_name)
+
+    def _heartbeat_loop(self) -> None:
+        failures = 0
+        with self._cond:
+            wait = self._interval
+        while True:
+            with self._cond:
+                if self._cond.wait_for(lambda: self._stop, wait):
+                    return
+                lease_out = failures > 0 and time.monotonic() >= self._lease_deadline
+            if lease_out:
+                self._lose(LostInfo(LostReason.UNREACHABLE, message="heartbeats kept failing"))
+                return
+            sent_at = time.monotonic()
+            with self._cond:
+                lease_left = max(self._lease_deadline - sent_at, 0.0)
+            # A call never outlives the lease while retrying: past it the
+            # session is lost anyway. After a silent stretch with no failure
+            # (e.g. the process was suspended) one call is still sent, so the
+            # server can say what happened (usually session_expired).
+            budget = lease_left if failures > 0 else max(lease_left, 0.5)
+            try:
+                body = self._api.heartbeat(
+                    self._access_key, self._info.session_id, max(budget, 0.001)
+                )
+            except KeyseatError as e:
+                if not e.transient:
+                    self._lose(_lost_from_error(e))
+                    return
+                error = e
+            except Exception as e:  # a bug here must not kill the thread silently
+                log.exception("keyseat: unexpected error in a heartbeat")
+                error = ServerUnreachable(f"{type(e).__name__}: {e}")
+            else:
+                new_interval = _seconds(body, "heartbeat_interval_seconds")
+                with self._cond:
+                    if self._stop:
+                        return
+                    self._lease_deadline = sent_at + self._info.session_timeout
+                    if new_interval is not None:
+                        self._interval = max(new_interval, 1.0)
+                    self._state = SessionState.ACTIVE
+                    self._failed_attempts = 0
+                    wait = self._interval
+                if failures > 0:
+                    self._emit(HeartbeatRecovered(failures))
+                failures = 0
+                continue
+
+            # A transient failure: retry within the lease.
+            failures += 1
+            with self._cond:
+                if self._stop:
+                    return
+                left = max(self._lease_deadline - time.monotonic(), 0.0)
+                self._state = SessionState.RETRYING
+                self._failed_attempts = failures
+                interval = self._interval
+            if left <= 0:
+                self._lose(LostInfo(LostReason.UNREACHABLE, message=error.describe()))
+                return
+            self._emit(HeartbeatFailed(failures, error.describe(), left))
+            # Retry sooner than the interval, but never past the lease.
+            wait = min(backoff(failures, interval, error.retry_after), left)
+
+
+def _call_safely(callback: Callable[..., Any], *args: Any) -> None:
+    try:
+        callback(*args)
+    except Exception:
+        log.exception("keyseat: a callback raised")
+
+
+# Sessions still heartbeating, ended at interpreter exit.
+_live_sessions: "weakref.WeakSet[Session]" = weakref.WeakSet()
+
+
+@atexit.register
+def _end_live_sessions() -> None:
+    for session in list(_live_sessions):
+        if session.state in (SessionState.ACTIVE, SessionState.RETRYING):
+            try:
+                session.end(EXIT_END_TIMEOUT)
+            except Exception:
+                pass
