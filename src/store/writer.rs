@@ -119,7 +119,8 @@ fn run(conn: Connection, rx: Receiver<Job>) {
 }
 
 fn commit_batch(conn: &Connection, batch: Vec<Job>) {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    tracing::trace!(jobs = batch.len(), "write batch");
+    if let Err(e) = exec_cached(conn, "BEGIN IMMEDIATE") {
         let msg = e.to_string();
         tracing::warn!(error = %msg, jobs = batch.len(), "could not begin a write batch");
         for job in batch {
@@ -130,7 +131,7 @@ fn commit_batch(conn: &Connection, batch: Vec<Job>) {
     }
     let mut finishes = Vec::with_capacity(batch.len());
     for job in batch {
-        if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+        if let Err(e) = exec_cached(conn, "SAVEPOINT job") {
             finishes.push(Done {
                 keep: false,
                 finish: Box::new(move |_| drop(e)),
@@ -143,16 +144,16 @@ fn commit_batch(conn: &Connection, batch: Vec<Job>) {
                 finish: Box::new(|_| tracing::error!("a write job panicked; it was rolled back")),
             });
         let end = if done.keep {
-            "RELEASE job"
+            exec_cached(conn, "RELEASE job")
         } else {
-            "ROLLBACK TO job; RELEASE job"
+            exec_cached(conn, "ROLLBACK TO job").and_then(|()| exec_cached(conn, "RELEASE job"))
         };
-        if let Err(e) = conn.execute_batch(end) {
+        if let Err(e) = end {
             tracing::error!(error = %e, "savepoint cleanup failed");
         }
         finishes.push(done);
     }
-    match conn.execute_batch("COMMIT") {
+    match exec_cached(conn, "COMMIT") {
         Ok(()) => {
             for done in finishes {
                 (done.finish)(None);
@@ -167,6 +168,12 @@ fn commit_batch(conn: &Connection, batch: Vec<Job>) {
             }
         }
     }
+}
+
+/// Runs a parameterless statement kept prepared (these run per job).
+fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
 }
 
 /// A job that never ran: its reply channel is dropped with it, so its

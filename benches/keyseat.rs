@@ -1,0 +1,617 @@
+//! keyseat's benchmark: the real server (the release binary, in its own
+//! process) against a bare axum endpoint that parses the same JSON, over
+//! real HTTP connections, in one run on one machine, reporting ratios.
+//!
+//! ```text
+//! cargo bench --bench keyseat            # full run (a few minutes)
+//! cargo bench --bench keyseat -- --quick # ~20 s smoke run (CI)
+//! ```
+//!
+//! Phases: the bare ceiling; heartbeats with 1,000 live sessions; with
+//! 100,000; with 1,000,000 (full run only: flat growth, resident memory,
+//! time to ready); durable starts that take over the previous device's
+//! seat (FULL); heartbeats with 1% starts mixed in while 100,000 sessions
+//! expire at once; and the old design's approach (a minimal Python stdlib
+//! server doing one SQLite transaction per heartbeat) as the baseline.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use keyseat::keys::{new_key_id, AccessKey};
+
+const CONNECTIONS: usize = 64;
+
+struct Opts {
+    quick: bool,
+    secs: u64,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--bare-server") {
+        return bare_server();
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let opts = Opts {
+        quick,
+        secs: if quick { 2 } else { 10 },
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run(opts));
+}
+
+/// The ceiling: an axum endpoint that parses the heartbeat's JSON and
+/// answers a similar JSON, nothing else.
+fn bare_server() {
+    use axum::routing::post;
+    #[derive(serde::Deserialize)]
+    struct Body {
+        access_key: String,
+        session_id: String,
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let app = axum::Router::new().route(
+            "/api/session/heartbeat",
+            post(|axum::Json(b): axum::Json<Body>| async move {
+                axum::Json(serde_json::json!({
+                    "session_id": b.session_id,
+                    "fence": b.access_key.len(),
+                    "last_heartbeat": "2026-11-30T06:00:00Z",
+                    "expires_at": "2026-11-30T06:01:00Z",
+                    "heartbeat_interval_seconds": 30,
+                }))
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("listening on http://{}", listener.local_addr().unwrap());
+        axum::serve(listener, app).await.unwrap();
+    });
+}
+
+/// A server process and the address it printed.
+struct Proc {
+    child: Child,
+    addr: SocketAddr,
+    ready_after: Duration,
+}
+
+impl Proc {
+    fn rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a process and waits for "listening on http://ADDR" on stdout or
+/// stderr.
+fn spawn_listening(mut cmd: Command) -> Proc {
+    let started = Instant::now();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn server");
+    let (tx, rx) = std::sync::mpsc::channel();
+    for stream in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stream)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(i) = line.find("listening on http://") {
+                    let rest = &line[i + "listening on http://".len()..];
+                    let addr = rest.split_whitespace().next().unwrap_or_default();
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        });
+    }
+    let addr = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("server ready");
+    Proc {
+        child,
+        addr: addr.parse().expect("address"),
+        ready_after: started.elapsed(),
+    }
+}
+
+fn keyseat_server(db: &Path, extra: &[&str]) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyseat"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("KEYSEAT_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.arg("--database")
+        .arg(db)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--rate-limits",
+            "off",
+            "--log",
+            "warn,keyseat=info",
+        ])
+        .args(extra)
+        .arg("serve");
+    spawn_listening(cmd)
+}
+
+/// Seeds `keys` keys, each with one live session, straight into the file
+/// (after `keyseat migrate`): (access key, session id) pairs.
+fn seed(db: &Path, keys: usize) -> Vec<(String, String)> {
+    let status = Command::new(env!("CARGO_BIN_EXE_keyseat"))
+        .arg("--database")
+        .arg(db)
+        .arg("migrate")
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut conn = rusqlite::Connection::open(db).unwrap();
+    let tx = conn.transaction().unwrap();
+    let now = keyseat::clock::Clock::now(&keyseat::clock::SystemClock).0;
+    let mut out = Vec::with_capacity(keys);
+    {
+        let mut key_stmt = tx
+            .prepare(
+                "INSERT INTO keys (key_id, key_hash, prefix, max_sessions, created_at, updated_at, next_fence) \
+                 VALUES (?1, ?2, ?3, 1, ?4, ?4, 2)",
+            )
+            .unwrap();
+        let mut session_stmt = tx
+            .prepare(
+                "INSERT INTO sessions (session_id, key_id, fence, device_name, started_at, \
+                 last_heartbeat, expires_at) VALUES (?1, ?2, 1, 'bench', ?3, ?3, ?4)",
+            )
+            .unwrap();
+        for i in 0..keys {
+            let key = AccessKey::generate();
+            let key_id = new_key_id();
+            let session_id = format!("bench-{i:08}");
+            key_stmt
+                .execute(rusqlite::params![
+                    key_id,
+                    key.hash().as_slice(),
+                    key.prefix(),
+                    now
+                ])
+                .unwrap();
+            session_stmt
+                .execute(rusqlite::params![session_id, key_id, now, now + 60_000])
+                .unwrap();
+            out.push((key.expose_secret().to_owned(), session_id));
+        }
+    }
+    tx.commit().unwrap();
+    out
+}
+
+/// What one load phase measured.
+struct Measured {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    errors: u64,
+    non_2xx: u64,
+}
+
+/// Drives `CONNECTIONS` closed-loop HTTP/1.1 connections for `secs`;
+/// `body(conn, i)` gives the path and JSON of each request, and `ok`
+/// says which statuses count as success.
+async fn drive(
+    addr: SocketAddr,
+    secs: u64,
+    body: Arc<dyn Fn(usize, u64) -> (&'static str, String) + Send + Sync>,
+    ok: fn(u16) -> bool,
+) -> Measured {
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let non_2xx = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for conn_no in 0..CONNECTIONS {
+        let (stop, errors, non_2xx, body) =
+            (stop.clone(), errors.clone(), non_2xx.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat: Vec<u32> = Vec::with_capacity(1 << 16);
+            let stream = match tokio::net::TcpStream::connect(addr).await {
+                Ok(s) => s,
+                Err(_) => {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    return lat;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn);
+            let mut i: u64 = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let (path, json) = body(conn_no, i);
+                i += 1;
+                let req = hyper::Request::post(path)
+                    .header("host", "bench")
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(json)))
+                    .unwrap();
+                let t = Instant::now();
+                match sender.send_request(req).await {
+                    Ok(resp) => {
+                        let status = resp.status().as_u16();
+                        let _ = resp.into_body().collect().await;
+                        lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                        if !ok(status) {
+                            non_2xx.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all: Vec<u32> = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if all.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((all.len() as f64 - 1.0) * p).round() as usize;
+        f64::from(all[i]) / 1000.0
+    };
+    Measured {
+        rps: all.len() as f64 / elapsed,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        max_ms: all.last().map_or(f64::NAN, |m| f64::from(*m) / 1000.0),
+        errors: errors.load(Ordering::Relaxed),
+        non_2xx: non_2xx.load(Ordering::Relaxed),
+    }
+}
+
+fn heartbeat_load(
+    pairs: Arc<Vec<(String, String)>>,
+) -> Arc<dyn Fn(usize, u64) -> (&'static str, String) + Send + Sync> {
+    Arc::new(move |conn, i| {
+        // Spread over all sessions: a different one each request.
+        let n = pairs.len() as u64;
+        let idx = ((conn as u64).wrapping_mul(2_654_435_761) ^ i.wrapping_mul(40_503)) % n;
+        let (key, id) = &pairs[idx as usize];
+        (
+            "/api/session/heartbeat",
+            format!(r#"{{"access_key":"{key}","session_id":"{id}"}}"#),
+        )
+    })
+}
+
+fn is_2xx(s: u16) -> bool {
+    (200..300).contains(&s)
+}
+
+fn line(name: &str, m: &Measured, ceiling: f64) {
+    println!(
+        "{name:<44} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>7.2} ms  ratio {:>5.3}{}",
+        m.rps,
+        m.p50_ms,
+        m.p99_ms,
+        m.max_ms,
+        m.rps / ceiling,
+        if m.errors + m.non_2xx > 0 {
+            format!("  ({} errors, {} non-2xx)", m.errors, m.non_2xx)
+        } else {
+            String::new()
+        }
+    );
+}
+
+async fn heartbeat_phase(
+    dir: &Path,
+    n: usize,
+    opts: &Opts,
+    ceiling: f64,
+) -> (Measured, f64, Duration) {
+    let db = dir.join(format!("hb-{n}.db"));
+    let t = Instant::now();
+    let pairs = Arc::new(seed(&db, n));
+    let seeded = t.elapsed();
+    let server = keyseat_server(&db, &[]);
+    // Warm the key cache and connections.
+    let _ = drive(server.addr, 1, heartbeat_load(pairs.clone()), is_2xx).await;
+    let m = drive(
+        server.addr,
+        opts.secs,
+        heartbeat_load(pairs.clone()),
+        is_2xx,
+    )
+    .await;
+    let rss = server.rss_mib();
+    line(&format!("heartbeats, {n} live sessions"), &m, ceiling);
+    println!(
+        "{:<44} seeded in {:.1} s, ready {:.2} s after spawn, resident {:.0} MiB",
+        "",
+        seeded.as_secs_f64(),
+        server.ready_after.as_secs_f64(),
+        rss
+    );
+    (m, rss, server.ready_after)
+}
+
+/// Starts that each take over the previous device's seat, spread over
+/// 1,000 one-seat keys: insert + supersede + events, durable (FULL).
+async fn start_phase(dir: &Path, opts: &Opts, ceiling: f64, sync: &str) -> Measured {
+    let db = dir.join(format!("starts-{sync}.db"));
+    let pairs = Arc::new(seed(&db, 1_000));
+    let server = keyseat_server(&db, &["--synchronous", sync]);
+    let load: Arc<dyn Fn(usize, u64) -> (&'static str, String) + Send + Sync> =
+        Arc::new(move |conn, i| {
+            let (key, _) = &pairs[(conn * 7919 + i as usize) % pairs.len()];
+            (
+                "/api/session/start",
+                format!(r#"{{"access_key":"{key}","device":{{"name":"bench-{conn}"}}}}"#),
+            )
+        });
+    let m = drive(server.addr, opts.secs, load, is_2xx).await;
+    line(
+        &format!("durable starts with takeover ({})", sync.to_uppercase()),
+        &m,
+        ceiling,
+    );
+    m
+}
+
+/// 100,000 live devices heartbeating with 1% starts, while the 100,000
+/// sessions seeded to expire now are swept at once.
+async fn mixed_phase(dir: &Path, opts: &Opts, ceiling: f64) -> Measured {
+    let db = dir.join("mixed.db");
+    let n = if opts.quick { 2_000 } else { 100_000 };
+    let pairs = Arc::new(seed(&db, n * 2));
+    // Half the sessions get a short timeout: the server is started with a
+    // 3 s timeout and only the first half heartbeats, so the other half
+    // expires together during the run.
+    let server = keyseat_server(
+        &db,
+        &[
+            "--heartbeat-interval-seconds",
+            "1",
+            "--session-timeout-seconds",
+            "3",
+            "--sweep-interval-seconds",
+            "1",
+        ],
+    );
+    let live: Arc<Vec<(String, String)>> = Arc::new(pairs[..n].to_vec());
+    let hb = heartbeat_load(live.clone());
+    let load: Arc<dyn Fn(usize, u64) -> (&'static str, String) + Send + Sync> =
+        Arc::new(move |conn, i| {
+            if i % 100 == 99 {
+                let (key, _) = &live[(conn * 31 + i as usize) % live.len()];
+                ("/api/session/start", format!(r#"{{"access_key":"{key}"}}"#))
+            } else {
+                hb(conn, i)
+            }
+        });
+    // Run long enough for the silent half to expire and be swept.
+    let secs = opts.secs.max(6);
+    let m = drive(server.addr, secs, load, |s| s == 200 || s == 409).await;
+    line(
+        &format!("mixed: {n} heartbeating + 1% starts, {n} expiring"),
+        &m,
+        ceiling,
+    );
+    m
+}
+
+/// The old design's approach: one SQLite transaction per heartbeat, in a
+/// minimal Python stdlib server (threads, sqlite3).
+async fn baseline_phase(dir: &Path, opts: &Opts, ceiling: f64) -> Option<Measured> {
+    let db = dir.join("baseline.db");
+    let pairs = Arc::new(seed(&db, 1_000));
+    let script = dir.join("old_design.py");
+    std::fs::write(&script, OLD_DESIGN).unwrap();
+    let mut cmd = Command::new("python3");
+    cmd.arg(&script).arg(&db);
+    if Command::new("python3").arg("--version").output().is_err() {
+        println!("(python3 not found: baseline skipped)");
+        return None;
+    }
+    let server = spawn_listening(cmd);
+    let m = drive(server.addr, opts.secs, heartbeat_load(pairs), is_2xx).await;
+    line("old design: Python, 1 transaction per request", &m, ceiling);
+    Some(m)
+}
+
+const OLD_DESIGN: &str = r#"
+import hashlib, json, sqlite3, sys, threading, time
+from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
+DB = sys.argv[1]
+local = threading.local()
+def conn():
+    c = getattr(local, "c", None)
+    if c is None:
+        c = sqlite3.connect(DB, timeout=30, isolation_level=None)
+        c.execute("PRAGMA journal_mode=WAL"); c.execute("PRAGMA synchronous=FULL")
+        local.c = c
+    return c
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        h = hashlib.sha256(body["access_key"].encode()).digest()
+        now = int(time.time() * 1000)
+        c = conn()
+        c.execute("BEGIN IMMEDIATE")
+        row = c.execute("SELECT key_id FROM keys WHERE key_hash = ?", (h,)).fetchone()
+        n = c.execute("UPDATE sessions SET last_heartbeat = ?, expires_at = ? WHERE session_id = ? AND key_id = ?",
+                      (now, now + 60000, body["session_id"], row[0] if row else None)).rowcount
+        c.execute("COMMIT")
+        out = json.dumps({"session_id": body["session_id"], "ok": n == 1}).encode()
+        self.send_response(200 if n == 1 else 404)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers(); self.wfile.write(out)
+s = ThreadingHTTPServer(("127.0.0.1", 0), H)
+print("listening on http://%s:%d" % s.server_address, flush=True)
+s.serve_forever()
+"#;
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores, {cpu}")
+}
+
+async fn run(opts: Opts) {
+    let dir = tempfile::tempdir().unwrap();
+    println!(
+        "keyseat benchmark ({}), {} connections, {} s per phase, machine: {}",
+        if opts.quick { "quick" } else { "full" },
+        CONNECTIONS,
+        opts.secs,
+        machine()
+    );
+
+    if let Ok(only) = std::env::var("KEYSEAT_BENCH_ONLY") {
+        // Profiling aid: one phase against a fixed ceiling of 1.
+        match only.as_str() {
+            "starts" => {
+                start_phase(dir.path(), &opts, 1.0, "full").await;
+            }
+            "heartbeats" => {
+                heartbeat_phase(dir.path(), 1_000, &opts, 1.0).await;
+            }
+            other => println!("unknown phase {other}"),
+        }
+        return;
+    }
+    let bare = {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.arg("--bare-server");
+        spawn_listening(cmd)
+    };
+    let ceiling_pairs = Arc::new(seed(&dir.path().join("ceiling.db"), 1_000));
+    let _ = drive(bare.addr, 1, heartbeat_load(ceiling_pairs.clone()), is_2xx).await;
+    let ceiling = drive(bare.addr, opts.secs, heartbeat_load(ceiling_pairs), is_2xx).await;
+    drop(bare);
+    let c = ceiling.rps;
+    line("bare axum endpoint, same JSON (ceiling)", &ceiling, c);
+
+    let (small, _, _) = heartbeat_phase(dir.path(), 1_000, &opts, c).await;
+    if !opts.quick {
+        heartbeat_phase(dir.path(), 100_000, &opts, c).await;
+    }
+    let big = if opts.quick {
+        None
+    } else {
+        Some(heartbeat_phase(dir.path(), 1_000_000, &opts, c).await)
+    };
+    let starts = start_phase(dir.path(), &opts, c, "full").await;
+    start_phase(dir.path(), &opts, c, "normal").await;
+    let mixed = mixed_phase(dir.path(), &opts, c).await;
+    let baseline = baseline_phase(dir.path(), &opts, c).await;
+
+    println!();
+    println!("targets:");
+    let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
+    let hb_ratio = small.rps / c;
+    println!(
+        "  heartbeats >= 0.80 of ceiling, p99 <= 10 ms: {:.3}, p99 {:.2} ms -> {}",
+        hb_ratio,
+        small.p99_ms,
+        verdict(hb_ratio >= 0.80 && small.p99_ms <= 10.0)
+    );
+    println!(
+        "  durable starts >= 0.15 of ceiling, p99 <= 50 ms: {:.3}, p99 {:.2} ms -> {}",
+        starts.rps / c,
+        starts.p99_ms,
+        verdict(starts.rps / c >= 0.15 && starts.p99_ms <= 50.0)
+    );
+    println!(
+        "  mixed load, no request over 100 ms: max {:.2} ms -> {}",
+        mixed.max_ms,
+        verdict(mixed.max_ms <= 100.0)
+    );
+    if let Some((m, rss, ready)) = &big {
+        println!(
+            "  flat growth (1M within 10% of 1k): {:.3} -> {}",
+            m.rps / small.rps,
+            verdict(m.rps / small.rps >= 0.90)
+        );
+        println!(
+            "  resident memory at 1M live <= 300 MiB: {rss:.0} MiB -> {}",
+            verdict(*rss <= 300.0)
+        );
+        println!(
+            "  ready within 2 s with 1M live on disk: {:.2} s -> {}",
+            ready.as_secs_f64(),
+            verdict(ready.as_secs_f64() <= 2.0)
+        );
+    }
+    if let Some(b) = baseline {
+        println!(
+            "  >= 50x the old design's approach: {:.1}x -> {}",
+            small.rps / b.rps,
+            verdict(small.rps / b.rps >= 50.0)
+        );
+    }
+    let _: PathBuf = dir.path().to_owned();
+}
