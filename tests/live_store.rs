@@ -166,3 +166,38 @@ async fn a_clean_stop_flushes_heartbeats() {
     let live = cli.live_sessions(None, beat_at).unwrap();
     assert_eq!(live[0].last_heartbeat, beat_at);
 }
+
+/// A key's expiry changed while its sessions are live (through the API,
+/// or from the CLI) applies to their heartbeats exactly at the new time.
+#[tokio::test]
+async fn key_expiry_changes_reach_live_sessions() {
+    let s = TestServer::start().await;
+    let (key, created) = s.create_key(json!({})).await;
+    let key_id = created["key_id"].as_str().unwrap().to_owned();
+    let id = s.started(&key, "A").await;
+    let soon = s.now().plus_secs(10).to_rfc3339();
+    s.admin(
+        "PATCH",
+        &format!("/api/admin/keys/{key_id}"),
+        Some(json!({ "expires_at": soon })),
+    )
+    .await;
+    s.clock.advance_secs(9);
+    assert_eq!(s.heartbeat(&key, &id).await.0, 200);
+    s.clock.advance_secs(1);
+    let (status, body) = s.heartbeat(&key, &id).await;
+    assert_error(status, &body, 403, "key_expired");
+
+    // From the CLI: extend the expiry; the running server learns it.
+    let patch = KeyPatch {
+        expires_at: Some(None),
+        ..Default::default()
+    };
+    cli_store(&s)
+        .update_key(&key_id, &patch, s.now(), &Actor::cli())
+        .unwrap();
+    within(Duration::from_secs(2), async || {
+        s.heartbeat(&key, &id).await.0 == 200
+    })
+    .await;
+}

@@ -17,13 +17,12 @@ use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::memory::{CachedKey, LiveSession, Memory};
+use super::memory::{key_tag, Answer, Change, Memory};
 use super::sqlite::{self, Durability, Tx};
 use super::writer::Writer;
 use super::*;
 use crate::clock::Clock;
 use crate::keys::new_key_id;
-use crate::rules;
 
 /// WAL size past which the checkpointer blocks until it is truncated.
 const WAL_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
@@ -50,6 +49,8 @@ pub struct LiveStore {
     opts: LiveOptions,
     /// `PRAGMA data_version` as last seen by the writer's connection.
     data_version: Arc<AtomicI64>,
+    /// The newest event already reflected in memory (for reconciling).
+    last_event: Arc<AtomicI64>,
     /// When heartbeat times were last written (server clock: the lease
     /// arithmetic that the flush keeps true is in server time).
     last_flush: Mutex<Timestamp>,
@@ -69,23 +70,17 @@ impl LiveStore {
         let report = db.resume_after_restart(ready_at, opts.timing)?;
         let mem = Arc::new(Memory::default());
         let floor = opts.timing.lease_until(ready_at).0;
-        let open = db.read(sqlite::open_sessions_for_memory)?;
-        for (id, key_id, fence, last_heartbeat, _disk_lease) in open {
-            // Every session live at the stop gets one full timeout from
-            // readiness; the disk lease carries slack and is not used.
-            let expires_at = floor.max(opts.timing.lease_until(Timestamp(last_heartbeat)).0);
-            mem.insert(
-                &id,
-                LiveSession {
-                    key_id: Arc::from(key_id),
-                    fence,
-                    last_heartbeat,
-                    expires_at,
-                    persisted_heartbeat: last_heartbeat,
-                    dirty: false,
-                },
-            );
-        }
+        db.read(|c| {
+            mem.reserve(sqlite::count_open(c)?);
+            sqlite::load_open_sessions(c, |id, mut session| {
+                // Every session live at the stop gets one full timeout from
+                // readiness; the disk lease carries slack and is not used.
+                session.expires_at =
+                    floor.max(opts.timing.lease_until(Timestamp(session.last_heartbeat)).0);
+                mem.insert(&id, session);
+            })
+        })?;
+        let last_event = db.read(sqlite::last_event_id)?;
         let conn = db.new_connection()?;
         // Checkpoints run on the maintenance tick, never inline in a commit.
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
@@ -99,6 +94,7 @@ impl LiveStore {
                 clock,
                 opts,
                 data_version: Arc::new(AtomicI64::new(version)),
+                last_event: Arc::new(AtomicI64::new(last_event)),
                 last_flush: Mutex::new(ready_at),
             },
             report,
@@ -137,26 +133,6 @@ impl LiveStore {
             .read(|c| f(&Tx::with_memory(c, &self.mem, self.slack())))
     }
 
-    /// Looks a key up on disk (read pool) and caches what heartbeats need.
-    fn load_key(&self, key: &AccessKey, now: Timestamp) -> Result<Key> {
-        let generation = self.mem.key_generation();
-        let hash = key.hash();
-        let found = self
-            .db
-            .read(|c| sqlite::key_by_hash(c, &hash, now))?
-            .ok_or(Error::InvalidKey)?;
-        self.mem.cache_key(
-            hash,
-            CachedKey {
-                key_id: Arc::from(found.key_id.as_str()),
-                status: found.status,
-                expires_at: found.expires_at.map(|t| t.0),
-            },
-            generation,
-        );
-        Ok(found)
-    }
-
     /// Writes pending heartbeat times to disk.
     fn flush(&self) -> Result<usize> {
         let timing = self.opts.timing;
@@ -172,7 +148,7 @@ impl LiveStore {
             self.writer.run(move |c| {
                 let mut tx = Tx::with_memory(c, &mem, slack);
                 sqlite::flush_op(&mut tx, &batch, timing)?;
-                let after: Box<dyn FnOnce() + Send> = Box::new(move || mem.persisted(&batch));
+                let after: Box<dyn FnOnce() + Send> = Box::new(|| {});
                 Ok(((), after))
             })?;
             total += n;
@@ -182,11 +158,13 @@ impl LiveStore {
         }
     }
 
-    /// Notices writes by other processes and reconciles memory: sessions
-    /// they ended leave memory, cached keys are dropped.
+    /// Notices writes by other processes and reconciles memory from the
+    /// audit log they wrote: sessions they ended leave memory, and key
+    /// expiry changes reach the sessions of those keys.
     fn reconcile(&self) -> Result<()> {
         let mem = self.mem.clone();
         let seen = self.data_version.clone();
+        let last_event = self.last_event.clone();
         self.writer.run(move |c| {
             let version: i64 = c.query_row("PRAGMA data_version", [], |r| r.get(0))?;
             if version == seen.load(Ordering::SeqCst) {
@@ -194,10 +172,19 @@ impl LiveStore {
                 return Ok(((), nothing));
             }
             seen.store(version, Ordering::SeqCst);
-            let open = sqlite::open_session_ids(c)?;
+            let learned = sqlite::changes_since(c, last_event.load(Ordering::SeqCst))?;
+            last_event.store(learned.last_id, Ordering::SeqCst);
             let after: Box<dyn FnOnce() + Send> = Box::new(move || {
-                let dropped = mem.retain_open(&open);
-                mem.forget_keys();
+                let dropped = mem.remove_all(&learned.ended);
+                let changes = learned
+                    .keys
+                    .into_iter()
+                    .map(|(key_tag, expires_at)| Change::KeyExpiry {
+                        key_tag,
+                        expires_at,
+                    })
+                    .collect();
+                mem.apply(changes);
                 tracing::info!(
                     sessions_ended_elsewhere = dropped,
                     "another process changed the database; reconciled"
@@ -248,49 +235,31 @@ impl Storage for LiveStore {
     }
 
     fn heartbeat_fast(&self, key: &AccessKey, session_id: &str) -> Option<Result<Beat>> {
-        let cached = self.mem.cached_key(&key.hash())?;
-        let now = self.clock.now();
-        match cached.status {
-            KeyStatus::Revoked => return Some(Err(Error::KeyRevoked)),
-            KeyStatus::Suspended => return Some(Err(Error::KeySuspended)),
-            KeyStatus::Active if cached.expires_at.is_some_and(|at| at <= now.0) => {
-                return Some(Err(Error::KeyExpired))
-            }
-            KeyStatus::Active => {}
+        let timeout = self.opts.timing.session_timeout_secs;
+        match self.mem.heartbeat(
+            session_id,
+            key_tag(&key.hash()),
+            self.clock.as_ref(),
+            timeout,
+        ) {
+            Answer::Beat(beat) => Some(Ok(beat)),
+            Answer::KeyExpired => Some(Err(Error::KeyExpired)),
+            Answer::Ask => None,
         }
-        self.mem
-            .heartbeat(
-                session_id,
-                &cached.key_id,
-                self.clock.as_ref(),
-                self.opts.timing.session_timeout_secs,
-            )
-            .map(Ok)
     }
 
     fn heartbeat(
         &self,
         key: &AccessKey,
         session_id: &str,
-        now: Timestamp,
+        _now: Timestamp,
         _timing: Timing,
     ) -> Result<Session> {
-        // The key was not cached (first heartbeat since start-up or a key
-        // change): load it, then beat in memory as the fast path would.
-        let found = self.load_key(key, now)?;
-        rules::check_key(&found, now)?;
-        let timeout = self.opts.timing.session_timeout_secs;
-        if let Some(beat) =
-            self.mem
-                .heartbeat(session_id, &found.key_id, self.clock.as_ref(), timeout)
-        {
-            let mut session = self.read(|tx| sqlite::explain_op(tx, key, session_id, beat.at))?;
-            session.last_heartbeat = beat.at;
-            session.expires_at = beat.expires_at;
-            return Ok(session);
-        }
-        // Memory cannot extend it: ask the disk (with memory's leases) why.
-        self.read(|tx| sqlite::explain_op(tx, key, session_id, self.clock.now()))
+        // Memory could not extend it (unknown id, wrong key, lease run out,
+        // or a start not yet applied): the disk, with memory's leases,
+        // says why.
+        let now = self.clock.now();
+        self.read(|tx| sqlite::explain_op(tx, key, session_id, now))
     }
 
     fn end_session(

@@ -6,7 +6,13 @@
 //! timeout after the restart) means a heartbeat's timestamp need not be
 //! durable. So a heartbeat is a hash lookup and two integer writes under a
 //! mutex, with no disk write and no thread hand-off; heartbeat times reach
-//! the database lazily, in batches (see `ServerStore::flush`).
+//! the database lazily, in batches (see `LiveStore::maintain`).
+//!
+//! Each session carries what a heartbeat must check of its key: a tag (the
+//! first 8 bytes of the key's SHA-256, so the presented key must match) and
+//! the key's expiry. Revoking or suspending a key ends its sessions, so a
+//! session held here always belongs to a usable key, and no key cache is
+//! needed: a heartbeat never misses, even right after a restart.
 //!
 //! Consistency rules (why the heartbeat reads the clock *inside* the lock):
 //! every decision that ends a session for lack of heartbeats (sweep, start)
@@ -19,27 +25,36 @@
 //! acknowledged.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::clock::{Clock, Timestamp};
 use crate::keys::KeyHash;
-use crate::model::KeyStatus;
 
-/// A live session as memory keeps it (~100 bytes with its map entry).
+/// The tag of a key: the first 8 bytes of its SHA-256.
+pub fn key_tag(hash: &KeyHash) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&hash[..8]);
+    u64::from_le_bytes(b)
+}
+
+/// `i64::MAX` stands for "the key never expires".
+pub const NEVER: i64 = i64::MAX;
+
+/// A live session as memory keeps it (about 140 bytes with its map entry,
+/// id and sweep bucket entry).
 #[derive(Debug, Clone)]
 pub struct LiveSession {
-    /// Its key.
-    pub key_id: Arc<str>,
+    /// Tag of its key.
+    pub key_tag: u64,
+    /// Its key's expiry ([`NEVER`] if none).
+    pub key_expires_at: i64,
     /// Its fence.
     pub fence: i64,
     /// Last heartbeat, exact.
     pub last_heartbeat: i64,
     /// Lease end, exact: live while `now < expires_at`.
     pub expires_at: i64,
-    /// The heartbeat time last written to the database.
-    pub persisted_heartbeat: i64,
-    /// Queued for the next heartbeat flush.
+    /// Has a heartbeat not yet written to the database.
     pub dirty: bool,
 }
 
@@ -50,14 +65,8 @@ pub enum Change {
     Started {
         /// Session id.
         id: String,
-        /// Its key.
-        key_id: String,
-        /// Its fence.
-        fence: i64,
-        /// Start time.
-        at: i64,
-        /// Exact lease end.
-        expires_at: i64,
+        /// The session as memory keeps it.
+        session: LiveSession,
     },
     /// A session's lease was extended by a durable write (a start retry).
     Extended {
@@ -73,27 +82,13 @@ pub enum Change {
         /// Session id.
         id: String,
     },
-    /// A key's status, expiry or limits changed: drop cached keys.
-    KeysChanged,
-    /// A write read this key as it is now: cache it (so a start that
-    /// succeeds is never followed by a heartbeat refused on a stale cache).
-    KeySeen {
-        /// The key's hash.
-        hash: KeyHash,
-        /// What heartbeats need of it.
-        key: CachedKey,
+    /// A key's expiry changed: its sessions carry the new one.
+    KeyExpiry {
+        /// The key's tag.
+        key_tag: u64,
+        /// The new expiry ([`NEVER`] if none).
+        expires_at: i64,
     },
-}
-
-/// What the heartbeat fast path needs of a key.
-#[derive(Debug, Clone)]
-pub struct CachedKey {
-    /// Its id.
-    pub key_id: Arc<str>,
-    /// Its status.
-    pub status: KeyStatus,
-    /// Its expiry.
-    pub expires_at: Option<i64>,
 }
 
 /// The result of a heartbeat in memory.
@@ -107,6 +102,18 @@ pub struct Beat {
     pub expires_at: Timestamp,
 }
 
+/// What memory says to a heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Live: the lease is extended.
+    Beat(Beat),
+    /// The session is live but its key's expiry has passed.
+    KeyExpired,
+    /// Memory cannot say (unknown id, another key, lease run out): ask the
+    /// database why.
+    Ask,
+}
+
 #[derive(Default)]
 struct Table {
     sessions: HashMap<Arc<str>, LiveSession>,
@@ -118,14 +125,10 @@ struct Table {
     dirty: Vec<Arc<str>>,
 }
 
-/// Live sessions and a cache of keys.
+/// Live sessions.
 #[derive(Default)]
 pub struct Memory {
     table: Mutex<Table>,
-    keys: RwLock<HashMap<KeyHash, CachedKey>>,
-    /// Bumped whenever cached keys may be stale; a loader that read the
-    /// database under an older generation does not insert its result.
-    key_generation: AtomicU64,
 }
 
 /// The whole second at or after a lease end: bucket `b` holds sessions
@@ -144,70 +147,41 @@ impl Memory {
         self.table().sessions.len()
     }
 
+    /// Makes room for `n` more sessions (start-up).
+    pub fn reserve(&self, n: usize) {
+        self.table().sessions.reserve(n);
+    }
+
     /// Adds (or replaces) a live session.
     pub fn insert(&self, id: &str, session: LiveSession) {
         let mut t = self.table();
-        let id: Arc<str> = Arc::from(id);
-        t.buckets
-            .entry(bucket_of(session.expires_at))
-            .or_default()
-            .push(id.clone());
-        t.sessions.insert(id, session);
+        insert(&mut t, id, session);
     }
 
     /// Applies the changes of a committed write.
     pub fn apply(&self, changes: Vec<Change>) {
-        let mut keys_changed = false;
-        let mut seen = Vec::new();
-        {
-            let mut t = self.table();
-            for change in changes {
-                match change {
-                    Change::Started {
-                        id,
-                        key_id,
-                        fence,
-                        at,
-                        expires_at,
-                    } => {
-                        let id: Arc<str> = Arc::from(id);
-                        t.buckets
-                            .entry(bucket_of(expires_at))
-                            .or_default()
-                            .push(id.clone());
-                        t.sessions.insert(
-                            id,
-                            LiveSession {
-                                key_id: Arc::from(key_id),
-                                fence,
-                                last_heartbeat: at,
-                                expires_at,
-                                persisted_heartbeat: at,
-                                dirty: false,
-                            },
-                        );
+        let mut t = self.table();
+        for change in changes {
+            match change {
+                Change::Started { id, session } => insert(&mut t, &id, session),
+                Change::Extended { id, at, expires_at } => {
+                    if let Some(s) = t.sessions.get_mut(id.as_str()) {
+                        s.last_heartbeat = s.last_heartbeat.max(at);
+                        s.expires_at = s.expires_at.max(expires_at);
                     }
-                    Change::Extended { id, at, expires_at } => {
-                        if let Some(s) = t.sessions.get_mut(id.as_str()) {
-                            s.last_heartbeat = s.last_heartbeat.max(at);
-                            s.expires_at = s.expires_at.max(expires_at);
-                        }
-                    }
-                    Change::Ended { id } => {
-                        t.sessions.remove(id.as_str());
-                    }
-                    Change::KeysChanged => keys_changed = true,
-                    Change::KeySeen { hash, key } => seen.push((hash, key)),
                 }
-            }
-        }
-        if keys_changed {
-            self.forget_keys();
-        }
-        if !seen.is_empty() {
-            let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
-            for (hash, key) in seen {
-                keys.insert(hash, key);
+                Change::Ended { id } => {
+                    t.sessions.remove(id.as_str());
+                }
+                Change::KeyExpiry {
+                    key_tag,
+                    expires_at,
+                } => {
+                    // Rare (an admin changed a key's expiry): a full scan.
+                    for s in t.sessions.values_mut().filter(|s| s.key_tag == key_tag) {
+                        s.key_expires_at = expires_at;
+                    }
+                }
             }
         }
     }
@@ -220,26 +194,31 @@ impl Memory {
             .map(|s| (s.last_heartbeat, s.expires_at))
     }
 
-    /// A heartbeat, entirely in memory. `None` when memory cannot answer
-    /// (session unknown here, of another key, or no longer live): the
-    /// caller then asks the database why.
+    /// A heartbeat, entirely in memory.
     pub fn heartbeat(
         &self,
         id: &str,
-        key_id: &str,
+        key_tag: u64,
         clock: &dyn Clock,
         timeout_secs: u64,
-    ) -> Option<Beat> {
+    ) -> Answer {
         let mut t = self.table();
         // Read the clock under the lock: see the module doc.
         let now = clock.now();
         let t = &mut *t;
-        let (arc_id, s) = t.sessions.get_key_value(id)?;
-        if &*s.key_id != key_id || now.0 >= s.expires_at {
-            return None;
+        let Some((arc_id, s)) = t.sessions.get_key_value(id) else {
+            return Answer::Ask;
+        };
+        if s.key_tag != key_tag || now.0 >= s.expires_at {
+            return Answer::Ask;
+        }
+        if now.0 >= s.key_expires_at {
+            return Answer::KeyExpired;
         }
         let arc_id = arc_id.clone();
-        let s = t.sessions.get_mut(id)?;
+        let Some(s) = t.sessions.get_mut(id) else {
+            return Answer::Ask;
+        };
         s.last_heartbeat = now.0;
         s.expires_at = now.plus_secs(timeout_secs).0;
         let beat = Beat {
@@ -251,7 +230,7 @@ impl Memory {
             s.dirty = true;
             t.dirty.push(arc_id);
         }
-        Some(beat)
+        Answer::Beat(beat)
     }
 
     /// Sessions whose lease has run out at `now`, with their exact lease
@@ -296,8 +275,8 @@ impl Memory {
         }
     }
 
-    /// Takes the sessions with heartbeats not yet persisted: (id, last
-    /// heartbeat). They are marked clean; a later heartbeat marks them
+    /// Takes up to `max` sessions with heartbeats not yet persisted: (id,
+    /// last heartbeat). They are marked clean; a later heartbeat marks them
     /// dirty again.
     pub fn take_dirty(&self, max: usize) -> Vec<(String, i64)> {
         let mut t = self.table();
@@ -309,59 +288,27 @@ impl Memory {
             .filter_map(|id| {
                 let s = t.sessions.get_mut(&id)?;
                 s.dirty = false;
-                (s.last_heartbeat > s.persisted_heartbeat)
-                    .then(|| (id.to_string(), s.last_heartbeat))
+                Some((id.to_string(), s.last_heartbeat))
             })
             .collect()
     }
 
-    /// Notes heartbeat times written to the database.
-    pub fn persisted(&self, written: &[(String, i64)]) {
+    /// Forgets sessions by id (ended by another process).
+    pub fn remove_all(&self, ids: &[String]) -> usize {
         let mut t = self.table();
-        for (id, at) in written {
-            if let Some(s) = t.sessions.get_mut(id.as_str()) {
-                s.persisted_heartbeat = s.persisted_heartbeat.max(*at);
-            }
-        }
+        ids.iter()
+            .filter(|id| t.sessions.remove(id.as_str()).is_some())
+            .count()
     }
+}
 
-    /// Forgets sessions not in `open` (ended by another process).
-    pub fn retain_open(&self, open: &std::collections::HashSet<String>) -> usize {
-        let mut t = self.table();
-        let before = t.sessions.len();
-        t.sessions.retain(|id, _| open.contains(&**id));
-        before - t.sessions.len()
-    }
-
-    /// A cached key, if any.
-    pub fn cached_key(&self, hash: &KeyHash) -> Option<CachedKey> {
-        self.keys
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(hash)
-            .cloned()
-    }
-
-    /// The generation to pass to [`Memory::cache_key`] for a key about to
-    /// be read from the database.
-    pub fn key_generation(&self) -> u64 {
-        self.key_generation.load(Ordering::SeqCst)
-    }
-
-    /// Caches a key read under `generation`, unless keys changed since.
-    pub fn cache_key(&self, hash: KeyHash, key: CachedKey, generation: u64) {
-        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
-        if self.key_generation.load(Ordering::SeqCst) == generation {
-            keys.insert(hash, key);
-        }
-    }
-
-    /// Drops every cached key.
-    pub fn forget_keys(&self) {
-        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
-        self.key_generation.fetch_add(1, Ordering::SeqCst);
-        keys.clear();
-    }
+fn insert(t: &mut Table, id: &str, session: LiveSession) {
+    let id: Arc<str> = Arc::from(id);
+    t.buckets
+        .entry(bucket_of(session.expires_at))
+        .or_default()
+        .push(id.clone());
+    t.sessions.insert(id, session);
 }
 
 #[cfg(test)]
@@ -369,14 +316,21 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
 
-    fn live(key: &str, at: i64, exp: i64) -> LiveSession {
+    fn live(tag: u64, at: i64, exp: i64) -> LiveSession {
         LiveSession {
-            key_id: Arc::from(key),
+            key_tag: tag,
+            key_expires_at: NEVER,
             fence: 1,
             last_heartbeat: at,
             expires_at: exp,
-            persisted_heartbeat: at,
             dirty: false,
+        }
+    }
+
+    fn beat(a: Answer) -> Beat {
+        match a {
+            Answer::Beat(b) => b,
+            other => panic!("expected a beat, got {other:?}"),
         }
     }
 
@@ -384,26 +338,47 @@ mod tests {
     fn heartbeat_extends_only_live_sessions_of_the_right_key() {
         let m = Memory::default();
         let clock = ManualClock::new(Timestamp(10_000));
-        m.insert("s1", live("k1", 10_000, 70_000));
-        let beat = m.heartbeat("s1", "k1", &clock, 60).unwrap();
-        assert_eq!(beat.expires_at, Timestamp(70_000));
-        assert!(m.heartbeat("s1", "k2", &clock, 60).is_none());
-        assert!(m.heartbeat("nope", "k1", &clock, 60).is_none());
+        m.insert("s1", live(1, 10_000, 70_000));
+        assert_eq!(
+            beat(m.heartbeat("s1", 1, &clock, 60)).expires_at,
+            Timestamp(70_000)
+        );
+        assert_eq!(m.heartbeat("s1", 2, &clock, 60), Answer::Ask);
+        assert_eq!(m.heartbeat("nope", 1, &clock, 60), Answer::Ask);
         clock.set(Timestamp(70_000));
-        assert!(
-            m.heartbeat("s1", "k1", &clock, 60).is_none(),
+        assert_eq!(
+            m.heartbeat("s1", 1, &clock, 60),
+            Answer::Ask,
             "dead at the lease end"
         );
+    }
+
+    #[test]
+    fn key_expiry_is_exact_and_can_change() {
+        let m = Memory::default();
+        let clock = ManualClock::new(Timestamp(0));
+        let mut s = live(7, 0, 60_000);
+        s.key_expires_at = 5_000;
+        m.insert("s", s);
+        clock.set(Timestamp(4_999));
+        beat(m.heartbeat("s", 7, &clock, 60));
+        clock.set(Timestamp(5_000));
+        assert_eq!(m.heartbeat("s", 7, &clock, 60), Answer::KeyExpired);
+        m.apply(vec![Change::KeyExpiry {
+            key_tag: 7,
+            expires_at: NEVER,
+        }]);
+        beat(m.heartbeat("s", 7, &clock, 60));
     }
 
     #[test]
     fn due_finds_expired_and_refiles_the_rest() {
         let m = Memory::default();
         let clock = ManualClock::new(Timestamp(0));
-        m.insert("a", live("k", 0, 5_000));
-        m.insert("b", live("k", 0, 5_000));
+        m.insert("a", live(1, 0, 5_000));
+        m.insert("b", live(1, 0, 5_000));
         clock.set(Timestamp(4_000));
-        m.heartbeat("b", "k", &clock, 60).unwrap(); // b now ends at 64 s
+        beat(m.heartbeat("b", 1, &clock, 60)); // b now ends at 64 s
         assert_eq!(m.due(Timestamp(5_000)), vec![("a".to_string(), 5_000)]);
         m.apply(vec![Change::Ended { id: "a".into() }]);
         assert!(m.due(Timestamp(10_000)).is_empty());
@@ -414,30 +389,13 @@ mod tests {
     fn dirty_sessions_are_taken_once_per_heartbeat_run() {
         let m = Memory::default();
         let clock = ManualClock::new(Timestamp(1_000));
-        m.insert("a", live("k", 0, 60_000));
-        m.heartbeat("a", "k", &clock, 60).unwrap();
-        m.heartbeat("a", "k", &clock, 60).unwrap();
+        m.insert("a", live(1, 0, 60_000));
+        beat(m.heartbeat("a", 1, &clock, 60));
+        beat(m.heartbeat("a", 1, &clock, 60));
         assert_eq!(m.take_dirty(10), vec![("a".to_string(), 1_000)]);
         assert!(m.take_dirty(10).is_empty());
-        m.persisted(&[("a".to_string(), 1_000)]);
         clock.set(Timestamp(2_000));
-        m.heartbeat("a", "k", &clock, 60).unwrap();
+        beat(m.heartbeat("a", 1, &clock, 60));
         assert_eq!(m.take_dirty(10), vec![("a".to_string(), 2_000)]);
-    }
-
-    #[test]
-    fn stale_key_loads_are_not_cached() {
-        let m = Memory::default();
-        let g = m.key_generation();
-        m.forget_keys();
-        let key = CachedKey {
-            key_id: Arc::from("k"),
-            status: KeyStatus::Active,
-            expires_at: None,
-        };
-        m.cache_key([0; 32], key.clone(), g);
-        assert!(m.cached_key(&[0; 32]).is_none());
-        m.cache_key([0; 32], key, m.key_generation());
-        assert!(m.cached_key(&[0; 32]).is_some());
     }
 }

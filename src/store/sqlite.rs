@@ -19,8 +19,9 @@ use r2d2_sqlite::SqliteConnectionManager;
 use rusqlite::{named_params, params, Connection, OpenFlags, OptionalExtension, Row};
 use serde_json::json;
 
-use super::memory::{Change, Memory};
+use super::memory::{key_tag, Change, LiveSession, Memory, NEVER};
 use super::*;
+use crate::keys::KeyHash;
 use crate::keys::{new_key_id, AccessKey, KEY_TAG, PREFIX_LEN};
 use crate::rules::{self, StartDecision};
 
@@ -459,32 +460,101 @@ fn open_session_rows(conn: &Connection, key_id: &str) -> Result<Vec<Session>> {
     Ok(rows)
 }
 
-/// Ids of every open session (for reconciling memory with other writers).
-pub(super) fn open_session_ids(conn: &Connection) -> Result<std::collections::HashSet<String>> {
-    let mut stmt = conn.prepare("SELECT session_id FROM sessions WHERE ended_at IS NULL")?;
-    let ids = stmt
-        .query_map([], |r| r.get::<_, String>(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    Ok(ids)
+/// Streams every open session to `f` as memory keeps it (start-up), with
+/// its key's tag and expiry; the lease is left for the caller to set.
+pub(super) fn load_open_sessions(
+    conn: &Connection,
+    mut f: impl FnMut(String, LiveSession),
+) -> Result<usize> {
+    let mut stmt = conn.prepare(
+        "SELECT s.session_id, k.key_hash, k.expires_at, s.fence, s.last_heartbeat \
+         FROM sessions s JOIN keys k ON k.key_id = s.key_id WHERE s.ended_at IS NULL",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut n = 0;
+    while let Some(r) = rows.next()? {
+        let hash: Vec<u8> = r.get(1)?;
+        let hash = <KeyHash>::try_from(hash.as_slice())
+            .map_err(|_| Error::Database("a key hash in the database is not 32 bytes".into()))?;
+        let key_expires: Option<i64> = r.get(2)?;
+        let last_heartbeat: i64 = r.get(4)?;
+        f(
+            r.get(0)?,
+            LiveSession {
+                key_tag: key_tag(&hash),
+                key_expires_at: key_expires.unwrap_or(NEVER),
+                fence: r.get(3)?,
+                last_heartbeat,
+                expires_at: last_heartbeat,
+                dirty: false,
+            },
+        );
+        n += 1;
+    }
+    Ok(n)
 }
 
-/// An open session as memory loads it: (id, key id, fence, last heartbeat,
-/// effective lease end on disk).
-pub(super) type OpenRow = (String, String, i64, i64, i64);
+/// Number of open sessions.
+pub(super) fn count_open(conn: &Connection) -> Result<usize> {
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM sessions WHERE ended_at IS NULL",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(usize::try_from(n).unwrap_or(0))
+}
 
-/// Every open session, for loading memory at start-up.
-pub(super) fn open_sessions_for_memory(conn: &Connection) -> Result<Vec<OpenRow>> {
-    let sql = format!(
-        "SELECT s.session_id, s.key_id, s.fence, s.last_heartbeat, {EFFECTIVE_EXPIRY} \
-         FROM sessions s WHERE s.ended_at IS NULL"
-    );
-    let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt
-        .query_map([], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })?
-        .collect::<rusqlite::Result<_>>()?;
-    Ok(rows)
+/// The newest event id (0 if none).
+pub(super) fn last_event_id(conn: &Connection) -> Result<i64> {
+    Ok(conn.query_row("SELECT IFNULL(MAX(id), 0) FROM events", [], |r| r.get(0))?)
+}
+
+/// What memory must learn from the events after `after_id`: sessions that
+/// ended, and keys whose expiry may have changed.
+pub(super) struct Learned {
+    /// Sessions that ended.
+    pub ended: Vec<String>,
+    /// (key tag, expiry) of keys that changed.
+    pub keys: Vec<(u64, i64)>,
+    /// The newest event id read.
+    pub last_id: i64,
+}
+
+/// Reads the events after `after_id` (another process's writes, and our
+/// own, which are harmless to apply twice).
+pub(super) fn changes_since(conn: &Connection, after_id: i64) -> Result<Learned> {
+    let mut stmt = conn.prepare(
+        "SELECT e.id, e.type, e.session_id, k.key_hash, k.expires_at FROM events e \
+         LEFT JOIN keys k ON k.key_id = e.key_id WHERE e.id > ?1 ORDER BY e.id",
+    )?;
+    let mut rows = stmt.query([after_id])?;
+    let mut learned = Learned {
+        ended: Vec::new(),
+        keys: Vec::new(),
+        last_id: after_id,
+    };
+    while let Some(r) = rows.next()? {
+        learned.last_id = r.get(0)?;
+        let kind: String = r.get(1)?;
+        match kind.as_str() {
+            "session_ended" | "session_superseded" | "session_expired" | "session_revoked" => {
+                if let Some(id) = r.get::<_, Option<String>>(2)? {
+                    learned.ended.push(id);
+                }
+            }
+            "key_updated" => {
+                let hash: Option<Vec<u8>> = r.get(3)?;
+                if let Some(hash) = hash.and_then(|h| <KeyHash>::try_from(h.as_slice()).ok()) {
+                    let expires: Option<i64> = r.get(4)?;
+                    learned
+                        .keys
+                        .push((key_tag(&hash), expires.unwrap_or(NEVER)));
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(learned)
 }
 
 // ---------------------------------------------------------------------------
@@ -743,14 +813,6 @@ pub(super) fn start_op(
         Ok(k) => k,
         Err(e) => return Ok(Err(e)),
     };
-    tx.changes.push(Change::KeySeen {
-        hash: req.key.hash(),
-        key: super::memory::CachedKey {
-            key_id: std::sync::Arc::from(key.key_id.as_str()),
-            status: key.status,
-            expires_at: key.expires_at.map(|t| t.0),
-        },
-    });
     let requested = match &req.session_id {
         Some(id) => tx.session(id)?,
         None => None,
@@ -875,10 +937,14 @@ pub(super) fn start_op(
             })?;
             tx.changes.push(Change::Started {
                 id: session_id.clone(),
-                key_id: key.key_id.clone(),
-                fence,
-                at: now.0,
-                expires_at: lease.0,
+                session: LiveSession {
+                    key_tag: key_tag(&req.key.hash()),
+                    key_expires_at: key.expires_at.map_or(NEVER, |t| t.0),
+                    fence,
+                    last_heartbeat: now.0,
+                    expires_at: lease.0,
+                    dirty: false,
+                },
             });
             let session = Session {
                 session_id,
@@ -1097,7 +1163,18 @@ pub(super) fn update_key_op(
         "UPDATE keys SET updated_at = ?2 WHERE key_id = ?1",
         params![id, now.0],
     )?;
-    tx.changes.push(Change::KeysChanged);
+    if let Some(expires) = patch.expires_at {
+        let hash: Vec<u8> =
+            tx.c.query_row("SELECT key_hash FROM keys WHERE key_id = ?1", [id], |r| {
+                r.get(0)
+            })?;
+        if let Ok(hash) = <KeyHash>::try_from(hash.as_slice()) {
+            tx.changes.push(Change::KeyExpiry {
+                key_tag: key_tag(&hash),
+                expires_at: expires.map_or(NEVER, |t| t.0),
+            });
+        }
+    }
     let key =
         key_by_id(tx.c, id, now)?.ok_or_else(|| Error::Internal("updated key vanished".into()))?;
     tx.record(EventRecord {
@@ -1146,7 +1223,6 @@ pub(super) fn revoke_key_op(
         "UPDATE keys SET status = 'revoked', revoked_at = ?2, updated_at = ?2 WHERE key_id = ?1",
         params![before.key_id, now.0],
     )?;
-    tx.changes.push(Change::KeysChanged);
     tx.record(EventRecord {
         at: now,
         event_type: EventType::KeyRevoked,
