@@ -78,7 +78,7 @@ impl Default for Settings {
             failed_key_lookups_per_minute: 30,
             admin_auth_failures_per_minute: 10,
             log: "info".into(),
-            heartbeat_persist_seconds: 60,
+            heartbeat_persist_seconds: 300,
             durability: Durability::Full,
         }
     }

@@ -143,3 +143,18 @@ async fn crash_without_clean_stop_keeps_live_sessions() {
     assert_eq!(s.session_id, id);
     server.stop().await.unwrap();
 }
+
+/// A session whose lease ran out shortly before a clean stop, before any
+/// sweep recorded it, stays dead after the restart: the stop sweeps.
+#[tokio::test]
+async fn a_clean_stop_records_expiries_the_sweep_had_not_reached() {
+    let s = TestServer::start_with(|c| c.sweep_interval_seconds = 3600).await;
+    let (key, _) = s.create_key(json!({})).await;
+    let id = s.started(&key, "A").await;
+    s.clock.advance_secs(61);
+    let s = s.restart_after(1).await;
+    let (status, body) = s.heartbeat(&key, &id).await;
+    assert_error(status, &body, 410, "session_expired");
+    let (_, status) = s.status(&key).await;
+    assert_eq!(status["sessions"], json!([]));
+}

@@ -27,7 +27,10 @@ use crate::keys::new_key_id;
 /// WAL size past which the checkpointer blocks until it is truncated.
 const WAL_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
 /// Heartbeat times written per flush transaction.
-const FLUSH_BATCH: usize = 5_000;
+const FLUSH_BATCH: usize = 2_000;
+/// Expiries recorded per write, so a mass expiry never holds the writer
+/// (and the starts queued behind it) for long.
+const EXPIRE_BATCH: usize = 500;
 
 /// Settings of the server's store.
 #[derive(Debug, Clone, Copy)]
@@ -135,7 +138,6 @@ impl LiveStore {
 
     /// Writes pending heartbeat times to disk.
     fn flush(&self) -> Result<usize> {
-        let timing = self.opts.timing;
         let mut total = 0;
         loop {
             let batch = self.mem.take_dirty(FLUSH_BATCH);
@@ -147,7 +149,7 @@ impl LiveStore {
             let slack = self.slack();
             self.writer.run(move |c| {
                 let mut tx = Tx::with_memory(c, &mem, slack);
-                sqlite::flush_op(&mut tx, &batch, timing)?;
+                sqlite::flush_op(&mut tx, &batch)?;
                 let after: Box<dyn FnOnce() + Send> = Box::new(|| {});
                 Ok(((), after))
             })?;
@@ -324,15 +326,32 @@ impl Storage for LiveStore {
     }
 
     fn sweep(&self, now: Timestamp, history_days: u32, mark_alive: bool) -> Result<SweepReport> {
-        let due = self.mem.due(now);
-        let refile = due.clone();
-        let result =
-            self.write(move |tx| sqlite::sweep_op(tx, now, history_days, mark_alive, Some(&due)));
-        if result.is_err() {
-            // Not recorded: file them again so the next pass retries.
-            self.mem.refile(&refile);
+        let mut report = SweepReport::default();
+        loop {
+            let due = self.mem.due(now, EXPIRE_BATCH);
+            if due.is_empty() {
+                break;
+            }
+            let refile = due.clone();
+            match self.write(move |tx| sqlite::record_expired_op(tx, &due)) {
+                Ok(expired) => report.expired.extend(expired),
+                Err(e) => {
+                    // Not recorded: file them again so the next pass retries.
+                    self.mem.refile(&refile);
+                    return Err(e);
+                }
+            }
         }
-        result
+        loop {
+            let (revoked, sessions, events, more) =
+                self.write(move |tx| sqlite::sweep_rest_op(tx, now, history_days, mark_alive))?;
+            report.revoked.extend(revoked);
+            report.pruned_sessions += sessions;
+            report.pruned_events += events;
+            if !more {
+                return Ok(report);
+            }
+        }
     }
 
     fn resume_after_restart(&self, ready_at: Timestamp, timing: Timing) -> Result<ResumeReport> {
@@ -361,6 +380,9 @@ impl Storage for LiveStore {
     }
 
     fn mark_stopped(&self, now: Timestamp) -> Result<()> {
+        // A last sweep, so a clean restart resumes exactly the sessions
+        // that were live at the stop.
+        self.sweep(now, u32::MAX / 86_400, false)?;
         self.flush()?;
         self.write(move |tx| sqlite::mark_alive_op(tx, now))?;
         self.db.read(|c| {

@@ -233,18 +233,21 @@ impl Memory {
         Answer::Beat(beat)
     }
 
-    /// Sessions whose lease has run out at `now`, with their exact lease
-    /// end; live ones found on the way are re-filed by their current lease.
-    /// Costs in proportion to the sessions filed in due buckets.
-    pub fn due(&self, now: Timestamp) -> Vec<(String, i64)> {
+    /// Up to `max` sessions whose lease has run out at `now`, with their
+    /// exact lease end; live ones found on the way are re-filed by their
+    /// current lease. Costs in proportion to the entries looked at.
+    pub fn due(&self, now: Timestamp, max: usize) -> Vec<(String, i64)> {
         let mut t = self.table();
         let t = &mut *t;
         let mut expired = Vec::new();
         let current = bucket_of(now.0);
-        let due: Vec<i64> = t.buckets.range(..=current).map(|(b, _)| *b).collect();
         let mut refile: Vec<(i64, Arc<str>)> = Vec::new();
-        for b in due {
-            for id in t.buckets.remove(&b).unwrap_or_default() {
+        while expired.len() < max {
+            let Some((&b, _)) = t.buckets.range(..=current).next() else {
+                break;
+            };
+            let mut ids = t.buckets.remove(&b).unwrap_or_default();
+            while let Some(id) = ids.pop() {
                 if let Some(s) = t.sessions.get(&id) {
                     if s.expires_at <= now.0 {
                         expired.push((id.to_string(), s.expires_at));
@@ -252,6 +255,12 @@ impl Memory {
                         refile.push((bucket_of(s.expires_at), id));
                     }
                 }
+                if expired.len() >= max {
+                    break;
+                }
+            }
+            if !ids.is_empty() {
+                t.buckets.insert(b, ids);
             }
         }
         for (b, id) in refile {
@@ -379,10 +388,37 @@ mod tests {
         m.insert("b", live(1, 0, 5_000));
         clock.set(Timestamp(4_000));
         beat(m.heartbeat("b", 1, &clock, 60)); // b now ends at 64 s
-        assert_eq!(m.due(Timestamp(5_000)), vec![("a".to_string(), 5_000)]);
+        assert_eq!(m.due(Timestamp(5_000), 10), vec![("a".to_string(), 5_000)]);
         m.apply(vec![Change::Ended { id: "a".into() }]);
-        assert!(m.due(Timestamp(10_000)).is_empty());
-        assert_eq!(m.due(Timestamp(64_000)), vec![("b".to_string(), 64_000)]);
+        assert!(m.due(Timestamp(10_000), 10).is_empty());
+        assert_eq!(
+            m.due(Timestamp(64_000), 10),
+            vec![("b".to_string(), 64_000)]
+        );
+    }
+
+    #[test]
+    fn due_hands_out_at_most_max_at_a_time() {
+        let m = Memory::default();
+        for i in 0..25 {
+            m.insert(&format!("s{i}"), live(1, 0, 5_000));
+        }
+        let mut seen = 0;
+        loop {
+            let batch = m.due(Timestamp(6_000), 10);
+            assert!(batch.len() <= 10);
+            if batch.is_empty() {
+                break;
+            }
+            seen += batch.len();
+            m.apply(
+                batch
+                    .into_iter()
+                    .map(|(id, _)| Change::Ended { id })
+                    .collect(),
+            );
+        }
+        assert_eq!(seen, 25);
     }
 
     #[test]

@@ -322,8 +322,15 @@ fn latest_embedded_version() -> i64 {
 /// A session's effective lease end on disk: its own `expires_at`, or the
 /// lease floor every session got at the last restart, whichever is later.
 /// (The floor spares a restart from rewriting every open session.)
-const EFFECTIVE_EXPIRY: &str =
-    "MAX(s.expires_at, IFNULL((SELECT value FROM server_state WHERE name = 'lease_floor'), 0))";
+///
+/// The server writes heartbeat times lazily and only `last_heartbeat` (no
+/// index to update), so the lease a heartbeat implies is added here: the
+/// last heartbeat on disk plus `lease_span` (timeout + persistence
+/// interval, recorded by the server at start-up), an upper bound of the
+/// true lease.
+const EFFECTIVE_EXPIRY: &str = "MAX(s.expires_at, \
+     s.last_heartbeat + IFNULL((SELECT value FROM server_state WHERE name = 'lease_span'), 0), \
+     IFNULL((SELECT value FROM server_state WHERE name = 'lease_floor'), 0))";
 
 fn key_columns() -> String {
     format!(
@@ -795,6 +802,7 @@ struct EventRecord<'a> {
 
 const LAST_ALIVE: &str = "last_alive";
 const LEASE_FLOOR: &str = "lease_floor";
+const LEASE_SPAN: &str = "lease_span";
 
 // ---------------------------------------------------------------------------
 // The operations, shared by the CLI's direct store and the server's store
@@ -1366,53 +1374,41 @@ pub(super) fn events_op(c: &Connection, filter: &EventFilter) -> Result<Vec<Even
     Ok(rows)
 }
 
-/// The sweep's database part. `due` lists sessions known to have expired
-/// (the server's memory); without it (the CLI) they are found on disk.
-pub(super) fn sweep_op(
+/// Records sessions known to have expired (from the server's memory):
+/// `(id, exact lease end)`.
+pub(super) fn record_expired_op(tx: &mut Tx<'_>, due: &[(String, i64)]) -> Result<Vec<Session>> {
+    let mut out = Vec::with_capacity(due.len());
+    for (id, exact_end) in due {
+        if let Some(mut s) = session_row(tx.c, id)? {
+            if s.ended_at.is_none() {
+                s.expires_at = Timestamp(*exact_end);
+                out.push(tx.record_expiry(s)?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Rows deleted per statement when pruning, so no single write holds the
+/// writer for long.
+const PRUNE_CHUNK: i64 = 2_000;
+
+/// The rest of a sweep: ends live sessions of keys whose expiry passed,
+/// prunes (a chunk of) history older than `history_days`, notes the server
+/// alive. Returns (revoked, pruned sessions, pruned events, more to prune).
+pub(super) fn sweep_rest_op(
     tx: &mut Tx<'_>,
     now: Timestamp,
     history_days: u32,
     mark_alive: bool,
-    due: Option<&[(String, i64)]>,
-) -> Result<SweepReport> {
-    let expired_sessions: Vec<Session> = match due {
-        Some(due) => {
-            let mut out = Vec::with_capacity(due.len());
-            for (id, exact_end) in due {
-                if let Some(mut s) = session_row(tx.c, id)? {
-                    if s.ended_at.is_none() {
-                        s.expires_at = Timestamp(*exact_end);
-                        out.push(s);
-                    }
-                }
-            }
-            out
-        }
-        None => {
-            let sql = format!(
-                "SELECT {} FROM sessions s JOIN keys k ON k.key_id = s.key_id \
-                 WHERE s.ended_at IS NULL AND {EFFECTIVE_EXPIRY} <= ?1 ORDER BY s.expires_at",
-                session_columns()
-            );
-            let rows =
-                tx.c.prepare(&sql)?
-                    .query_map([now.0], session_from_row)?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
-            rows
-        }
-    };
-    let expired = expired_sessions
-        .into_iter()
-        .map(|s| tx.record_expiry(s))
-        .collect::<Result<Vec<_>>>()?;
-
+) -> Result<(Vec<Session>, usize, usize, bool)> {
     let sql = format!(
         "SELECT {} FROM sessions s JOIN keys k ON k.key_id = s.key_id \
          WHERE s.ended_at IS NULL AND k.expires_at IS NOT NULL AND k.expires_at <= ?1",
         session_columns()
     );
     let of_expired_keys =
-        tx.c.prepare(&sql)?
+        tx.c.prepare_cached(&sql)?
             .query_map([now.0], session_from_row)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
     let of_expired_keys: Vec<Session> =
@@ -1421,20 +1417,56 @@ pub(super) fn sweep_op(
 
     let cutoff = now.minus_secs(u64::from(history_days) * 86_400);
     let pruned_events =
-        tx.c.execute("DELETE FROM events WHERE at < ?1", [cutoff.0])?;
-    let pruned_sessions = tx.c.execute(
-        "DELETE FROM sessions WHERE ended_at IS NOT NULL AND ended_at < ?1",
-        [cutoff.0],
-    )?;
+        tx.c.prepare_cached(
+            "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE at < ?1 LIMIT ?2)",
+        )?
+        .execute(params![cutoff.0, PRUNE_CHUNK])?;
+    let pruned_sessions =
+        tx.c.prepare_cached(
+            "DELETE FROM sessions WHERE rowid IN (SELECT rowid FROM sessions \
+         WHERE ended_at IS NOT NULL AND ended_at < ?1 LIMIT ?2)",
+        )?
+        .execute(params![cutoff.0, PRUNE_CHUNK])?;
     if mark_alive {
         tx.set_server_state(LAST_ALIVE, now.0)?;
     }
-    Ok(SweepReport {
+    let more = pruned_events as i64 == PRUNE_CHUNK || pruned_sessions as i64 == PRUNE_CHUNK;
+    Ok((revoked, pruned_sessions, pruned_events, more))
+}
+
+/// A whole sweep on the database alone (the CLI's `keyseat sweep`).
+pub(super) fn sweep_op(
+    tx: &mut Tx<'_>,
+    now: Timestamp,
+    history_days: u32,
+    mark_alive: bool,
+) -> Result<SweepReport> {
+    let sql = format!(
+        "SELECT {} FROM sessions s JOIN keys k ON k.key_id = s.key_id \
+         WHERE s.ended_at IS NULL AND {EFFECTIVE_EXPIRY} <= ?1",
+        session_columns()
+    );
+    let due =
+        tx.c.prepare(&sql)?
+            .query_map([now.0], session_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+    let expired = due
+        .into_iter()
+        .map(|s| tx.record_expiry(s))
+        .collect::<Result<Vec<_>>>()?;
+    let mut report = SweepReport {
         expired,
-        revoked,
-        pruned_sessions,
-        pruned_events,
-    })
+        ..Default::default()
+    };
+    loop {
+        let (revoked, sessions, events, more) = sweep_rest_op(tx, now, history_days, mark_alive)?;
+        report.revoked.extend(revoked);
+        report.pruned_sessions += sessions;
+        report.pruned_events += events;
+        if !more {
+            return Ok(report);
+        }
+    }
 }
 
 /// Start-up recovery: records sessions that expired while the server was
@@ -1446,23 +1478,9 @@ pub(super) fn resume_op(
     ready_at: Timestamp,
     timing: Timing,
 ) -> Result<ResumeReport> {
-    let expired = match tx.server_state(LAST_ALIVE)? {
-        Some(alive) => {
-            let sql = format!(
-                "SELECT {} FROM sessions s JOIN keys k ON k.key_id = s.key_id \
-                 WHERE s.ended_at IS NULL AND {EFFECTIVE_EXPIRY} <= ?1",
-                session_columns()
-            );
-            let due =
-                tx.c.prepare(&sql)?
-                    .query_map([alive], session_from_row)?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
-            due.into_iter()
-                .map(|s| tx.record_expiry(s))
-                .collect::<Result<Vec<_>>>()?
-        }
-        None => vec![],
-    };
+    // A clean stop swept everything that had expired; after a crash, the
+    // few sessions that expired since the last sweep are resumed too:
+    // generous, never early.
     let resumed: i64 = tx.c.query_row(
         "SELECT COUNT(*) FROM sessions WHERE ended_at IS NULL",
         [],
@@ -1471,24 +1489,29 @@ pub(super) fn resume_op(
     let floor = rules::lease_after_restart(Timestamp(i64::MIN), ready_at, timing);
     let old_floor = tx.server_state(LEASE_FLOOR)?.unwrap_or(i64::MIN);
     tx.set_server_state(LEASE_FLOOR, floor.0.max(old_floor))?;
+    let span = Timestamp(0)
+        .plus_secs(timing.session_timeout_secs)
+        .plus_secs(tx.slack_secs);
+    let old_span = tx.server_state(LEASE_SPAN)?.unwrap_or(0);
+    tx.set_server_state(LEASE_SPAN, span.0.max(old_span))?;
     tx.set_server_state(LAST_ALIVE, ready_at.0)?;
     Ok(ResumeReport {
         resumed: resumed as usize,
-        expired,
+        expired: vec![],
     })
 }
 
-/// Writes heartbeat times to disk: `(session id, heartbeat)`; the disk's
-/// lease is the heartbeat plus timeout plus slack (an upper bound).
-pub(super) fn flush_op(tx: &mut Tx<'_>, beats: &[(String, i64)], timing: Timing) -> Result<usize> {
+/// Writes heartbeat times to disk: `(session id, heartbeat)`. Only
+/// `last_heartbeat` changes (no index to update); the lease it implies is
+/// derived on read (see `EFFECTIVE_EXPIRY`).
+pub(super) fn flush_op(tx: &mut Tx<'_>, beats: &[(String, i64)]) -> Result<usize> {
     let mut stmt = tx.c.prepare_cached(
-        "UPDATE sessions SET last_heartbeat = MAX(last_heartbeat, ?2), \
-         expires_at = MAX(expires_at, ?3) WHERE session_id = ?1 AND ended_at IS NULL",
+        "UPDATE sessions SET last_heartbeat = MAX(last_heartbeat, ?2) \
+         WHERE session_id = ?1 AND ended_at IS NULL",
     )?;
     let mut n = 0;
     for (id, at) in beats {
-        let lease = timing.lease_until(Timestamp(*at));
-        n += stmt.execute(params![id, at, tx.disk_lease(lease)])?;
+        n += stmt.execute(params![id, at])?;
     }
     Ok(n)
 }
@@ -1609,7 +1632,7 @@ impl Storage for SqliteStore {
     }
 
     fn sweep(&self, now: Timestamp, history_days: u32, mark_alive: bool) -> Result<SweepReport> {
-        self.write(|c| sweep_op(&mut Tx::direct(c), now, history_days, mark_alive, None))
+        self.write(|c| sweep_op(&mut Tx::direct(c), now, history_days, mark_alive))
     }
 
     fn resume_after_restart(&self, ready_at: Timestamp, timing: Timing) -> Result<ResumeReport> {
