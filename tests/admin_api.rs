@@ -148,8 +148,13 @@ async fn patch_key_semantics() {
     assert_eq!(k["expires_at"], json!(null));
     assert_eq!(k["on_conflict"], "reject");
     assert_eq!(k["max_sessions"], 1);
+    let (status, same) = s.admin("PATCH", &path, Some(json!({}))).await;
+    assert_eq!(
+        (status.as_u16(), same["key_id"].clone()),
+        (200, k["key_id"].clone())
+    );
     let updated = s.events_of("key_updated").await;
-    assert_eq!(updated.len(), 2);
+    assert_eq!(updated.len(), 2, "an empty PATCH records nothing");
     assert_eq!(updated[0]["detail"]["label"], json!(null));
 }
 

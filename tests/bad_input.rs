@@ -329,6 +329,20 @@ async fn admin_routes_need_the_token() {
         }
     }
 
+    // Unknown admin paths and methods need the token too.
+    for (method, path) in [("GET", "/api/admin/nope"), ("PUT", "/api/admin/keys")] {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let url = format!("{}{path}", s.url);
+        let (status, body) = common::split(s.client.request(m, &url).send().await.unwrap()).await;
+        assert_error(status, &body, 401, "unauthorized");
+    }
+    let (status, body) = s.admin("GET", "/api/admin/nope", None).await;
+    let error = assert_error(status, &body, 404, "not_found");
+    assert!(error["message"]
+        .as_str()
+        .unwrap()
+        .contains("/api/admin/nope"));
+
     let off = TestServer::start_with(|c| c.admin_token = None).await;
     let (status, body) = common::split(
         off.client

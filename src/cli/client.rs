@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
+use super::outln;
 use clap::Args;
 use serde_json::Value;
 
@@ -46,7 +47,7 @@ pub struct ClientArgs {
 }
 
 fn print_line(text: &str) {
-    println!("{text}");
+    outln!("{text}");
 }
 
 /// Runs the reference client until Ctrl-C/SIGTERM or the session is lost.
@@ -192,13 +193,13 @@ pub fn run_check(args: CheckArgs) -> ExitCode {
         total: 0,
         opened: Vec::new(),
     };
-    println!(
+    outln!(
         "Checking {} (the checks start and end sessions on this key)",
         check.api.base()
     );
     check.run(args.with_expiry);
     check.cleanup();
-    println!("{}/{} checks passed", check.passed, check.total);
+    outln!("{}/{} checks passed", check.passed, check.total);
     if check.passed == check.total {
         ExitCode::SUCCESS
     } else {
@@ -225,11 +226,11 @@ impl Check {
         match outcome {
             Ok(detail) => {
                 self.passed += 1;
-                println!("PASS {name}: {detail}");
+                outln!("PASS {name}: {detail}");
                 true
             }
             Err(reason) => {
-                println!("FAIL {name}: {reason}");
+                outln!("FAIL {name}: {reason}");
                 false
             }
         }
@@ -405,7 +406,7 @@ impl Check {
             .map_err(|e| format!("starting failed: {e}"))?;
         let id = c["session_id"].as_str().unwrap_or_default().to_owned();
         let wait = timeout + 2;
-        println!("     waiting {wait} s for the session to expire (server timeout {timeout} s)…");
+        outln!("     waiting {wait} s for the session to expire (server timeout {timeout} s)…");
         std::thread::sleep(Duration::from_secs(wait));
         match self.api.heartbeat(&self.key, &id, None) {
             Err(ApiError::Server {

@@ -120,16 +120,17 @@ pub fn run(cmd: KeysCommand, store: &dyn Storage, now: Timestamp) -> Result<()> 
             if a.json {
                 let mut v = serde_json::to_value(&created.key).unwrap_or_default();
                 v["access_key"] = json!(secret);
-                println!("{v}");
+                outln!("{v}");
             } else {
-                println!(
+                outln!(
                     "Created key {} ({})",
-                    created.key.key_id, created.key.prefix
+                    created.key.key_id,
+                    created.key.prefix
                 );
-                println!("{}", describe(&created.key));
-                println!();
-                println!("Access key (shown only this once; give it to the customer):");
-                println!("  {secret}");
+                outln!("{}", describe(&created.key));
+                outln!();
+                outln!("Access key (shown only this once; give it to the customer):");
+                outln!("  {secret}");
             }
         }
         KeysCommand::List(a) => {
@@ -144,9 +145,9 @@ pub fn run(cmd: KeysCommand, store: &dyn Storage, now: Timestamp) -> Result<()> 
                 }
             }
             if a.json {
-                println!("{}", json!(keys));
+                outln!("{}", json!(keys));
             } else if keys.is_empty() {
-                println!("No keys yet. Create one with: keyseat keys create --label \"...\"");
+                outln!("No keys yet. Create one with: keyseat keys create --label \"...\"");
             } else {
                 let rows: Vec<Vec<String>> = keys
                     .iter()
@@ -163,7 +164,7 @@ pub fn run(cmd: KeysCommand, store: &dyn Storage, now: Timestamp) -> Result<()> 
                         ]
                     })
                     .collect();
-                println!(
+                outln!(
                     "{}",
                     table::render(
                         &[
@@ -187,14 +188,14 @@ pub fn run(cmd: KeysCommand, store: &dyn Storage, now: Timestamp) -> Result<()> 
             if a.json {
                 let mut v = serde_json::to_value(&key).unwrap_or_default();
                 v["sessions"] = json!(sessions);
-                println!("{v}");
+                outln!("{v}");
             } else {
-                println!("{}", describe(&key));
-                println!();
+                outln!("{}", describe(&key));
+                outln!();
                 if sessions.is_empty() {
-                    println!("No live sessions.");
+                    outln!("No live sessions.");
                 } else {
-                    println!("{}", super::sessions::session_table(&sessions, now));
+                    outln!("{}", super::sessions::session_table(&sessions, now));
                 }
             }
         }
@@ -283,13 +284,13 @@ fn print_change(verb: &str, change: &KeyChange, json: bool) {
             .iter()
             .map(|s| s.session_id.clone())
             .collect::<Vec<_>>());
-        println!("{v}");
+        outln!("{v}");
         return;
     }
-    println!("{verb} key {} ({})", change.key.key_id, change.key.prefix);
-    println!("{}", describe(&change.key));
+    outln!("{verb} key {} ({})", change.key.key_id, change.key.prefix);
+    outln!("{}", describe(&change.key));
     for s in &change.ended {
-        println!(
+        outln!(
             "Ended session {} ({})",
             s.session_id,
             s.device_name.as_deref().unwrap_or("unnamed device")

@@ -8,6 +8,18 @@
 
 #[cfg(feature = "client")]
 pub mod client;
+/// `println!` that exits quietly when stdout is closed (`keyseat keys list
+/// | head -1`), instead of panicking on the broken pipe.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+pub(crate) use outln;
+
 mod keys;
 mod sessions;
 mod table;
@@ -245,12 +257,12 @@ fn migrate(settings: &Settings, json: bool) -> Result<()> {
     let store = SqliteStore::open(&settings.database, OpenMode::CreateAndMigrate)?;
     let path = store.path().display().to_string();
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({ "database": path, "migrated": true })
         );
     } else {
-        println!("database {path} is up to date");
+        outln!("database {path} is up to date");
     }
     Ok(())
 }
@@ -260,7 +272,7 @@ fn sweep(settings: &Settings, json: bool) -> Result<()> {
     let now = SystemClock.now();
     let report = store.sweep(now, settings.history_days, false)?;
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "expired": report.expired.iter().map(|s| serde_json::json!({
@@ -276,9 +288,9 @@ fn sweep(settings: &Settings, json: bool) -> Result<()> {
             })
         );
     } else {
-        println!("Cleaned up {} stale session(s)", report.expired.len());
+        outln!("Cleaned up {} stale session(s)", report.expired.len());
         for s in &report.expired {
-            println!(
+            outln!(
                 "  - Key: {}..., Session: {}, Device: {}",
                 s.key_prefix,
                 s.session_id,
@@ -286,14 +298,17 @@ fn sweep(settings: &Settings, json: bool) -> Result<()> {
             );
         }
         for s in &report.revoked {
-            println!(
+            outln!(
                 "Ended session {} of expired key {}...",
-                s.session_id, s.key_prefix
+                s.session_id,
+                s.key_prefix
             );
         }
-        println!(
+        outln!(
             "Pruned {} session(s) and {} event(s) older than {} days",
-            report.pruned_sessions, report.pruned_events, settings.history_days
+            report.pruned_sessions,
+            report.pruned_events,
+            settings.history_days
         );
     }
     Ok(())

@@ -90,30 +90,30 @@ pub fn run(cmd: SessionsCommand, store: &dyn Storage, now: Timestamp) -> Result<
                     .iter()
                     .map(|s| admin_session_json(s, now))
                     .collect();
-                println!("{}", json!(list));
+                outln!("{}", json!(list));
             } else if sessions.is_empty() {
-                println!("No live sessions.");
+                outln!("No live sessions.");
             } else {
-                println!("{}", session_table(&sessions, now));
+                outln!("{}", session_table(&sessions, now));
             }
         }
         SessionsCommand::Kick { session_id, json } => {
             let outcome = store.kick_session(&session_id, now, &Actor::cli())?;
             match (outcome, json) {
                 (EndOutcome::Ended(_), true) => {
-                    println!("{}", json!({"session_id": session_id, "ended": true}))
+                    outln!("{}", json!({"session_id": session_id, "ended": true}))
                 }
-                (EndOutcome::Ended(s), false) => println!(
+                (EndOutcome::Ended(s), false) => outln!(
                     "Ended session {session_id} ({}) of key {}",
                     s.device_name.as_deref().unwrap_or("unnamed device"),
                     s.key_prefix
                 ),
-                (EndOutcome::AlreadyEnded(r), true) => println!(
+                (EndOutcome::AlreadyEnded(r), true) => outln!(
                     "{}",
                     json!({"session_id": session_id, "ended": false, "reason": r})
                 ),
                 (EndOutcome::AlreadyEnded(r), false) => {
-                    println!("Session {session_id} had already ended ({})", r.as_str())
+                    outln!("Session {session_id} had already ended ({})", r.as_str())
                 }
             }
         }
@@ -148,11 +148,11 @@ pub fn events(args: EventsArgs, store: &dyn Storage, now: Timestamp) -> Result<(
     };
     let events = store.events(&filter)?;
     if args.json {
-        println!("{}", json!(events));
+        outln!("{}", json!(events));
         return Ok(());
     }
     if events.is_empty() {
-        println!("No events.");
+        outln!("No events.");
         return Ok(());
     }
     let rows: Vec<Vec<String>> = events
@@ -168,7 +168,7 @@ pub fn events(args: EventsArgs, store: &dyn Storage, now: Timestamp) -> Result<(
             ]
         })
         .collect();
-    println!(
+    outln!(
         "{}",
         table::render(&["TIME", "TYPE", "KEY", "SESSION", "DEVICE", "FROM"], &rows)
     );

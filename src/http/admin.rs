@@ -37,7 +37,10 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/sessions/{session_id}", delete(kick_session))
         .route("/events", get(list_events))
         .fallback(super::not_found)
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin))
+        .method_not_allowed_fallback(super::method_not_allowed)
+        // `layer`, not `route_layer`: unknown admin paths and methods need
+        // the token too, so the admin API's shape is not probeable.
+        .layer(middleware::from_fn_with_state(state.clone(), require_admin))
         .layer(middleware::from_fn_with_state(state, admin_enabled))
 }
 
@@ -221,6 +224,12 @@ async fn update_key(
     };
     let store = state.store()?;
     let clock = state.clock();
+    if patch.is_empty() {
+        // Nothing to change: answer with the key, record nothing.
+        return Ok(Json(
+            blocking(move || store.get_key(&key_id, clock.now())).await?,
+        ));
+    }
     let actor = Actor(addr.label());
     let change = blocking(move || store.update_key(&key_id, &patch, clock.now(), &actor)).await?;
     tracing::info!(key = %change.key.prefix, key_id = %change.key.key_id, "key updated");
@@ -313,8 +322,17 @@ async fn list_events(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<EventQuery>,
 ) -> Result<Json<Value>> {
+    let key_id = match q.key_id.filter(|k| !k.is_empty()) {
+        // Accept a key id or a display prefix, as the other admin routes do.
+        Some(r) => {
+            let store = state.store()?;
+            let now = state.now();
+            Some(blocking(move || store.get_key(&r, now)).await?.key_id)
+        }
+        None => None,
+    };
     let filter = EventFilter {
-        key_id: q.key_id.filter(|k| !k.is_empty()),
+        key_id,
         event_type: q
             .event_type
             .filter(|t| !t.is_empty())

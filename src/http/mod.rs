@@ -16,7 +16,8 @@ use std::any::Any;
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{Response, Uri};
+use axum::extract::OriginalUri;
+use axum::http::Response;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
@@ -115,7 +116,7 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn not_found(uri: Uri) -> Error {
+async fn not_found(OriginalUri(uri): OriginalUri) -> Error {
     Error::NotFound(uri.path().to_owned())
 }
 
