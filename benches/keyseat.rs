@@ -412,39 +412,47 @@ async fn start_phase(dir: &Path, opts: &Opts, ceiling: f64, sync: &str) -> Measu
     m
 }
 
-/// 100,000 live devices heartbeating with 1% starts, while the 100,000
-/// sessions seeded to expire now are swept at once.
+/// 100,000 live devices heartbeating with 1% starts, while another
+/// 100,000 sessions (seeded, never heartbeating) expire at once and are
+/// swept during the run.
 async fn mixed_phase(dir: &Path, opts: &Opts, ceiling: f64) -> Measured {
     let db = dir.join("mixed.db");
     let n = if opts.quick { 2_000 } else { 100_000 };
     let pairs = Arc::new(seed(&db, n * 2));
-    // Half the sessions get a short timeout: the server is started with a
-    // 3 s timeout and only the first half heartbeats, so the other half
-    // expires together during the run.
+    // Every seeded session gets one full timeout from readiness;
+    // only the first half is heartbeated (round-robin, so each of them
+    // well within the timeout), and the second half expires together.
+    let (interval, timeout, secs) = if opts.quick {
+        ("1", "3", 5)
+    } else {
+        ("5", "10", 15)
+    };
     let server = keyseat_server(
         &db,
         &[
             "--heartbeat-interval-seconds",
-            "1",
+            interval,
             "--session-timeout-seconds",
-            "3",
+            timeout,
             "--sweep-interval-seconds",
             "1",
         ],
     );
     let live: Arc<Vec<(String, String)>> = Arc::new(pairs[..n].to_vec());
-    let hb = heartbeat_load(live.clone());
     let load: Arc<dyn Fn(usize, u64) -> (&'static str, String) + Send + Sync> =
         Arc::new(move |conn, i| {
+            let idx = (conn + CONNECTIONS * i as usize) % live.len();
+            let (key, id) = &live[idx];
             if i % 100 == 99 {
-                let (key, _) = &live[(conn * 31 + i as usize) % live.len()];
                 ("/api/session/start", format!(r#"{{"access_key":"{key}"}}"#))
             } else {
-                hb(conn, i)
+                (
+                    "/api/session/heartbeat",
+                    format!(r#"{{"access_key":"{key}","session_id":"{id}"}}"#),
+                )
             }
         });
-    // Run long enough for the silent half to expire and be swept.
-    let secs = opts.secs.max(6);
+    // `secs` is long enough for the silent half to expire and be swept.
     let m = drive(server.addr, secs, load, |s| s == 200 || s == 409).await;
     line(
         &format!("mixed: {n} heartbeating + 1% starts, {n} expiring"),
