@@ -80,10 +80,19 @@ pub trait Clock: Send + Sync + 'static {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 
+/// The latest time the system clock has shown this process.
+static LATEST: AtomicI64 = AtomicI64::new(i64::MIN);
+
 impl Clock for SystemClock {
+    /// Wall-clock time that never goes backwards within the process: the
+    /// liveness rules rely on a heartbeat never seeing an earlier time than
+    /// a decision made before it, so an NTP step back holds time still
+    /// until the wall clock catches up.
     fn now(&self) -> Timestamp {
         let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos();
-        Timestamp(i64::try_from(nanos / 1_000_000).unwrap_or(i64::MAX))
+        let wall = i64::try_from(nanos / 1_000_000).unwrap_or(i64::MAX);
+        let previous = LATEST.fetch_max(wall, Ordering::SeqCst);
+        Timestamp(previous.max(wall))
     }
 }
 

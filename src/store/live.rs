@@ -122,8 +122,9 @@ impl LiveStore {
     {
         let mem = self.mem.clone();
         let slack = self.slack();
+        let timeout = self.opts.timing.session_timeout_secs;
         self.writer.run(move |c| {
-            let mut tx = Tx::with_memory(c, &mem, slack);
+            let mut tx = Tx::with_memory(c, &mem, slack, timeout);
             let value = f(&mut tx)?;
             let changes = std::mem::take(&mut tx.changes);
             let after: Box<dyn FnOnce() + Send> = Box::new(move || mem.apply(changes));
@@ -132,13 +133,21 @@ impl LiveStore {
     }
 
     fn read<T>(&self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
-        self.db
-            .read(|c| f(&Tx::with_memory(c, &self.mem, self.slack())))
+        self.db.read(|c| {
+            f(&Tx::with_memory(
+                c,
+                &self.mem,
+                self.slack(),
+                self.opts.timing.session_timeout_secs,
+            ))
+        })
     }
 
-    /// Writes pending heartbeat times to disk.
+    /// Writes pending heartbeat times to disk. A batch that fails is
+    /// marked dirty again, for the next flush.
     fn flush(&self) -> Result<usize> {
         let mut total = 0;
+        let timeout = self.opts.timing.session_timeout_secs;
         loop {
             let batch = self.mem.take_dirty(FLUSH_BATCH);
             if batch.is_empty() {
@@ -147,12 +156,17 @@ impl LiveStore {
             let n = batch.len();
             let mem = self.mem.clone();
             let slack = self.slack();
-            self.writer.run(move |c| {
-                let mut tx = Tx::with_memory(c, &mem, slack);
+            let retry: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
+            let written = self.writer.run(move |c| {
+                let mut tx = Tx::with_memory(c, &mem, slack, timeout);
                 sqlite::flush_op(&mut tx, &batch)?;
                 let after: Box<dyn FnOnce() + Send> = Box::new(|| {});
                 Ok(((), after))
-            })?;
+            });
+            if let Err(e) = written {
+                self.mem.mark_dirty(&retry);
+                return Err(e);
+            }
             total += n;
             if n < FLUSH_BATCH {
                 return Ok(total);
@@ -170,13 +184,20 @@ impl LiveStore {
         self.writer.run(move |c| {
             let version: i64 = c.query_row("PRAGMA data_version", [], |r| r.get(0))?;
             if version == seen.load(Ordering::SeqCst) {
-                let nothing: Box<dyn FnOnce() + Send> = Box::new(|| {});
-                return Ok(((), nothing));
+                // Nobody else wrote: every event so far is ours and already
+                // in memory. Moving the mark keeps the next real reconcile
+                // small.
+                let newest = sqlite::last_event_id(c)?;
+                let after: Box<dyn FnOnce() + Send> =
+                    Box::new(move || last_event.store(newest, Ordering::SeqCst));
+                return Ok(((), after));
             }
-            seen.store(version, Ordering::SeqCst);
             let learned = sqlite::changes_since(c, last_event.load(Ordering::SeqCst))?;
-            last_event.store(learned.last_id, Ordering::SeqCst);
+            // The marks move only once this batch is committed: a failed
+            // batch leaves them, and the next tick reconciles again.
             let after: Box<dyn FnOnce() + Send> = Box::new(move || {
+                seen.store(version, Ordering::SeqCst);
+                last_event.store(learned.last_id, Ordering::SeqCst);
                 let dropped = mem.remove_all(&learned.ended);
                 let changes = learned
                     .keys
@@ -261,7 +282,16 @@ impl Storage for LiveStore {
         // or a start not yet applied): the disk, with memory's leases,
         // says why.
         let now = self.clock.now();
-        self.read(|tx| sqlite::explain_op(tx, key, session_id, now))
+        let answer = self.read(|tx| sqlite::explain_op(tx, key, session_id, now));
+        if let Err(Error::SessionOver(EndReason::Expired)) = &answer {
+            // Record it now (if no sweep has), so that a crash before the
+            // next sweep cannot bring back a session a device was told
+            // had expired.
+            let id = session_id.to_owned();
+            let due = vec![(id, now.0)];
+            self.write(move |tx| sqlite::record_expired_op(tx, &due, now))?;
+        }
+        answer
     }
 
     fn end_session(
@@ -330,10 +360,13 @@ impl Storage for LiveStore {
         loop {
             let due = self.mem.due(now, EXPIRE_BATCH);
             if due.is_empty() {
+                if self.mem.has_due(now) {
+                    continue; // that call only re-filed live sessions
+                }
                 break;
             }
             let refile = due.clone();
-            match self.write(move |tx| sqlite::record_expired_op(tx, &due)) {
+            match self.write(move |tx| sqlite::record_expired_op(tx, &due, now)) {
                 Ok(expired) => report.expired.extend(expired),
                 Err(e) => {
                     // Not recorded: file them again so the next pass retries.
@@ -374,9 +407,10 @@ impl Storage for LiveStore {
         };
         if due {
             self.flush()?;
-            self.checkpoint()?;
         }
-        Ok(())
+        // Passive and cheap when there is nothing to do; keeps the WAL
+        // small under a steady stream of durable writes.
+        self.checkpoint()
     }
 
     fn mark_stopped(&self, now: Timestamp) -> Result<()> {

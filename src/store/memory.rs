@@ -240,14 +240,18 @@ impl Memory {
         let mut t = self.table();
         let t = &mut *t;
         let mut expired = Vec::new();
-        let current = bucket_of(now.0);
+        let current = last_due_bucket(now);
         let mut refile: Vec<(i64, Arc<str>)> = Vec::new();
-        while expired.len() < max {
+        // Bound the work done under the lock, live entries included: a
+        // second with a million leases is handed out over several calls.
+        let mut examined = 0;
+        while expired.len() < max && examined < max * 8 {
             let Some((&b, _)) = t.buckets.range(..=current).next() else {
                 break;
             };
             let mut ids = t.buckets.remove(&b).unwrap_or_default();
             while let Some(id) = ids.pop() {
+                examined += 1;
                 if let Some(s) = t.sessions.get(&id) {
                     if s.expires_at <= now.0 {
                         expired.push((id.to_string(), s.expires_at));
@@ -255,7 +259,7 @@ impl Memory {
                         refile.push((bucket_of(s.expires_at), id));
                     }
                 }
-                if expired.len() >= max {
+                if expired.len() >= max || examined >= max * 8 {
                     break;
                 }
             }
@@ -269,6 +273,15 @@ impl Memory {
         expired.sort_unstable();
         expired.dedup();
         expired
+    }
+
+    /// Whether any sweep bucket is due at `now` (more for [`Memory::due`]).
+    pub fn has_due(&self, now: Timestamp) -> bool {
+        self.table()
+            .buckets
+            .range(..=last_due_bucket(now))
+            .next()
+            .is_some()
     }
 
     /// Files sessions again for the sweep (after a failed pass).
@@ -302,6 +315,23 @@ impl Memory {
             .collect()
     }
 
+    /// Marks sessions dirty again (their flush failed).
+    pub fn mark_dirty(&self, ids: &[String]) {
+        let mut t = self.table();
+        let t = &mut *t;
+        for id in ids {
+            if let Some((arc_id, s)) = t.sessions.get_key_value(id.as_str()) {
+                if !s.dirty {
+                    let arc_id = arc_id.clone();
+                    if let Some(s) = t.sessions.get_mut(id.as_str()) {
+                        s.dirty = true;
+                    }
+                    t.dirty.push(arc_id);
+                }
+            }
+        }
+    }
+
     /// Forgets sessions by id (ended by another process).
     pub fn remove_all(&self, ids: &[String]) -> usize {
         let mut t = self.table();
@@ -309,6 +339,13 @@ impl Memory {
             .filter(|id| t.sessions.remove(id.as_str()).is_some())
             .count()
     }
+}
+
+/// The last bucket wholly in the past at `now`. A live session re-filed by
+/// [`Memory::due`] always lands in a later one, so every call makes
+/// progress and the sweep's loop ends.
+fn last_due_bucket(now: Timestamp) -> i64 {
+    now.0.div_euclid(1000)
 }
 
 fn insert(t: &mut Table, id: &str, session: LiveSession) {
@@ -394,6 +431,37 @@ mod tests {
         assert_eq!(
             m.due(Timestamp(64_000), 10),
             vec![("b".to_string(), 64_000)]
+        );
+    }
+
+    /// Whatever due() leaves, has_due() agrees with: the sweep's loop
+    /// (call due until has_due is false) always ends.
+    #[test]
+    fn due_and_has_due_agree() {
+        let m = Memory::default();
+        let clock = ManualClock::new(Timestamp(0));
+        m.insert("late", live(1, 0, 5_800)); // bucket 6
+        m.insert("soon", live(1, 0, 5_300)); // bucket 6
+        m.insert("gone", live(1, 0, 4_000)); // bucket 4
+        clock.set(Timestamp(3_000));
+        beat(m.heartbeat("late", 1, &clock, 60));
+        let now = Timestamp(5_500);
+        let mut rounds = 0;
+        let mut found = Vec::new();
+        loop {
+            let due = m.due(now, 1);
+            found.extend(due.iter().map(|(id, _)| id.clone()));
+            if due.is_empty() && !m.has_due(now) {
+                break;
+            }
+            rounds += 1;
+            assert!(rounds < 10, "the sweep loop must end");
+        }
+        assert_eq!(found, vec!["gone".to_string()]);
+        // "soon" (ended at 5.3 s) is in bucket 6, due once 6 s have passed.
+        assert_eq!(
+            m.due(Timestamp(6_000), 10),
+            vec![("soon".to_string(), 5_300)]
         );
     }
 

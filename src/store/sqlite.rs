@@ -531,7 +531,8 @@ pub(super) struct Learned {
 /// own, which are harmless to apply twice).
 pub(super) fn changes_since(conn: &Connection, after_id: i64) -> Result<Learned> {
     let mut stmt = conn.prepare(
-        "SELECT e.id, e.type, e.session_id, k.key_hash, k.expires_at FROM events e \
+        "SELECT e.id, e.type, e.session_id, k.key_hash, k.expires_at, \
+         e.detail LIKE '%\"expires_at\"%' FROM events e \
          LEFT JOIN keys k ON k.key_id = e.key_id WHERE e.id > ?1 ORDER BY e.id",
     )?;
     let mut rows = stmt.query([after_id])?;
@@ -549,7 +550,7 @@ pub(super) fn changes_since(conn: &Connection, after_id: i64) -> Result<Learned>
                     learned.ended.push(id);
                 }
             }
-            "key_updated" => {
+            "key_updated" if r.get::<_, Option<bool>>(5)?.unwrap_or(false) => {
                 let hash: Option<Vec<u8>> = r.get(3)?;
                 if let Some(hash) = hash.and_then(|h| <KeyHash>::try_from(h.as_slice()).ok()) {
                     let expires: Option<i64> = r.get(4)?;
@@ -576,6 +577,7 @@ pub struct Tx<'a> {
     pub(super) c: &'a Connection,
     mem: Option<&'a Memory>,
     slack_secs: u64,
+    timeout_secs: u64,
     pub(super) changes: Vec<Change>,
 }
 
@@ -586,25 +588,36 @@ impl<'a> Tx<'a> {
             c,
             mem: None,
             slack_secs: 0,
+            timeout_secs: 0,
             changes: Vec::new(),
         }
     }
 
     /// With the server's memory.
-    pub(super) fn with_memory(c: &'a Connection, mem: &'a Memory, slack_secs: u64) -> Self {
+    pub(super) fn with_memory(
+        c: &'a Connection,
+        mem: &'a Memory,
+        slack_secs: u64,
+        timeout_secs: u64,
+    ) -> Self {
         Tx {
             c,
             mem: Some(mem),
             slack_secs,
+            timeout_secs,
             changes: Vec::new(),
         }
     }
 
+    /// The exact lease of an open session: memory's, unless a write
+    /// earlier in this same batch (not yet applied to memory) extended it
+    /// on disk, e.g. a start retry.
     fn overlay(&self, mut s: Session) -> Session {
         if s.ended_at.is_none() {
             if let Some((hb, exp)) = self.mem.and_then(|m| m.lease_of(&s.session_id)) {
-                s.last_heartbeat = Timestamp(hb);
-                s.expires_at = Timestamp(exp);
+                let row_heartbeat = s.last_heartbeat;
+                s.last_heartbeat = Timestamp(hb).max(row_heartbeat);
+                s.expires_at = Timestamp(exp).max(row_heartbeat.plus_secs(self.timeout_secs));
             }
         }
         s
@@ -623,7 +636,7 @@ impl<'a> Tx<'a> {
 
     /// The lease end written to disk for a lease ending at `exact`.
     fn disk_lease(&self, exact: Timestamp) -> i64 {
-        exact.plus_secs(self.slack_secs).0
+        exact.plus_secs(self.slack_secs.saturating_mul(2)).0
     }
 
     fn record(&self, e: EventRecord<'_>) -> Result<()> {
@@ -1374,14 +1387,19 @@ pub(super) fn events_op(c: &Connection, filter: &EventFilter) -> Result<Vec<Even
     Ok(rows)
 }
 
-/// Records sessions known to have expired (from the server's memory):
-/// `(id, exact lease end)`.
-pub(super) fn record_expired_op(tx: &mut Tx<'_>, due: &[(String, i64)]) -> Result<Vec<Session>> {
+/// Records sessions that memory found expired: `(id, lease end seen)`.
+/// Each is checked again here, since a start retry may have extended it
+/// between the sweep's look and this write; one still live at `now` is
+/// left alone.
+pub(super) fn record_expired_op(
+    tx: &mut Tx<'_>,
+    due: &[(String, i64)],
+    now: Timestamp,
+) -> Result<Vec<Session>> {
     let mut out = Vec::with_capacity(due.len());
-    for (id, exact_end) in due {
-        if let Some(mut s) = session_row(tx.c, id)? {
-            if s.ended_at.is_none() {
-                s.expires_at = Timestamp(*exact_end);
+    for (id, _seen_end) in due {
+        if let Some(s) = tx.session(id)? {
+            if s.ended_at.is_none() && !s.is_live_at(now) {
                 out.push(tx.record_expiry(s)?);
             }
         }
@@ -1404,7 +1422,8 @@ pub(super) fn sweep_rest_op(
 ) -> Result<(Vec<Session>, usize, usize, bool)> {
     let sql = format!(
         "SELECT {} FROM sessions s JOIN keys k ON k.key_id = s.key_id \
-         WHERE s.ended_at IS NULL AND k.expires_at IS NOT NULL AND k.expires_at <= ?1",
+         WHERE s.ended_at IS NULL AND k.expires_at IS NOT NULL AND k.expires_at <= ?1 \
+         AND k.status != 'revoked'",
         session_columns()
     );
     let of_expired_keys =
@@ -1489,9 +1508,11 @@ pub(super) fn resume_op(
     let floor = rules::lease_after_restart(Timestamp(i64::MIN), ready_at, timing);
     let old_floor = tx.server_state(LEASE_FLOOR)?.unwrap_or(i64::MIN);
     tx.set_server_state(LEASE_FLOOR, floor.0.max(old_floor))?;
+    // Twice the persistence interval: a flush that fails or runs late
+    // must not make the disk's lease fall behind the true one.
     let span = Timestamp(0)
         .plus_secs(timing.session_timeout_secs)
-        .plus_secs(tx.slack_secs);
+        .plus_secs(tx.slack_secs.saturating_mul(2));
     let old_span = tx.server_state(LEASE_SPAN)?.unwrap_or(0);
     tx.set_server_state(LEASE_SPAN, span.0.max(old_span))?;
     tx.set_server_state(LAST_ALIVE, ready_at.0)?;

@@ -153,19 +153,19 @@ fn commit_batch(conn: &Connection, batch: Vec<Job>) {
         }
         finishes.push(done);
     }
-    match exec_cached(conn, "COMMIT") {
-        Ok(()) => {
-            for done in finishes {
-                (done.finish)(None);
-            }
-        }
-        Err(e) => {
-            let msg = e.to_string();
-            tracing::error!(error = %msg, "write batch failed to commit; nothing in it was saved");
-            let _ = conn.execute_batch("ROLLBACK");
-            for done in finishes {
-                (done.finish)(Some(&msg));
-            }
+    let outcome = exec_cached(conn, "COMMIT").map_err(|e| e.to_string());
+    if let Err(msg) = &outcome {
+        tracing::error!(error = %msg, "write batch failed to commit; nothing in it was saved");
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    for done in finishes {
+        // A panic while applying one job's memory change must not take the
+        // writer (and every later write) down with it.
+        let commit_error = outcome.as_ref().err().map(String::as_str);
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (done.finish)(commit_error)))
+            .is_err()
+        {
+            tracing::error!("applying a committed write to memory panicked");
         }
     }
 }
