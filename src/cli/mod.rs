@@ -18,6 +18,7 @@ macro_rules! outln {
         }
     }};
 }
+#[cfg(feature = "client")]
 pub(crate) use outln;
 
 mod keys;
