@@ -83,6 +83,20 @@ impl LiveStore {
                 mem.insert(&id, session);
             })
         })?;
+        // Loading a million sessions takes seconds: the full timeout counts
+        // from the moment the server is actually ready, not from when it
+        // began to load.
+        let loaded_at = clock.now();
+        let report = if loaded_at > ready_at {
+            let later = db.resume_after_restart(loaded_at, opts.timing)?;
+            mem.raise_leases_to(opts.timing.lease_until(loaded_at).0);
+            ResumeReport {
+                resumed: later.resumed,
+                expired: report.expired,
+            }
+        } else {
+            report
+        };
         let last_event = db.read(sqlite::last_event_id)?;
         let conn = db.new_connection()?;
         // Checkpoints run on the maintenance tick, never inline in a commit.

@@ -152,6 +152,15 @@ impl Memory {
         self.table().sessions.reserve(n);
     }
 
+    /// Gives every held session a lease ending no earlier than `floor`
+    /// (start-up, after loading took a while).
+    pub fn raise_leases_to(&self, floor: i64) {
+        let mut t = self.table();
+        for s in t.sessions.values_mut() {
+            s.expires_at = s.expires_at.max(floor);
+        }
+    }
+
     /// Adds (or replaces) a live session.
     pub fn insert(&self, id: &str, session: LiveSession) {
         let mut t = self.table();
@@ -463,6 +472,20 @@ mod tests {
             m.due(Timestamp(6_000), 10),
             vec![("soon".to_string(), 5_300)]
         );
+    }
+
+    #[test]
+    fn raised_leases_are_seen_by_heartbeats_and_the_sweep() {
+        let m = Memory::default();
+        let clock = ManualClock::new(Timestamp(0));
+        m.insert("a", live(1, 0, 5_000));
+        m.raise_leases_to(9_000);
+        clock.set(Timestamp(8_000));
+        assert_eq!(
+            beat(m.heartbeat("a", 1, &clock, 60)).expires_at,
+            Timestamp(68_000)
+        );
+        assert!(m.due(Timestamp(8_000), 10).is_empty());
     }
 
     #[test]
