@@ -44,25 +44,16 @@ const UPKEEP_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Runs the store's upkeep (heartbeat persistence, reconciling other
 /// processes' writes, checkpoints) until stopped; errors are logged.
-async fn maintain(store: Arc<dyn Storage>, mut stop: watch::Receiver<bool>) {
-    let mut ticker = tokio::time::interval(UPKEEP_INTERVAL);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            biased;
-            changed = stop.changed() => {
-                if changed.is_err() || *stop.borrow() {
-                    break;
-                }
-            }
-            _ = ticker.tick() => {
-                let s = store.clone();
-                if let Err(e) = blocking(move || s.maintain()).await {
-                    tracing::error!(error = %e, "store upkeep failed; retrying");
-                }
+async fn maintain(store: Arc<dyn Storage>, stop: watch::Receiver<bool>) {
+    sweep::every(UPKEEP_INTERVAL, stop, || {
+        let s = store.clone();
+        async move {
+            if let Err(e) = blocking(move || s.maintain()).await {
+                tracing::error!(error = %e, "store upkeep failed; retrying");
             }
         }
-    }
+    })
+    .await;
 }
 
 impl Server {

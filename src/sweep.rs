@@ -63,8 +63,27 @@ pub async fn run(
     clock: Arc<dyn Clock>,
     interval: Duration,
     history_days: u32,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
+    every(interval, stop, || {
+        let (store, clock) = (store.clone(), clock.clone());
+        async move {
+            if let Err(e) = pass(store, clock, history_days, true).await {
+                tracing::error!(error = %e, "sweep failed; retrying at the next interval");
+            }
+        }
+    })
+    .await;
+    tracing::debug!("sweep stopped");
+}
+
+/// Runs `tick` every `interval` (a late tick is delayed, not doubled) until
+/// `stop` turns true: the shape of every background task of the server.
+pub async fn every<F, Fut>(interval: Duration, mut stop: watch::Receiver<bool>, mut tick: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -76,12 +95,7 @@ pub async fn run(
                     break;
                 }
             }
-            _ = ticker.tick() => {
-                if let Err(e) = pass(store.clone(), clock.clone(), history_days, true).await {
-                    tracing::error!(error = %e, "sweep failed; retrying at the next interval");
-                }
-            }
+            _ = ticker.tick() => tick().await,
         }
     }
-    tracing::debug!("sweep stopped");
 }
