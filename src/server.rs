@@ -111,10 +111,6 @@ impl Server {
                 "resumed session(s) live at the last stop; each has a full timeout from now"
             );
         }
-        sweep::log_report(&crate::store::SweepReport {
-            expired: report.expired,
-            ..Default::default()
-        });
         state.set_ready(store.clone());
 
         let sweep = tokio::spawn(sweep::run(

@@ -88,12 +88,8 @@ impl LiveStore {
         // began to load.
         let loaded_at = clock.now();
         let report = if loaded_at > ready_at {
-            let later = db.resume_after_restart(loaded_at, opts.timing)?;
             mem.raise_leases_to(opts.timing.lease_until(loaded_at).0);
-            ResumeReport {
-                resumed: later.resumed,
-                expired: report.expired,
-            }
+            db.resume_after_restart(loaded_at, opts.timing)?
         } else {
             report
         };
@@ -116,11 +112,6 @@ impl LiveStore {
             },
             report,
         ))
-    }
-
-    /// Sessions held in memory.
-    pub fn live_in_memory(&self) -> usize {
-        self.mem.len()
     }
 
     fn slack(&self) -> u64 {

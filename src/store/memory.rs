@@ -142,11 +142,6 @@ impl Memory {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Number of sessions held.
-    pub fn len(&self) -> usize {
-        self.table().sessions.len()
-    }
-
     /// Makes room for `n` more sessions (start-up).
     pub fn reserve(&self, n: usize) {
         self.table().sessions.reserve(n);

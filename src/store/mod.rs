@@ -159,8 +159,6 @@ pub struct SweepReport {
 pub struct ResumeReport {
     /// Sessions live at the stop, each given a full timeout from readiness.
     pub resumed: usize,
-    /// Sessions that had already expired before the stop, now recorded.
-    pub expired: Vec<Session>,
 }
 
 /// Everything keyseat keeps. Implementations must make every write

@@ -890,11 +890,10 @@ pub(super) fn start_op(
                 .session(&session_id)?
                 .ok_or_else(|| Error::Internal("resumed session vanished".into()))?;
             session.last_heartbeat = now;
-            session.expires_at = session
-                .expires_at
-                .max(lease)
-                .min(lease.max(session.expires_at));
-            if tx.mem.is_some() {
+            // With memory, the overlay already gives the exact lease (this
+            // write's, or a later one memory holds); on the disk alone the
+            // row's effective lease carries slack, so answer the exact one.
+            if tx.mem.is_none() {
                 session.expires_at = lease;
             }
             Ok(Ok(StartOutcome {
@@ -1518,7 +1517,6 @@ pub(super) fn resume_op(
     tx.set_server_state(LAST_ALIVE, ready_at.0)?;
     Ok(ResumeReport {
         resumed: resumed as usize,
-        expired: vec![],
     })
 }
 
