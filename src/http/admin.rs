@@ -64,9 +64,9 @@ async fn require_admin(
     req: Request,
     next: Next,
 ) -> Result<Response> {
-    let Some(expected) = state.inner.admin_token_digest else {
+    if !state.admin_enabled() {
         return Err(Error::NotFound(req.uri().path().to_owned()));
-    };
+    }
     let limiter = &state.inner.admin_failures;
     limiter.check(addr.0, state.now())?;
     let presented = req
@@ -77,16 +77,26 @@ async fn require_admin(
             let (scheme, token) = v.trim().split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         });
-    let ok = presented.is_some_and(|token| {
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        bool::from(digest.ct_eq(&expected))
-    });
+    let ok = presented.is_some_and(|token| state.admin_token_matches(token));
     if !ok {
         limiter.record_failure(addr.0, state.now());
         tracing::warn!(client = %addr.label(), "admin request with a missing or wrong token");
         return Err(Error::Unauthorized);
     }
     Ok(next.run(req).await)
+}
+
+impl AppState {
+    /// Whether `token` is the admin token: SHA-256 digests compared in
+    /// constant time, so neither length nor content leaks through timing.
+    /// Shared by the API's bearer check and the dashboard's sign-in.
+    pub(crate) fn admin_token_matches(&self, token: &str) -> bool {
+        let Some(expected) = self.inner.admin_token_digest else {
+            return false;
+        };
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        bool::from(digest.ct_eq(&expected))
+    }
 }
 
 /// Distinguishes a field that is absent (outer `None`) from one set to

@@ -81,7 +81,7 @@ impl AppState {
     }
 
     /// The store, or 503 while the server is still starting.
-    fn store(&self) -> Result<Arc<dyn Storage>> {
+    pub(crate) fn store(&self) -> Result<Arc<dyn Storage>> {
         self.inner
             .store
             .get()
@@ -89,16 +89,28 @@ impl AppState {
             .ok_or_else(|| Error::Unavailable("the server is starting; retry shortly".into()))
     }
 
-    fn clock(&self) -> Arc<dyn Clock> {
+    pub(crate) fn clock(&self) -> Arc<dyn Clock> {
         self.inner.clock.clone()
     }
 
-    fn now(&self) -> Timestamp {
+    pub(crate) fn now(&self) -> Timestamp {
         self.inner.clock.now()
     }
 
     fn timing(&self) -> Timing {
         self.inner.timing
+    }
+
+    /// Whether an admin token is configured (the admin API and the
+    /// dashboard exist only then).
+    pub(crate) fn admin_enabled(&self) -> bool {
+        self.inner.admin_token_digest.is_some()
+    }
+
+    /// The per-address limit on wrong admin tokens, shared by the admin API
+    /// and the dashboard's sign-in.
+    pub(crate) fn admin_failures(&self) -> &FailureLimiter {
+        &self.inner.admin_failures
     }
 }
 
@@ -109,6 +121,7 @@ pub fn app(state: AppState) -> Router {
         .route("/health", get(health::health))
         .merge(session::router())
         .nest("/api/admin", admin::router(state.clone()))
+        .nest("/admin", crate::dashboard::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))

@@ -1,0 +1,626 @@
+//! Keys: search and list, create (the secret shown once), edit, suspend,
+//! resume, revoke (after a confirmation page).
+
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect};
+use axum::{Extension, Form};
+use maud::{html, Markup};
+use serde::Deserialize;
+
+use super::auth::Signed;
+use super::page::{csrf_field, enc, flash, text_opt, when, when_opt, Failure, Page, PageResult};
+use crate::clock::Timestamp;
+use crate::error::{Error, Result};
+use crate::http::extract::ClientAddr;
+use crate::http::AppState;
+use crate::input;
+use crate::model::{Actor, ConflictPolicy, Key, KeyStatus};
+use crate::store::{blocking, log_session_end, KeyChange, KeyPatch, NewKey};
+
+/// Keys per page of the list.
+const PER_PAGE: usize = 50;
+/// Keys a search looks through at most.
+const SEARCH_LIMIT: usize = 100_000;
+
+/// Reads a form, turning a malformed one into a readable page.
+pub fn form<T>(f: std::result::Result<Form<T>, FormRejection>) -> std::result::Result<T, Failure> {
+    f.map(|Form(v)| v).map_err(|e| {
+        Failure::new(
+            StatusCode::BAD_REQUEST,
+            format!("The form could not be read: {}", e.body_text()),
+        )
+    })
+}
+
+/// An expiry as typed: empty or `never` for none, RFC 3339, or a UTC date
+/// (`2027-01-31`) or date and time (`2027-01-31T12:00`, `2027-01-31 12:00`).
+pub fn parse_expiry(text: &str) -> Result<Option<Timestamp>> {
+    let t = text.trim();
+    if t.is_empty() || t.eq_ignore_ascii_case("never") {
+        return Ok(None);
+    }
+    let t = t.replacen(' ', "T", 1);
+    let candidates = [
+        t.clone(),
+        format!("{t}Z"),
+        format!("{t}:00Z"),
+        format!("{t}T00:00:00Z"),
+    ];
+    candidates
+        .iter()
+        .find_map(|c| Timestamp::parse_rfc3339(c))
+        .map(Some)
+        .ok_or_else(|| {
+            Error::InvalidRequest(format!(
+                "expiry must be a UTC date such as 2027-01-31, a time such as \
+                 2027-01-31T12:00:00Z, or empty for never (got `{}`)",
+                crate::keys::redact_secret(text)
+            ))
+        })
+}
+
+fn status_text(k: &Key, now: Timestamp) -> &'static str {
+    if k.status == KeyStatus::Active && k.is_expired_at(now) {
+        "expired"
+    } else {
+        k.status.as_str()
+    }
+}
+
+fn status_badge(k: &Key, now: Timestamp) -> Markup {
+    let s = status_text(k, now);
+    html! { span class={ "badge " (s) } { (s) } }
+}
+
+fn matches(k: &Key, q: &str) -> bool {
+    let q = q.trim().to_lowercase();
+    let bare = q.strip_prefix("ks_").unwrap_or(&q);
+    k.label
+        .as_deref()
+        .is_some_and(|l| l.to_lowercase().contains(&q))
+        || k.prefix.to_lowercase()[3..].starts_with(bare)
+        || k.key_id.to_lowercase().starts_with(&q)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    q: Option<String>,
+    page: Option<usize>,
+    done: Option<String>,
+}
+
+/// `GET /admin/keys`: all keys or those matching `q` (label text, prefix
+/// or key id), 50 a page.
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(me): Extension<Signed>,
+    Query(q): Query<ListQuery>,
+) -> PageResult {
+    let store = state.store()?;
+    let now = state.now();
+    let search = q.q.clone().unwrap_or_default();
+    let s2 = search.clone();
+    let (found, total) = blocking(move || {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        let mut seen = 0;
+        loop {
+            let page = store.list_keys(1000, after.as_deref(), now)?;
+            seen += page.keys.len();
+            out.extend(
+                page.keys
+                    .into_iter()
+                    .filter(|k| s2.trim().is_empty() || matches(k, &s2)),
+            );
+            match page.next_after {
+                Some(next) if seen < SEARCH_LIMIT => after = Some(next),
+                _ => break,
+            }
+        }
+        Ok((out, seen))
+    })
+    .await?;
+    let pages = found.len().div_ceil(PER_PAGE).max(1);
+    let page_no = q.page.unwrap_or(1).clamp(1, pages);
+    let shown = found.iter().skip((page_no - 1) * PER_PAGE).take(PER_PAGE);
+    let link = |p: usize| format!("/admin/keys?q={}&page={p}", enc(&search));
+    let body = html! {
+        div class="heading" {
+            h1 { "Keys" }
+            a class="button" href="/admin/keys/new" id="new-key" { "Create key" }
+        }
+        (flash(q.done.as_deref()))
+        form method="get" action="/admin/keys" class="search" role="search" {
+            label for="q" { "Search by label, prefix or key id" }
+            div class="row" {
+                input type="search" id="q" name="q" value=(search) placeholder="Acme, ks_3f9a…";
+                button type="submit" id="search" { "Search" }
+            }
+        }
+        p class="muted" id="key-count" {
+            (found.len()) " of " (total) " key(s)"
+            @if pages > 1 { ", page " (page_no) " of " (pages) }
+        }
+        @if found.is_empty() {
+            p id="no-keys" {
+                @if search.trim().is_empty() { "No keys yet. " a href="/admin/keys/new" { "Create the first one." } }
+                @else { "No key matches this search." }
+            }
+        } @else {
+            div class="scroll" {
+                table id="keys" {
+                    caption class="visually-hidden" { "Access keys" }
+                    thead { tr {
+                        th scope="col" { "Prefix" } th scope="col" { "Label" }
+                        th scope="col" { "Status" } th scope="col" { "Live / seats" }
+                        th scope="col" { "Policy" } th scope="col" { "Expires" }
+                        th scope="col" { "Created" }
+                    } }
+                    tbody {
+                        @for k in shown {
+                            tr data-key-id=(k.key_id) {
+                                td { a href={ "/admin/keys/" (k.key_id) } { code { (k.prefix) } } }
+                                td { (text_opt(k.label.as_deref())) }
+                                td { (status_badge(k, now)) }
+                                td class="num" { (k.live_sessions) " / " (k.max_sessions) }
+                                td { (k.on_conflict.as_str()) }
+                                td { (when_opt(k.expires_at, "never")) }
+                                td { (when(k.created_at)) }
+                            }
+                        }
+                    }
+                }
+            }
+            @if pages > 1 {
+                nav class="pager" aria-label="Pages" {
+                    @if page_no > 1 { a href=(link(page_no - 1)) rel="prev" id="prev-page" { "← Previous" } }
+                    @if page_no < pages { a href=(link(page_no + 1)) rel="next" id="next-page" { "Next →" } }
+                }
+            }
+        }
+    };
+    Ok(Page::new("Keys")
+        .nav("keys", &me.csrf)
+        .render(body)
+        .into_response())
+}
+
+/// What the create form holds (kept to show it again after an error).
+#[derive(Debug, Default, Deserialize)]
+pub struct KeyForm {
+    #[serde(default)]
+    label: String,
+    #[serde(default)]
+    max_sessions: String,
+    #[serde(default)]
+    on_conflict: String,
+    #[serde(default)]
+    expires_at: String,
+}
+
+fn key_fields(f: &KeyForm) -> Markup {
+    let policy = if f.on_conflict.is_empty() {
+        "takeover"
+    } else {
+        f.on_conflict.as_str()
+    };
+    let seats = if f.max_sessions.is_empty() {
+        "1"
+    } else {
+        f.max_sessions.as_str()
+    };
+    html! {
+        div class="field" {
+            label for="label" { "Label" }
+            input type="text" id="label" name="label" value=(f.label) maxlength="200"
+                aria-describedby="label-hint";
+            small id="label-hint" { "A note for you: customer, order number. Empty for none." }
+        }
+        div class="field" {
+            label for="max_sessions" { "Seats (devices at once)" }
+            input type="number" id="max_sessions" name="max_sessions" value=(seats)
+                min="1" max="1000" required inputmode="numeric";
+        }
+        div class="field" {
+            label for="on_conflict" { "When all seats are taken" }
+            select id="on_conflict" name="on_conflict" {
+                option value="takeover" selected[policy == "takeover"] { "takeover: the new device wins" }
+                option value="reject" selected[policy == "reject"] { "reject: the new device is refused" }
+            }
+        }
+        div class="field" {
+            label for="expires_at" { "Expires (UTC)" }
+            input type="text" id="expires_at" name="expires_at" value=(f.expires_at)
+                placeholder="2027-01-31 or 2027-01-31T12:00:00Z" aria-describedby="expires-hint";
+            small id="expires-hint" { "Empty: never expires." }
+        }
+    }
+}
+
+fn create_page(me: &Signed, f: &KeyForm, error: Option<&str>) -> Markup {
+    Page::new("Create key").nav("keys", &me.csrf).render(html! {
+        h1 { "Create key" }
+        @if let Some(e) = error { p class="flash error" role="alert" id="error" { (e) } }
+        form method="post" action="/admin/keys" id="create-key-form" class="card" {
+            (csrf_field(&me.csrf))
+            (key_fields(f))
+            div class="actions" {
+                button type="submit" id="create-key" { "Create key" }
+                a href="/admin/keys" { "Cancel" }
+            }
+        }
+    })
+}
+
+/// `GET /admin/keys/new`.
+pub async fn new_form(Extension(me): Extension<Signed>) -> PageResult {
+    Ok(create_page(&me, &KeyForm::default(), None).into_response())
+}
+
+fn parse_seats(text: &str) -> Result<u32> {
+    let n = text.trim().parse::<u32>().map_err(|_| {
+        Error::InvalidRequest(format!(
+            "seats must be a whole number from 1 to 1000 (got `{}`)",
+            text.trim()
+        ))
+    })?;
+    input::max_sessions(n)
+}
+
+fn parse_policy(text: &str) -> Result<ConflictPolicy> {
+    ConflictPolicy::parse(text.trim()).ok_or_else(|| {
+        Error::InvalidRequest("the conflict policy must be takeover or reject".into())
+    })
+}
+
+fn new_key(f: &KeyForm) -> Result<NewKey> {
+    Ok(NewKey {
+        label: input::label(Some(f.label.clone()))?,
+        max_sessions: Some(parse_seats(&f.max_sessions)?),
+        on_conflict: Some(parse_policy(&f.on_conflict)?),
+        expires_at: parse_expiry(&f.expires_at)?,
+    })
+}
+
+/// `POST /admin/keys`: creates the key and shows its secret, this once.
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(me): Extension<Signed>,
+    addr: ClientAddr,
+    f: std::result::Result<Form<KeyForm>, FormRejection>,
+) -> PageResult {
+    let f = form(f)?;
+    let new = match new_key(&f) {
+        Ok(n) => n,
+        Err(e) => {
+            let msg = super::page::sentence(&e.to_string());
+            return Ok((StatusCode::BAD_REQUEST, create_page(&me, &f, Some(&msg))).into_response());
+        }
+    };
+    let store = state.store()?;
+    let clock = state.clock();
+    let actor = Actor(addr.label());
+    let created = blocking(move || store.create_key(&new, clock.now(), &actor)).await?;
+    tracing::info!(key = %created.key.prefix, key_id = %created.key.key_id, "key created (dashboard)");
+    let k = &created.key;
+    let body = Page::new("Key created").nav("keys", &me.csrf).render(html! {
+        h1 { "Key created" }
+        p class="flash ok" role="status" id="flash" { "Key " code { (k.prefix) } " was created." }
+        section class="card secret" aria-labelledby="secret-label" {
+            h2 id="secret-label" { "Access key" }
+            p { strong { "Shown only this once." } " Copy it now and give it to the customer; keyseat keeps only its hash." }
+            div class="secret-row" {
+                code id="secret" { (created.access_key.expose_secret()) }
+                button type="button" id="copy" data-copy="secret" hidden { "Copy" }
+            }
+            p class="muted" id="copy-status" role="status" aria-live="polite" {}
+        }
+        (details(k, state.now()))
+        p { a href={ "/admin/keys/" (k.key_id) } id="key-page" { "Go to the key's page" } " · " a href="/admin/keys" { "All keys" } }
+    });
+    Ok((StatusCode::CREATED, body).into_response())
+}
+
+fn details(k: &Key, now: Timestamp) -> Markup {
+    html! {
+        dl class="details" id="key-details" {
+            dt { "Key id" } dd { code id="key-id" { (k.key_id) } }
+            dt { "Prefix" } dd { code id="key-prefix" { (k.prefix) } }
+            dt { "Label" } dd id="key-label" { (text_opt(k.label.as_deref())) }
+            dt { "Status" } dd id="key-status" { (status_badge(k, now)) }
+            dt { "Seats" } dd id="key-seats" { (k.live_sessions) " live of " (k.max_sessions) }
+            dt { "When all seats are taken" } dd id="key-policy" { (k.on_conflict.as_str()) }
+            dt { "Expires" } dd id="key-expires" { (when_opt(k.expires_at, "never")) }
+            dt { "Created" } dd { (when(k.created_at)) }
+            dt { "Updated" } dd { (when(k.updated_at)) }
+            @if let Some(r) = k.revoked_at { dt { "Revoked" } dd { (when(r)) } }
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DoneQuery {
+    done: Option<String>,
+}
+
+async fn load_key(state: &AppState, key_ref: String) -> Result<Key> {
+    let store = state.store()?;
+    let now = state.now();
+    blocking(move || store.get_key(&key_ref, now)).await
+}
+
+fn key_page(
+    me: &Signed,
+    k: &Key,
+    sessions: &[crate::model::Session],
+    now: Timestamp,
+    done: Option<&str>,
+    error: Option<(&str, &KeyForm)>,
+) -> Markup {
+    let current = KeyForm {
+        label: k.label.clone().unwrap_or_default(),
+        max_sessions: k.max_sessions.to_string(),
+        on_conflict: k.on_conflict.as_str().into(),
+        expires_at: k.expires_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+    };
+    let (msg, shown) = match error {
+        Some((m, f)) => (Some(m), f),
+        None => (None, &current),
+    };
+    let title = format!("Key {}", k.prefix);
+    let back = format!("/admin/keys/{}", k.key_id);
+    Page::new(&title).nav("keys", &me.csrf).render(html! {
+        div class="heading" {
+            h1 { "Key " code { (k.prefix) } @if let Some(l) = &k.label { " · " (l) } }
+        }
+        (flash(done))
+        @if let Some(m) = msg { p class="flash error" role="alert" id="error" { (m) } }
+        div class="grid" {
+            section class="card" aria-labelledby="details-h" {
+                h2 id="details-h" { "Details" }
+                (details(k, now))
+                @if k.status != KeyStatus::Revoked {
+                    div class="actions" {
+                        @if k.status == KeyStatus::Active {
+                            form method="post" action={ "/admin/keys/" (k.key_id) "/suspend" } {
+                                (csrf_field(&me.csrf))
+                                button type="submit" id="suspend" class="secondary" { "Suspend" }
+                            }
+                        } @else {
+                            form method="post" action={ "/admin/keys/" (k.key_id) "/resume" } {
+                                (csrf_field(&me.csrf))
+                                button type="submit" id="resume" class="secondary" { "Resume" }
+                            }
+                        }
+                        a class="button danger" href={ "/admin/keys/" (k.key_id) "/revoke" } id="revoke" { "Revoke…" }
+                    }
+                }
+            }
+            @if k.status != KeyStatus::Revoked {
+                section class="card" aria-labelledby="edit-h" {
+                    h2 id="edit-h" { "Edit" }
+                    form method="post" action={ "/admin/keys/" (k.key_id) } id="edit-key-form" {
+                        (csrf_field(&me.csrf))
+                        (key_fields(shown))
+                        div class="actions" {
+                            button type="submit" id="save" { "Save changes" }
+                        }
+                    }
+                }
+            }
+        }
+        section aria-labelledby="sessions-h" {
+            h2 id="sessions-h" { "Live sessions of this key" }
+            (super::sessions::table(me, sessions, now, &back))
+        }
+        p { a href={ "/admin/events?key=" (k.key_id) } id="key-events" { "This key's events" } }
+    })
+}
+
+/// `GET /admin/keys/{key_id}`: details, edit form, actions, live sessions.
+pub async fn show(
+    State(state): State<AppState>,
+    Extension(me): Extension<Signed>,
+    Path(key_id): Path<String>,
+    Query(q): Query<DoneQuery>,
+) -> PageResult {
+    let k = load_key(&state, key_id).await?;
+    let store = state.store()?;
+    let now = state.now();
+    let id = k.key_id.clone();
+    let sessions = blocking(move || store.live_sessions(Some(&id), now)).await?;
+    Ok(key_page(&me, &k, &sessions, now, q.done.as_deref(), None).into_response())
+}
+
+/// The fields of the form that differ from the key: only those are
+/// changed (and recorded in the audit log).
+fn patch_from(k: &Key, f: &KeyForm) -> Result<KeyPatch> {
+    let label = input::label(Some(f.label.clone()))?;
+    let seats = parse_seats(&f.max_sessions)?;
+    let policy = parse_policy(&f.on_conflict)?;
+    let expires = parse_expiry(&f.expires_at)?;
+    Ok(KeyPatch {
+        label: (label != k.label).then_some(label),
+        max_sessions: (seats != k.max_sessions).then_some(seats),
+        on_conflict: (policy != k.on_conflict).then_some(policy),
+        expires_at: (expires != k.expires_at).then_some(expires),
+        status: None,
+    })
+}
+
+fn done_url(k: &Key, what: &str) -> String {
+    format!("/admin/keys/{}?done={}", k.key_id, enc(what))
+}
+
+fn log_change(change: &KeyChange, verb: &str) {
+    tracing::info!(key = %change.key.prefix, key_id = %change.key.key_id, "key {verb} (dashboard)");
+    for s in &change.ended {
+        log_session_end(s, crate::model::EndReason::Revoked);
+    }
+}
+
+fn ended_note(change: &KeyChange) -> String {
+    match change.ended.len() {
+        0 => String::new(),
+        1 => " 1 live session was ended.".into(),
+        n => format!(" {n} live sessions were ended."),
+    }
+}
+
+/// `POST /admin/keys/{key_id}`: applies the edit form.
+pub async fn update(
+    State(state): State<AppState>,
+    Extension(me): Extension<Signed>,
+    addr: ClientAddr,
+    Path(key_id): Path<String>,
+    f: std::result::Result<Form<KeyForm>, FormRejection>,
+) -> PageResult {
+    let f = form(f)?;
+    let k = load_key(&state, key_id).await?;
+    let patch = match patch_from(&k, &f) {
+        Ok(p) => p,
+        Err(e) => {
+            let store = state.store()?;
+            let now = state.now();
+            let id = k.key_id.clone();
+            let sessions = blocking(move || store.live_sessions(Some(&id), now)).await?;
+            let msg = super::page::sentence(&e.to_string());
+            let page = key_page(&me, &k, &sessions, now, None, Some((&msg, &f)));
+            return Ok((StatusCode::BAD_REQUEST, page).into_response());
+        }
+    };
+    if patch.is_empty() {
+        return Ok(Redirect::to(&done_url(&k, "Nothing changed.")).into_response());
+    }
+    let change = apply(&state, &addr, &k.key_id, patch).await?;
+    log_change(&change, "updated");
+    let msg = format!("Changes saved.{}", ended_note(&change));
+    Ok(Redirect::to(&done_url(&change.key, &msg)).into_response())
+}
+
+async fn apply(
+    state: &AppState,
+    addr: &ClientAddr,
+    key_id: &str,
+    patch: KeyPatch,
+) -> Result<KeyChange> {
+    let store = state.store()?;
+    let clock = state.clock();
+    let actor = Actor(addr.label());
+    let id = key_id.to_owned();
+    blocking(move || store.update_key(&id, &patch, clock.now(), &actor)).await
+}
+
+async fn set_status(
+    state: AppState,
+    addr: ClientAddr,
+    key_id: String,
+    status: KeyStatus,
+) -> PageResult {
+    let patch = KeyPatch {
+        status: Some(status),
+        ..Default::default()
+    };
+    let change = apply(&state, &addr, &key_id, patch).await?;
+    let verb = if status == KeyStatus::Suspended {
+        "suspended"
+    } else {
+        "resumed"
+    };
+    log_change(&change, verb);
+    let msg = format!("Key {verb}.{}", ended_note(&change));
+    Ok(Redirect::to(&done_url(&change.key, &msg)).into_response())
+}
+
+/// `POST /admin/keys/{key_id}/suspend`.
+pub async fn suspend(
+    State(state): State<AppState>,
+    addr: ClientAddr,
+    Path(key_id): Path<String>,
+) -> PageResult {
+    set_status(state, addr, key_id, KeyStatus::Suspended).await
+}
+
+/// `POST /admin/keys/{key_id}/resume`.
+pub async fn resume(
+    State(state): State<AppState>,
+    addr: ClientAddr,
+    Path(key_id): Path<String>,
+) -> PageResult {
+    set_status(state, addr, key_id, KeyStatus::Active).await
+}
+
+/// `GET /admin/keys/{key_id}/revoke`: the confirmation step.
+pub async fn revoke_confirm(
+    State(state): State<AppState>,
+    Extension(me): Extension<Signed>,
+    Path(key_id): Path<String>,
+) -> PageResult {
+    let k = load_key(&state, key_id).await?;
+    if k.status == KeyStatus::Revoked {
+        return Ok(Redirect::to(&done_url(&k, "This key is already revoked.")).into_response());
+    }
+    let body = Page::new("Revoke key").nav("keys", &me.csrf).render(html! {
+        section class="card narrow" {
+            h1 { "Revoke key " code { (k.prefix) } "?" }
+            p {
+                @if let Some(l) = &k.label { "Key “" (l) "” " } @else { "This key " }
+                "will be refused for good and its " (k.live_sessions) " live session(s) end now. "
+                strong { "Revocation cannot be undone." }
+                " To stop the key for a while, suspend it instead."
+            }
+            form method="post" action={ "/admin/keys/" (k.key_id) "/revoke" } id="revoke-form" {
+                (csrf_field(&me.csrf))
+                div class="actions" {
+                    button type="submit" class="danger" id="confirm-revoke" { "Revoke key" }
+                    a href={ "/admin/keys/" (k.key_id) } id="cancel-revoke" { "Cancel" }
+                }
+            }
+        }
+    });
+    Ok(body.into_response())
+}
+
+/// `POST /admin/keys/{key_id}/revoke`: revokes (the form on the
+/// confirmation page).
+pub async fn revoke(
+    State(state): State<AppState>,
+    addr: ClientAddr,
+    Path(key_id): Path<String>,
+) -> PageResult {
+    let store = state.store()?;
+    let clock = state.clock();
+    let actor = Actor(addr.label());
+    let change = blocking(move || store.revoke_key(&key_id, clock.now(), &actor)).await?;
+    log_change(&change, "revoked");
+    let msg = format!("Key revoked.{}", ended_note(&change));
+    Ok(Redirect::to(&done_url(&change.key, &msg)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiries_in_several_spellings() {
+        let day = Timestamp::parse_rfc3339("2027-01-31T00:00:00Z");
+        assert_eq!(parse_expiry("").unwrap(), None);
+        assert_eq!(parse_expiry(" never ").unwrap(), None);
+        assert_eq!(parse_expiry("2027-01-31").unwrap(), day);
+        assert_eq!(parse_expiry("2027-01-31T00:00").unwrap(), day);
+        assert_eq!(parse_expiry("2027-01-31 00:00:00").unwrap(), day);
+        assert_eq!(parse_expiry("2027-01-31T01:00:00+01:00").unwrap(), day);
+        assert!(parse_expiry("tomorrow").is_err());
+    }
+
+    #[test]
+    fn seats_and_policy() {
+        assert_eq!(parse_seats(" 3 ").unwrap(), 3);
+        assert!(parse_seats("0").is_err());
+        assert!(parse_seats("x").is_err());
+        assert!(parse_policy("reject").is_ok());
+        assert!(parse_policy("steal").is_err());
+    }
+}

@@ -1,0 +1,258 @@
+//! The page frame every dashboard page shares (head, navigation, sign-out
+//! form), error pages, and small rendering helpers.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use maud::{html, Markup, PreEscaped, DOCTYPE};
+
+use crate::clock::Timestamp;
+use crate::error::Error;
+
+/// The sections in the navigation: (id, path, text).
+const NAV: [(&str, &str, &str); 5] = [
+    ("overview", "/admin", "Overview"),
+    ("keys", "/admin/keys", "Keys"),
+    ("sessions", "/admin/sessions", "Live sessions"),
+    ("events", "/admin/events", "Events"),
+    ("sharing", "/admin/sharing", "Sharing report"),
+];
+
+/// A page being rendered.
+pub struct Page<'a> {
+    title: &'a str,
+    csrf: Option<&'a str>,
+    active: &'a str,
+    refresh: bool,
+}
+
+impl<'a> Page<'a> {
+    /// A page with this title (also the `<h1>` unless the content has one).
+    pub fn new(title: &'a str) -> Self {
+        Page {
+            title,
+            csrf: None,
+            active: "",
+            refresh: false,
+        }
+    }
+
+    /// Without navigation (sign-in and error pages).
+    pub fn bare(self) -> Self {
+        self
+    }
+
+    /// With navigation, this section highlighted, and the sign-out form.
+    pub fn nav(mut self, active: &'a str, csrf: &'a str) -> Self {
+        self.active = active;
+        self.csrf = Some(csrf);
+        self
+    }
+
+    /// Asks the script to refresh the main content every few seconds.
+    pub fn live(mut self) -> Self {
+        self.refresh = true;
+        self
+    }
+
+    /// The whole document around `content`.
+    pub fn render(self, content: Markup) -> Markup {
+        html! {
+            (DOCTYPE)
+            html lang="en" {
+                head {
+                    meta charset="utf-8";
+                    meta name="viewport" content="width=device-width, initial-scale=1";
+                    meta name="referrer" content="no-referrer";
+                    title { (self.title) " · keyseat" }
+                    link rel="stylesheet" href="/admin/assets/style.css";
+                    script src="/admin/assets/app.js" defer {}
+                }
+                body {
+                    a class="skip" href="#main" { "Skip to content" }
+                    @if let Some(csrf) = self.csrf {
+                        header class="top" {
+                            nav aria-label="Main" {
+                                a class="brand" href="/admin" { "keyseat" }
+                                ul {
+                                    @for (id, path, text) in NAV {
+                                        li {
+                                            @if id == self.active {
+                                                a href=(path) id={ "nav-" (id) } aria-current="page" { (text) }
+                                            } @else {
+                                                a href=(path) id={ "nav-" (id) } { (text) }
+                                            }
+                                        }
+                                    }
+                                }
+                                form method="post" action="/admin/sign-out" class="signout" {
+                                    input type="hidden" name="csrf" value=(csrf);
+                                    button type="submit" id="sign-out" class="link" { "Sign out" }
+                                }
+                            }
+                        }
+                    }
+                    main id="main" data-refresh=[self.refresh.then_some("10")] {
+                        (content)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A full page saying what went wrong, with a way back.
+pub fn error_page(status: StatusCode, title: &str, message: &str) -> Response {
+    let body = Page::new(title).bare().render(html! {
+        section class="narrow" {
+            h1 { (title) }
+            p class="flash error" role="alert" id="error" { (message) }
+            p { a href="/admin" { "Back to the dashboard" } }
+        }
+    });
+    (status, body).into_response()
+}
+
+/// A handler's failure, shown as a page (never as JSON, never a panic).
+#[derive(Debug)]
+pub struct Failure {
+    status: StatusCode,
+    message: String,
+}
+
+impl Failure {
+    /// A failure with its own status and words.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Failure {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let (status, _) = crate::http::error::status_and_code(&e);
+        let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %e, "dashboard request failed");
+            "Something went wrong on the server; its log has the details.".to_owned()
+        } else if status == StatusCode::SERVICE_UNAVAILABLE {
+            "The database is busy or the server is starting; try again shortly.".to_owned()
+        } else {
+            sentence(&e.to_string())
+        };
+        Failure { status, message }
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let title = match self.status {
+            StatusCode::NOT_FOUND => "Not found",
+            StatusCode::BAD_REQUEST => "Check the input",
+            StatusCode::CONFLICT => "Not possible now",
+            StatusCode::TOO_MANY_REQUESTS => "Too many attempts",
+            _ => "Something went wrong",
+        };
+        error_page(self.status, title, &self.message)
+    }
+}
+
+/// Starts a message with a capital letter and ends it with a full stop.
+pub fn sentence(text: &str) -> String {
+    let mut chars = text.trim().chars();
+    let mut out: String = match chars.next() {
+        Some(c) => c.to_uppercase().chain(chars).collect(),
+        None => return String::new(),
+    };
+    if !out.ends_with(['.', '!', '?']) {
+        out.push('.');
+    }
+    out
+}
+
+/// A handler's answer.
+pub type PageResult = Result<Response, Failure>;
+
+/// The hidden CSRF field every form carries.
+pub fn csrf_field(csrf: &str) -> Markup {
+    html! { input type="hidden" name="csrf" value=(csrf); }
+}
+
+/// A time for a table cell: a `<time>` element with the exact instant.
+pub fn when(t: Timestamp) -> Markup {
+    let full = t.to_rfc3339();
+    // 2026-11-30T09:30:00Z -> 2026-11-30 09:30:00
+    let short = full
+        .get(..19)
+        .map(|s| s.replace('T', " "))
+        .unwrap_or_else(|| full.clone());
+    html! { time datetime=(full) { (short) } }
+}
+
+/// An optional time, `–` when absent.
+pub fn when_opt(t: Option<Timestamp>, none: &str) -> Markup {
+    match t {
+        Some(t) => when(t),
+        None => html! { span class="muted" { (none) } },
+    }
+}
+
+/// An optional text, `–` when absent.
+pub fn text_opt(t: Option<&str>) -> Markup {
+    match t {
+        Some(t) => html! { (t) },
+        None => html! { span class="muted" { "–" } },
+    }
+}
+
+/// A success message at the top of a page, from `?done=…`.
+pub fn flash(done: Option<&str>) -> Markup {
+    html! {
+        @if let Some(msg) = done.filter(|m| !m.is_empty()) {
+            p class="flash ok" role="status" id="flash" { (msg) }
+        }
+    }
+}
+
+/// Percent-encodes a query value.
+pub fn enc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Raw, trusted markup (our own SVG).
+pub fn raw(s: String) -> PreEscaped<String> {
+    PreEscaped(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentences_and_encoding() {
+        assert_eq!(sentence("no key matches x"), "No key matches x.");
+        assert_eq!(sentence("done."), "Done.");
+        assert_eq!(enc("a b/ü"), "a%20b%2F%C3%BC");
+    }
+
+    #[test]
+    fn pages_escape_and_declare_language() {
+        let p = Page::new("<x>")
+            .nav("keys", "tok")
+            .render(html! { p { "<script>" } });
+        let s = p.into_string();
+        assert!(s.contains("<html lang=\"en\">"));
+        assert!(s.contains("&lt;script&gt;"));
+        assert!(!s.contains("<script>\""));
+        assert!(s.contains("aria-current=\"page\""));
+        assert!(s.contains("name=\"csrf\" value=\"tok\""));
+    }
+}

@@ -1,0 +1,139 @@
+//! Live sessions: who holds a seat right now, and a Kick button for each.
+
+use axum::extract::rejection::FormRejection;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Redirect};
+use axum::{Extension, Form};
+use maud::{html, Markup};
+use serde::Deserialize;
+
+use super::auth::Signed;
+use super::page::{csrf_field, enc, flash, text_opt, when, Page, PageResult};
+use crate::clock::Timestamp;
+use crate::http::extract::ClientAddr;
+use crate::http::AppState;
+use crate::model::{Actor, EndReason, Session};
+use crate::store::{blocking, log_session_end, EndOutcome};
+
+/// The live-sessions table with a Kick form per row; after a kick the
+/// browser comes back to `back` (a dashboard path).
+pub fn table(me: &Signed, sessions: &[Session], now: Timestamp, back: &str) -> Markup {
+    html! {
+        @if sessions.is_empty() {
+            p id="no-sessions" { "No live sessions." }
+        } @else {
+            div class="scroll" {
+                table id="sessions" {
+                    caption class="visually-hidden" { "Live sessions" }
+                    thead { tr {
+                        th scope="col" { "Key" } th scope="col" { "Device" }
+                        th scope="col" { "Session" } th scope="col" { "Started" }
+                        th scope="col" { "Last heartbeat" } th scope="col" { "Seconds since" }
+                        th scope="col" { span class="visually-hidden" { "Action" } }
+                    } }
+                    tbody {
+                        @for s in sessions {
+                            tr data-session-id=(s.session_id) {
+                                td { a href={ "/admin/keys/" (s.key_id) } { code { (s.key_prefix) } } }
+                                td class="device" { (text_opt(s.device_name.as_deref())) }
+                                td { code class="small" { (s.session_id) } }
+                                td { (when(s.started_at)) }
+                                td { (when(s.last_heartbeat)) }
+                                td class="num" { (now.secs_since(s.last_heartbeat)) }
+                                td {
+                                    form method="post" action={ "/admin/sessions/" (enc(&s.session_id)) "/kick" } {
+                                        (csrf_field(&me.csrf))
+                                        input type="hidden" name="back" value=(back);
+                                        button type="submit" class="danger small" name="kick"
+                                            aria-label={ "Kick " (s.device_name.as_deref().unwrap_or("unnamed device")) " (session " (s.session_id) ")" } { "Kick" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    key: Option<String>,
+    done: Option<String>,
+}
+
+/// `GET /admin/sessions[?key=…]`.
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(me): Extension<Signed>,
+    Query(q): Query<ListQuery>,
+) -> PageResult {
+    let store = state.store()?;
+    let now = state.now();
+    let key = q.key.clone().filter(|k| !k.trim().is_empty());
+    let k2 = key.clone();
+    let sessions = blocking(move || store.live_sessions(k2.as_deref().map(str::trim), now)).await?;
+    let back = match &key {
+        Some(k) => format!("/admin/sessions?key={}", enc(k)),
+        None => "/admin/sessions".into(),
+    };
+    let body = html! {
+        h1 { "Live sessions" }
+        (flash(q.done.as_deref()))
+        form method="get" action="/admin/sessions" class="search" {
+            label for="key" { "Only the key (prefix or key id)" }
+            div class="row" {
+                input type="search" id="key" name="key" value=(key.as_deref().unwrap_or(""));
+                button type="submit" id="filter" { "Filter" }
+            }
+        }
+        p class="muted" id="session-count" { (sessions.len()) " live session(s), as of " (when(now)) }
+        (table(&me, &sessions, now, &back))
+    };
+    Ok(Page::new("Live sessions")
+        .nav("sessions", &me.csrf)
+        .live()
+        .render(body)
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct KickForm {
+    #[serde(default)]
+    back: String,
+}
+
+/// `POST /admin/sessions/{session_id}/kick`: ends it (reason `revoked`);
+/// the device learns at its next heartbeat.
+pub async fn kick(
+    State(state): State<AppState>,
+    addr: ClientAddr,
+    Path(session_id): Path<String>,
+    f: Result<Form<KickForm>, FormRejection>,
+) -> PageResult {
+    let f = super::keys::form(f)?;
+    let store = state.store()?;
+    let clock = state.clock();
+    let actor = Actor(addr.label());
+    let id = session_id.clone();
+    let outcome = blocking(move || store.kick_session(&id, clock.now(), &actor)).await?;
+    let msg = match outcome {
+        EndOutcome::Ended(s) => {
+            log_session_end(&s, EndReason::Revoked);
+            format!(
+                "Session of {} ended.",
+                s.device_name.as_deref().unwrap_or("an unnamed device")
+            )
+        }
+        EndOutcome::AlreadyEnded(r) => format!("That session had already ended ({}).", r.as_str()),
+    };
+    // Only back to a dashboard page: never an open redirect.
+    let back = if f.back.starts_with("/admin/") && !f.back.starts_with("//") {
+        f.back
+    } else {
+        "/admin/sessions".into()
+    };
+    let sep = if back.contains('?') { '&' } else { '?' };
+    Ok(Redirect::to(&format!("{back}{sep}done={}", enc(&msg))).into_response())
+}

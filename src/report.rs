@@ -1,0 +1,1 @@
+//! The sharing report: which keys look shared between devices.

@@ -1,0 +1,578 @@
+//! The web dashboard at /admin, driven over HTTP like a browser without
+//! JavaScript would: forms, cookies (kept by hand), redirects.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{TestServer, ADMIN_TOKEN};
+use reqwest::header::{HeaderMap, CACHE_CONTROL, LOCATION, SET_COOKIE};
+use reqwest::StatusCode;
+
+/// A cookie-keeping client that does not follow redirects.
+struct Browser {
+    base: String,
+    http: reqwest::Client,
+    cookies: HashMap<String, String>,
+    /// Pretend the request came through a TLS-terminating proxy.
+    forwarded_https: bool,
+}
+
+struct Page {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Page {
+    fn location(&self) -> &str {
+        self.headers
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    /// The CSRF token of the first form on the page.
+    fn csrf(&self) -> String {
+        attr_after(&self.body, "name=\"csrf\" value=\"").expect("a form with a csrf field")
+    }
+
+    fn set_cookies(&self) -> Vec<String> {
+        self.headers
+            .get_all(SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+fn attr_after(body: &str, marker: &str) -> Option<String> {
+    let start = body.find(marker)? + marker.len();
+    let end = body[start..].find('"')? + start;
+    Some(body[start..end].to_owned())
+}
+
+impl Browser {
+    fn new(s: &TestServer) -> Browser {
+        Browser {
+            base: s.url.clone(),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            cookies: HashMap::new(),
+            forwarded_https: false,
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    async fn send(&mut self, req: reqwest::RequestBuilder) -> Page {
+        let mut req = req.header("cookie", self.cookie_header());
+        if self.forwarded_https {
+            req = req.header("x-forwarded-proto", "https");
+        }
+        let resp = req.send().await.expect("request");
+        let page = Page {
+            status: resp.status(),
+            headers: resp.headers().clone(),
+            body: String::new(),
+        };
+        for c in page.set_cookies() {
+            let first = c.split(';').next().unwrap();
+            let (k, v) = first.split_once('=').unwrap();
+            if v.is_empty() || c.contains("Max-Age=0") {
+                self.cookies.remove(k);
+            } else {
+                self.cookies.insert(k.into(), v.into());
+            }
+        }
+        Page {
+            body: resp.text().await.unwrap(),
+            ..page
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> Page {
+        let req = self.http.get(format!("{}{path}", self.base));
+        self.send(req).await
+    }
+
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+        let req = self.http.post(format!("{}{path}", self.base)).form(form);
+        self.send(req).await
+    }
+
+    /// Signs in with `token`; returns the answer to the form.
+    async fn sign_in_with(&mut self, token: &str) -> Page {
+        let form = self.get("/admin/sign-in").await;
+        assert_eq!(form.status, 200);
+        let csrf = form.csrf();
+        self.post("/admin/sign-in", &[("csrf", &csrf), ("token", token)])
+            .await
+    }
+
+    /// Signs in and returns the CSRF token of the session.
+    async fn signed_in(s: &TestServer) -> (Browser, String) {
+        let mut b = Browser::new(s);
+        let r = b.sign_in_with(ADMIN_TOKEN).await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+        let home = b.get("/admin").await;
+        assert_eq!(home.status, 200, "{}", home.body);
+        let csrf = home.csrf();
+        (b, csrf)
+    }
+
+    /// Follows a redirect answer.
+    async fn follow(&mut self, page: &Page) -> Page {
+        assert!(
+            page.status.is_redirection(),
+            "expected a redirect, got {}: {}",
+            page.status,
+            page.body
+        );
+        let to = page.location().to_owned();
+        self.get(&to).await
+    }
+}
+
+#[tokio::test]
+async fn the_dashboard_is_off_without_an_admin_token() {
+    let s = TestServer::start_with(|c| c.admin_token = None).await;
+    let mut b = Browser::new(&s);
+    for path in [
+        "/admin",
+        "/admin/sign-in",
+        "/admin/keys",
+        "/admin/assets/style.css",
+    ] {
+        assert_eq!(b.get(path).await.status, 404, "{path}");
+    }
+    let r = b
+        .post("/admin/sign-in", &[("token", ""), ("csrf", "")])
+        .await;
+    assert_eq!(r.status, 404);
+}
+
+#[tokio::test]
+async fn signed_out_browsers_are_sent_to_sign_in() {
+    let s = TestServer::start().await;
+    let mut b = Browser::new(&s);
+    for path in ["/admin", "/admin/keys", "/admin/sessions", "/admin/nope"] {
+        let r = b.get(path).await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER, "{path}");
+        assert_eq!(r.location(), "/admin/sign-in");
+    }
+    let r = b.post("/admin/keys", &[("label", "x")]).await;
+    assert_eq!(r.status, 401);
+    assert!(r.body.contains("Sign in again"));
+    let form = b.get("/admin/sign-in").await;
+    assert!(form.body.contains("id=\"token\""));
+    assert!(form.body.contains("<label for=\"token\">"));
+    assert!(form.body.contains("lang=\"en\""));
+}
+
+#[tokio::test]
+async fn sign_in_with_a_wrong_token_fails_and_counts_toward_the_limit() {
+    let s = TestServer::start_with(|c| {
+        c.rate_limits = true;
+        c.admin_auth_failures_per_minute = 3;
+    })
+    .await;
+    let mut b = Browser::new(&s);
+    for _ in 0..3 {
+        let r = b.sign_in_with("wrong-token").await;
+        assert_eq!(r.status, 401);
+        assert!(r.body.contains("not the admin token"), "{}", r.body);
+        assert!(!r.body.contains("wrong-token"), "the attempt is not echoed");
+        assert!(r
+            .set_cookies()
+            .iter()
+            .all(|c| !c.starts_with("keyseat_session=")));
+    }
+    // The fourth attempt, even with the right token, is refused for now…
+    let r = b.sign_in_with(ADMIN_TOKEN).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(r.headers.get("retry-after").is_some());
+    // …and so is the admin API from the same address: one shared limit.
+    let (status, _) = s.admin("GET", "/api/admin/keys", None).await;
+    assert_eq!(status, 429);
+    s.clock.advance_secs(61);
+    let r = b.sign_in_with(ADMIN_TOKEN).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn sign_in_sets_a_strict_session_cookie_and_sign_out_clears_it() {
+    let s = TestServer::start().await;
+    let mut b = Browser::new(&s);
+    let r = b.sign_in_with(ADMIN_TOKEN).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.location(), "/admin");
+    let cookie = r
+        .set_cookies()
+        .into_iter()
+        .find(|c| c.starts_with("keyseat_session="))
+        .expect("session cookie");
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/admin"] {
+        assert!(cookie.contains(flag), "{cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "plain HTTP: no Secure flag");
+    let id = cookie.split(';').next().unwrap()["keyseat_session=".len()..].to_owned();
+    assert!(id.len() >= 32, "at least 128 bits");
+    assert!(!r.location().contains(ADMIN_TOKEN));
+
+    let home = b.get("/admin").await;
+    assert_eq!(home.status, 200);
+    assert_eq!(home.headers[CACHE_CONTROL], "no-store");
+    assert!(home.headers.get("content-security-policy").is_some());
+    assert!(!home.body.contains(ADMIN_TOKEN));
+
+    let csrf = home.csrf();
+    let out = b.post("/admin/sign-out", &[("csrf", &csrf)]).await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    assert!(out
+        .set_cookies()
+        .iter()
+        .any(|c| c.starts_with("keyseat_session=;") && c.contains("Max-Age=0")));
+    // The old cookie no longer works, even if a browser kept it.
+    b.cookies.insert("keyseat_session".into(), id);
+    let r = b.get("/admin").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.location(), "/admin/sign-in");
+}
+
+#[tokio::test]
+async fn behind_a_tls_proxy_the_cookie_is_secure() {
+    let s = TestServer::start().await;
+    let mut b = Browser::new(&s);
+    b.forwarded_https = true;
+    let r = b.sign_in_with(ADMIN_TOKEN).await;
+    let cookie = r
+        .set_cookies()
+        .into_iter()
+        .find(|c| c.starts_with("keyseat_session="))
+        .unwrap();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+}
+
+#[tokio::test]
+async fn sessions_end_after_twelve_idle_hours() {
+    let s = TestServer::start().await;
+    let (mut b, _) = Browser::signed_in(&s).await;
+    s.clock.advance_secs(11 * 3600);
+    assert_eq!(b.get("/admin/keys").await.status, 200);
+    s.clock.advance_secs(11 * 3600);
+    assert_eq!(b.get("/admin/keys").await.status, 200, "idle time restarts");
+    s.clock.advance_secs(12 * 3600 + 1);
+    assert_eq!(b.get("/admin/keys").await.status, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn every_post_needs_the_sessions_csrf_token() {
+    let s = TestServer::start().await;
+    let (mut b, csrf) = Browser::signed_in(&s).await;
+    let form = [
+        ("label", "Evil"),
+        ("max_sessions", "1"),
+        ("on_conflict", "takeover"),
+    ];
+    let r = b.post("/admin/keys", &form).await;
+    assert_eq!(r.status, 403, "no token");
+    assert!(r.body.contains("CSRF"));
+    let wrong = "0".repeat(csrf.len());
+    let mut with_wrong = form.to_vec();
+    with_wrong.push(("csrf", &wrong));
+    assert_eq!(b.post("/admin/keys", &with_wrong).await.status, 403);
+    // Another session's token does not work either.
+    let (_, other_csrf) = Browser::signed_in(&s).await;
+    let mut with_other = form.to_vec();
+    with_other.push(("csrf", &other_csrf));
+    assert_eq!(b.post("/admin/keys", &with_other).await.status, 403);
+    let (_, list) = s.admin("GET", "/api/admin/keys", None).await;
+    assert_eq!(list["keys"].as_array().unwrap().len(), 0, "nothing created");
+    // Sign-out is a form too.
+    assert_eq!(b.post("/admin/sign-out", &[]).await.status, 403);
+    assert_eq!(b.get("/admin").await.status, 200, "still signed in");
+    // The sign-in form has its own double-submit check.
+    let mut fresh = Browser::new(&s);
+    let r = fresh
+        .post("/admin/sign-in", &[("token", ADMIN_TOKEN), ("csrf", "x")])
+        .await;
+    assert_eq!(r.status, 403);
+}
+
+#[tokio::test]
+async fn create_a_key_and_see_its_secret_once() {
+    let s = TestServer::start().await;
+    let (mut b, csrf) = Browser::signed_in(&s).await;
+    let form = b.get("/admin/keys/new").await;
+    for id in [
+        "label",
+        "max_sessions",
+        "on_conflict",
+        "expires_at",
+        "create-key",
+    ] {
+        assert!(form.body.contains(&format!("id=\"{id}\"")), "{id}");
+    }
+    let r = b
+        .post(
+            "/admin/keys",
+            &[
+                ("csrf", &csrf),
+                ("label", "Acme <Ltd>"),
+                ("max_sessions", "2"),
+                ("on_conflict", "reject"),
+                ("expires_at", "2099-01-31"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.headers[CACHE_CONTROL], "no-store");
+    let secret = r.body[r.body.find("<code id=\"secret\">").unwrap() + 18..]
+        .split('<')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(keyseat::keys::AccessKey::parse(&secret).is_ok(), "{secret}");
+    assert!(r.body.contains("id=\"copy\""));
+    assert!(r.body.contains("Acme &lt;Ltd&gt;"), "escaped");
+    // The key works, with what the form said.
+    let (status, _) = s.start_session(&secret, "laptop").await;
+    assert_eq!(status, 200);
+    let (_, keys) = s.admin("GET", "/api/admin/keys", None).await;
+    let key = &keys["keys"][0];
+    assert_eq!(key["label"], "Acme <Ltd>");
+    assert_eq!(key["max_sessions"], 2);
+    assert_eq!(key["on_conflict"], "reject");
+    assert_eq!(key["expires_at"], "2099-01-31T00:00:00Z");
+    // It is never shown again: not on the list, nor the key's page.
+    let key_id = key["key_id"].as_str().unwrap();
+    for path in ["/admin/keys".to_owned(), format!("/admin/keys/{key_id}")] {
+        let p = b.get(&path).await;
+        assert_eq!(p.status, 200, "{path}");
+        assert!(!p.body.contains(&secret), "{path}");
+        assert!(p.body.contains(&secret[..11]), "{path} shows the prefix");
+    }
+}
+
+#[tokio::test]
+async fn bad_form_input_is_a_readable_message() {
+    let s = TestServer::start().await;
+    let (mut b, csrf) = Browser::signed_in(&s).await;
+    for (field, value, words) in [
+        ("max_sessions", "0", "between 1 and 1000"),
+        ("max_sessions", "many", "whole number"),
+        ("expires_at", "tomorrow", "UTC date"),
+        ("on_conflict", "steal", "takeover or reject"),
+        ("label", "a\u{1b}[31m", "control characters"),
+    ] {
+        let mut form = vec![
+            ("csrf", csrf.as_str()),
+            ("label", "ok"),
+            ("max_sessions", "1"),
+            ("on_conflict", "takeover"),
+            ("expires_at", ""),
+        ];
+        form.retain(|(k, _)| *k != field);
+        form.push((field, value));
+        let r = b.post("/admin/keys", &form).await;
+        assert_eq!(r.status, 400, "{field}");
+        assert!(r.body.contains("id=\"error\""), "{field}");
+        assert!(r.body.contains(words), "{field}: {}", r.body);
+        assert!(r.body.contains("<form"), "the form is shown again");
+    }
+    let r = b.get("/admin/keys/key_doesnotexist").await;
+    assert_eq!(r.status, 404);
+    assert!(r.body.contains("No key matches"));
+    assert!(r.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let r = b
+        .post("/admin/keys/key_doesnotexist/suspend", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(r.status, 404);
+    assert!(r.body.contains("No key matches"));
+}
+
+#[tokio::test]
+async fn search_keys_by_label_or_prefix() {
+    let s = TestServer::start().await;
+    let (acme, _) = s.create_key(serde_json::json!({"label": "Acme Ltd"})).await;
+    s.create_key(serde_json::json!({"label": "Globex"})).await;
+    let (mut b, _) = Browser::signed_in(&s).await;
+    let all = b.get("/admin/keys").await;
+    assert!(all.body.contains("Acme Ltd") && all.body.contains("Globex"));
+    let r = b.get("/admin/keys?q=acme").await;
+    assert!(r.body.contains("Acme Ltd") && !r.body.contains("Globex"));
+    let r = b.get(&format!("/admin/keys?q={}", &acme[..9])).await;
+    assert!(r.body.contains("Acme Ltd") && !r.body.contains("Globex"));
+    let r = b.get("/admin/keys?q=nothing-like-this").await;
+    assert!(r.body.contains("No key matches"));
+}
+
+#[tokio::test]
+async fn edit_suspend_resume_and_revoke_a_key() {
+    let s = TestServer::start().await;
+    let (secret, key) = s
+        .create_key(serde_json::json!({"label": "Old", "max_sessions": 2}))
+        .await;
+    let key_id = key["key_id"].as_str().unwrap().to_owned();
+    let page = format!("/admin/keys/{key_id}");
+    let (mut b, csrf) = Browser::signed_in(&s).await;
+
+    let r = b
+        .post(
+            &page,
+            &[
+                ("csrf", &csrf),
+                ("label", "New label"),
+                ("max_sessions", "3"),
+                ("on_conflict", "reject"),
+                ("expires_at", "2099-06-01T12:00:00Z"),
+            ],
+        )
+        .await;
+    let shown = b.follow(&r).await;
+    assert!(shown.body.contains("Changes saved"), "{}", shown.body);
+    let (_, k) = s
+        .admin("GET", &format!("/api/admin/keys/{key_id}"), None)
+        .await;
+    assert_eq!(k["label"], "New label");
+    assert_eq!(k["max_sessions"], 3);
+    assert_eq!(k["on_conflict"], "reject");
+    assert_eq!(k["expires_at"], "2099-06-01T12:00:00Z");
+    // Only what changed is recorded.
+    let updates = s.events_of("key_updated").await;
+    assert_eq!(updates.len(), 1);
+    assert_eq!(updates[0]["detail"].as_object().unwrap().len(), 4);
+    // Clearing the label and the expiry.
+    let r = b
+        .post(
+            &page,
+            &[
+                ("csrf", &csrf),
+                ("label", ""),
+                ("max_sessions", "3"),
+                ("on_conflict", "reject"),
+                ("expires_at", ""),
+            ],
+        )
+        .await;
+    b.follow(&r).await;
+    let (_, k) = s
+        .admin("GET", &format!("/api/admin/keys/{key_id}"), None)
+        .await;
+    assert_eq!(k["label"], serde_json::Value::Null);
+    assert_eq!(k["expires_at"], serde_json::Value::Null);
+
+    // Suspend ends the live session; resume lets it start again.
+    s.started(&secret, "laptop").await;
+    let r = b.post(&format!("{page}/suspend"), &[("csrf", &csrf)]).await;
+    let shown = b.follow(&r).await;
+    assert!(
+        shown
+            .body
+            .contains("Key suspended. 1 live session was ended."),
+        "{}",
+        shown.body
+    );
+    assert!(shown.body.contains("id=\"resume\""));
+    let (status, _) = s.start_session(&secret, "laptop").await;
+    assert_eq!(status, 403);
+    let r = b.post(&format!("{page}/resume"), &[("csrf", &csrf)]).await;
+    assert!(b.follow(&r).await.body.contains("Key resumed."));
+    s.started(&secret, "laptop").await;
+
+    // Revoke asks first (a page, no JavaScript), then revokes on POST.
+    let confirm = b.get(&format!("{page}/revoke")).await;
+    assert_eq!(confirm.status, 200);
+    assert!(confirm.body.contains("id=\"confirm-revoke\""));
+    assert!(confirm.body.contains("cannot be undone"));
+    let (_, k) = s
+        .admin("GET", &format!("/api/admin/keys/{key_id}"), None)
+        .await;
+    assert_eq!(k["status"], "active", "asking changes nothing");
+    let r = b
+        .post(&format!("{page}/revoke"), &[("csrf", &confirm.csrf())])
+        .await;
+    let shown = b.follow(&r).await;
+    assert!(
+        shown
+            .body
+            .contains("Key revoked. 1 live session was ended."),
+        "{}",
+        shown.body
+    );
+    assert!(
+        !shown.body.contains("id=\"edit-key-form\""),
+        "a revoked key has no edit form"
+    );
+    let (_, k) = s
+        .admin("GET", &format!("/api/admin/keys/{key_id}"), None)
+        .await;
+    assert_eq!(k["status"], "revoked");
+    let (status, _) = s.start_session(&secret, "laptop").await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn live_sessions_show_and_kick() {
+    let s = TestServer::start().await;
+    let (secret, key) = s.create_key(serde_json::json!({"label": "Acme"})).await;
+    let id = s.started(&secret, "Alice's laptop").await;
+    s.clock.advance_secs(7);
+    let (mut b, csrf) = Browser::signed_in(&s).await;
+    let page = b.get("/admin/sessions").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("Alice&#39;s laptop") || page.body.contains("Alice's laptop"));
+    assert!(page.body.contains(key["prefix"].as_str().unwrap()));
+    assert!(page.body.contains(&id));
+    assert!(
+        page.body.contains("<td class=\"num\">7</td>"),
+        "seconds since"
+    );
+    assert!(page.body.contains(">Kick<"));
+    assert!(page.body.contains("data-refresh"));
+
+    let r = b
+        .post(
+            &format!("/admin/sessions/{id}/kick"),
+            &[("csrf", &csrf), ("back", "/admin/sessions")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert!(r.location().starts_with("/admin/sessions?done="));
+    let after = b.follow(&r).await;
+    assert!(after.body.contains("ended."), "{}", after.body);
+    assert!(after.body.contains("No live sessions."));
+    let (status, body) = s.heartbeat(&secret, &id).await;
+    assert_eq!(status, 410);
+    assert_eq!(body["error"]["code"], "session_revoked");
+    // Kicking again says so; an unknown session is a readable 404.
+    let r = b
+        .post(&format!("/admin/sessions/{id}/kick"), &[("csrf", &csrf)])
+        .await;
+    assert!(b.follow(&r).await.body.contains("had already ended"));
+    let r = b
+        .post("/admin/sessions/nosuchsession/kick", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(r.status, 404);
+    // The redirect never leaves the dashboard.
+    let id2 = s.started(&secret, "desk").await;
+    let r = b
+        .post(
+            &format!("/admin/sessions/{id2}/kick"),
+            &[("csrf", &csrf), ("back", "https://evil.example/")],
+        )
+        .await;
+    assert!(r.location().starts_with("/admin/sessions?"));
+}
