@@ -1,0 +1,330 @@
+//! The contract's "Server restarts and outages", against the real binary
+//! killed with SIGKILL (no clean stop, no last sweep, no checkpoint) and
+//! real time, with a 3-second session timeout.
+//!
+//! `tests/restart.rs` covers the same rules in-process with a manual clock
+//! and clean stops; here the crash is real and the deadlines are checked
+//! against the wall clock. How "never early" is decided without a tight
+//! wall-clock assertion: the server's readiness comes after the process was
+//! spawned, so a resumed session's lease may not end before
+//! `spawned + timeout`. The status answer's `expires_at` must be at or
+//! after that, and a probe whose whole round trip finished before that
+//! instant must find the session live. "Not never" uses the other side:
+//! readiness comes before the first 200 from `/health`, so the session must
+//! be gone once `first 200 + timeout` has passed.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+const ADMIN_TOKEN: &str = "outage-admin-token-0123456789";
+const TIMEOUT_SECS: u64 = 3;
+
+struct Proc {
+    child: Child,
+    url: String,
+    log: PathBuf,
+    /// Wall-clock time just before the process was spawned (Unix ms).
+    spawned_ms: i64,
+    /// Wall-clock time of the first 200 from `/health` (Unix ms).
+    ready_seen_ms: i64,
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Starts `keyseat serve` on `db` and waits until `/health` answers 200.
+async fn serve(db: &Path, log: &Path) -> Proc {
+    let port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyseat"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("KEYSEAT_")) {
+        cmd.env_remove(k);
+    }
+    cmd.arg("serve")
+        .arg("--database")
+        .arg(db)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .env("KEYSEAT_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("KEYSEAT_RATE_LIMITS", "off")
+        .env("KEYSEAT_HEARTBEAT_INTERVAL_SECONDS", "1")
+        .env("KEYSEAT_SESSION_TIMEOUT_SECONDS", TIMEOUT_SECS.to_string())
+        .env("KEYSEAT_SWEEP_INTERVAL_SECONDS", "1")
+        .env("KEYSEAT_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(log).unwrap());
+    let spawned_ms = unix_ms();
+    let mut child = cmd.spawn().expect("spawn keyseat serve");
+    let url = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "server exited ({status}):\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "server never became ready");
+        if let Ok(resp) = client.get(format!("{url}/health")).send().await {
+            if resp.status() == 200 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Proc {
+        child,
+        url,
+        log: log.to_owned(),
+        spawned_ms,
+        ready_seen_ms: unix_ms(),
+    }
+}
+
+impl Proc {
+    fn sigkill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        assert!(!log.contains("panicked"), "server panicked:\n{log}");
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        send(
+            reqwest::Client::new()
+                .post(format!("{}{path}", self.url))
+                .json(&body),
+        )
+        .await
+    }
+
+    async fn create_key(&self, body: Value) -> String {
+        let (status, key) = send(
+            reqwest::Client::new()
+                .post(format!("{}/api/admin/keys", self.url))
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&body),
+        )
+        .await;
+        assert_eq!(status, 201, "{key}");
+        key["access_key"].as_str().unwrap().to_owned()
+    }
+
+    async fn start(&self, key: &str, id: &str) {
+        let (status, body) = self
+            .post(
+                "/api/session/start",
+                json!({"access_key": key, "session_id": id, "device": {"name": id}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    async fn heartbeat(&self, key: &str, id: &str) -> (u16, Value) {
+        self.post(
+            "/api/session/heartbeat",
+            json!({"access_key": key, "session_id": id}),
+        )
+        .await
+    }
+
+    /// The key's live session ids with their `expires_at` (Unix ms).
+    async fn live(&self, key: &str) -> Vec<(String, i64)> {
+        let (status, body) = self
+            .post("/api/session/status", json!({"access_key": key}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["session_id"].as_str().unwrap().to_owned(),
+                    rfc3339_ms(s["expires_at"].as_str().unwrap()),
+                )
+            })
+            .collect()
+    }
+}
+
+fn rfc3339_ms(s: &str) -> i64 {
+    keyseat::clock::Timestamp::parse_rfc3339(s)
+        .unwrap_or_else(|| panic!("not a timestamp: {s}"))
+        .0
+}
+
+async fn sleep_until_ms(t: i64) {
+    let now = unix_ms();
+    if t > now {
+        tokio::time::sleep(Duration::from_millis((t - now) as u64)).await;
+    }
+}
+
+/// A crash, then an outage longer than the timeout: the session of a device
+/// that kept trying carries on, the session of a device that went away is
+/// still held (never early) until one timeout after readiness, and is then
+/// gone (not never). A session that was already dead before the crash
+/// stays dead.
+#[tokio::test]
+async fn sessions_live_at_a_crash_get_one_full_timeout_from_readiness() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("keyseat.db");
+    let p = serve(&db, &dir.path().join("1.log")).await;
+    // `reject`, so a held seat is also visible as seats_full for a newcomer.
+    let key = p
+        .create_key(json!({"max_sessions": 2, "on_conflict": "reject"}))
+        .await;
+    let dead = p.create_key(json!({})).await;
+    p.start(&dead, "dead-before-the-crash").await;
+    // Dead at 3 s; a sweep (every second) records it while the server is up.
+    tokio::time::sleep(Duration::from_millis(TIMEOUT_SECS * 1000 + 2_000)).await;
+    p.start(&key, "device-that-stays").await;
+    p.start(&key, "device-that-goes").await;
+    let mut p = p;
+    p.sigkill();
+
+    // An outage longer than the timeout.
+    tokio::time::sleep(Duration::from_millis(TIMEOUT_SECS * 1000 + 1_000)).await;
+    let p = serve(&db, &dir.path().join("2.log")).await;
+    let earliest_deadline = p.spawned_ms + (TIMEOUT_SECS * 1000) as i64;
+    let latest_deadline = p.ready_seen_ms + (TIMEOUT_SECS * 1000) as i64;
+
+    let (status, body) = p.heartbeat(&key, "device-that-stays").await;
+    assert_eq!(status, 200, "heartbeating device carries on: {body}");
+    let (status, body) = p.heartbeat(&dead, "dead-before-the-crash").await;
+    assert_eq!(status, 410, "a restart revives nothing: {body}");
+    assert_eq!(body["error"]["code"], "session_expired");
+
+    let live = p.live(&key).await;
+    let goes = live
+        .iter()
+        .find(|(id, _)| id == "device-that-goes")
+        .unwrap_or_else(|| panic!("the silent session survived the restart: {live:?}"));
+    assert!(
+        goes.1 >= earliest_deadline,
+        "lease ends {} ms before spawn + timeout",
+        earliest_deadline - goes.1
+    );
+    assert!(
+        goes.1 <= latest_deadline + 5,
+        "lease ends {} ms after readiness + timeout",
+        goes.1 - latest_deadline
+    );
+
+    // Keep the other device heartbeating; probe the silent one 300 ms
+    // before the earliest possible deadline.
+    let mut probes = 0;
+    let probe_at = earliest_deadline - 300;
+    while unix_ms() < probe_at {
+        let (status, body) = p.heartbeat(&key, "device-that-stays").await;
+        assert_eq!(status, 200, "{body}");
+        sleep_until_ms((unix_ms() + 500).min(probe_at)).await;
+    }
+    let sent = unix_ms();
+    let live = p.live(&key).await;
+    let (status, body) = p
+        .post(
+            "/api/session/start",
+            json!({"access_key": key, "session_id": "newcomer-too-early"}),
+        )
+        .await;
+    let answered = unix_ms();
+    if answered < earliest_deadline {
+        probes += 1;
+        assert!(
+            live.iter().any(|(id, _)| id == "device-that-goes"),
+            "expired early: probe sent {} ms and answered {} ms before the earliest deadline; live: {live:?}",
+            earliest_deadline - sent,
+            earliest_deadline - answered
+        );
+        assert_eq!(status, 409, "both seats are still held: {body}");
+        assert_eq!(body["error"]["code"], "seats_full");
+    } else {
+        eprintln!("machine too slow for the early probe (answered after the deadline); skipped");
+        if status == 200 {
+            // The newcomer took the seat after the deadline: give it back.
+            let (status, body) = p
+                .post(
+                    "/api/session/end",
+                    json!({"access_key": key, "session_id": "newcomer-too-early"}),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+    }
+
+    // Past the latest deadline it is gone, and its seat is free.
+    let (status, body) = p.heartbeat(&key, "device-that-stays").await;
+    assert_eq!(status, 200, "{body}");
+    sleep_until_ms(latest_deadline + 200).await;
+    let (status, body) = p.heartbeat(&key, "device-that-goes").await;
+    assert_eq!(status, 410, "expired one timeout after readiness: {body}");
+    assert_eq!(body["error"]["code"], "session_expired");
+    let (status, body) = p
+        .post(
+            "/api/session/start",
+            json!({"access_key": key, "session_id": "newcomer-in-time"}),
+        )
+        .await;
+    assert_eq!(status, 200, "the silent device's seat is free: {body}");
+    println!("outage: early probes that bit: {probes}");
+    let mut p = p;
+    p.sigkill();
+}
+
+/// A session whose lease was about to run out at the crash still gets a
+/// full timeout from readiness after a short outage; its own (earlier)
+/// lease does not count.
+#[tokio::test]
+async fn a_session_close_to_its_deadline_at_a_crash_gets_a_full_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("keyseat.db");
+    let mut p = serve(&db, &dir.path().join("1.log")).await;
+    let key = p.create_key(json!({})).await;
+    p.start(&key, "almost-expired").await;
+    let started = unix_ms();
+    // 2.5 s of the 3 s lease gone.
+    sleep_until_ms(started + 2_500).await;
+    p.sigkill();
+    let p = serve(&db, &dir.path().join("2.log")).await;
+    let live = p.live(&key).await;
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert!(
+        live[0].1 >= p.spawned_ms + (TIMEOUT_SECS * 1000) as i64,
+        "lease ends {} ms too early",
+        p.spawned_ms + (TIMEOUT_SECS * 1000) as i64 - live[0].1
+    );
+    // Still live after its original lease would have ended.
+    sleep_until_ms(started + (TIMEOUT_SECS * 1000) as i64 + 300).await;
+    if unix_ms() < p.spawned_ms + (TIMEOUT_SECS * 1000) as i64 - 100 {
+        let (status, body) = p.heartbeat(&key, "almost-expired").await;
+        assert_eq!(status, 200, "expired on its pre-crash lease: {body}");
+    }
+    let mut p = p;
+    p.sigkill();
+}
