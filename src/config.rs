@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use crate::proxy::TrustedProxies;
+
 use crate::rules::Timing;
 use crate::store::Durability;
 
@@ -62,6 +64,32 @@ pub struct Settings {
     pub heartbeat_persist_seconds: u64,
     /// Commit durability: FULL (default) or NORMAL.
     pub durability: Durability,
+    /// Starts allowed per access key per minute (a token bucket), so a
+    /// takeover ping-pong between two devices cannot saturate the server.
+    pub starts_per_key_per_minute: u32,
+    /// Reverse proxies whose `X-Forwarded-For` names the real client.
+    pub trusted_proxies: TrustedProxies,
+    /// Open connections served at once; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// Requests that write to the database (starts, ends, admin changes)
+    /// allowed in flight; more are shed with 503 `overloaded` at once
+    /// instead of queueing until clients time out.
+    pub max_pending_writes: usize,
+    /// How long a client may take to send its request headers or body.
+    pub client_timeout_seconds: u64,
+    /// Where `/metrics` is served.
+    pub metrics: MetricsMode,
+}
+
+/// Where the Prometheus metrics endpoint is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsMode {
+    /// Not served.
+    Off,
+    /// `/metrics` on the main listener.
+    Main,
+    /// `/metrics` on its own listener (e.g. a private interface).
+    Separate(SocketAddr),
 }
 
 impl Default for Settings {
@@ -80,6 +108,12 @@ impl Default for Settings {
             log: "info".into(),
             heartbeat_persist_seconds: 300,
             durability: Durability::Full,
+            starts_per_key_per_minute: 20,
+            trusted_proxies: TrustedProxies::default(),
+            max_connections: 10_000,
+            max_pending_writes: 1_024,
+            client_timeout_seconds: 10,
+            metrics: MetricsMode::Main,
         }
     }
 }
@@ -125,11 +159,34 @@ struct FileSettings {
     log: Option<String>,
     heartbeat_persist_seconds: Option<u64>,
     synchronous: Option<String>,
+    starts_per_key_per_minute: Option<u32>,
+    trusted_proxies: Option<StringOrList>,
+    max_connections: Option<usize>,
+    max_pending_writes: Option<usize>,
+    client_timeout_seconds: Option<u64>,
+    metrics: Option<String>,
+}
+
+/// A list setting written either as a TOML array or a comma-separated string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum StringOrList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StringOrList {
+    fn joined(self) -> String {
+        match self {
+            StringOrList::One(s) => s,
+            StringOrList::Many(v) => v.join(","),
+        }
+    }
 }
 
 /// Every setting name, in the order of the example file. Each has an
 /// environment variable `KEYSEAT_<NAME>` and a flag `--<name>` (dashes).
-pub const SETTING_NAMES: [&str; 13] = [
+pub const SETTING_NAMES: [&str; 19] = [
     "listen",
     "database",
     "admin_token",
@@ -143,6 +200,12 @@ pub const SETTING_NAMES: [&str; 13] = [
     "log",
     "heartbeat_persist_seconds",
     "synchronous",
+    "starts_per_key_per_minute",
+    "trusted_proxies",
+    "max_connections",
+    "max_pending_writes",
+    "client_timeout_seconds",
+    "metrics",
 ];
 
 /// Loads settings from the real environment.
@@ -262,6 +325,27 @@ fn apply_file(s: &mut Settings, path: &Path) -> Result<(), ConfigError> {
         file.heartbeat_persist_seconds.map(|v| v.to_string()),
     )?;
     set("synchronous", file.synchronous)?;
+    set(
+        "starts_per_key_per_minute",
+        file.starts_per_key_per_minute.map(|v| v.to_string()),
+    )?;
+    set(
+        "trusted_proxies",
+        file.trusted_proxies.map(StringOrList::joined),
+    )?;
+    set(
+        "max_connections",
+        file.max_connections.map(|v| v.to_string()),
+    )?;
+    set(
+        "max_pending_writes",
+        file.max_pending_writes.map(|v| v.to_string()),
+    )?;
+    set(
+        "client_timeout_seconds",
+        file.client_timeout_seconds.map(|v| v.to_string()),
+    )?;
+    set("metrics", file.metrics)?;
     Ok(())
 }
 
@@ -341,6 +425,26 @@ fn apply_text(s: &mut Settings, name: &str, value: &str, from: &str) -> Result<(
                 }
             }
         }
+        "starts_per_key_per_minute" => s.starts_per_key_per_minute = number(name, value, from)?,
+        "trusted_proxies" => {
+            s.trusted_proxies = TrustedProxies::parse(value).map_err(|e| {
+                ConfigError(format!("trusted_proxies (from {from}): {e}"))
+            })?
+        }
+        "max_connections" => s.max_connections = number(name, value, from)?,
+        "max_pending_writes" => s.max_pending_writes = number(name, value, from)?,
+        "client_timeout_seconds" => s.client_timeout_seconds = number(name, value, from)?,
+        "metrics" => {
+            s.metrics = match value.trim().to_ascii_lowercase().as_str() {
+                "on" | "true" => MetricsMode::Main,
+                "off" | "false" => MetricsMode::Off,
+                other => MetricsMode::Separate(other.parse().map_err(|_| {
+                    ConfigError(format!(
+                        "metrics = `{value}` (from {from}) must be `on`, `off` or an address like 127.0.0.1:9090"
+                    ))
+                })?),
+            }
+        }
         other => return Err(ConfigError(format!("unknown setting {other}"))),
     }
     Ok(())
@@ -385,7 +489,35 @@ fn validate(s: &Settings) -> Result<(), ConfigError> {
             s.heartbeat_persist_seconds
         ));
     }
-    if s.failed_key_lookups_per_minute == 0 || s.admin_auth_failures_per_minute == 0 {
+    if !(1..=1_000_000).contains(&s.max_connections) {
+        return fail(format!(
+            "max_connections = {} must be between 1 and 1000000",
+            s.max_connections
+        ));
+    }
+    if !(1..=1_000_000).contains(&s.max_pending_writes) {
+        return fail(format!(
+            "max_pending_writes = {} must be between 1 and 1000000",
+            s.max_pending_writes
+        ));
+    }
+    if !(1..=3_600).contains(&s.client_timeout_seconds) {
+        return fail(format!(
+            "client_timeout_seconds = {} must be between 1 and 3600",
+            s.client_timeout_seconds
+        ));
+    }
+    if let MetricsMode::Separate(addr) = s.metrics {
+        if addr == s.listen {
+            return fail(format!(
+                "metrics = {addr} is the main listen address; use metrics = \"on\" to serve /metrics there"
+            ));
+        }
+    }
+    if s.failed_key_lookups_per_minute == 0
+        || s.admin_auth_failures_per_minute == 0
+        || s.starts_per_key_per_minute == 0
+    {
         return fail(
             "rate limits per minute must be at least 1 (use rate_limits = \"off\" to disable)"
                 .into(),
@@ -558,5 +690,72 @@ mod tests {
             file.failed_key_lookups_per_minute,
             Some(d.failed_key_lookups_per_minute)
         );
+        assert_eq!(
+            file.starts_per_key_per_minute,
+            Some(d.starts_per_key_per_minute)
+        );
+        assert_eq!(file.max_connections, Some(d.max_connections));
+        assert_eq!(file.max_pending_writes, Some(d.max_pending_writes));
+        assert_eq!(file.client_timeout_seconds, Some(d.client_timeout_seconds));
+        assert_eq!(file.metrics.as_deref(), Some("on"));
+        assert!(matches!(file.trusted_proxies, Some(StringOrList::Many(v)) if v.is_empty()));
+    }
+
+    #[test]
+    fn trusted_proxies_from_a_toml_list_or_a_comma_string() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, r#"trusted_proxies = ["127.0.0.1", "10.0.0.0/8"]"#).unwrap();
+        let o = Overrides {
+            config: Some(f.path().to_path_buf()),
+            ..Default::default()
+        };
+        let (s, _) = load_env(&[], &o).unwrap();
+        assert!(s.trusted_proxies.contains("10.9.9.9".parse().unwrap()));
+        let (s, _) = load_env(&[("KEYSEAT_TRUSTED_PROXIES", "::1, 192.0.2.0/24")], &o).unwrap();
+        assert!(s.trusted_proxies.contains("192.0.2.77".parse().unwrap()));
+        assert!(!s.trusted_proxies.contains("10.9.9.9".parse().unwrap()));
+        let e = load_env(&[("KEYSEAT_TRUSTED_PROXIES", "proxy.lan")], &o).unwrap_err();
+        assert!(
+            e.0.contains("KEYSEAT_TRUSTED_PROXIES") && e.0.contains("proxy.lan"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn metrics_on_off_or_an_address() {
+        let o = Overrides::default();
+        assert_eq!(load_env(&[], &o).unwrap().0.metrics, MetricsMode::Main);
+        let off = load_env(&[("KEYSEAT_METRICS", "off")], &o).unwrap().0;
+        assert_eq!(off.metrics, MetricsMode::Off);
+        let own = load_env(&[("KEYSEAT_METRICS", "127.0.0.1:9090")], &o)
+            .unwrap()
+            .0;
+        assert_eq!(
+            own.metrics,
+            MetricsMode::Separate("127.0.0.1:9090".parse().unwrap())
+        );
+        let e = load_env(&[("KEYSEAT_METRICS", "yes please")], &o).unwrap_err();
+        assert!(e.0.contains("must be `on`, `off` or an address"), "{e}");
+        let e = load_env(&[("KEYSEAT_METRICS", "127.0.0.1:8080")], &o).unwrap_err();
+        assert!(e.0.contains("main listen address"), "{e}");
+    }
+
+    #[test]
+    fn overload_limits_are_validated() {
+        let o = Overrides::default();
+        for (var, value, needle) in [
+            ("KEYSEAT_MAX_CONNECTIONS", "0", "max_connections = 0"),
+            ("KEYSEAT_MAX_PENDING_WRITES", "0", "max_pending_writes = 0"),
+            (
+                "KEYSEAT_CLIENT_TIMEOUT_SECONDS",
+                "0",
+                "client_timeout_seconds = 0",
+            ),
+            ("KEYSEAT_STARTS_PER_KEY_PER_MINUTE", "0", "at least 1"),
+            ("KEYSEAT_MAX_CONNECTIONS", "many", "not a whole number"),
+        ] {
+            let e = load_env(&[(var, value)], &o).unwrap_err();
+            assert!(e.0.contains(needle), "{var}={value}: {e}");
+        }
     }
 }

@@ -79,6 +79,13 @@ pub enum Error {
     /// Body over the limit.
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// The client took too long to send its request.
+    #[error("the request was not received within {0} s")]
+    RequestTimeout(u64),
+    /// Too much work in flight: shed at once so clients retry instead of
+    /// waiting until they time out.
+    #[error("{0}")]
+    Overloaded(String),
     /// Body is not declared as JSON.
     #[error("expected Content-Type: application/json")]
     UnsupportedMediaType,

@@ -33,6 +33,7 @@ pub mod http;
 pub mod input;
 pub mod keys;
 pub mod model;
+pub mod proxy;
 pub mod ratelimit;
 pub mod report;
 pub mod rules;

@@ -87,9 +87,119 @@ impl FailureLimiter {
     }
 }
 
+/// Starts per access key: a token bucket per key holding `per_minute`
+/// starts and refilled evenly over a minute. A device that restarts its app
+/// a few times never notices; two devices taking a seat from each other in a
+/// loop are slowed to the refill rate (429 with `Retry-After`), so the
+/// ping-pong costs the server a bounded number of durable writes.
+#[derive(Debug)]
+pub struct StartLimiter {
+    enabled: bool,
+    per_minute: u32,
+    buckets: Mutex<HashMap<u64, Bucket>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    /// Tokens left, in units of 1/60 000 of a start per `per_minute`: the
+    /// bucket gains exactly `per_minute` units a millisecond, so integer
+    /// arithmetic loses nothing.
+    units: i64,
+    at: i64,
+}
+
+/// Units in one start.
+const UNITS_PER_START: i64 = 60_000;
+
+/// Keys tracked before full buckets are dropped.
+const PRUNE_BUCKETS_AT: usize = 100_000;
+
+impl StartLimiter {
+    /// A limiter allowing `per_minute` starts per key; `enabled = false`
+    /// allows all.
+    pub fn new(enabled: bool, per_minute: u32) -> Self {
+        StartLimiter {
+            enabled,
+            per_minute: per_minute.max(1),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn capacity(&self) -> i64 {
+        i64::from(self.per_minute) * UNITS_PER_START
+    }
+
+    fn refilled(&self, b: Bucket, now: i64) -> i64 {
+        let elapsed = (now - b.at).clamp(0, 60_000);
+        (b.units + elapsed * i64::from(self.per_minute)).min(self.capacity())
+    }
+
+    /// Takes one start for the key `tag` (any stable 64-bit digest of the
+    /// key), or says how long to wait.
+    pub fn take(&self, tag: u64, now: Timestamp) -> Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let cap = self.capacity();
+        if buckets.len() >= PRUNE_BUCKETS_AT {
+            buckets.retain(|_, b| self.refilled(*b, now.0) < cap);
+        }
+        let b = buckets.entry(tag).or_insert(Bucket {
+            units: cap,
+            at: now.0,
+        });
+        let units = self.refilled(*b, now.0);
+        if units >= UNITS_PER_START {
+            *b = Bucket {
+                units: units - UNITS_PER_START,
+                at: now.0,
+            };
+            return Ok(());
+        }
+        // Milliseconds until one whole start has refilled.
+        let per_ms = i64::from(self.per_minute);
+        let wait_ms = (UNITS_PER_START - units + per_ms - 1) / per_ms;
+        Err(Error::RateLimited {
+            retry_after_secs: u64::try_from((wait_ms + 999) / 1000).unwrap_or(1).max(1),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn starts_per_key_allow_a_burst_then_the_refill_rate() {
+        let l = StartLimiter::new(true, 20);
+        let t = 1_000_000;
+        for i in 0..20 {
+            assert!(l.take(7, Timestamp(t)).is_ok(), "start {i} of the burst");
+        }
+        match l.take(7, Timestamp(t)) {
+            Err(Error::RateLimited { retry_after_secs }) => assert_eq!(retry_after_secs, 3),
+            other => panic!("expected a rate limit, got {other:?}"),
+        }
+        assert!(l.take(8, Timestamp(t)).is_ok(), "other keys are unaffected");
+        // One start refills every 3 s at 20 a minute.
+        assert!(l.take(7, Timestamp(t + 2_900)).is_err());
+        assert!(l.take(7, Timestamp(t + 3_000)).is_ok());
+        assert!(l.take(7, Timestamp(t + 3_000)).is_err());
+        // A quiet minute refills the whole burst, and no more.
+        for _ in 0..20 {
+            assert!(l.take(7, Timestamp(t + 200_000)).is_ok());
+        }
+        assert!(l.take(7, Timestamp(t + 200_000)).is_err());
+    }
+
+    #[test]
+    fn disabled_start_limiter_allows_everything() {
+        let l = StartLimiter::new(false, 1);
+        for _ in 0..100 {
+            assert!(l.take(1, Timestamp(0)).is_ok());
+        }
+    }
 
     fn ip(last: u8) -> Option<IpAddr> {
         Some(IpAddr::from([10, 0, 0, last]))

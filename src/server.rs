@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::error::{Error, Result};
-use crate::http::{app, AppState};
+use crate::http::{app, listener, AppState};
 use crate::store::{blocking, LiveOptions, LiveStore, Storage};
 use crate::sweep;
 
@@ -33,7 +33,7 @@ pub struct Server {
     store: Arc<dyn Storage>,
     clock: Arc<dyn Clock>,
     stop: watch::Sender<bool>,
-    http: JoinHandle<std::io::Result<()>>,
+    http: JoinHandle<()>,
     sweep: JoinHandle<()>,
     upkeep: JoinHandle<()>,
 }
@@ -69,18 +69,20 @@ impl Server {
         let state = AppState::new(&settings, clock.clone());
         let (stop, stop_rx) = watch::channel(false);
 
+        let (max_connections, lowered) =
+            listener::effective_max_connections(settings.max_connections);
+        if let Some(why) = lowered {
+            tracing::warn!("{why}");
+        }
+        let limits = listener::ConnLimits {
+            max_connections,
+            header_timeout: Duration::from_secs(settings.client_timeout_seconds),
+        };
         let mut http_stop = stop_rx.clone();
         let router = app(state.clone());
-        let http = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|stopped| *stopped).await;
-            })
-            .await
-        });
+        let http = tokio::spawn(listener::serve(listener, router, limits, async move {
+            let _ = http_stop.wait_for(|stopped| *stopped).await;
+        }));
 
         let path = settings.database.clone();
         let opts = LiveOptions {
@@ -167,8 +169,7 @@ impl Server {
         let _ = self.stop.send(true);
         let mut http = self.http;
         match tokio::time::timeout(DRAIN_TIMEOUT, &mut http).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::error!(error = %e, "HTTP server failed"),
+            Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
             Err(_) => {
                 tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; closing them");

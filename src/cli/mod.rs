@@ -87,12 +87,30 @@ struct SettingFlags {
     /// Log filter such as info or debug [default: info] [env: KEYSEAT_LOG]
     #[arg(long, global = true, value_name = "FILTER")]
     log: Option<String>,
-    /// Staleness of heartbeat times on disk [default: 60] [env: KEYSEAT_HEARTBEAT_PERSIST_SECONDS]
+    /// Staleness of heartbeat times on disk [default: 300] [env: KEYSEAT_HEARTBEAT_PERSIST_SECONDS]
     #[arg(long, global = true, value_name = "SECS")]
     heartbeat_persist_seconds: Option<String>,
     /// full | normal [default: full] [env: KEYSEAT_SYNCHRONOUS]
     #[arg(long, global = true, value_name = "FULL|NORMAL")]
     synchronous: Option<String>,
+    /// Starts per access key per minute [default: 20] [env: KEYSEAT_STARTS_PER_KEY_PER_MINUTE]
+    #[arg(long, global = true, value_name = "N")]
+    starts_per_key_per_minute: Option<String>,
+    /// Proxies whose X-Forwarded-For is believed, e.g. 10.0.0.0/8,::1 [default: none] [env: KEYSEAT_TRUSTED_PROXIES]
+    #[arg(long, global = true, value_name = "LIST")]
+    trusted_proxies: Option<String>,
+    /// Connections served at once [default: 10000] [env: KEYSEAT_MAX_CONNECTIONS]
+    #[arg(long, global = true, value_name = "N")]
+    max_connections: Option<String>,
+    /// Database writes in flight before shedding with 503 [default: 1024] [env: KEYSEAT_MAX_PENDING_WRITES]
+    #[arg(long, global = true, value_name = "N")]
+    max_pending_writes: Option<String>,
+    /// Time a client has to send headers or a body [default: 10] [env: KEYSEAT_CLIENT_TIMEOUT_SECONDS]
+    #[arg(long, global = true, value_name = "SECS")]
+    client_timeout_seconds: Option<String>,
+    /// on | off | ADDR (own listener) [default: on] [env: KEYSEAT_METRICS]
+    #[arg(long, global = true, value_name = "ON|OFF|ADDR")]
+    metrics: Option<String>,
 }
 
 impl SettingFlags {
@@ -101,7 +119,7 @@ impl SettingFlags {
             config: self.config.clone(),
             ..Default::default()
         };
-        let pairs: [(&'static str, &Option<String>); 13] = [
+        let pairs: [(&'static str, &Option<String>); 19] = [
             ("listen", &self.listen),
             ("database", &self.database),
             ("admin_token", &self.admin_token),
@@ -124,6 +142,12 @@ impl SettingFlags {
             ("log", &self.log),
             ("heartbeat_persist_seconds", &self.heartbeat_persist_seconds),
             ("synchronous", &self.synchronous),
+            ("starts_per_key_per_minute", &self.starts_per_key_per_minute),
+            ("trusted_proxies", &self.trusted_proxies),
+            ("max_connections", &self.max_connections),
+            ("max_pending_writes", &self.max_pending_writes),
+            ("client_timeout_seconds", &self.client_timeout_seconds),
+            ("metrics", &self.metrics),
         ];
         for (name, value) in pairs {
             if let Some(v) = value {

@@ -40,6 +40,8 @@ pub fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
         Error::PayloadTooLarge(_) => (S::PAYLOAD_TOO_LARGE, "payload_too_large"),
         Error::UnsupportedMediaType => (S::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
         Error::Unavailable(_) => (S::SERVICE_UNAVAILABLE, "unavailable"),
+        Error::Overloaded(_) => (S::SERVICE_UNAVAILABLE, "overloaded"),
+        Error::RequestTimeout(_) => (S::REQUEST_TIMEOUT, "request_timeout"),
         e if e.is_transient() => (S::SERVICE_UNAVAILABLE, "unavailable"),
         Error::Config(_)
         | Error::Database(_)
@@ -95,7 +97,7 @@ impl IntoResponse for Error {
                 "internal error; the server log has the details".into()
             }
             _ if status == StatusCode::SERVICE_UNAVAILABLE
-                && !matches!(self, Error::Unavailable(_)) =>
+                && !matches!(self, Error::Unavailable(_) | Error::Overloaded(_)) =>
             {
                 tracing::warn!(error = %self, "request refused: database unavailable");
                 "the database is busy or unavailable; retry shortly".into()

@@ -8,7 +8,9 @@ use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Query, Request};
 use axum::http::{header, request::Parts, StatusCode};
 use serde::de::DeserializeOwned;
 
+use super::AppState;
 use crate::error::Error;
+use crate::proxy::TrustedProxies;
 
 /// Largest accepted request body, per the contract.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -104,8 +106,10 @@ where
     }
 }
 
-/// The client's address (the TCP peer), when known. Recorded on events and
-/// used for per-address rate limits.
+/// The client's address, when known: the TCP peer, or for a peer listed in
+/// `trusted_proxies` the client named by `X-Forwarded-For` (see
+/// [`crate::proxy`]). Recorded on events and used for per-address rate
+/// limits.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub Option<IpAddr>);
 
@@ -117,18 +121,35 @@ impl ClientAddr {
             None => "unknown".into(),
         }
     }
+
+    /// The client of a request, given the proxies the operator trusts.
+    pub fn of(parts: &Parts, trusted: &TrustedProxies) -> ClientAddr {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip());
+        ClientAddr(peer.map(|peer| {
+            if trusted.is_empty() {
+                return peer;
+            }
+            let values = parts
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok());
+            trusted.client_ip(peer, values)
+        }))
+    }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+impl FromRequestParts<AppState> for ClientAddr {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientAddr(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|ConnectInfo(addr)| addr.ip()),
-        ))
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr::of(parts, state.trusted_proxies()))
     }
 }
 

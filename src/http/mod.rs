@@ -1,6 +1,8 @@
 //! The HTTP layer: routes of the wire contract (`shared/spec/api.md`), the
 //! shared state handlers see, and the guards every request passes (body
-//! limit, panic guard, JSON errors for unknown routes and methods).
+//! size and time limits, write shedding, panic guard, JSON errors for
+//! unknown routes and methods). Connection-level limits are in
+//! [`listener`].
 //!
 //! Handlers validate input, read the clock, and call storage through
 //! [`crate::store::blocking`]; they never build SQL and never decide policy.
@@ -10,6 +12,8 @@ pub use admin::admin_session_json;
 pub mod error;
 pub mod extract;
 mod health;
+pub mod limits;
+pub mod listener;
 mod session;
 
 use std::any::Any;
@@ -27,7 +31,8 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::clock::{Clock, Timestamp};
 use crate::config::Settings;
 use crate::error::{Error, Result};
-use crate::ratelimit::FailureLimiter;
+use crate::proxy::TrustedProxies;
+use crate::ratelimit::{FailureLimiter, StartLimiter};
 use crate::rules::Timing;
 use crate::store::Storage;
 
@@ -49,6 +54,12 @@ struct Shared {
     admin_token_digest: Option<[u8; 32]>,
     key_failures: FailureLimiter,
     admin_failures: FailureLimiter,
+    starts_per_key: StartLimiter,
+    trusted_proxies: TrustedProxies,
+    /// Free slots for requests that need the database writer.
+    write_slots: Arc<tokio::sync::Semaphore>,
+    /// How long a client may take to send a request body.
+    client_timeout: std::time::Duration,
 }
 
 impl AppState {
@@ -71,6 +82,13 @@ impl AppState {
                     settings.rate_limits,
                     settings.admin_auth_failures_per_minute,
                 ),
+                starts_per_key: StartLimiter::new(
+                    settings.rate_limits,
+                    settings.starts_per_key_per_minute,
+                ),
+                trusted_proxies: settings.trusted_proxies.clone(),
+                write_slots: Arc::new(tokio::sync::Semaphore::new(settings.max_pending_writes)),
+                client_timeout: std::time::Duration::from_secs(settings.client_timeout_seconds),
             }),
         }
     }
@@ -112,6 +130,11 @@ impl AppState {
     pub(crate) fn admin_failures(&self) -> &FailureLimiter {
         &self.inner.admin_failures
     }
+
+    /// The reverse proxies whose `X-Forwarded-For` is believed.
+    pub(crate) fn trusted_proxies(&self) -> &TrustedProxies {
+        &self.inner.trusted_proxies
+    }
 }
 
 /// The whole HTTP application, apart from binding, so tests can drive it
@@ -124,6 +147,10 @@ pub fn app(state: AppState) -> Router {
         .nest("/admin", crate::dashboard::router(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::guard,
+        ))
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state)

@@ -98,6 +98,14 @@ impl KeyGuard {
     }
 }
 
+/// The per-key start limiter's name for a key: 64 bits of its hash.
+fn start_limit_tag(key: &AccessKey) -> u64 {
+    let hash = key.hash();
+    let mut tag = [0u8; 8];
+    tag.copy_from_slice(&hash[..8]);
+    u64::from_le_bytes(tag)
+}
+
 fn terminated_json(s: &Session) -> Value {
     json!({
         "session_id": s.session_id,
@@ -116,6 +124,10 @@ async fn start(
     if let Some(id) = &body.session_id {
         input::session_id(id)?;
     }
+    state
+        .inner
+        .starts_per_key
+        .take(start_limit_tag(&key), state.now())?;
     let device = body.device.unwrap_or_default();
     let req = StartRequest {
         key,

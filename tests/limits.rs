@@ -1,0 +1,286 @@
+//! Abuse resistance at the edge: starts per key, trusted proxies, the
+//! connection cap, slow clients, oversized headers and write shedding.
+//! Each test sets only the limit it is about; raw sockets are used where
+//! the point is what a misbehaving client sends.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestServer;
+use keyseat::proxy::TrustedProxies;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn host(server: &TestServer) -> String {
+    server.url.trim_start_matches("http://").to_owned()
+}
+
+/// Everything the server sends until it closes the connection (bounded).
+async fn read_all(stream: &mut TcpStream, within: Duration) -> String {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(within, stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn json_body(response: &str) -> Value {
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or("");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {response}"))
+}
+
+#[tokio::test]
+async fn starts_per_key_are_limited_and_other_keys_are_not() {
+    let server = TestServer::start_with(|s| {
+        s.rate_limits = true;
+        s.starts_per_key_per_minute = 3;
+    })
+    .await;
+    let (pingpong, _) = server.create_key(json!({})).await;
+    let (other, _) = server.create_key(json!({})).await;
+
+    for i in 0..3 {
+        let device = if i % 2 == 0 { "A" } else { "B" };
+        let (status, _) = server.start_session(&pingpong, device).await;
+        assert_eq!(status, StatusCode::OK, "start {i} is within the burst");
+    }
+    let resp = server
+        .client
+        .post(format!("{}/api/session/start", server.url))
+        .json(&json!({ "access_key": pingpong, "device": { "name": "A" } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(resp.headers()["retry-after"], "20", "one start per 20 s");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    assert_eq!(body["error"]["retry_after_seconds"], 20);
+
+    let (status, _) = server.start_session(&other, "C").await;
+    assert_eq!(status, StatusCode::OK, "another key is unaffected");
+
+    server.clock.advance_secs(20);
+    let (status, _) = server.start_session(&pingpong, "B").await;
+    assert_eq!(status, StatusCode::OK, "one start refilled after 20 s");
+    let (status, _) = server.start_session(&pingpong, "A").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn rate_limits_off_allows_a_ping_pong() {
+    let server = TestServer::start_with(|s| {
+        s.rate_limits = false;
+        s.starts_per_key_per_minute = 1;
+    })
+    .await;
+    let (key, _) = server.create_key(json!({})).await;
+    for i in 0..10 {
+        let (status, body) = server
+            .start_session(&key, if i % 2 == 0 { "A" } else { "B" })
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+}
+
+async fn start_via_proxy(server: &TestServer, key: &str, forwarded: &str) -> (StatusCode, Value) {
+    let resp = server
+        .client
+        .post(format!("{}/api/session/start", server.url))
+        .header("x-forwarded-for", forwarded)
+        .json(&json!({ "access_key": key }))
+        .send()
+        .await
+        .unwrap();
+    common::split(resp).await
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_names_the_client() {
+    let server = TestServer::start_with(|s| {
+        s.trusted_proxies = TrustedProxies::parse("127.0.0.1").unwrap();
+        s.rate_limits = true;
+        s.failed_key_lookups_per_minute = 2;
+    })
+    .await;
+    let (key, _) = server.create_key(json!({})).await;
+    // The client forged the first entry; the proxy appended the real one.
+    let (status, _) = start_via_proxy(&server, &key, "6.6.6.6, 198.51.100.7").await;
+    assert_eq!(status, StatusCode::OK);
+    let started = server.events_of("session_started").await;
+    assert_eq!(started[0]["client_addr"], "198.51.100.7");
+
+    // Failed lookups are counted per real client, not per proxy.
+    let unknown = keyseat::keys::AccessKey::generate();
+    for _ in 0..2 {
+        let (status, _) = start_via_proxy(&server, unknown.expose_secret(), "198.51.100.66").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let (status, body) = start_via_proxy(&server, unknown.expose_secret(), "198.51.100.66").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    let (status, _) = start_via_proxy(&server, &key, "198.51.100.7").await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "another client behind the proxy is unaffected"
+    );
+}
+
+#[tokio::test]
+async fn forwarded_for_is_ignored_from_an_untrusted_peer() {
+    let server = TestServer::start().await;
+    let (key, _) = server.create_key(json!({})).await;
+    let (status, _) = start_via_proxy(&server, &key, "198.51.100.7").await;
+    assert_eq!(status, StatusCode::OK);
+    let started = server.events_of("session_started").await;
+    assert_eq!(started[0]["client_addr"], "127.0.0.1");
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_get_a_json_503_and_the_server_recovers() {
+    let server = TestServer::start_with(|s| s.max_connections = 2).await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = TcpStream::connect(host(&server)).await.unwrap();
+        // A request in progress keeps the connection (and its slot) busy.
+        c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        held.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut third = TcpStream::connect(host(&server)).await.unwrap();
+    third
+        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_all(&mut third, Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    assert_eq!(json_body(&answer)["error"]["code"], "overloaded");
+
+    drop(held);
+    let mut ok = false;
+    for _ in 0..50 {
+        if let Ok(resp) = server
+            .client
+            .get(format!("{}/health", server.url))
+            .send()
+            .await
+        {
+            if resp.status() == StatusCode::OK {
+                ok = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "served again once the held connections closed");
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    let server = TestServer::start_with(|s| s.client_timeout_seconds = 1).await;
+    let mut slow = TcpStream::connect(host(&server)).await.unwrap();
+    slow.write_all(b"POST /api/session/start HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let answer = read_all(&mut slow, Duration::from_secs(5)).await;
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(4),
+        "closed after the 1 s header deadline, not left open (waited {waited:?}, got {answer:?})"
+    );
+    let (status, _) = server.get("/health").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_slow_body_gets_408_in_the_contract_shape() {
+    let server = TestServer::start_with(|s| s.client_timeout_seconds = 1).await;
+    let mut slow = TcpStream::connect(host(&server)).await.unwrap();
+    slow.write_all(
+        b"POST /api/session/start HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 60\r\n\r\n{\"access_key\":",
+    )
+    .await
+    .unwrap();
+    let answer = read_all(&mut slow, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let body = json_body(&answer);
+    assert_eq!(body["error"]["code"], "request_timeout");
+    assert!(body["error"]["message"].as_str().unwrap().contains("1 s"));
+}
+
+#[tokio::test]
+async fn oversized_headers_are_refused_and_the_server_goes_on() {
+    let server = TestServer::start().await;
+    let mut c = TcpStream::connect(host(&server)).await.unwrap();
+    let huge = "a".repeat(20 * 1024);
+    c.write_all(format!("GET /health HTTP/1.1\r\nHost: x\r\nX-Junk: {huge}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let answer = read_all(&mut c, Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:.200}");
+    let (status, _) = server.get("/health").await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn writes_over_the_limit_are_shed_while_heartbeats_go_on() {
+    let server = TestServer::start_with(|s| {
+        s.max_pending_writes = 1;
+        s.client_timeout_seconds = 5;
+    })
+    .await;
+    let (key, _) = server.create_key(json!({ "max_sessions": 2 })).await;
+    let session = server.started(&key, "A").await;
+
+    // A start whose body is still arriving holds the only writer slot.
+    let mut slow = TcpStream::connect(host(&server)).await.unwrap();
+    slow.write_all(
+        b"POST /api/session/start HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let resp = server
+        .client
+        .post(format!("{}/api/session/start", server.url))
+        .json(&json!({ "access_key": key, "device": { "name": "B" } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "overloaded");
+
+    let (status, body) = server.heartbeat(&key, &session).await;
+    assert_eq!(status, StatusCode::OK, "heartbeats are never shed: {body}");
+    let (status, _) = server.status(&key).await;
+    assert_eq!(status, StatusCode::OK);
+
+    drop(slow);
+    let mut started = false;
+    for _ in 0..50 {
+        let (status, _) = server.start_session(&key, "B").await;
+        if status == StatusCode::OK {
+            started = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        started,
+        "the slot is free again once the slow client is gone"
+    );
+}
