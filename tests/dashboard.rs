@@ -576,3 +576,181 @@ async fn live_sessions_show_and_kick() {
         .await;
     assert!(r.location().starts_with("/admin/sessions?"));
 }
+
+/// Settings for crafted histories: leases long enough that a device
+/// coming back minutes later finds the other one still live.
+async fn long_lease_server() -> TestServer {
+    TestServer::start_with(|c| {
+        c.heartbeat_interval_seconds = 600;
+        c.session_timeout_seconds = 3600;
+    })
+    .await
+}
+
+async fn start_device(s: &TestServer, key: &str, name: &str) -> String {
+    let (status, body) = s
+        .post(
+            "/api/session/start",
+            serde_json::json!({"access_key": key, "device": {"name": name, "fingerprint": format!("fp-{name}")}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["session_id"].as_str().unwrap().to_owned()
+}
+
+/// Keys `shared` (two devices ping-ponging), `solo` (one device, ended)
+/// and `once` (one takeover); returns their ids.
+async fn crafted_history(s: &TestServer) -> (String, String, String) {
+    let (shared, k1) = s.create_key(serde_json::json!({"label": "Shared"})).await;
+    let (solo, k2) = s.create_key(serde_json::json!({"label": "Solo"})).await;
+    let (once, k3) = s.create_key(serde_json::json!({"label": "Once"})).await;
+    let solo_id = start_device(s, &solo, "C").await;
+    s.end(&solo, &solo_id).await;
+    start_device(s, &once, "D").await;
+    start_device(s, &shared, "A").await;
+    for (minutes, device) in [(2, "B"), (3, "A"), (3, "B"), (32, "A"), (1, "A")] {
+        s.clock.advance_secs(minutes * 60);
+        start_device(s, &shared, device).await;
+    }
+    start_device(s, &once, "E").await;
+    let id = |k: serde_json::Value| k["key_id"].as_str().unwrap().to_owned();
+    (id(k1), id(k2), id(k3))
+}
+
+/// The number in a table cell of the row of `key_id`, by the cell's class.
+fn cell(body: &str, key_id: &str, class: &str) -> Option<u64> {
+    let row_start = body.find(&format!("<tr data-key-id=\"{key_id}\">"))?;
+    let row = &body[row_start..row_start + body[row_start..].find("</tr>")?];
+    let marker = format!("class=\"num {class}\">");
+    let at = row.find(&marker)? + marker.len();
+    row[at..].split('<').next()?.parse().ok()
+}
+
+fn stat(body: &str, id: &str) -> u64 {
+    let marker = format!("id=\"{id}\"><span class=\"n\">");
+    let at = body.find(&marker).unwrap_or_else(|| panic!("{id} in page")) + marker.len();
+    body[at..].split('<').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn the_sharing_report_ranks_keys_and_counts_ping_pong() {
+    let s = long_lease_server().await;
+    let (shared, solo, once) = crafted_history(&s).await;
+    let (mut b, _) = Browser::signed_in(&s).await;
+    let r = b.get("/admin/sharing?since=1d&within=10m").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // A→B, B→A (3 min: ping-pong), A→B (3 min: ping-pong), B→A (32 min:
+    // too late); A's restart replacing its own session is not a takeover.
+    assert_eq!(cell(&r.body, &shared, "takeovers"), Some(4));
+    assert_eq!(cell(&r.body, &shared, "ping-pongs"), Some(2));
+    assert_eq!(cell(&r.body, &shared, "devices"), Some(2));
+    assert_eq!(cell(&r.body, &shared, "fingerprints"), Some(2));
+    assert!(r.body.contains("A ⇄ B: 2"), "{}", r.body);
+    assert_eq!(cell(&r.body, &once, "takeovers"), Some(1));
+    assert_eq!(cell(&r.body, &once, "ping-pongs"), Some(0));
+    assert!(!r.body.contains(&solo), "a one-device key is not listed");
+    let pos = |id: &str| r.body.find(&format!("data-key-id=\"{id}\"")).unwrap();
+    assert!(pos(&shared) < pos(&once), "most takeovers first");
+
+    // A longer ping-pong window catches the 32-minute return too.
+    let r = b.get("/admin/sharing?since=1d&within=1h").await;
+    assert_eq!(cell(&r.body, &shared, "ping-pongs"), Some(3));
+    // A bad duration is a message, not an error blob.
+    let r = b.get("/admin/sharing?since=soon").await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body.contains("must be a duration such as 30m"),
+        "{}",
+        r.body
+    );
+}
+
+#[tokio::test]
+async fn the_overview_counts_the_last_hour_and_day() {
+    let s = long_lease_server().await;
+    crafted_history(&s).await;
+    let (mut b, _) = Browser::signed_in(&s).await;
+    let r = b.get("/admin").await;
+    assert_eq!(stat(&r.body, "stat-live"), 2, "A on shared, E on once");
+    assert_eq!(stat(&r.body, "stat-active-keys"), 3);
+    // Starts: C, D, A, B, A, B, A, A, E.
+    assert_eq!(stat(&r.body, "stat-starts-hour"), 9);
+    assert_eq!(stat(&r.body, "stat-starts-day"), 9);
+    // Superseded sessions: five on `shared` (one a restart), one on `once`.
+    assert_eq!(stat(&r.body, "stat-takeovers-hour"), 6);
+    assert!(r.body.contains("<svg"), "the chart");
+    assert!(r.body.contains("id=\"chart\""));
+
+    // Two hours later the sessions have expired (a heartbeat records it);
+    // the last hour is quiet, the last day still counts everything.
+    s.clock.advance_secs(2 * 3600);
+    let (_, live) = s.admin("GET", "/api/admin/sessions", None).await;
+    assert_eq!(live["sessions"].as_array().unwrap().len(), 0);
+    let r = b.get("/admin").await;
+    assert_eq!(stat(&r.body, "stat-live"), 0);
+    assert_eq!(stat(&r.body, "stat-starts-hour"), 0);
+    assert_eq!(stat(&r.body, "stat-starts-day"), 9);
+    assert_eq!(stat(&r.body, "stat-takeovers-day"), 6);
+}
+
+#[tokio::test]
+async fn the_events_page_filters_and_pages() {
+    let s = long_lease_server().await;
+    let (_, _, once) = crafted_history(&s).await;
+    let (mut b, _) = Browser::signed_in(&s).await;
+    let rows = |body: &str| body.matches("<tr data-event-id=").count();
+
+    let r = b.get("/admin/events?type=session_started").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(rows(&r.body), 9);
+    let r = b
+        .get(&format!("/admin/events?key={once}&type=session_superseded"))
+        .await;
+    assert_eq!(rows(&r.body), 1, "{}", r.body);
+    assert!(r.body.contains(">D<"), "the device that lost the seat");
+    // A time range: the first 5 minutes of the shared key's ping-pong.
+    let t0 = s.now().minus_secs(41 * 60);
+    let until = t0.plus_secs(5 * 60 + 1).to_rfc3339();
+    let r = b
+        .get(&format!(
+            "/admin/events?type=session_superseded&until={}",
+            until.replace(':', "%3A")
+        ))
+        .await;
+    assert_eq!(rows(&r.body), 2, "A→B at 2 min, B→A at 5 min");
+    let r = b
+        .get("/admin/events?type=session_superseded&since=30m")
+        .await;
+    assert_eq!(
+        rows(&r.body),
+        3,
+        "the last 30 minutes: B→A, A's restart, D→E"
+    );
+
+    // Wrong filters are messages.
+    let r = b.get("/admin/events?type=nope").await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("Type must be one of"), "{}", r.body);
+    let r = b.get("/admin/events?key=ks_zzzzzzzz").await;
+    assert!(r.body.contains("No key matches"), "{}", r.body);
+    let r = b.get("/admin/events?since=whenever").await;
+    assert!(r.body.contains("an age such as 30m"), "{}", r.body);
+
+    // Paging: 50 a page, then the rest behind "Older events".
+    for _ in 0..60 {
+        s.create_key(serde_json::json!({})).await;
+    }
+    let first = b.get("/admin/events?type=key_created").await;
+    assert_eq!(rows(&first.body), 50);
+    let older = first.body[..first.body.find("id=\"older\"").unwrap()]
+        .rsplit("href=\"")
+        .next()
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("&amp;", "&");
+    let second = b.get(&older).await;
+    assert_eq!(rows(&second.body), 13, "63 keys in all");
+    assert!(!second.body.contains("id=\"older\""));
+}

@@ -22,6 +22,7 @@ macro_rules! outln {
 pub(crate) use outln;
 
 mod keys;
+mod report;
 mod sessions;
 mod table;
 
@@ -182,6 +183,9 @@ enum Command {
     Sessions(sessions::SessionsCommand),
     /// The audit log, newest first.
     Events(sessions::EventsArgs),
+    /// Reports over the history (e.g. `report sharing`).
+    #[command(subcommand)]
+    Report(report::ReportCommand),
     /// Hold a seat like an app would, printing each event (the reference
     /// client). Exit codes: 0 ended by user, 3 superseded, 4 expired,
     /// 5 revoked, 6 key refused, 7 unreachable, 8 seats full, 1 other.
@@ -222,6 +226,7 @@ pub fn main() -> ExitCode {
         Command::Keys(cmd) => with_store(&settings, |s, now| keys::run(cmd, s, now)),
         Command::Sessions(cmd) => with_store(&settings, |s, now| sessions::run(cmd, s, now)),
         Command::Events(args) => with_store(&settings, |s, now| sessions::events(args, s, now)),
+        Command::Report(cmd) => with_store(&settings, |s, now| report::run(cmd, s, now)),
         #[cfg(feature = "client")]
         Command::Client(_) | Command::Check(_) => unreachable!("handled above"),
     };

@@ -3,16 +3,161 @@
 use axum::extract::State;
 use axum::response::IntoResponse;
 use axum::Extension;
-use maud::html;
+use maud::{html, Markup};
 
 use super::auth::Signed;
-use super::page::{Page, PageResult};
+use super::page::{raw, when, Page, PageResult};
 use crate::http::AppState;
+use crate::model::KeyStatus;
+use crate::report::Activity;
+use crate::store::blocking;
+
+/// Hours the chart covers.
+const HOURS: usize = 24;
+
+struct Numbers {
+    live: usize,
+    keys: usize,
+    active_keys: usize,
+    activity: Activity,
+}
 
 /// `GET /admin`.
-pub async fn page(State(_state): State<AppState>, Extension(me): Extension<Signed>) -> PageResult {
+pub async fn page(State(state): State<AppState>, Extension(me): Extension<Signed>) -> PageResult {
+    let store = state.store()?;
+    let now = state.now();
+    let n = blocking(move || {
+        let live = store.live_sessions(None, now)?.len();
+        let (mut keys, mut active_keys) = (0, 0);
+        let mut after: Option<String> = None;
+        loop {
+            let page = store.list_keys(1000, after.as_deref(), now)?;
+            keys += page.keys.len();
+            active_keys += page
+                .keys
+                .iter()
+                .filter(|k| k.status == KeyStatus::Active && !k.is_expired_at(now))
+                .count();
+            match page.next_after {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        let since = now.minus_secs(HOURS as u64 * 3600);
+        let counts = store.event_counts(since, 3600)?;
+        Ok(Numbers {
+            live,
+            keys,
+            active_keys,
+            activity: Activity::from_counts(&counts, HOURS),
+        })
+    })
+    .await?;
+    let (s1, t1, e1) = n.activity.last(1);
+    let (s24, t24, e24) = n.activity.last(HOURS);
+    let body = html! {
+        h1 { "Overview" }
+        p class="muted" { "As of " (when(now)) " (UTC)." }
+        div class="stats" id="stats" {
+            (stat("stat-live", n.live as u64, "live sessions", Some("/admin/sessions")))
+            (stat("stat-active-keys", n.active_keys as u64, &format!("active keys of {}", n.keys), Some("/admin/keys")))
+            (stat("stat-starts-hour", s1, "starts, last hour", None))
+            (stat("stat-starts-day", s24, "starts, last 24 h", None))
+            (stat("stat-takeovers-hour", t1, "takeovers, last hour", None))
+            (stat("stat-takeovers-day", t24, "takeovers, last 24 h", Some("/admin/sharing?since=24h")))
+            (stat("stat-expiries-hour", e1, "expiries, last hour", None))
+            (stat("stat-expiries-day", e24, "expiries, last 24 h", None))
+        }
+        section class="card chart" aria-labelledby="chart-h" {
+            h2 id="chart-h" { "Starts and takeovers per hour, last 24 hours" }
+            div class="legend" aria-hidden="true" { span { "starts" } span class="t" { "takeovers" } }
+            (raw(chart_svg(&n.activity)))
+            details {
+                summary { "As a table" }
+                div class="scroll" {
+                    table id="hourly" {
+                        thead { tr { th scope="col" { "Hour ending" } th scope="col" class="num" { "Starts" } th scope="col" class="num" { "Takeovers" } th scope="col" class="num" { "Expiries" } } }
+                        tbody {
+                            @for i in (0..HOURS).rev() {
+                                tr {
+                                    td { (when(now.minus_secs(((HOURS - 1 - i) * 3600) as u64))) }
+                                    td class="num" { (n.activity.starts[i]) }
+                                    td class="num" { (n.activity.takeovers[i]) }
+                                    td class="num" { (n.activity.expiries[i]) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    };
     Ok(Page::new("Overview")
         .nav("overview", &me.csrf)
-        .render(html! { h1 { "Overview" } })
+        .live()
+        .render(body)
         .into_response())
+}
+
+fn stat(id: &str, n: u64, label: &str, link: Option<&str>) -> Markup {
+    html! {
+        div class="stat" id=(id) {
+            span class="n" { (n) }
+            @if let Some(href) = link { a class="l" href=(href) { (label) } } @else { span class="l" { (label) } }
+        }
+    }
+}
+
+/// Bars per hour (starts, with takeovers in front), oldest on the left:
+/// inline SVG so it needs no script and no request.
+pub fn chart_svg(a: &Activity) -> String {
+    let (w, h, pad_l, pad_b) = (720.0_f64, 160.0_f64, 34.0_f64, 18.0_f64);
+    let n = a.starts.len().max(1);
+    let max = a
+        .starts
+        .iter()
+        .chain(&a.takeovers)
+        .copied()
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let slot = (w - pad_l) / n as f64;
+    let scale = (h - pad_b - 6.0) / max as f64;
+    let total: u64 = a.starts.iter().sum();
+    let taken: u64 = a.takeovers.iter().sum();
+    let mut s = format!(
+        r#"<svg viewBox="0 0 {w} {h}" role="img" aria-label="Bar chart: {total} starts and {taken} takeovers in the last {n} hours; busiest hour {max}." id="chart">"#
+    );
+    s.push_str(&format!(
+        r#"<line class="axis" x1="{pad_l}" y1="{y}" x2="{w}" y2="{y}" stroke-width="1"/>"#,
+        y = h - pad_b
+    ));
+    s.push_str(&format!(
+        r#"<text x="0" y="12">{max}</text><text x="0" y="{y}">0</text>"#,
+        y = h - pad_b
+    ));
+    for (i, (&st, &tk)) in a.starts.iter().zip(&a.takeovers).enumerate() {
+        let x = pad_l + i as f64 * slot + 1.0;
+        let bw = (slot - 2.0).max(1.0);
+        let hours_ago = n - i;
+        for (class, v, inset) in [("bar", st, 0.0), ("bar2", tk, bw * 0.25)] {
+            if v == 0 {
+                continue;
+            }
+            let bh = v as f64 * scale;
+            s.push_str(&format!(
+                r#"<rect class="{class}" x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}"><title>{v} {} {hours_ago} h ago</title></rect>"#,
+                x + inset,
+                h - pad_b - bh,
+                bw - 2.0 * inset,
+                bh,
+                if class == "bar" { "start(s)" } else { "takeover(s)" },
+            ));
+        }
+    }
+    s.push_str(&format!(
+        r#"<text x="{pad_l}" y="{h}">24 h ago</text><text x="{}" y="{h}" text-anchor="end">now</text></svg>"#,
+        w
+    ));
+    s
 }

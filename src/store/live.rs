@@ -360,6 +360,18 @@ impl Storage for LiveStore {
         self.db.events(filter)
     }
 
+    fn event_counts(
+        &self,
+        since: Timestamp,
+        bucket_secs: u64,
+    ) -> Result<Vec<crate::report::EventCount>> {
+        self.db.event_counts(since, bucket_secs)
+    }
+
+    fn sharing_input(&self, since: Timestamp) -> Result<crate::report::SharingInput> {
+        self.db.sharing_input(since)
+    }
+
     fn sweep(&self, now: Timestamp, history_days: u32, mark_alive: bool) -> Result<SweepReport> {
         let mut report = SweepReport::default();
         loop {

@@ -242,6 +242,18 @@ pub trait Storage: Send + Sync + 'static {
     /// The audit log, newest first.
     fn events(&self, filter: &EventFilter) -> Result<Vec<Event>>;
 
+    /// Events of the session types counted per bucket of `bucket_secs`
+    /// from `since` (the dashboard's overview chart).
+    fn event_counts(
+        &self,
+        since: Timestamp,
+        bucket_secs: u64,
+    ) -> Result<Vec<crate::report::EventCount>>;
+
+    /// What the sharing report reads: sessions active since `since`, per
+    /// key and device, and the takeovers since then.
+    fn sharing_input(&self, since: Timestamp) -> Result<crate::report::SharingInput>;
+
     /// Records expired sessions, ends sessions of expired keys, prunes
     /// history older than `history_days`; with `mark_alive`, notes that the
     /// server was up at `now` (for restart recovery).

@@ -1650,6 +1650,18 @@ impl Storage for SqliteStore {
         self.read(|c| events_op(c, filter))
     }
 
+    fn event_counts(
+        &self,
+        since: Timestamp,
+        bucket_secs: u64,
+    ) -> Result<Vec<crate::report::EventCount>> {
+        self.read(|c| event_counts_op(c, since, bucket_secs))
+    }
+
+    fn sharing_input(&self, since: Timestamp) -> Result<crate::report::SharingInput> {
+        self.read(|c| sharing_input_op(c, since))
+    }
+
     fn sweep(&self, now: Timestamp, history_days: u32, mark_alive: bool) -> Result<SweepReport> {
         self.write(|c| sweep_op(&mut Tx::direct(c), now, history_days, mark_alive))
     }
@@ -1665,4 +1677,103 @@ impl Storage for SqliteStore {
             Ok(())
         })
     }
+}
+
+// ---------------------------------------------------------------------------
+// Reports (the dashboard's overview and the sharing report)
+
+/// Session events since `since`, counted per type and bucket.
+pub(super) fn event_counts_op(
+    c: &Connection,
+    since: Timestamp,
+    bucket_secs: u64,
+) -> Result<Vec<crate::report::EventCount>> {
+    let bucket_ms = i64::try_from(bucket_secs.max(1))
+        .unwrap_or(i64::MAX / 1000)
+        .saturating_mul(1000);
+    let mut stmt = c.prepare(
+        "SELECT type, (at - :since) / :bucket, COUNT(*) FROM events \
+         WHERE at >= :since AND type IN ('session_started', 'session_superseded', 'session_expired') \
+         GROUP BY 1, 2",
+    )?;
+    let rows = stmt
+        .query_map(
+            named_params! {":since": since.0, ":bucket": bucket_ms},
+            |row| {
+                let kind: String = row.get(0)?;
+                let bucket: i64 = row.get(1)?;
+                let count: i64 = row.get(2)?;
+                Ok((kind, bucket, count))
+            },
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(kind, bucket, count)| {
+            Some(crate::report::EventCount {
+                event_type: EventType::parse(&kind)?,
+                bucket: u32::try_from(bucket).ok()?,
+                count: u64::try_from(count).ok()?,
+            })
+        })
+        .collect())
+}
+
+/// Sessions started, ended or still open since `since`, grouped per key and
+/// device; and every takeover since then with both devices.
+pub(super) fn sharing_input_op(
+    c: &Connection,
+    since: Timestamp,
+) -> Result<crate::report::SharingInput> {
+    use crate::report::{Device, DeviceUse, KeyInfo, SharingInput, Takeover};
+    let mut input = SharingInput::default();
+    let mut stmt = c.prepare(
+        "SELECT s.key_id, s.fingerprint, s.device_name, COUNT(*), \
+         k.prefix, k.label, k.max_sessions FROM sessions s JOIN keys k ON k.key_id = s.key_id \
+         WHERE s.started_at >= :since OR s.ended_at IS NULL OR s.ended_at >= :since \
+         GROUP BY s.key_id, s.fingerprint, s.device_name",
+    )?;
+    let mut keys = std::collections::BTreeMap::new();
+    let mut rows = stmt.query(named_params! {":since": since.0})?;
+    while let Some(row) = rows.next()? {
+        let key_id: String = row.get(0)?;
+        let sessions: i64 = row.get(3)?;
+        keys.entry(key_id.clone()).or_insert(KeyInfo {
+            key_id: key_id.clone(),
+            prefix: row.get(4)?,
+            label: row.get(5)?,
+            max_sessions: row.get(6)?,
+        });
+        input.devices.push(DeviceUse {
+            key_id,
+            device: Device {
+                fingerprint: row.get(1)?,
+                name: row.get(2)?,
+            },
+            sessions: u64::try_from(sessions).unwrap_or(0),
+        });
+    }
+    input.keys = keys.into_values().collect();
+    let mut stmt = c.prepare(
+        "SELECT v.key_id, v.ended_at, v.fingerprint, v.device_name, w.fingerprint, w.device_name \
+         FROM sessions v LEFT JOIN sessions w ON w.session_id = v.superseded_by \
+         WHERE v.end_reason = 'superseded' AND v.ended_at >= :since",
+    )?;
+    input.takeovers = stmt
+        .query_map(named_params! {":since": since.0}, |row| {
+            Ok(Takeover {
+                key_id: row.get(0)?,
+                at: Timestamp(row.get(1)?),
+                from: Device {
+                    fingerprint: row.get(2)?,
+                    name: row.get(3)?,
+                },
+                to: Device {
+                    fingerprint: row.get(4)?,
+                    name: row.get(5)?,
+                },
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(input)
 }
