@@ -1,0 +1,889 @@
+//! Model-based test: random sequences of session and admin operations run
+//! against the real server (HTTP, `LiveStore`, SQLite, the session rules),
+//! and every answer is compared with a small in-memory model of the wire
+//! contract (`shared/spec/api.md`) and of the choices `docs/api.md` makes
+//! where the contract is silent.
+//!
+//! Why a model: the example tests check the cases someone thought of; the
+//! model is the contract written once as plain code (a `Vec` of sessions and
+//! a few `if`s), and proptest looks for the interleavings nobody thought of:
+//! a retry after a takeover, a kick of a ghost, an expiry exactly at the
+//! timeout, a seat limit lowered under a full key. When the server and the
+//! model disagree, proptest shrinks the sequence and the failure names the
+//! op (by index), what the model expected and what the server answered.
+//!
+//! One server (temp database, `ManualClock`) serves every case; each case
+//! gets a fresh key (1 or 3 seats, takeover or reject) and its own session
+//! ids, so cases cannot see each other, and the clock only moves forward.
+//!
+//! Run more cases with `PROPTEST_CASES=2000 cargo test --test model -- --nocapture`
+//! (see docs/correctness.md).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use common::TestServer;
+use keyseat::clock::Timestamp;
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
+use serde_json::{json, Value};
+
+/// The server's default timeout (tests use the default timing).
+const TIMEOUT_MS: i64 = 60_000;
+
+/// Cases when `PROPTEST_CASES` is not set: about 10 s in a debug build on a
+/// busy two-core machine.
+const DEFAULT_CASES: u32 = 192;
+
+// ---------------------------------------------------------------- the ops
+
+/// Three devices: each has its own name and, when a start says so, its own
+/// fingerprint (`fp-A`...). Two starts of the same device with `fp: true`
+/// are the same machine restarting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Device {
+    A,
+    B,
+    C,
+}
+
+impl Device {
+    fn name(self) -> &'static str {
+        match self {
+            Device::A => "A",
+            Device::B => "B",
+            Device::C => "C",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Policy {
+    Takeover,
+    Reject,
+}
+
+impl Policy {
+    fn as_str(self) -> &'static str {
+        match self {
+            Policy::Takeover => "takeover",
+            Policy::Reject => "reject",
+        }
+    }
+}
+
+/// One step. `s` picks a session this case has started (the `s % n`-th,
+/// in start order); `s == 7`, or no session yet, means an id this key never
+/// had. `sid: Some(n)` is the client's own session id number `n` (a retry
+/// when `n` was used before); `None` lets the server pick one.
+#[derive(Debug, Clone)]
+enum Op {
+    Start {
+        device: Device,
+        sid: Option<u8>,
+        fp: bool,
+    },
+    Heartbeat {
+        s: u8,
+    },
+    End {
+        s: u8,
+    },
+    Status,
+    /// `DELETE /api/admin/sessions/{id}`.
+    Kick {
+        s: u8,
+    },
+    /// `POST /api/admin/keys/{id}/revoke`.
+    Revoke,
+    /// `PATCH {"max_sessions": n}`.
+    SetSeats(u32),
+    /// `PATCH {"on_conflict": ...}`.
+    SetPolicy(Policy),
+    /// `PATCH {"status": "suspended"}`.
+    Suspend,
+    /// `PATCH {"status": "active"}`.
+    Resume,
+    /// Moves the server's clock forward.
+    Advance {
+        ms: i64,
+    },
+}
+
+fn device() -> impl Strategy<Value = Device> {
+    prop_oneof![Just(Device::A), Just(Device::B), Just(Device::C)]
+}
+
+fn policy() -> impl Strategy<Value = Policy> {
+    prop_oneof![Just(Policy::Takeover), Just(Policy::Reject)]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (device(), proptest::option::of(0u8..4), any::<bool>())
+            .prop_map(|(device, sid, fp)| Op::Start { device, sid, fp }),
+        5 => (0u8..8).prop_map(|s| Op::Heartbeat { s }),
+        2 => (0u8..8).prop_map(|s| Op::End { s }),
+        2 => Just(Op::Status),
+        1 => (0u8..8).prop_map(|s| Op::Kick { s }),
+        1 => (1u32..=3).prop_map(Op::SetSeats),
+        1 => policy().prop_map(Op::SetPolicy),
+        1 => prop_oneof![3 => Just(Op::Suspend), 2 => Just(Op::Resume), 1 => Just(Op::Revoke)],
+        4 => prop_oneof![
+            // Small steps, and the edges of the timeout: one millisecond
+            // short of it, exactly it, past it.
+            3 => (1i64..=20_000).prop_map(|ms| Op::Advance { ms }),
+            1 => Just(Op::Advance { ms: 1 }),
+            1 => Just(Op::Advance { ms: TIMEOUT_MS - 1 }),
+            1 => Just(Op::Advance { ms: TIMEOUT_MS }),
+            1 => (TIMEOUT_MS + 1..=3 * TIMEOUT_MS).prop_map(|ms| Op::Advance { ms }),
+        ],
+    ]
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    seats: u32,
+    policy: Policy,
+    ops: Vec<Op>,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        prop_oneof![Just(1u32), Just(3u32)],
+        policy(),
+        prop::collection::vec(op(), 1..40),
+    )
+        .prop_map(|(seats, policy, ops)| Case { seats, policy, ops })
+}
+
+// --------------------------------------------------------------- the model
+
+/// Why a session ended, as the contract names it; `Superseded` keeps who
+/// took the seat, which the superseded device is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EndKind {
+    Ended,
+    Superseded { by: Device, by_started_at: i64 },
+    Expired,
+    Revoked,
+}
+
+impl EndKind {
+    fn reason(self) -> &'static str {
+        match self {
+            EndKind::Ended => "ended",
+            EndKind::Superseded { .. } => "superseded",
+            EndKind::Expired => "expired",
+            EndKind::Revoked => "revoked",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct MSession {
+    sid: String,
+    device: Device,
+    fingerprint: bool,
+    fence: i64,
+    started_at: i64,
+    last_heartbeat: i64,
+    end: Option<EndKind>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyState {
+    Active,
+    Suspended,
+    Revoked,
+}
+
+/// The contract, for one key.
+struct Model {
+    seats: u32,
+    policy: Policy,
+    state: KeyState,
+    /// Every session this key ever had, in start order.
+    sessions: Vec<MSession>,
+    /// The highest fence handed out so far (0 before the first start).
+    last_fence: i64,
+}
+
+impl Model {
+    /// Records the expiry of every session whose lease ran out by `now`:
+    /// live means `now - last_heartbeat < timeout`, exactly.
+    fn expire(&mut self, now: i64) {
+        for s in &mut self.sessions {
+            if s.end.is_none() && now - s.last_heartbeat >= TIMEOUT_MS {
+                s.end = Some(EndKind::Expired);
+            }
+        }
+    }
+
+    fn live(&self) -> Vec<usize> {
+        (0..self.sessions.len())
+            .filter(|&i| self.sessions[i].end.is_none())
+            .collect()
+    }
+
+    /// The key's own 403, which wins over anything about sessions.
+    fn key_error(&self) -> Option<Value> {
+        match self.state {
+            KeyState::Active => None,
+            KeyState::Suspended => Some(error(403, "key_suspended")),
+            KeyState::Revoked => Some(error(403, "key_revoked")),
+        }
+    }
+
+    /// Live sessions in the order they lose their seat: oldest heartbeat
+    /// first, then lowest fence (docs/api.md, "Seats and conflict policy").
+    fn victims_order(&self, among: &[usize]) -> Vec<usize> {
+        let mut v = among.to_vec();
+        v.sort_by_key(|&i| (self.sessions[i].last_heartbeat, self.sessions[i].fence));
+        v
+    }
+
+    fn find(&self, sid: &str) -> Option<usize> {
+        self.sessions.iter().position(|s| s.sid == sid)
+    }
+
+    /// A heartbeat's answer for a session that is no longer live.
+    fn dead_answer(s: &MSession) -> Value {
+        match s.end.expect("ended") {
+            EndKind::Superseded { by, by_started_at } => json!({
+                "status": 409, "code": "session_superseded",
+                "superseded_by": {"device_name": by.name(), "started_at": by_started_at},
+            }),
+            kind => json!({
+                "status": 410, "code": format!("session_{}", kind.reason()),
+                "reason": kind.reason(),
+            }),
+        }
+    }
+}
+
+fn error(status: u16, code: &str) -> Value {
+    json!({"status": status, "code": code})
+}
+
+/// Server time when the current case began: times are shown and compared
+/// as milliseconds since then, so a failure reads `"last_heartbeat": 60000`.
+static CASE_T0: AtomicI64 = AtomicI64::new(0);
+
+/// An RFC 3339 time from an answer, as milliseconds since the case began.
+fn ms(v: &Value) -> Value {
+    v.as_str()
+        .and_then(Timestamp::parse_rfc3339)
+        .map(|t| json!(t.millis() - CASE_T0.load(Ordering::Relaxed)))
+        .unwrap_or_else(|| v.clone())
+}
+
+/// The top-level fields where two answers differ, for the failure message.
+fn differing(expected: &Value, got: &Value) -> String {
+    let (Some(e), Some(g)) = (expected.as_object(), got.as_object()) else {
+        return String::new();
+    };
+    let mut names: Vec<&str> = e
+        .keys()
+        .chain(g.keys())
+        .filter(|k| e.get(*k) != g.get(*k))
+        .map(String::as_str)
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names.join(", ")
+}
+
+/// The parts of an error answer the model predicts.
+fn error_view(status: u16, body: &Value) -> Value {
+    let e = &body["error"];
+    let mut v = json!({"status": status, "code": e["code"]});
+    if !e["superseded_by"].is_null() {
+        v["superseded_by"] = json!({
+            "device_name": e["superseded_by"]["device_name"],
+            "started_at": ms(&e["superseded_by"]["started_at"]),
+        });
+    }
+    if !e["reason"].is_null() {
+        v["reason"] = e["reason"].clone();
+    }
+    if !e["max_sessions"].is_null() {
+        v["max_sessions"] = e["max_sessions"].clone();
+    }
+    v
+}
+
+// ------------------------------------------------------------- the harness
+
+static CASES: AtomicUsize = AtomicUsize::new(0);
+static OPS: AtomicUsize = AtomicUsize::new(0);
+static CASE_SEQ: AtomicUsize = AtomicUsize::new(0);
+/// How often each kind of answer came, to show what the cases covered.
+static SEEN: Mutex<BTreeMap<String, usize>> = Mutex::new(BTreeMap::new());
+
+/// Counts an answer under a short label such as `Heartbeat 409 session_superseded`.
+fn tally(op: &Op, got: &Value) {
+    let name = format!("{op:?}");
+    let name = name.split([' ', '(']).next().unwrap_or("");
+    let mut label = format!("{name} {}", got["status"]);
+    if let Some(code) = got["code"].as_str() {
+        label = format!("{label} {code}");
+    } else if got["previous_session_terminated"] == true {
+        label.push_str(" terminated");
+    } else if got["resumed"] == true {
+        label.push_str(" resumed");
+    } else if got["ended"] == false {
+        label = format!("{label} already {}", got["reason"].as_str().unwrap_or(""));
+    }
+    *SEEN.lock().unwrap().entry(label).or_default() += 1;
+}
+
+/// One case against the server: a new key, the ops in order, every answer
+/// compared with the model's.
+struct Run<'a> {
+    server: &'a TestServer,
+    key: String,
+    key_id: String,
+    /// Unique per case, so client-chosen ids never collide across cases.
+    tag: String,
+    model: Model,
+    /// What happened so far, printed with a failure.
+    log: Vec<String>,
+}
+
+impl Run<'_> {
+    /// Milliseconds since the case began, on the server's clock.
+    fn now(&self) -> i64 {
+        self.server.now().millis() - CASE_T0.load(Ordering::Relaxed)
+    }
+
+    fn client_sid(&self, n: u8) -> String {
+        format!("{}-sid{n}", self.tag)
+    }
+
+    /// The session id an op with `s` aims at.
+    fn target(&self, s: u8) -> String {
+        let n = self.model.sessions.len();
+        if s == 7 || n == 0 {
+            format!("{}-never-started", self.tag)
+        } else {
+            self.model.sessions[usize::from(s) % n].sid.clone()
+        }
+    }
+
+    fn fail(&self, i: usize, op: &Op, what: &str, expected: &Value, got: &Value) -> TestCaseError {
+        TestCaseError::fail(format!(
+            "op #{i} {op:?}{what}\n  expected: {expected}\n  got:      {got}\n  \
+             differs in: {}\n  key now: {} seat(s), {}\n  \
+             history (times in ms since the case began):\n    {}",
+            differing(expected, got),
+            self.model.seats,
+            self.model.policy.as_str(),
+            self.log.join("\n    ")
+        ))
+    }
+
+    async fn patch(&self, body: Value) -> (u16, Value) {
+        let (st, b) = self
+            .server
+            .admin(
+                "PATCH",
+                &format!("/api/admin/keys/{}", self.key_id),
+                Some(body),
+            )
+            .await;
+        (st.as_u16(), b)
+    }
+
+    /// The admin view of the key the model predicts after a key change.
+    fn key_view(&self) -> Value {
+        let status = match self.model.state {
+            KeyState::Active => "active",
+            KeyState::Suspended => "suspended",
+            KeyState::Revoked => "revoked",
+        };
+        json!({
+            "status": 200,
+            "key_status": status,
+            "max_sessions": self.model.seats,
+            "on_conflict": self.model.policy.as_str(),
+            "live_sessions": self.model.live().len(),
+        })
+    }
+
+    fn key_view_of(status: u16, body: &Value) -> Value {
+        if status != 200 {
+            return error_view(status, body);
+        }
+        json!({
+            "status": status,
+            "key_status": body["status"],
+            "max_sessions": body["max_sessions"],
+            "on_conflict": body["on_conflict"],
+            "live_sessions": body["live_sessions"],
+        })
+    }
+
+    /// Runs op `i` and checks its answer.
+    async fn step(&mut self, i: usize, op: &Op) -> Result<(), TestCaseError> {
+        let now = self.now();
+        self.model.expire(now);
+        let (expected, got, what) = match *op {
+            Op::Advance { ms } => {
+                self.server.clock.advance_millis(ms);
+                self.log.push(format!("#{i} {op:?}"));
+                return Ok(());
+            }
+            Op::Start { device, sid, fp } => return self.start(i, op, device, sid, fp).await,
+            Op::Heartbeat { s } => {
+                let sid = self.target(s);
+                let (st, body) = self.server.heartbeat(&self.key, &sid).await;
+                let st = st.as_u16();
+                let expected = self.heartbeat_expect(&sid, now);
+                let got = if st == 200 {
+                    json!({"status": 200, "session_id": body["session_id"], "fence": body["fence"],
+                           "last_heartbeat": ms(&body["last_heartbeat"]),
+                           "expires_at": ms(&body["expires_at"])})
+                } else {
+                    error_view(st, &body)
+                };
+                (expected, got, format!(" on {sid}"))
+            }
+            Op::End { s } => {
+                let sid = self.target(s);
+                let (st, body) = self.server.end(&self.key, &sid).await;
+                let st = st.as_u16();
+                let expected = self.end_expect(&sid, EndKind::Ended, false);
+                let got = if st == 200 {
+                    json!({"status": 200, "ended": body["ended"], "reason": body["reason"]})
+                } else {
+                    error_view(st, &body)
+                };
+                (expected, got, format!(" on {sid}"))
+            }
+            Op::Kick { s } => {
+                let sid = self.target(s);
+                let (st, body) = self
+                    .server
+                    .admin("DELETE", &format!("/api/admin/sessions/{sid}"), None)
+                    .await;
+                let st = st.as_u16();
+                let expected = self.end_expect(&sid, EndKind::Revoked, true);
+                let got = if st == 200 {
+                    json!({"status": 200, "ended": body["ended"], "reason": body["reason"]})
+                } else {
+                    error_view(st, &body)
+                };
+                (expected, got, format!(" on {sid}"))
+            }
+            Op::Status => {
+                let (st, body) = self.server.status(&self.key).await;
+                let st = st.as_u16();
+                let expected = self.status_expect();
+                let got = if st == 200 {
+                    let mut sessions: Vec<Value> = body["sessions"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|s| {
+                            json!({"session_id": s["session_id"], "fence": s["fence"],
+                               "device_name": s["device_name"],
+                               "started_at": ms(&s["started_at"]),
+                               "last_heartbeat": ms(&s["last_heartbeat"]),
+                               "expires_at": ms(&s["expires_at"])})
+                        })
+                        .collect();
+                    // "Oldest start first": a start's fence orders it.
+                    let in_order = sessions.windows(2).all(|w| {
+                        w[0]["started_at"].as_i64() <= w[1]["started_at"].as_i64()
+                            && w[0]["fence"].as_i64() < w[1]["fence"].as_i64()
+                    });
+                    if !in_order {
+                        sessions.push(json!("NOT OLDEST START FIRST"));
+                    }
+                    json!({"status": 200, "active": body["active"],
+                           "max_sessions": body["max_sessions"],
+                           "on_conflict": body["on_conflict"], "sessions": sessions})
+                } else {
+                    error_view(st, &body)
+                };
+                // The admin view of the key agrees on the live count.
+                if expected == got {
+                    let (kst, kbody) = self
+                        .server
+                        .admin("GET", &format!("/api/admin/keys/{}", self.key_id), None)
+                        .await;
+                    let (kexp, kgot) = (self.key_view(), Self::key_view_of(kst.as_u16(), &kbody));
+                    if kexp != kgot {
+                        return Err(self.fail(i, op, " (GET key after it)", &kexp, &kgot));
+                    }
+                }
+                (expected, got, String::new())
+            }
+            Op::Revoke => {
+                let (st, body) = self
+                    .server
+                    .admin(
+                        "POST",
+                        &format!("/api/admin/keys/{}/revoke", self.key_id),
+                        None,
+                    )
+                    .await;
+                self.model.state = KeyState::Revoked;
+                self.end_all_live(EndKind::Revoked);
+                (
+                    self.key_view(),
+                    Self::key_view_of(st.as_u16(), &body),
+                    String::new(),
+                )
+            }
+            Op::SetSeats(n) => {
+                let (st, body) = self.patch(json!({"max_sessions": n})).await;
+                let expected = if self.model.state == KeyState::Revoked {
+                    error(409, "conflict")
+                } else {
+                    self.model.seats = n;
+                    let live = self.model.live();
+                    let excess = live.len().saturating_sub(n as usize);
+                    for v in self.model.victims_order(&live).into_iter().take(excess) {
+                        self.model.sessions[v].end = Some(EndKind::Revoked);
+                    }
+                    self.key_view()
+                };
+                (expected, Self::key_view_of(st, &body), String::new())
+            }
+            Op::SetPolicy(p) => {
+                let (st, body) = self.patch(json!({"on_conflict": p.as_str()})).await;
+                let expected = if self.model.state == KeyState::Revoked {
+                    error(409, "conflict")
+                } else {
+                    self.model.policy = p;
+                    self.key_view()
+                };
+                (expected, Self::key_view_of(st, &body), String::new())
+            }
+            Op::Suspend | Op::Resume => {
+                let suspend = matches!(op, Op::Suspend);
+                let (st, body) = self
+                    .patch(json!({"status": if suspend { "suspended" } else { "active" }}))
+                    .await;
+                let expected = if self.model.state == KeyState::Revoked {
+                    error(409, "conflict")
+                } else {
+                    if suspend {
+                        self.model.state = KeyState::Suspended;
+                        self.end_all_live(EndKind::Revoked);
+                    } else {
+                        self.model.state = KeyState::Active;
+                    }
+                    self.key_view()
+                };
+                (expected, Self::key_view_of(st, &body), String::new())
+            }
+        };
+        self.log.push(format!("#{i} {op:?}{what} -> {got}"));
+        tally(op, &got);
+        if expected != got {
+            return Err(self.fail(i, op, &what, &expected, &got));
+        }
+        Ok(())
+    }
+
+    fn end_all_live(&mut self, kind: EndKind) {
+        for i in self.model.live() {
+            self.model.sessions[i].end = Some(kind);
+        }
+    }
+
+    fn heartbeat_expect(&mut self, sid: &str, now: i64) -> Value {
+        if let Some(e) = self.model.key_error() {
+            return e;
+        }
+        let Some(i) = self.model.find(sid) else {
+            return error(404, "session_not_found");
+        };
+        let s = &mut self.model.sessions[i];
+        if s.end.is_some() {
+            return Model::dead_answer(s);
+        }
+        s.last_heartbeat = now;
+        json!({"status": 200, "session_id": sid, "fence": s.fence,
+               "last_heartbeat": now, "expires_at": now + TIMEOUT_MS})
+    }
+
+    /// End (by the app) or kick (by an admin): the same answers, except
+    /// that a kick ignores the key's state and marks the end `revoked`.
+    fn end_expect(&mut self, sid: &str, kind: EndKind, admin: bool) -> Value {
+        if !admin {
+            if let Some(e) = self.model.key_error() {
+                return e;
+            }
+        }
+        let Some(i) = self.model.find(sid) else {
+            return error(404, "session_not_found");
+        };
+        let s = &mut self.model.sessions[i];
+        match s.end {
+            Some(done) => json!({"status": 200, "ended": false, "reason": done.reason()}),
+            None => {
+                s.end = Some(kind);
+                json!({"status": 200, "ended": true, "reason": null})
+            }
+        }
+    }
+
+    fn status_expect(&self) -> Value {
+        if let Some(e) = self.model.key_error() {
+            return e;
+        }
+        let live = self.model.live();
+        let sessions: Vec<Value> = live
+            .iter()
+            .map(|&i| {
+                let s = &self.model.sessions[i];
+                json!({"session_id": s.sid, "fence": s.fence, "device_name": s.device.name(),
+                       "started_at": s.started_at, "last_heartbeat": s.last_heartbeat,
+                       "expires_at": s.last_heartbeat + TIMEOUT_MS})
+            })
+            .collect();
+        json!({"status": 200, "active": !live.is_empty(), "max_sessions": self.model.seats,
+               "on_conflict": self.model.policy.as_str(), "sessions": sessions})
+    }
+
+    async fn start(
+        &mut self,
+        i: usize,
+        op: &Op,
+        device: Device,
+        sid: Option<u8>,
+        fp: bool,
+    ) -> Result<(), TestCaseError> {
+        let now = self.now();
+        let client_sid = sid.map(|n| self.client_sid(n));
+        let mut dev = json!({"name": device.name()});
+        if fp {
+            dev["fingerprint"] = json!(format!("fp-{}", device.name()));
+        }
+        let mut req = json!({"access_key": self.key, "device": dev});
+        if let Some(id) = &client_sid {
+            req["session_id"] = json!(id);
+        }
+        let (st, body) = self.server.post("/api/session/start", req).await;
+        let st = st.as_u16();
+        let got = if st == 200 {
+            json!({"status": 200, "session_id": body["session_id"], "fence": body["fence"],
+                   "resumed": body["resumed"], "started_at": ms(&body["started_at"]),
+                   "expires_at": ms(&body["expires_at"]),
+                   "previous_session_terminated": body["previous_session_terminated"],
+                   "terminated_sessions": body["terminated_sessions"].as_array().cloned()
+                       .unwrap_or_default().iter().map(|t| json!({
+                           "session_id": t["session_id"], "device_name": t["device_name"],
+                           "last_heartbeat": ms(&t["last_heartbeat"])})).collect::<Vec<_>>()})
+        } else {
+            error_view(st, &body)
+        };
+        let expected = self.start_expect(device, client_sid.as_deref(), fp, now, &got);
+        self.log.push(format!("#{i} {op:?} -> {got}"));
+        tally(op, &got);
+        match expected {
+            Ok(expected) if expected == got => Ok(()),
+            Ok(expected) => Err(self.fail(i, op, "", &expected, &got)),
+            Err(problem) => Err(self.fail(i, op, "", &json!(problem), &got)),
+        }
+    }
+
+    /// What a start must answer; updates the model as the contract says.
+    /// A new session's fence and a server-chosen id cannot be predicted,
+    /// only checked: the fence above every earlier one of the key (and 1
+    /// for the key's first), the id never seen before. `Err` is a broken
+    /// rule of that kind.
+    fn start_expect(
+        &mut self,
+        device: Device,
+        client_sid: Option<&str>,
+        fp: bool,
+        now: i64,
+        got: &Value,
+    ) -> Result<Value, String> {
+        if let Some(e) = self.model.key_error() {
+            return Ok(e);
+        }
+        if let Some(id) = client_sid {
+            if let Some(i) = self.model.find(id) {
+                let s = &mut self.model.sessions[i];
+                if s.end.is_some() {
+                    return Ok(error(409, "session_id_taken"));
+                }
+                // A retry while live: the same session, a renewed lease,
+                // nothing terminated.
+                s.last_heartbeat = now;
+                return Ok(json!({"status": 200, "session_id": id, "fence": s.fence,
+                    "resumed": true, "started_at": s.started_at, "expires_at": now + TIMEOUT_MS,
+                    "previous_session_terminated": false, "terminated_sessions": []}));
+            }
+        }
+        let live = self.model.live();
+        let mut victim = None;
+        if live.len() >= self.model.seats as usize {
+            let same_device: Vec<usize> = live
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    fp && self.model.sessions[i].fingerprint
+                        && self.model.sessions[i].device == device
+                })
+                .collect();
+            if let Some(&v) = self.model.victims_order(&same_device).first() {
+                victim = Some(v);
+            } else if self.model.policy == Policy::Takeover {
+                victim = self.model.victims_order(&live).first().copied();
+            } else {
+                let mut e = error(409, "seats_full");
+                e["max_sessions"] = json!(self.model.seats);
+                return Ok(e);
+            }
+        }
+        // The server's own choices, checked before the model takes them.
+        let fence = got["fence"].as_i64().ok_or("a 200 with a numeric fence")?;
+        let want_first = self.model.last_fence == 0;
+        if (want_first && fence != 1) || fence <= self.model.last_fence {
+            return Err(format!(
+                "fence {} for a new session (last was {})",
+                if want_first {
+                    "1".to_owned()
+                } else {
+                    "above the last".to_owned()
+                },
+                self.model.last_fence
+            ));
+        }
+        let sid = match client_sid {
+            Some(id) => id.to_owned(),
+            None => {
+                let id = got["session_id"]
+                    .as_str()
+                    .ok_or("a 200 with a session_id")?;
+                if self.model.find(id).is_some() {
+                    return Err(format!("a fresh session id, not {id}"));
+                }
+                id.to_owned()
+            }
+        };
+        self.model.last_fence = fence;
+        let terminated: Vec<Value> = victim
+            .map(|v| {
+                let s = &mut self.model.sessions[v];
+                s.end = Some(EndKind::Superseded {
+                    by: device,
+                    by_started_at: now,
+                });
+                vec![json!({"session_id": s.sid, "device_name": s.device.name(),
+                            "last_heartbeat": s.last_heartbeat})]
+            })
+            .unwrap_or_default();
+        self.model.sessions.push(MSession {
+            sid: sid.clone(),
+            device,
+            fingerprint: fp,
+            fence,
+            started_at: now,
+            last_heartbeat: now,
+            end: None,
+        });
+        Ok(
+            json!({"status": 200, "session_id": sid, "fence": fence, "resumed": false,
+            "started_at": now, "expires_at": now + TIMEOUT_MS,
+            "previous_session_terminated": !terminated.is_empty(),
+            "terminated_sessions": terminated}),
+        )
+    }
+}
+
+async fn run_case(server: &TestServer, case: &Case) -> Result<(), TestCaseError> {
+    let n = CASE_SEQ.fetch_add(1, Ordering::Relaxed);
+    CASE_T0.store(server.now().millis(), Ordering::Relaxed);
+    let (key, created) = server
+        .create_key(json!({"max_sessions": case.seats, "on_conflict": case.policy.as_str()}))
+        .await;
+    let mut run = Run {
+        server,
+        key,
+        key_id: created["key_id"].as_str().expect("key_id").to_owned(),
+        tag: format!("model-{n:06}"),
+        model: Model {
+            seats: case.seats,
+            policy: case.policy,
+            state: KeyState::Active,
+            sessions: Vec::new(),
+            last_fence: 0,
+        },
+        log: Vec::new(),
+    };
+    for (i, op) in case.ops.iter().enumerate() {
+        OPS.fetch_add(1, Ordering::Relaxed);
+        run.step(i, op).await?;
+    }
+    CASES.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Every answer of the real server matches the contract's model, for random
+/// sequences of starts, heartbeats, ends, status calls, kicks, key changes
+/// and clock moves on 1- and 3-seat keys with either conflict policy.
+#[test]
+fn server_answers_like_the_contract_model() {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_CASES);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let server = rt.block_on(TestServer::start());
+    let config = Config {
+        cases,
+        // Shrunk counterexamples are printed in full; no regression file
+        // is written into the source tree.
+        failure_persistence: None,
+        max_shrink_iters: 4096,
+        ..Config::default()
+    };
+    let began = Instant::now();
+    let mut runner = TestRunner::new(config);
+    let result = runner.run(&case(), |c| rt.block_on(run_case(&server, &c)));
+    let elapsed = began.elapsed();
+    match result {
+        Ok(()) => {
+            eprintln!(
+                "model: {} case(s) passed, {} ops checked against the model, {:.1} s",
+                CASES.load(Ordering::Relaxed),
+                OPS.load(Ordering::Relaxed),
+                elapsed.as_secs_f64()
+            );
+            let seen = SEEN.lock().unwrap();
+            let lines: Vec<String> = seen.iter().map(|(k, n)| format!("{n:>6} {k}")).collect();
+            eprintln!("answers seen:\n{}", lines.join("\n"));
+        }
+        Err(TestError::Fail(why, case)) => panic!(
+            "the server disagrees with the contract model (after {} case(s), shrunk):\n\
+             key created with {} seat(s), {}\nops:\n{}\n{why}",
+            CASES.load(Ordering::Relaxed),
+            case.seats,
+            case.policy.as_str(),
+            case.ops
+                .iter()
+                .enumerate()
+                .map(|(i, op)| format!("  #{i} {op:?}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+        Err(TestError::Abort(why)) => panic!("model test aborted: {why}"),
+    }
+}
