@@ -35,7 +35,7 @@ use keyseat::http::{app, extract::parse_json, AppState};
 use keyseat::input;
 use keyseat::keys::{self, AccessKey, KeyFormatError};
 use keyseat::model::{Actor, EventType};
-use keyseat::store::{LiveOptions, LiveStore, NewKey, OpenMode, SqliteStore, Storage};
+use keyseat::store::{Durability, LiveOptions, LiveStore, NewKey, OpenMode, SqliteStore, Storage};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{json, Value};
@@ -671,6 +671,9 @@ impl Harness {
             database: dir.path().join("fuzz.db"),
             admin_token: Some(Secret::new(TOKEN)),
             rate_limits: false,
+            // No fsync per commit: thousands of writes, and nothing here
+            // is about durability.
+            durability: Durability::Normal,
             ..Settings::default()
         };
         let rt = tokio::runtime::Builder::new_current_thread()
