@@ -3,11 +3,12 @@
 //! these; the HTTP and CLI layers render them.
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::clock::Timestamp;
 
 /// What happens when a key's seats are all taken and another device starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ConflictPolicy {
     /// The new device wins; the live session with the oldest heartbeat ends.
@@ -36,7 +37,7 @@ impl ConflictPolicy {
 }
 
 /// An access key's administrative state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyStatus {
     /// Usable.
@@ -69,7 +70,7 @@ impl KeyStatus {
 }
 
 /// Why a session is no longer live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EndReason {
     /// The client ended it.
@@ -106,15 +107,19 @@ impl EndReason {
 }
 
 /// An access key as admins see it (never with its secret).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Key {
     /// Public name, `key_…`.
+    #[schema(example = "key_Rqy55lb8QkfTg3hO")]
     pub key_id: String,
     /// `ks_` + the first 8 characters of the secret.
+    #[schema(example = "ks_Rp7Jc4af", pattern = "^ks_[0-9A-Za-z]{8}$")]
     pub prefix: String,
     /// Free text for the operator (customer name, order number…).
+    #[schema(max_length = 200, example = "Acme Corp, order 1042")]
     pub label: Option<String>,
     /// Seat limit.
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_sessions: u32,
     /// What a start does when all seats are live.
     pub on_conflict: ConflictPolicy,
@@ -179,7 +184,7 @@ impl Session {
 }
 
 /// The kinds of audit event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventType {
     /// A key was created.
@@ -248,7 +253,7 @@ impl EventType {
 }
 
 /// One audit log entry.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Event {
     /// Increasing id; newest first in listings.
     pub id: i64,
@@ -268,6 +273,7 @@ pub struct Event {
     /// Who caused it: an IP address, `cli`, or `server` for the sweep.
     pub client_addr: Option<String>,
     /// Event-specific details (the superseding session, changed fields…).
+    #[schema(value_type = Option<Object>)]
     pub detail: Option<serde_json::Value>,
 }
 

@@ -186,6 +186,10 @@ enum Command {
     /// Reports over the history (e.g. `report sharing`).
     #[command(subcommand)]
     Report(report::ReportCommand),
+    /// Print the HTTP API's OpenAPI 3.1 document (as served at
+    /// /openapi.json; `keyseat openapi > docs/openapi.json` refreshes the
+    /// checked-in copy).
+    Openapi,
     /// Hold a seat like an app would, printing each event (the reference
     /// client). Exit codes: 0 ended by user, 3 superseded, 4 expired,
     /// 5 revoked, 6 key refused, 7 unreachable, 8 seats full, 1 other.
@@ -200,6 +204,11 @@ enum Command {
 /// Runs the command line; returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The document is built from the code alone: no settings, no database.
+    if let Command::Openapi = cli.command {
+        outln!("{}", crate::http::openapi::pretty().trim_end());
+        return ExitCode::SUCCESS;
+    }
     // The device-side commands talk to a server; they need no settings.
     #[cfg(feature = "client")]
     match cli.command {
@@ -227,6 +236,7 @@ pub fn main() -> ExitCode {
         Command::Sessions(cmd) => with_store(&settings, |s, now| sessions::run(cmd, s, now)),
         Command::Events(args) => with_store(&settings, |s, now| sessions::events(args, s, now)),
         Command::Report(cmd) => with_store(&settings, |s, now| report::run(cmd, s, now)),
+        Command::Openapi => unreachable!("handled above"),
         #[cfg(feature = "client")]
         Command::Client(_) | Command::Check(_) => unreachable!("handled above"),
     };

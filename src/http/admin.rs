@@ -12,6 +12,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{ApiJson, ApiQuery, ClientAddr};
 use super::AppState;
@@ -109,22 +110,38 @@ where
     Option::<T>::deserialize(d).map(Some)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct CreateKeyBody {
+    /// Free text for the operator; empty means none.
+    #[schema(max_length = 200, example = "Acme Corp, order 1042")]
     label: Option<String>,
+    /// Seats (default 1).
+    #[schema(minimum = 1, maximum = 1000, example = 2)]
     max_sessions: Option<u32>,
+    /// Default `takeover`.
     on_conflict: Option<ConflictPolicy>,
+    /// RFC 3339; when the key stops working.
+    #[schema(format = DateTime, example = "2027-12-31T00:00:00Z")]
     expires_at: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct PatchKeyBody {
+    /// New label; `null` or empty clears it.
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, max_length = 200)]
     label: Option<Option<String>>,
+    /// Seats; lowering below the live count ends the excess sessions.
+    #[schema(minimum = 1, maximum = 1000)]
     max_sessions: Option<u32>,
+    /// Applies to later starts.
     on_conflict: Option<ConflictPolicy>,
+    /// RFC 3339, or `null` to clear; a past time ends the live sessions.
     #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     expires_at: Option<Option<String>>,
+    /// `suspended` ends the live sessions; `active` resumes the key.
+    #[schema(value_type = Option<crate::http::openapi::PatchStatus>)]
     status: Option<String>,
 }
 
@@ -144,6 +161,19 @@ fn log_key_change(change: &KeyChange) {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/admin/keys",
+    tag = "admin",
+    operation_id = "create_key",
+    summary = "Create a key",
+    security(("admin_token" = [])),
+    request_body = Option<CreateKeyBody>,
+    responses(
+        (status = 201, description = "The key, with its secret `access_key` (shown only this once).", body = crate::http::openapi::CreatedKey),
+        crate::http::openapi::CreateKeyErrors,
+    )
+)]
 async fn create_key(
     State(state): State<AppState>,
     addr: ClientAddr,
@@ -170,12 +200,31 @@ async fn create_key(
     Ok((StatusCode::CREATED, Json(body)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct KeyListQuery {
+    /// Page size, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+    /// The previous page's `next_after`.
     after: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/admin/keys",
+    tag = "admin",
+    operation_id = "list_keys",
+    summary = "List keys, paged",
+    security(("admin_token" = [])),
+    params(
+        KeyListQuery,
+    ),
+    responses(
+        (status = 200, description = "A page of keys in creation order.", body = crate::http::openapi::KeyPage),
+        crate::http::openapi::ListKeysErrors,
+    )
+)]
 async fn list_keys(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<KeyListQuery>,
@@ -190,6 +239,21 @@ async fn list_keys(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/admin/keys/{key_id}",
+    tag = "admin",
+    operation_id = "get_key",
+    summary = "One key",
+    security(("admin_token" = [])),
+    params(
+        ("key_id" = String, Path, description = "The key id, or its display prefix (`ks_` and 8 characters, `ks_` optional).", example = "key_Rqy55lb8QkfTg3hO"),
+    ),
+    responses(
+        (status = 200, description = "The key.", body = Key),
+        crate::http::openapi::GetKeyErrors,
+    )
+)]
 async fn get_key(State(state): State<AppState>, Path(key_id): Path<String>) -> Result<Json<Key>> {
     let store = state.store()?;
     let clock = state.clock();
@@ -198,6 +262,22 @@ async fn get_key(State(state): State<AppState>, Path(key_id): Path<String>) -> R
     ))
 }
 
+#[utoipa::path(
+    patch,
+    path = "/api/admin/keys/{key_id}",
+    tag = "admin",
+    operation_id = "update_key",
+    summary = "Change a key",
+    security(("admin_token" = [])),
+    params(
+        ("key_id" = String, Path, description = "The key id, or its display prefix (`ks_` and 8 characters, `ks_` optional).", example = "key_Rqy55lb8QkfTg3hO"),
+    ),
+    request_body = Option<PatchKeyBody>,
+    responses(
+        (status = 200, description = "The key as it now is (unchanged for an empty body).", body = Key),
+        crate::http::openapi::UpdateKeyErrors,
+    )
+)]
 async fn update_key(
     State(state): State<AppState>,
     addr: ClientAddr,
@@ -247,6 +327,21 @@ async fn update_key(
     Ok(Json(change.key))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/admin/keys/{key_id}/revoke",
+    tag = "admin",
+    operation_id = "revoke_key",
+    summary = "Revoke a key for good",
+    security(("admin_token" = [])),
+    params(
+        ("key_id" = String, Path, description = "The key id, or its display prefix (`ks_` and 8 characters, `ks_` optional).", example = "key_Rqy55lb8QkfTg3hO"),
+    ),
+    responses(
+        (status = 200, description = "The revoked key; its live sessions ended with reason `revoked`.", body = Key),
+        crate::http::openapi::RevokeKeyErrors,
+    )
+)]
 async fn revoke_key(
     State(state): State<AppState>,
     addr: ClientAddr,
@@ -261,8 +356,10 @@ async fn revoke_key(
     Ok(Json(change.key))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct SessionListQuery {
+    /// Only this key's sessions (key id or display prefix).
     key_id: Option<String>,
 }
 
@@ -284,6 +381,21 @@ pub fn admin_session_json(s: &Session, now: Timestamp) -> Value {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/admin/sessions",
+    tag = "admin",
+    operation_id = "list_sessions",
+    summary = "Live sessions",
+    security(("admin_token" = [])),
+    params(
+        SessionListQuery,
+    ),
+    responses(
+        (status = 200, description = "Live sessions, most recent heartbeat first.", body = crate::http::openapi::SessionList),
+        crate::http::openapi::ListSessionsErrors,
+    )
+)]
 async fn list_sessions(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<SessionListQuery>,
@@ -297,6 +409,21 @@ async fn list_sessions(
     })))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/admin/sessions/{session_id}",
+    tag = "admin",
+    operation_id = "kick_session",
+    summary = "End a session (reason `revoked`)",
+    security(("admin_token" = [])),
+    params(
+        ("session_id" = String, Path, description = "The session's id.", example = "3f1c9a7e-office-pc"),
+    ),
+    responses(
+        (status = 200, description = "`ended` is true when it was live; false, with the `reason`, when it had already ended.", body = crate::http::openapi::KickAnswer),
+        crate::http::openapi::KickErrors,
+    )
+)]
 async fn kick_session(
     State(state): State<AppState>,
     addr: ClientAddr,
@@ -318,16 +445,40 @@ async fn kick_session(
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct EventQuery {
+    /// Only this key's events (key id or display prefix).
     key_id: Option<String>,
+    /// Only events of this type.
     #[serde(rename = "type")]
+    #[param(value_type = Option<crate::model::EventType>)]
     event_type: Option<String>,
+    /// RFC 3339: only events at or after it.
+    #[param(format = DateTime)]
     since: Option<String>,
+    /// An event id: only older events (the previous page's `next_before`).
     before: Option<i64>,
+    /// Page size, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/admin/events",
+    tag = "admin",
+    operation_id = "list_events",
+    summary = "The audit log, newest first",
+    security(("admin_token" = [])),
+    params(
+        EventQuery,
+    ),
+    responses(
+        (status = 200, description = "A page of events, newest first.", body = crate::http::openapi::EventPage),
+        crate::http::openapi::EventsErrors,
+    )
+)]
 async fn list_events(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<EventQuery>,

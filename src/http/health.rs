@@ -10,6 +10,18 @@ use crate::store::blocking;
 
 /// 200 with `"database": "ok"`, or 503 with `"database": "error"` while
 /// starting or when the database cannot be read.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    operation_id = "health",
+    summary = "Is the server up and can it read its database",
+    responses(
+        (status = 200, description = "Serving; the database answers.", body = crate::http::openapi::HealthAnswer),
+        (status = 503, description = "Starting (`status`: `starting`), or the database cannot be read (`status`: `error`).", body = crate::http::openapi::HealthAnswer),
+        crate::http::openapi::GuardErrors,
+    )
+)]
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let version = env!("CARGO_PKG_VERSION");
     let Ok(store) = state.store() else {

@@ -14,6 +14,7 @@ pub mod extract;
 mod health;
 pub mod limits;
 pub mod listener;
+pub mod openapi;
 mod session;
 
 use std::any::Any;
@@ -142,6 +143,7 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health::health))
+        .route("/openapi.json", get(openapi::openapi_json))
         .merge(session::router())
         .nest("/api/admin", admin::router(state.clone()))
         .nest("/admin", crate::dashboard::router(state.clone()))

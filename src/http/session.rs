@@ -6,6 +6,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 
 use super::extract::{ApiJson, ClientAddr};
 use super::AppState;
@@ -31,27 +32,63 @@ pub fn router() -> Router<AppState> {
         .route("/api/session/status", post(status))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct StartBody {
+    /// The access key (the secret).
+    #[schema(
+        max_length = 256,
+        pattern = "^ks_[0-9A-Za-z]{38}$",
+        example = "ks_Rp7Jc4afS8V51Ng4i88Z0Msy6bpALhDm2k5E6F"
+    )]
     access_key: String,
+    /// The client's own id, for idempotent retries; a UUID without it.
+    #[schema(
+        min_length = 8,
+        max_length = 128,
+        pattern = "^[A-Za-z0-9._-]{8,128}$",
+        example = "3f1c9a7e-office-pc"
+    )]
     session_id: Option<String>,
     device: Option<DeviceBody>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 struct DeviceBody {
+    /// Shown to the device it supersedes, and in logs and the audit log.
+    #[schema(max_length = 128, example = "office-pc")]
     name: Option<String>,
+    /// A stable id of the device, for the same-device rules.
+    #[schema(max_length = 256, example = "a1b2c3d4")]
     fingerprint: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct SessionBody {
+    /// The access key (the secret).
+    #[schema(
+        max_length = 256,
+        pattern = "^ks_[0-9A-Za-z]{38}$",
+        example = "ks_Rp7Jc4afS8V51Ng4i88Z0Msy6bpALhDm2k5E6F"
+    )]
     access_key: String,
+    /// The session's id.
+    #[schema(
+        min_length = 8,
+        max_length = 128,
+        pattern = "^[A-Za-z0-9._-]{8,128}$",
+        example = "3f1c9a7e-office-pc"
+    )]
     session_id: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 struct StatusBody {
+    /// The access key (the secret).
+    #[schema(
+        max_length = 256,
+        pattern = "^ks_[0-9A-Za-z]{38}$",
+        example = "ks_Rp7Jc4afS8V51Ng4i88Z0Msy6bpALhDm2k5E6F"
+    )]
     access_key: String,
 }
 
@@ -114,6 +151,18 @@ fn terminated_json(s: &Session) -> Value {
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/session/start",
+    tag = "session",
+    operation_id = "start_session",
+    summary = "Take a seat",
+    request_body = StartBody,
+    responses(
+        (status = 200, description = "The session started (or, for a retry of a live start, resumed).", body = crate::http::openapi::StartAnswer),
+        crate::http::openapi::StartErrors,
+    )
+)]
 async fn start(
     State(state): State<AppState>,
     addr: ClientAddr,
@@ -182,6 +231,18 @@ async fn start(
     })))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/session/heartbeat",
+    tag = "session",
+    operation_id = "heartbeat",
+    summary = "Keep a session alive",
+    request_body = SessionBody,
+    responses(
+        (status = 200, description = "The lease is renewed.", body = crate::http::openapi::HeartbeatAnswer),
+        crate::http::openapi::HeartbeatErrors,
+    )
+)]
 async fn heartbeat(
     State(state): State<AppState>,
     addr: ClientAddr,
@@ -217,6 +278,18 @@ async fn heartbeat(
     })))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/session/end",
+    tag = "session",
+    operation_id = "end_session",
+    summary = "Give the seat back",
+    request_body = SessionBody,
+    responses(
+        (status = 200, description = "`ended` is true when the session was live and is now ended; false, with the `reason`, when it had already ended.", body = crate::http::openapi::EndAnswer),
+        crate::http::openapi::EndErrors,
+    )
+)]
 async fn end(
     State(state): State<AppState>,
     addr: ClientAddr,
@@ -240,6 +313,18 @@ async fn end(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/session/status",
+    tag = "session",
+    operation_id = "session_status",
+    summary = "The key's live sessions",
+    request_body = StatusBody,
+    responses(
+        (status = 200, description = "The key's seat limit, policy and live sessions.", body = crate::http::openapi::StatusAnswer),
+        crate::http::openapi::StatusErrors,
+    )
+)]
 async fn status(
     State(state): State<AppState>,
     addr: ClientAddr,
