@@ -32,6 +32,7 @@ pub mod error;
 pub mod http;
 pub mod input;
 pub mod keys;
+pub mod metrics;
 pub mod model;
 pub mod proxy;
 pub mod ratelimit;

@@ -34,6 +34,7 @@ pub struct Server {
     clock: Arc<dyn Clock>,
     stop: watch::Sender<bool>,
     http: JoinHandle<()>,
+    metrics_http: Option<JoinHandle<()>>,
     sweep: JoinHandle<()>,
     upkeep: JoinHandle<()>,
 }
@@ -77,6 +78,27 @@ impl Server {
         let limits = listener::ConnLimits {
             max_connections,
             header_timeout: Duration::from_secs(settings.client_timeout_seconds),
+        };
+        let metrics_http = match settings.metrics {
+            crate::config::MetricsMode::Separate(metrics_addr) => {
+                let metrics_listener = TcpListener::bind(metrics_addr).await.map_err(|e| {
+                    Error::Config(format!("cannot listen for metrics on {metrics_addr}: {e}"))
+                })?;
+                let mut metrics_stop = stop_rx.clone();
+                tracing::info!("metrics on http://{metrics_addr}/metrics");
+                Some(tokio::spawn(listener::serve(
+                    metrics_listener,
+                    crate::http::metrics::router_alone(state.clone()),
+                    listener::ConnLimits {
+                        max_connections: 64,
+                        header_timeout: Duration::from_secs(settings.client_timeout_seconds),
+                    },
+                    async move {
+                        let _ = metrics_stop.wait_for(|stopped| *stopped).await;
+                    },
+                )))
+            }
+            _ => None,
         };
         let mut http_stop = stop_rx.clone();
         let router = app(state.clone());
@@ -141,6 +163,7 @@ impl Server {
             clock,
             stop,
             http,
+            metrics_http,
             sweep,
             upkeep,
         })
@@ -175,6 +198,9 @@ impl Server {
                 tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; closing them");
                 http.abort();
             }
+        }
+        if let Some(m) = self.metrics_http {
+            m.abort();
         }
         let _ = self.sweep.await;
         let _ = self.upkeep.await;

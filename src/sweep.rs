@@ -23,7 +23,9 @@ pub async fn pass(
     history_days: u32,
     mark_alive: bool,
 ) -> Result<SweepReport> {
+    let started = std::time::Instant::now();
     let report = blocking(move || store.sweep(clock.now(), history_days, mark_alive)).await?;
+    crate::metrics::global().sweep_run(started.elapsed(), report.expired.len());
     log_report(&report);
     Ok(report)
 }
@@ -32,6 +34,9 @@ pub async fn pass(
 /// `Cleaned up N stale session(s)` and one line per session with its key
 /// prefix and session id.
 pub fn log_report(report: &SweepReport) {
+    for _ in &report.expired {
+        crate::metrics::global().session_ended(EndReason::Expired);
+    }
     if !report.expired.is_empty() {
         tracing::info!("Cleaned up {} stale session(s)", report.expired.len());
         for s in &report.expired {

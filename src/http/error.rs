@@ -11,6 +11,11 @@ use serde_json::{json, Map, Value};
 use crate::error::Error;
 use crate::model::EndReason;
 
+/// The contract's error code of a response, for middleware (metrics) that
+/// sees responses, not errors.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
 /// Status and code for an error.
 pub fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
     use StatusCode as S;
@@ -105,6 +110,7 @@ impl IntoResponse for Error {
             _ => self.to_string(),
         };
         let mut response = (status, Json(error_body(code, &message, extra))).into_response();
+        response.extensions_mut().insert(ErrorCode(code));
         let headers = response.headers_mut();
         match &self {
             Error::RateLimited { retry_after_secs } => {

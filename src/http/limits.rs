@@ -38,10 +38,11 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
         match state.inner.write_slots.clone().try_acquire_owned() {
             Ok(permit) => Some(permit),
             Err(_) => {
+                crate::metrics::global().shed("writes");
                 return Error::Overloaded(
                     "too many changes are waiting for the database; retry shortly".into(),
                 )
-                .into_response()
+                .into_response();
             }
         }
     } else {

@@ -14,6 +14,7 @@ pub mod extract;
 mod health;
 pub mod limits;
 pub mod listener;
+pub mod metrics;
 pub mod openapi;
 mod session;
 
@@ -61,6 +62,8 @@ struct Shared {
     write_slots: Arc<tokio::sync::Semaphore>,
     /// How long a client may take to send a request body.
     client_timeout: std::time::Duration,
+    /// Whether `/metrics` is served on this (the main) listener.
+    metrics_here: bool,
 }
 
 impl AppState {
@@ -90,6 +93,7 @@ impl AppState {
                 trusted_proxies: settings.trusted_proxies.clone(),
                 write_slots: Arc::new(tokio::sync::Semaphore::new(settings.max_pending_writes)),
                 client_timeout: std::time::Duration::from_secs(settings.client_timeout_seconds),
+                metrics_here: settings.metrics == crate::config::MetricsMode::Main,
             }),
         }
     }
@@ -141,7 +145,11 @@ impl AppState {
 /// The whole HTTP application, apart from binding, so tests can drive it
 /// in-process.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let mut router = Router::new();
+    if state.inner.metrics_here {
+        router = router.route("/metrics", get(metrics::metrics));
+    }
+    router
         .route("/health", get(health::health))
         .route("/openapi.json", get(openapi::openapi_json))
         .merge(session::router())
@@ -153,6 +161,7 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             limits::guard,
         ))
+        .layer(axum::middleware::from_fn(metrics::observe))
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
         .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state)

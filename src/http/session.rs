@@ -204,6 +204,9 @@ async fn start(
     )?;
 
     let s = &outcome.session;
+    if !outcome.resumed {
+        crate::metrics::global().session_started();
+    }
     for ended in &outcome.expired {
         log_session_end(ended, EndReason::Expired);
     }

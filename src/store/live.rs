@@ -351,6 +351,14 @@ impl Storage for LiveStore {
         self.read(|tx| sqlite::live_sessions_op(tx, key_ref, now))
     }
 
+    fn metrics_reading(&self, now: Timestamp) -> Result<StateReading> {
+        let keys_by_status = self.read(|tx| sqlite::keys_by_status_op(tx.c, now))?;
+        Ok(StateReading {
+            live_sessions: self.mem.count_live(now),
+            keys_by_status,
+        })
+    }
+
     fn kick_session(&self, session_id: &str, now: Timestamp, actor: &Actor) -> Result<EndOutcome> {
         let (id, actor) = (session_id.to_owned(), actor.clone());
         self.write(move |tx| sqlite::kick_op(tx, &id, now, &actor))

@@ -19,6 +19,7 @@ pub use sqlite::{Durability, OpenMode, SqliteStore};
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::keys::AccessKey;
+pub use crate::metrics::StateReading;
 use crate::model::{Actor, ConflictPolicy, EndReason, Event, EventType, Key, KeyStatus, Session};
 use crate::rules::Timing;
 
@@ -242,6 +243,9 @@ pub trait Storage: Send + Sync + 'static {
     /// The audit log, newest first.
     fn events(&self, filter: &EventFilter) -> Result<Vec<Event>>;
 
+    /// Live sessions and keys by status, for the metrics gauges.
+    fn metrics_reading(&self, now: Timestamp) -> Result<StateReading>;
+
     /// Events of the session types counted per bucket of `bucket_secs`
     /// from `since` (the dashboard's overview chart).
     fn event_counts(
@@ -284,6 +288,7 @@ where
 
 /// The log line for a session that ended, in the shape operators grep for.
 pub fn log_session_end(session: &Session, reason: EndReason) {
+    crate::metrics::global().session_ended(reason);
     tracing::info!(
         key = %session.key_prefix,
         session = %session.session_id,

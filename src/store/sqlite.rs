@@ -1304,6 +1304,47 @@ pub(super) fn list_keys_op(
     Ok(KeyPage { keys, next_after })
 }
 
+/// Keys per status for the metrics gauge; a key past its `expires_at`
+/// counts as `expired` whatever its stored status, except revoked.
+pub(super) fn keys_by_status_op(
+    c: &Connection,
+    now: Timestamp,
+) -> Result<Vec<(&'static str, u64)>> {
+    let mut counts = vec![
+        ("active", 0),
+        ("suspended", 0),
+        ("revoked", 0),
+        ("expired", 0),
+    ];
+    let mut stmt = c.prepare_cached(
+        "SELECT CASE WHEN status = 'revoked' THEN 'revoked' \
+                     WHEN expires_at IS NOT NULL AND expires_at <= ?1 THEN 'expired' \
+                     ELSE status END AS s, COUNT(*) FROM keys GROUP BY s",
+    )?;
+    let rows = stmt.query_map([now.0], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+    })?;
+    for row in rows {
+        let (status, n) = row?;
+        if let Some(slot) = counts.iter_mut().find(|(s, _)| *s == status) {
+            slot.1 = u64::try_from(n).unwrap_or(0);
+        }
+    }
+    Ok(counts)
+}
+
+/// Sessions live at `now` as the database sees them (the CLI's view; the
+/// server counts from memory).
+pub(super) fn count_live_op(c: &Connection, now: Timestamp) -> Result<u64> {
+    let sql = format!(
+        "SELECT COUNT(*) FROM sessions s JOIN keys k ON k.key_id = s.key_id \
+         WHERE s.ended_at IS NULL AND {EFFECTIVE_EXPIRY} > ?1 \
+         AND k.status = 'active' AND (k.expires_at IS NULL OR k.expires_at > ?1)"
+    );
+    let n: i64 = c.query_row(&sql, [now.0], |r| r.get(0))?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
 pub(super) fn live_sessions_op(
     tx: &Tx<'_>,
     key_ref: Option<&str>,
@@ -1640,6 +1681,15 @@ impl Storage for SqliteStore {
 
     fn live_sessions(&self, key_ref: Option<&str>, now: Timestamp) -> Result<Vec<Session>> {
         self.read(|c| live_sessions_op(&Tx::direct(c), key_ref, now))
+    }
+
+    fn metrics_reading(&self, now: Timestamp) -> Result<StateReading> {
+        self.read(|c| {
+            Ok(StateReading {
+                live_sessions: count_live_op(c, now)?,
+                keys_by_status: keys_by_status_op(c, now)?,
+            })
+        })
     }
 
     fn kick_session(&self, session_id: &str, now: Timestamp, actor: &Actor) -> Result<EndOutcome> {

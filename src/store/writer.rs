@@ -153,7 +153,9 @@ fn commit_batch(conn: &Connection, batch: Vec<Job>) {
         }
         finishes.push(done);
     }
+    let committing = std::time::Instant::now();
     let outcome = exec_cached(conn, "COMMIT").map_err(|e| e.to_string());
+    crate::metrics::global().write_batch(finishes.len(), committing.elapsed());
     if let Err(msg) = &outcome {
         tracing::error!(error = %msg, "write batch failed to commit; nothing in it was saved");
         let _ = conn.execute_batch("ROLLBACK");
