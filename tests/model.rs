@@ -35,28 +35,31 @@ use serde_json::{json, Value};
 /// The server's default timeout (tests use the default timing).
 const TIMEOUT_MS: i64 = 60_000;
 
-/// Cases when `PROPTEST_CASES` is not set: about 10 s in a debug build on a
-/// busy two-core machine.
-const DEFAULT_CASES: u32 = 192;
+/// Cases when `PROPTEST_CASES` is not set: 10 to 20 s in a debug build on
+/// a busy two-core machine.
+const DEFAULT_CASES: u32 = 256;
 
 // ---------------------------------------------------------------- the ops
 
-/// Three devices: each has its own name and, when a start says so, its own
-/// fingerprint (`fp-A`...). Two starts of the same device with `fp: true`
-/// are the same machine restarting.
+/// Four devices: each has its own fingerprint (`fp-A`...) that a start
+/// sends when it says so; `Nameless` sends no device name. Two starts of the
+/// same device with `fp: true` are the same machine restarting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Device {
     A,
     B,
     C,
+    Nameless,
 }
 
 impl Device {
-    fn name(self) -> &'static str {
+    /// The name it sends (and the server reports), if any.
+    fn name(self) -> Option<&'static str> {
         match self {
-            Device::A => "A",
-            Device::B => "B",
-            Device::C => "C",
+            Device::A => Some("A"),
+            Device::B => Some("B"),
+            Device::C => Some("C"),
+            Device::Nameless => None,
         }
     }
 }
@@ -77,8 +80,9 @@ impl Policy {
 }
 
 /// One step. `s` picks a session this case has started (the `s % n`-th,
-/// in start order); `s == 7`, or no session yet, means an id this key never
-/// had. `sid: Some(n)` is the client's own session id number `n` (a retry
+/// in start order); `s == 7`, or no session yet, means an id no key ever
+/// had; for a heartbeat or an end, `s == 6` means the other key's latest
+/// session (see `StartElsewhere`), which this key never had either. `sid: Some(n)` is the client's own session id number `n` (a retry
 /// when `n` was used before); `None` lets the server pick one.
 #[derive(Debug, Clone)]
 enum Op {
@@ -112,10 +116,20 @@ enum Op {
     Advance {
         ms: i64,
     },
+    /// A start with the client's own id `sid` on *another* key (one seat,
+    /// takeover, no heartbeats): session ids are unique across keys.
+    StartElsewhere {
+        sid: u8,
+    },
 }
 
 fn device() -> impl Strategy<Value = Device> {
-    prop_oneof![Just(Device::A), Just(Device::B), Just(Device::C)]
+    prop_oneof![
+        3 => Just(Device::A),
+        3 => Just(Device::B),
+        3 => Just(Device::C),
+        1 => Just(Device::Nameless),
+    ]
 }
 
 fn policy() -> impl Strategy<Value = Policy> {
@@ -130,9 +144,10 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u8..8).prop_map(|s| Op::End { s }),
         2 => Just(Op::Status),
         1 => (0u8..8).prop_map(|s| Op::Kick { s }),
+        1 => (0u8..4).prop_map(|sid| Op::StartElsewhere { sid }),
         1 => (1u32..=3).prop_map(Op::SetSeats),
         1 => policy().prop_map(Op::SetPolicy),
-        1 => prop_oneof![3 => Just(Op::Suspend), 2 => Just(Op::Resume), 1 => Just(Op::Revoke)],
+        1 => prop_oneof![2 => Just(Op::Suspend), 3 => Just(Op::Resume), 1 => Just(Op::Revoke)],
         4 => prop_oneof![
             // Small steps, and the edges of the timeout: one millisecond
             // short of it, exactly it, past it.
@@ -168,9 +183,15 @@ fn case() -> impl Strategy<Value = Case> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum EndKind {
     Ended,
-    Superseded { by: Device, by_started_at: i64 },
+    /// `by` is the index of the session that took the seat.
+    Superseded {
+        by: usize,
+        by_device: Device,
+        by_started_at: i64,
+    },
     Expired,
-    Revoked,
+    /// With the audit log's `detail.cause`.
+    Revoked(&'static str),
 }
 
 impl EndKind {
@@ -179,7 +200,7 @@ impl EndKind {
             EndKind::Ended => "ended",
             EndKind::Superseded { .. } => "superseded",
             EndKind::Expired => "expired",
-            EndKind::Revoked => "revoked",
+            EndKind::Revoked(_) => "revoked",
         }
     }
 }
@@ -193,6 +214,8 @@ struct MSession {
     started_at: i64,
     last_heartbeat: i64,
     end: Option<EndKind>,
+    /// When it ended (for an expiry: when the lease ran out).
+    ended_at: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,6 +234,8 @@ struct Model {
     sessions: Vec<MSession>,
     /// The highest fence handed out so far (0 before the first start).
     last_fence: i64,
+    /// Starts refused with `seats_full` (each is a `start_rejected` event).
+    rejected: usize,
 }
 
 impl Model {
@@ -220,6 +245,7 @@ impl Model {
         for s in &mut self.sessions {
             if s.end.is_none() && now - s.last_heartbeat >= TIMEOUT_MS {
                 s.end = Some(EndKind::Expired);
+                s.ended_at = s.last_heartbeat + TIMEOUT_MS;
             }
         }
     }
@@ -254,9 +280,13 @@ impl Model {
     /// A heartbeat's answer for a session that is no longer live.
     fn dead_answer(s: &MSession) -> Value {
         match s.end.expect("ended") {
-            EndKind::Superseded { by, by_started_at } => json!({
+            EndKind::Superseded {
+                by_device,
+                by_started_at,
+                ..
+            } => json!({
                 "status": 409, "code": "session_superseded",
-                "superseded_by": {"device_name": by.name(), "started_at": by_started_at},
+                "superseded_by": {"device_name": by_device.name(), "started_at": by_started_at},
             }),
             kind => json!({
                 "status": 410, "code": format!("session_{}", kind.reason()),
@@ -353,6 +383,11 @@ struct Run<'a> {
     model: Model,
     /// What happened so far, printed with a failure.
     log: Vec<String>,
+    /// The other key of this case, for `StartElsewhere`.
+    other_key: String,
+    /// Sessions started on the other key, in order, with their last
+    /// heartbeat: with one seat and takeover only the latest can be live.
+    elsewhere: Vec<(String, i64)>,
 }
 
 impl Run<'_> {
@@ -365,9 +400,15 @@ impl Run<'_> {
         format!("{}-sid{n}", self.tag)
     }
 
-    /// The session id an op with `s` aims at.
-    fn target(&self, s: u8) -> String {
+    /// The session id an op with `s` aims at; `other` allows the other
+    /// key's latest session.
+    fn target(&self, s: u8, other: bool) -> String {
         let n = self.model.sessions.len();
+        if s == 6 && other {
+            if let Some((id, _)) = self.elsewhere.last() {
+                return id.clone();
+            }
+        }
         if s == 7 || n == 0 {
             format!("{}-never-started", self.tag)
         } else {
@@ -439,8 +480,42 @@ impl Run<'_> {
                 return Ok(());
             }
             Op::Start { device, sid, fp } => return self.start(i, op, device, sid, fp).await,
+            Op::StartElsewhere { sid } => {
+                let id = self.client_sid(sid);
+                let (st, body) = self
+                    .server
+                    .post(
+                        "/api/session/start",
+                        json!({"access_key": self.other_key, "session_id": id}),
+                    )
+                    .await;
+                let st = st.as_u16();
+                let got = if st == 200 {
+                    json!({"status": 200, "session_id": body["session_id"], "resumed": body["resumed"]})
+                } else {
+                    error_view(st, &body)
+                };
+                let latest_live = self
+                    .elsewhere
+                    .last()
+                    .is_some_and(|(last, hb)| *last == id && now - hb < TIMEOUT_MS);
+                let expected = if self.model.find(&id).is_some() {
+                    error(409, "session_id_taken")
+                } else if latest_live {
+                    if let Some(last) = self.elsewhere.last_mut() {
+                        last.1 = now;
+                    }
+                    json!({"status": 200, "session_id": id, "resumed": true})
+                } else if self.elsewhere.iter().any(|(used, _)| *used == id) {
+                    error(409, "session_id_taken")
+                } else {
+                    self.elsewhere.push((id.clone(), now));
+                    json!({"status": 200, "session_id": id, "resumed": false})
+                };
+                (expected, got, format!(" as {id}"))
+            }
             Op::Heartbeat { s } => {
-                let sid = self.target(s);
+                let sid = self.target(s, true);
                 let (st, body) = self.server.heartbeat(&self.key, &sid).await;
                 let st = st.as_u16();
                 let expected = self.heartbeat_expect(&sid, now);
@@ -454,10 +529,10 @@ impl Run<'_> {
                 (expected, got, format!(" on {sid}"))
             }
             Op::End { s } => {
-                let sid = self.target(s);
+                let sid = self.target(s, true);
                 let (st, body) = self.server.end(&self.key, &sid).await;
                 let st = st.as_u16();
-                let expected = self.end_expect(&sid, EndKind::Ended, false);
+                let expected = self.end_expect(&sid, EndKind::Ended, false, now);
                 let got = if st == 200 {
                     json!({"status": 200, "ended": body["ended"], "reason": body["reason"]})
                 } else {
@@ -466,13 +541,13 @@ impl Run<'_> {
                 (expected, got, format!(" on {sid}"))
             }
             Op::Kick { s } => {
-                let sid = self.target(s);
+                let sid = self.target(s, false);
                 let (st, body) = self
                     .server
                     .admin("DELETE", &format!("/api/admin/sessions/{sid}"), None)
                     .await;
                 let st = st.as_u16();
-                let expected = self.end_expect(&sid, EndKind::Revoked, true);
+                let expected = self.end_expect(&sid, EndKind::Revoked("kicked"), true, now);
                 let got = if st == 200 {
                     json!({"status": 200, "ended": body["ended"], "reason": body["reason"]})
                 } else {
@@ -535,7 +610,7 @@ impl Run<'_> {
                     )
                     .await;
                 self.model.state = KeyState::Revoked;
-                self.end_all_live(EndKind::Revoked);
+                self.end_all_live(EndKind::Revoked("key_revoked"), now);
                 (
                     self.key_view(),
                     Self::key_view_of(st.as_u16(), &body),
@@ -551,7 +626,8 @@ impl Run<'_> {
                     let live = self.model.live();
                     let excess = live.len().saturating_sub(n as usize);
                     for v in self.model.victims_order(&live).into_iter().take(excess) {
-                        self.model.sessions[v].end = Some(EndKind::Revoked);
+                        self.model.sessions[v].end = Some(EndKind::Revoked("seat_limit_lowered"));
+                        self.model.sessions[v].ended_at = now;
                     }
                     self.key_view()
                 };
@@ -577,7 +653,7 @@ impl Run<'_> {
                 } else {
                     if suspend {
                         self.model.state = KeyState::Suspended;
-                        self.end_all_live(EndKind::Revoked);
+                        self.end_all_live(EndKind::Revoked("key_suspended"), now);
                     } else {
                         self.model.state = KeyState::Active;
                     }
@@ -594,9 +670,106 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn end_all_live(&mut self, kind: EndKind) {
+    /// After the last op: the key's audit log holds exactly the events the
+    /// model's history implies (every start with its fence and the sessions
+    /// it superseded, every end with its reason, time and cause, every
+    /// refused start), once the sweep has recorded the leases that ran out.
+    async fn check_audit_log(&mut self) -> Result<(), TestCaseError> {
+        // The sweep files leases by the whole second they end in and takes
+        // a second once it is wholly past: at a whole second it records
+        // every lease that has run out.
+        let into_second = self.server.now().millis().rem_euclid(1000);
+        if into_second != 0 {
+            self.server.clock.advance_millis(1000 - into_second);
+        }
+        let now = self.now();
+        self.model.expire(now);
+        let store = self.server.store();
+        let at = self.server.now();
+        keyseat::store::blocking(move || store.sweep(at, 30, false))
+            .await
+            .map_err(|e| TestCaseError::fail(format!("sweep failed: {e}")))?;
+        let (st, body) = self
+            .server
+            .admin(
+                "GET",
+                &format!("/api/admin/events?key_id={}&limit=1000", self.key_id),
+                None,
+            )
+            .await;
+        if st != 200 {
+            return Err(TestCaseError::fail(format!("events: {st} {body}")));
+        }
+        let mut got: Vec<Value> = body["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|e| {
+                let d = &e["detail"];
+                let (kind, sid, at) = (&e["type"], &e["session_id"], ms(&e["at"]));
+                Some(match kind.as_str()? {
+                    "session_started" => json!({"type": kind, "session_id": sid, "at": at,
+                        "device_name": e["device_name"], "fence": d["fence"],
+                        "terminated": d["terminated"]}),
+                    "session_superseded" => json!({"type": kind, "session_id": sid, "at": at,
+                        "superseded_by": d["superseded_by"], "by_device_name": d["by_device_name"]}),
+                    "session_revoked" => json!({"type": kind, "session_id": sid, "at": at,
+                        "cause": d["cause"]}),
+                    "session_ended" | "session_expired" => {
+                        json!({"type": kind, "session_id": sid, "at": at})
+                    }
+                    "start_rejected" => json!({"type": kind}),
+                    _ => return None,
+                })
+            })
+            .collect();
+        let sessions = &self.model.sessions;
+        let mut expected: Vec<Value> = vec![json!({"type": "start_rejected"}); self.model.rejected];
+        for (i, s) in sessions.iter().enumerate() {
+            let terminated: Vec<&str> = sessions
+                .iter()
+                .filter(|t| matches!(t.end, Some(EndKind::Superseded { by, .. }) if by == i))
+                .map(|t| t.sid.as_str())
+                .collect();
+            expected.push(json!({"type": "session_started", "session_id": s.sid,
+                "at": s.started_at, "device_name": s.device.name(), "fence": s.fence,
+                "terminated": terminated}));
+            let (sid, at) = (&s.sid, s.ended_at);
+            expected.extend(s.end.map(|end| match end {
+                EndKind::Ended => json!({"type": "session_ended", "session_id": sid, "at": at}),
+                EndKind::Expired => json!({"type": "session_expired", "session_id": sid, "at": at}),
+                EndKind::Superseded { by, by_device, .. } => json!({"type": "session_superseded",
+                    "session_id": sid, "at": at, "superseded_by": sessions[by].sid,
+                    "by_device_name": by_device.name()}),
+                EndKind::Revoked(cause) => json!({"type": "session_revoked", "session_id": sid,
+                    "at": at, "cause": cause}),
+            }));
+        }
+        let text = |v: &Vec<Value>| {
+            let mut t: Vec<String> = v.iter().map(Value::to_string).collect();
+            t.sort();
+            t
+        };
+        let (want, have) = (text(&expected), text(&got));
+        if want != have {
+            let missing: Vec<&String> = want.iter().filter(|w| !have.contains(w)).collect();
+            let extra: Vec<&String> = have.iter().filter(|h| !want.contains(h)).collect();
+            got.clear();
+            return Err(TestCaseError::fail(format!(
+                "after the last op, the audit log differs from the model's history\n  \
+                 missing: {missing:#?}\n  unexpected: {extra:#?}\n  \
+                 history (times in ms since the case began):\n    {}",
+                self.log.join("\n    ")
+            )));
+        }
+        Ok(())
+    }
+
+    fn end_all_live(&mut self, kind: EndKind, now: i64) {
         for i in self.model.live() {
             self.model.sessions[i].end = Some(kind);
+            self.model.sessions[i].ended_at = now;
         }
     }
 
@@ -618,7 +791,7 @@ impl Run<'_> {
 
     /// End (by the app) or kick (by an admin): the same answers, except
     /// that a kick ignores the key's state and marks the end `revoked`.
-    fn end_expect(&mut self, sid: &str, kind: EndKind, admin: bool) -> Value {
+    fn end_expect(&mut self, sid: &str, kind: EndKind, admin: bool, now: i64) -> Value {
         if !admin {
             if let Some(e) = self.model.key_error() {
                 return e;
@@ -632,6 +805,7 @@ impl Run<'_> {
             Some(done) => json!({"status": 200, "ended": false, "reason": done.reason()}),
             None => {
                 s.end = Some(kind);
+                s.ended_at = now;
                 json!({"status": 200, "ended": true, "reason": null})
             }
         }
@@ -667,7 +841,7 @@ impl Run<'_> {
         let client_sid = sid.map(|n| self.client_sid(n));
         let mut dev = json!({"name": device.name()});
         if fp {
-            dev["fingerprint"] = json!(format!("fp-{}", device.name()));
+            dev["fingerprint"] = json!(format!("fp-{device:?}"));
         }
         let mut req = json!({"access_key": self.key, "device": dev});
         if let Some(id) = &client_sid {
@@ -726,6 +900,9 @@ impl Run<'_> {
                     "resumed": true, "started_at": s.started_at, "expires_at": now + TIMEOUT_MS,
                     "previous_session_terminated": false, "terminated_sessions": []}));
             }
+            if self.elsewhere.iter().any(|(used, _)| used == id) {
+                return Ok(error(409, "session_id_taken"));
+            }
         }
         let live = self.model.live();
         let mut victim = None;
@@ -743,6 +920,7 @@ impl Run<'_> {
             } else if self.model.policy == Policy::Takeover {
                 victim = self.model.victims_order(&live).first().copied();
             } else {
+                self.model.rejected += 1;
                 let mut e = error(409, "seats_full");
                 e["max_sessions"] = json!(self.model.seats);
                 return Ok(e);
@@ -775,13 +953,16 @@ impl Run<'_> {
             }
         };
         self.model.last_fence = fence;
+        let new_index = self.model.sessions.len();
         let terminated: Vec<Value> = victim
             .map(|v| {
                 let s = &mut self.model.sessions[v];
                 s.end = Some(EndKind::Superseded {
-                    by: device,
+                    by: new_index,
+                    by_device: device,
                     by_started_at: now,
                 });
+                s.ended_at = now;
                 vec![json!({"session_id": s.sid, "device_name": s.device.name(),
                             "last_heartbeat": s.last_heartbeat})]
             })
@@ -794,6 +975,7 @@ impl Run<'_> {
             started_at: now,
             last_heartbeat: now,
             end: None,
+            ended_at: 0,
         });
         Ok(
             json!({"status": 200, "session_id": sid, "fence": fence, "resumed": false,
@@ -810,7 +992,10 @@ async fn run_case(server: &TestServer, case: &Case) -> Result<(), TestCaseError>
     let (key, created) = server
         .create_key(json!({"max_sessions": case.seats, "on_conflict": case.policy.as_str()}))
         .await;
+    let (other_key, _) = server.create_key(json!({})).await;
     let mut run = Run {
+        other_key,
+        elsewhere: Vec::new(),
         server,
         key,
         key_id: created["key_id"].as_str().expect("key_id").to_owned(),
@@ -821,6 +1006,7 @@ async fn run_case(server: &TestServer, case: &Case) -> Result<(), TestCaseError>
             state: KeyState::Active,
             sessions: Vec::new(),
             last_fence: 0,
+            rejected: 0,
         },
         log: Vec::new(),
     };
@@ -828,6 +1014,7 @@ async fn run_case(server: &TestServer, case: &Case) -> Result<(), TestCaseError>
         OPS.fetch_add(1, Ordering::Relaxed);
         run.step(i, op).await?;
     }
+    run.check_audit_log().await?;
     CASES.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
