@@ -42,11 +42,6 @@ struct Status {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Limit {
-    limit: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Request {
     method: String,
     route: String,
@@ -75,7 +70,6 @@ pub struct Metrics {
     sessions_ended: Family<Reason, Counter>,
     starts_rejected: Family<Code, Counter>,
     heartbeats: Family<Code, Counter>,
-    rate_limited: Family<Limit, Counter>,
     shed: Family<Reason, Counter>,
     http_requests: Family<Request, Counter>,
     http_duration: HistogramFamily<Route>,
@@ -101,7 +95,6 @@ impl Metrics {
             sessions_ended: Family::default(),
             starts_rejected: Family::default(),
             heartbeats: Family::default(),
-            rate_limited: Family::default(),
             shed: Family::default(),
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(latency_histogram),
@@ -148,11 +141,6 @@ impl Metrics {
             "keyseat_heartbeats",
             "Heartbeats answered, by outcome (ok or the error code)",
             m.heartbeats.clone(),
-        );
-        registry.register(
-            "keyseat_rate_limited",
-            "Requests refused 429 by a rate limit, by limit",
-            m.rate_limited.clone(),
         );
         registry.register(
             "keyseat_shed",
@@ -221,11 +209,6 @@ impl Metrics {
     /// A heartbeat was answered: `ok` or the error code.
     pub fn heartbeat(&self, code: &'static str) {
         self.heartbeats.get_or_create(&Code { code }).inc();
-    }
-
-    /// A rate limit refused a request.
-    pub fn rate_limited(&self, limit: &'static str) {
-        self.rate_limited.get_or_create(&Limit { limit }).inc();
     }
 
     /// Work was shed (`connections` or `writes`).
