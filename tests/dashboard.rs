@@ -231,6 +231,8 @@ async fn sign_in_sets_a_strict_session_cookie_and_sign_out_clears_it() {
     let home = b.get("/admin").await;
     assert_eq!(home.status, 200);
     assert_eq!(home.headers[CACHE_CONTROL], "no-store");
+    let again = b.get("/admin/sign-in").await;
+    assert_eq!(again.location(), "/admin", "already signed in");
     assert!(home.headers.get("content-security-policy").is_some());
     assert!(!home.body.contains(ADMIN_TOKEN));
 
@@ -415,6 +417,10 @@ async fn search_keys_by_label_or_prefix() {
     assert!(r.body.contains("Acme Ltd") && !r.body.contains("Globex"));
     let r = b.get(&format!("/admin/keys?q={}", &acme[..9])).await;
     assert!(r.body.contains("Acme Ltd") && !r.body.contains("Globex"));
+    // A whole pasted key finds its key by prefix and is not shown back.
+    let r = b.get(&format!("/admin/keys?q={acme}")).await;
+    assert!(r.body.contains("Acme Ltd") && !r.body.contains("Globex"));
+    assert!(!r.body.contains(&acme));
     let r = b.get("/admin/keys?q=nothing-like-this").await;
     assert!(r.body.contains("No key matches"));
 }

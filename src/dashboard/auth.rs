@@ -117,6 +117,11 @@ impl Sessions {
     pub fn touch(&self, id: &str, now: Timestamp) -> Option<String> {
         let mut map = self.map();
         let key = digest(id);
+        eprintln!(
+            "DBG touch {id} now={now:?} n={} has={}",
+            map.len(),
+            map.contains_key(&key)
+        );
         let entry = map.get_mut(&key)?;
         if !alive(entry, now) {
             map.remove(&key);
@@ -268,8 +273,16 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The sign-in page. Sets a fresh double-submit cookie for its form.
-pub async fn sign_in_page(headers: HeaderMap) -> Response {
+/// The sign-in page (or the overview, for a browser already signed in).
+/// Sets a fresh double-submit cookie for its form.
+pub async fn sign_in_page(
+    State(state): State<AppState>,
+    Extension(sessions): Extension<Arc<Sessions>>,
+    headers: HeaderMap,
+) -> Response {
+    if cookie(&headers, COOKIE).is_some_and(|id| sessions.touch(&id, state.now()).is_some()) {
+        return Redirect::to("/admin").into_response();
+    }
     sign_in_response(StatusCode::OK, None, over_tls(&headers))
 }
 

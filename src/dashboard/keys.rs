@@ -110,7 +110,15 @@ pub async fn list(
 ) -> PageResult {
     let store = state.store()?;
     let now = state.now();
-    let search = q.q.clone().unwrap_or_default();
+    // Someone may paste a whole access key: search by its prefix, and
+    // never show the secret back.
+    let search =
+        q.q.clone()
+            .map(|t| match crate::keys::AccessKey::parse(t.trim()) {
+                Ok(key) => key.prefix(),
+                Err(_) => t,
+            })
+            .unwrap_or_default();
     let s2 = search.clone();
     let (found, total) = blocking(move || {
         let mut out = Vec::new();

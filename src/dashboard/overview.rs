@@ -139,14 +139,17 @@ pub fn chart_svg(a: &Activity) -> String {
     for (i, (&st, &tk)) in a.starts.iter().zip(&a.takeovers).enumerate() {
         let x = pad_l + i as f64 * slot + 1.0;
         let bw = (slot - 2.0).max(1.0);
-        let hours_ago = n - i;
+        let when = match n - 1 - i {
+            0 => "in the last hour".to_owned(),
+            h => format!("{h}–{} h ago", h + 1),
+        };
         for (class, v, inset) in [("bar", st, 0.0), ("bar2", tk, bw * 0.25)] {
             if v == 0 {
                 continue;
             }
             let bh = v as f64 * scale;
             s.push_str(&format!(
-                r#"<rect class="{class}" x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}"><title>{v} {} {hours_ago} h ago</title></rect>"#,
+                r#"<rect class="{class}" x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}"><title>{v} {} {when}</title></rect>"#,
                 x + inset,
                 h - pad_b - bh,
                 bw - 2.0 * inset,

@@ -15,6 +15,10 @@ use crate::http::AppState;
 use crate::model::{Actor, EndReason, Session};
 use crate::store::{blocking, log_session_end, EndOutcome};
 
+/// Rows the live-sessions page shows at most (a big deployment has far
+/// more live sessions than a page can usefully hold).
+const MAX_ROWS: usize = 500;
+
 /// The live-sessions table with a Kick form per row; after a kick the
 /// browser comes back to `back` (a dashboard path).
 pub fn table(me: &Signed, sessions: &[Session], now: Timestamp, back: &str) -> Markup {
@@ -88,8 +92,11 @@ pub async fn list(
                 button type="submit" id="filter" { "Filter" }
             }
         }
-        p class="muted" id="session-count" { (sessions.len()) " live session(s), as of " (when(now)) }
-        (table(&me, &sessions, now, &back))
+        p class="muted" id="session-count" {
+            (sessions.len()) " live session(s), as of " (when(now))
+            @if sessions.len() > MAX_ROWS { "; the " (MAX_ROWS) " with the most recent heartbeat are shown (filter by key to see others)" }
+        }
+        (table(&me, &sessions[..sessions.len().min(MAX_ROWS)], now, &back))
     };
     Ok(Page::new("Live sessions")
         .nav("sessions", &me.csrf)

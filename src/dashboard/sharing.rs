@@ -74,7 +74,7 @@ pub async fn page(
             p class="flash error" role="alert" id="error" { (e) }
         }
         @if let Some(r) = &result {
-            p class="muted" id="window" { "From " (when(r.since)) " to " (when(r.until)) " (" (r.days) " days)." }
+            p class="muted" id="window" { "From " (when(r.since)) " to " (when(r.until)) " (" (r.days) " day(s))." }
             @if r.keys.is_empty() {
                 p id="no-sharing" { "No key had a takeover or more devices than seats in this window." }
             } @else {
