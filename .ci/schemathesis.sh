@@ -24,7 +24,7 @@ BIN=${KEYSEAT_BIN:-target/debug/keyseat}
 VENV=${SCHEMATHESIS_VENV:-target/schemathesis-venv}
 MAX_EXAMPLES=${SCHEMATHESIS_MAX_EXAMPLES:-40}
 SEED=${SCHEMATHESIS_SEED:-20261130}
-REPORT_DIR=${SCHEMATHESIS_REPORT_DIR:-target/schemathesis-report}
+REPORT_DIR=${SCHEMATHESIS_REPORT_DIR:-$PWD/target/schemathesis-report}
 VERSION=4.32.5
 
 [ -x "$BIN" ] || { echo "schemathesis.sh: no keyseat binary at $BIN (cargo build first)" >&2; exit 2; }
@@ -113,8 +113,11 @@ print("keys:", takeover["prefix"], reject["prefix"], kickable["prefix"])
 EOF
 
 CHECKS=not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance
+# Run from the temp dir: schemathesis keeps a cache (.schemathesis/) in
+# its working directory.
+VENV=$(cd "$VENV" && pwd)
 set +e
-"$VENV/bin/schemathesis" run "$WORK/openapi.json" \
+(cd "$WORK" && "$VENV/bin/schemathesis" run "$WORK/openapi.json" \
     --url "$BASE" \
     --header "Authorization: Bearer $TOKEN" \
     --checks "$CHECKS" \
@@ -125,7 +128,7 @@ set +e
     --request-timeout 10 \
     --suppress-health-check all \
     --report junit --report-dir "$REPORT_DIR" \
-    --no-color
+    --no-color)
 STATUS=$?
 set -e
 
