@@ -421,6 +421,10 @@ async fn search_keys_by_label_or_prefix() {
     let r = b.get(&format!("/admin/keys?q={acme}")).await;
     assert!(r.body.contains("Acme Ltd") && !r.body.contains("Globex"));
     assert!(!r.body.contains(&acme));
+    // A malformed address is a page too, not axum's plain text.
+    let r = b.get("/admin/keys?page=first").await;
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("malformed parameter"), "{}", r.body);
     let r = b.get("/admin/keys?q=nothing-like-this").await;
     assert!(r.body.contains("No key matches"));
 }
@@ -541,6 +545,7 @@ async fn live_sessions_show_and_kick() {
     assert_eq!(page.status, 200);
     assert!(page.body.contains("Alice&#39;s laptop") || page.body.contains("Alice's laptop"));
     assert!(page.body.contains(key["prefix"].as_str().unwrap()));
+    assert!(page.body.contains("Acme"), "the key's label");
     assert!(page.body.contains(&id));
     assert!(
         page.body.contains("<td class=\"num\">7</td>"),

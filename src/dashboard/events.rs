@@ -1,6 +1,7 @@
 //! The audit log with filters (key, type, time range), newest first,
 //! paged by event id like the admin API (`before`).
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::response::IntoResponse;
 use axum::Extension;
@@ -37,8 +38,9 @@ fn nonempty(v: &Option<String>) -> Option<&str> {
 pub async fn list(
     State(state): State<AppState>,
     Extension(me): Extension<Signed>,
-    Query(q): Query<EventQuery>,
+    q: std::result::Result<Query<EventQuery>, QueryRejection>,
 ) -> PageResult {
+    let q = super::page::query(q)?;
     let now = state.now();
     // Every filter is checked first, so a typo is a message, not an
     // empty list.

@@ -2,6 +2,7 @@
 //! resume, revoke (after a confirmation page).
 
 use axum::extract::rejection::FormRejection;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect};
@@ -106,8 +107,9 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<AppState>,
     Extension(me): Extension<Signed>,
-    Query(q): Query<ListQuery>,
+    q: std::result::Result<Query<ListQuery>, QueryRejection>,
 ) -> PageResult {
+    let q = super::page::query(q)?;
     let store = state.store()?;
     let now = state.now();
     // Someone may paste a whole access key: search by its prefix, and
@@ -431,7 +433,7 @@ fn key_page(
         }
         section aria-labelledby="sessions-h" {
             h2 id="sessions-h" { "Live sessions of this key" }
-            (super::sessions::table(me, sessions, now, &back))
+            (super::sessions::table(me, sessions, &Default::default(), now, &back))
         }
         p { a href={ "/admin/events?key=" (k.key_id) } id="key-events" { "This key's events" } }
     })
@@ -442,8 +444,9 @@ pub async fn show(
     State(state): State<AppState>,
     Extension(me): Extension<Signed>,
     Path(key_id): Path<String>,
-    Query(q): Query<DoneQuery>,
+    q: std::result::Result<Query<DoneQuery>, QueryRejection>,
 ) -> PageResult {
+    let q = super::page::query(q)?;
     let k = load_key(&state, key_id).await?;
     let store = state.store()?;
     let now = state.now();

@@ -27,12 +27,18 @@ pub async fn page(State(state): State<AppState>, Extension(me): Extension<Signed
     let store = state.store()?;
     let now = state.now();
     let n = blocking(move || {
-        let live = store.live_sessions(None, now)?.len();
-        let (mut keys, mut active_keys) = (0, 0);
+        // The key scan already counts each key's live sessions; no need to
+        // load every live session a second time.
+        let (mut live, mut keys, mut active_keys) = (0, 0, 0);
         let mut after: Option<String> = None;
         loop {
             let page = store.list_keys(1000, after.as_deref(), now)?;
             keys += page.keys.len();
+            live += page
+                .keys
+                .iter()
+                .map(|k| k.live_sessions as usize)
+                .sum::<usize>();
             active_keys += page
                 .keys
                 .iter()

@@ -170,6 +170,18 @@ pub fn sentence(text: &str) -> String {
     out
 }
 
+/// Reads a query string, turning a malformed one into a readable page.
+pub fn query<T>(
+    q: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, Failure> {
+    q.map(|axum::extract::Query(v)| v).map_err(|e| {
+        Failure::new(
+            StatusCode::BAD_REQUEST,
+            format!("The address has a malformed parameter: {}", e.body_text()),
+        )
+    })
+}
+
 /// A handler's answer.
 pub type PageResult = Result<Response, Failure>;
 

@@ -1,6 +1,9 @@
 //! Live sessions: who holds a seat right now, and a Kick button for each.
 
 use axum::extract::rejection::FormRejection;
+use std::collections::HashMap;
+
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect};
 use axum::{Extension, Form};
@@ -21,7 +24,13 @@ const MAX_ROWS: usize = 500;
 
 /// The live-sessions table with a Kick form per row; after a kick the
 /// browser comes back to `back` (a dashboard path).
-pub fn table(me: &Signed, sessions: &[Session], now: Timestamp, back: &str) -> Markup {
+pub fn table(
+    me: &Signed,
+    sessions: &[Session],
+    labels: &HashMap<String, String>,
+    now: Timestamp,
+    back: &str,
+) -> Markup {
     html! {
         @if sessions.is_empty() {
             p id="no-sessions" { "No live sessions." }
@@ -38,7 +47,10 @@ pub fn table(me: &Signed, sessions: &[Session], now: Timestamp, back: &str) -> M
                     tbody {
                         @for s in sessions {
                             tr data-session-id=(s.session_id) {
-                                td { a href={ "/admin/keys/" (s.key_id) } { code { (s.key_prefix) } } }
+                                td {
+                                    a href={ "/admin/keys/" (s.key_id) } { code { (s.key_prefix) } }
+                                    @if let Some(l) = labels.get(&s.key_id) { " " span class="muted" { (l) } }
+                                }
                                 td class="device" { (text_opt(s.device_name.as_deref())) }
                                 td { code class="small" { (s.session_id) } }
                                 td { (when(s.started_at)) }
@@ -71,13 +83,30 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<AppState>,
     Extension(me): Extension<Signed>,
-    Query(q): Query<ListQuery>,
+    q: std::result::Result<Query<ListQuery>, QueryRejection>,
 ) -> PageResult {
+    let q = super::page::query(q)?;
     let store = state.store()?;
     let now = state.now();
     let key = q.key.clone().filter(|k| !k.trim().is_empty());
     let k2 = key.clone();
-    let sessions = blocking(move || store.live_sessions(k2.as_deref().map(str::trim), now)).await?;
+    let (sessions, labels) = blocking(move || {
+        let mut sessions = store.live_sessions(k2.as_deref().map(str::trim), now)?;
+        let total = sessions.len();
+        sessions.truncate(MAX_ROWS);
+        // Each shown key's label, looked up once.
+        let mut labels = HashMap::new();
+        for s in &sessions {
+            if !labels.contains_key(&s.key_id) {
+                let label = store.get_key(&s.key_id, now)?.label.unwrap_or_default();
+                labels.insert(s.key_id.clone(), label);
+            }
+        }
+        labels.retain(|_, l: &mut String| !l.is_empty());
+        Ok(((sessions, total), labels))
+    })
+    .await?;
+    let (sessions, total) = sessions;
     let back = match &key {
         Some(k) => format!("/admin/sessions?key={}", enc(k)),
         None => "/admin/sessions".into(),
@@ -93,10 +122,10 @@ pub async fn list(
             }
         }
         p class="muted" id="session-count" {
-            (sessions.len()) " live session(s), as of " (when(now))
-            @if sessions.len() > MAX_ROWS { "; the " (MAX_ROWS) " with the most recent heartbeat are shown (filter by key to see others)" }
+            (total) " live session(s), as of " (when(now))
+            @if total > MAX_ROWS { "; the " (MAX_ROWS) " with the most recent heartbeat are shown (filter by key to see others)" }
         }
-        (table(&me, &sessions[..sessions.len().min(MAX_ROWS)], now, &back))
+        (table(&me, &sessions, &labels, now, &back))
     };
     Ok(Page::new("Live sessions")
         .nav("sessions", &me.csrf)

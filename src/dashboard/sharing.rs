@@ -1,6 +1,7 @@
 //! The sharing report page: keys ranked by takeovers per day, distinct
 //! devices and ping-pong pairs (the analysis is [`crate::report`]).
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -27,8 +28,9 @@ pub struct SharingQuery {
 pub async fn page(
     State(state): State<AppState>,
     Extension(me): Extension<Signed>,
-    Query(q): Query<SharingQuery>,
+    q: std::result::Result<Query<SharingQuery>, QueryRejection>,
 ) -> PageResult {
+    let q = super::page::query(q)?;
     let since_text = q
         .since
         .clone()
