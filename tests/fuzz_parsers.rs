@@ -59,8 +59,12 @@ fn fuzz<S: Strategy>(
     strategy: S,
     test: impl Fn(S::Value) -> Result<(), TestCaseError>,
 ) {
+    let cases = cases(default_cases);
     let config = Config {
-        cases: cases(default_cases),
+        cases,
+        // Inputs no client could send (an invalid header value, say) are
+        // skipped; allow as many skips as cases.
+        max_global_rejects: cases.max(1024),
         failure_persistence: None,
         max_shrink_iters: 2_000,
         ..Config::default()
