@@ -121,7 +121,7 @@ set +e
     --url "$BASE" \
     --header "Authorization: Bearer $TOKEN" \
     --checks "$CHECKS" \
-    --phases examples,coverage,fuzzing \
+    --phases "${SCHEMATHESIS_PHASES:-examples,coverage,fuzzing,stateful}" \
     --max-examples "$MAX_EXAMPLES" \
     --seed "$SEED" \
     --workers 2 \

@@ -66,10 +66,10 @@ use crate::model::{ConflictPolicy, EndReason, Event, Key};
 )]
 struct ApiDoc;
 
-/// The document as JSON, with two touches the generator cannot express:
-/// every documented response header is always sent (`required`), and an
-/// optional request body (`request_body = Option<T>`) is absent or a `T`,
-/// never JSON `null`.
+/// The document as JSON, with touches the generator cannot express: every
+/// documented response header is always sent (`required`), an optional
+/// request body (`request_body = Option<T>`) is absent or a `T`, never JSON
+/// `null`, and the [`links`] between operations.
 pub fn document() -> Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
     if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
@@ -90,9 +90,15 @@ pub fn document() -> Value {
                         }
                     }
                 }
+                let operation_id = op["operationId"].as_str().unwrap_or_default().to_owned();
                 let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else {
                     continue;
                 };
+                for (status, links) in links(&operation_id) {
+                    if let Some(response) = responses.get_mut(status) {
+                        response["links"] = links;
+                    }
+                }
                 for response in responses.values_mut() {
                     if let Some(headers) =
                         response.get_mut("headers").and_then(Value::as_object_mut)
@@ -106,6 +112,52 @@ pub fn document() -> Value {
         }
     }
     doc
+}
+
+/// How one operation's answer feeds the next (OpenAPI links): a created
+/// key's secret starts sessions, a started session is heartbeated, ended
+/// and kicked. Clients and API testers (schemathesis' stateful phase)
+/// follow them.
+fn links(operation_id: &str) -> Vec<(&'static str, Value)> {
+    let key_id = json!({"key_id": "$response.body#/key_id"});
+    let with_key = |op: &str| json!({"operationId": op, "parameters": key_id});
+    let session = json!({
+        "access_key": "$request.body#/access_key",
+        "session_id": "$response.body#/session_id",
+    });
+    match operation_id {
+        "create_key" => vec![(
+            "201",
+            json!({
+                "StartSession": {
+                    "operationId": "start_session",
+                    "description": "Start a session with the new key.",
+                    "requestBody": {"access_key": "$response.body#/access_key", "device": {"name": "linked"}},
+                },
+                "SessionStatus": {
+                    "operationId": "session_status",
+                    "requestBody": {"access_key": "$response.body#/access_key"},
+                },
+                "GetKey": with_key("get_key"),
+                "UpdateKey": with_key("update_key"),
+                "RevokeKey": with_key("revoke_key"),
+                "ListSessions": with_key("list_sessions"),
+                "ListEvents": with_key("list_events"),
+            }),
+        )],
+        "start_session" => vec![(
+            "200",
+            json!({
+                "Heartbeat": {"operationId": "heartbeat", "requestBody": session},
+                "EndSession": {"operationId": "end_session", "requestBody": session},
+                "KickSession": {
+                    "operationId": "kick_session",
+                    "parameters": {"session_id": "$response.body#/session_id"},
+                },
+            }),
+        )],
+        _ => vec![],
+    }
 }
 
 /// The document as checked in: pretty-printed, with a final newline.
