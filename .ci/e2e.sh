@@ -64,7 +64,7 @@ KEYSEAT_ADMIN_TOKEN="$TOKEN" \
 KEYSEAT_RATE_LIMITS=off \
 KEYSEAT_SESSION_TIMEOUT_SECONDS=900 \
 KEYSEAT_LOG=warn,keyseat=info \
-    "$BIN" serve 2>"$WORK/server.log" &
+    env -u KEYSEAT_BIN "$BIN" serve 2>"$WORK/server.log" &
 SERVER_PID=$!
 
 # The ready line names the real address: "listening on http://127.0.0.1:PORT".

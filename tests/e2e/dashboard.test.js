@@ -167,9 +167,48 @@ async function assertNoConsoleErrors(where) {
   consoleErrors.length = 0;
 }
 
+// The accessibility basics the issue asks for, on every page the test
+// visits: a language, a title, one h1, a skip link to the main content, a
+// label for every field, a name for every button and link, a text
+// alternative for the chart, header cells in every table.
+async function checkPage(page) {
+  const problems = await page.locator("html").evaluate((html) => {
+    const out = [];
+    const doc = html.ownerDocument;
+    const visible = (el) => !el.hidden && el.getClientRects().length > 0;
+    const named = (el) =>
+      (el.getAttribute("aria-label") || "").trim() ||
+      (el.getAttribute("aria-labelledby") || "").trim() ||
+      (el.textContent || "").trim() ||
+      (el.getAttribute("title") || "").trim();
+    if (!(html.getAttribute("lang") || "").trim()) out.push("no lang on <html>");
+    if (!doc.title.trim()) out.push("no <title>");
+    const h1 = doc.querySelectorAll("h1").length;
+    if (h1 !== 1) out.push(`${h1} <h1> elements`);
+    const skip = doc.querySelector('a[href="#main"]');
+    if (!skip || !doc.getElementById("main")) out.push("no skip link to #main");
+    for (const el of doc.querySelectorAll("input, select, textarea")) {
+      if (el.type === "hidden") continue;
+      if (!el.labels.length && !named(el)) out.push(`unlabelled ${el.tagName.toLowerCase()}#${el.id || el.name}`);
+    }
+    for (const el of doc.querySelectorAll("button, a[href]")) {
+      if (visible(el) && !named(el)) out.push(`nameless ${el.tagName.toLowerCase()} ${el.outerHTML.slice(0, 80)}`);
+    }
+    for (const svg of doc.querySelectorAll("svg")) {
+      if (svg.getAttribute("aria-hidden") !== "true" && !named(svg)) out.push(`svg#${svg.id} without a text alternative`);
+    }
+    for (const t of doc.querySelectorAll("table")) {
+      if (!t.querySelector("th")) out.push(`table#${t.id} without header cells`);
+    }
+    return out;
+  });
+  assert.deepEqual(problems, [], `accessibility basics on ${page.url()}`);
+}
+
 async function goto(page, route) {
   const resp = await page.goto(BASE + route, { timeout: NAV_TIMEOUT_MS });
   assert.ok(resp, `no answer for ${route}`);
+  await checkPage(page);
   return resp;
 }
 
@@ -180,6 +219,7 @@ async function clickAndWait(page, selector) {
     page.waitForNavigation({ timeout: NAV_TIMEOUT_MS }),
     page.click(selector),
   ]);
+  await checkPage(page);
   return resp;
 }
 
@@ -248,7 +288,7 @@ async function seed() {
   };
   const shared = await mk("Acme Corp · shared laptop licence", 1);
   const team = await mk("Globex design team", 5);
-  await mk("Initech trial", 2, "reject");
+  const trial = await mk("Initech trial", 2, "reject");
   const laptop = { name: "alice-laptop", fingerprint: "fp-alice-laptop" };
   const phone = { name: "bob-phone", fingerprint: "fp-bob-phone" };
   for (const device of [laptop, phone, laptop, phone, laptop]) {
@@ -259,7 +299,7 @@ async function seed() {
     const r = await startSession(team.access_key, { name, fingerprint: `fp-${name}` });
     assert.equal(r.status, 200, `start on the team key: ${r.text}`);
   }
-  return { shared, team };
+  return { shared, team, trial };
 }
 
 // ------------------------------------------------------------- the story
@@ -520,7 +560,7 @@ async function withJavaScript(browser, seeded) {
     await shot(page, "sharing");
   });
 
-  await step("phone width (390 px): overview and keys fit the screen", async () => {
+  await step("phone width (390 px): overview, keys and live sessions do not scroll sideways", async () => {
     await page.setViewportSize(PHONE);
     for (const [route, name] of [["/admin", "overview-phone"], ["/admin/keys", "keys-phone"], ["/admin/sessions", "sessions-phone"]]) {
       await goto(page, route);
@@ -533,10 +573,52 @@ async function withJavaScript(browser, seeded) {
     await page.setViewportSize(DESKTOP);
   });
 
+  await step("a form with a forged CSRF token is refused, and changes nothing", async () => {
+    await goto(page, `/admin/keys/${seeded.trial.key_id}`);
+    await page.locator('form[action$="/suspend"] input[name="csrf"]').evaluate((el) => { el.value = "0".repeat(64); });
+    const resp = await clickAndWait(page, "#suspend");
+    assert.equal(resp.status(), 403);
+    dropExpectedStatusError(403);
+    assert.match(await text(page, "#error"), /CSRF/);
+    const k = await api("GET", `/api/admin/keys/${seeded.trial.key_id}`, undefined, { admin: true });
+    assert.equal(k.json.status, "active", k.text);
+  });
+
+  await step("paging: 50 keys and 50 events a page, with next / previous links", async () => {
+    for (let i = 1; i <= 52; i++) {
+      const r = await api("POST", "/api/admin/keys", { label: `Bulk customer ${String(i).padStart(2, "0")}` }, { admin: true });
+      assert.equal(r.status, 201, r.text);
+    }
+    const all = await api("GET", "/api/admin/keys?limit=1000", undefined, { admin: true });
+    const total = all.json.keys.length;
+    assert.ok(total > 50 && total <= 100, `${total} keys`);
+    await goto(page, "/admin/keys");
+    assert.equal(await page.locator("#keys tbody tr").count(), 50);
+    assert.equal(await page.locator("#prev-page").count(), 0);
+    await clickAndWait(page, "#next-page");
+    assert.equal(await page.locator("#keys tbody tr").count(), total - 50);
+    assert.equal(await page.locator("#next-page").count(), 0);
+    await clickAndWait(page, "#prev-page");
+    assert.equal(await page.locator("#keys tbody tr").count(), 50);
+    await goto(page, "/admin/events");
+    const first = await page.locator("#events tbody tr").evaluateAll((rows) => rows.map((r) => Number(r.dataset.eventId)));
+    assert.equal(first.length, 50);
+    await clickAndWait(page, "#older");
+    const older = await page.locator("#events tbody tr").evaluateAll((rows) => rows.map((r) => Number(r.dataset.eventId)));
+    assert.ok(older.length > 0, "an older page");
+    assert.ok(Math.max(...older) < Math.min(...first), "the next page is older, without overlap");
+  });
+
   await step("sign out: back to the sign-in page, and every /admin page asks to sign in again", async () => {
-    await goto(page, "/admin");
+    await goto(page, "/admin/sign-in");
+    assert.equal(pathOf(page), "/admin", "signed in, the sign-in page goes to the overview");
+    const before = (await page.context().cookies(BASE + "/admin")).find((c) => c.name === "keyseat_session");
     await clickAndWait(page, "#sign-out");
     assert.equal(pathOf(page), "/admin/sign-in");
+    // The old cookie, presented again, is dead on the server too.
+    await page.context().addCookies([{ ...before }]);
+    await goto(page, "/admin/keys");
+    assert.equal(pathOf(page), "/admin/sign-in", "the signed-out session id no longer works");
     for (const route of ["/admin", "/admin/keys", `/admin/keys/${key.keyId}`, "/admin/sessions", "/admin/events", "/admin/sharing"]) {
       await goto(page, route);
       assert.equal(pathOf(page), "/admin/sign-in", `${route} after sign-out`);
