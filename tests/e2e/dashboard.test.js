@@ -205,6 +205,67 @@ async function checkPage(page) {
   assert.deepEqual(problems, [], `accessibility basics on ${page.url()}`);
 }
 
+// WCAG AA contrast of every visible piece of text on the page: 4.5:1, or
+// 3:1 for large text (24 px, or 18.66 px bold). The background is found by
+// compositing the element's ancestors' background colours.
+async function contrastProblems(page) {
+  return page.locator("html").evaluate((html) => {
+    const win = html.ownerDocument.defaultView;
+    const parse = (c) => {
+      const m = c.match(/rgba?\(([^)]+)\)/);
+      if (!m) return null;
+      const [r, g, b, a = 1] = m[1].split(/[ ,/]+/).filter(Boolean).map(Number);
+      return { r, g, b, a };
+    };
+    const over = (top, bottom) => ({
+      r: top.r * top.a + bottom.r * (1 - top.a),
+      g: top.g * top.a + bottom.g * (1 - top.a),
+      b: top.b * top.a + bottom.b * (1 - top.a),
+      a: 1,
+    });
+    const background = (el) => {
+      const layers = [];
+      for (let e = el; e; e = e.parentElement) {
+        const c = parse(win.getComputedStyle(e).backgroundColor);
+        if (c && c.a > 0) {
+          layers.push(c);
+          if (c.a >= 1) break;
+        }
+      }
+      let bg = { r: 255, g: 255, b: 255, a: 1 };
+      for (const l of layers.reverse()) bg = over(l, bg);
+      return bg;
+    };
+    const lum = ({ r, g, b }) => {
+      const f = (v) => ((v /= 255) <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4);
+      return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+    };
+    const out = [];
+    for (const el of html.querySelectorAll("body *")) {
+      if (el.closest("svg")) continue;
+      const hasText = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+      if (!hasText) continue;
+      const rect = el.getBoundingClientRect();
+      if (rect.width <= 1 || rect.height <= 1 || rect.right < 0) continue;
+      const st = win.getComputedStyle(el);
+      if (st.visibility === "hidden" || st.display === "none") continue;
+      let fg = parse(st.color);
+      const bg = background(el);
+      if (fg.a < 1) fg = over(fg, bg);
+      const [hi, lo] = [lum(fg), lum(bg)].sort((x, y) => y - x);
+      const ratio = (hi + 0.05) / (lo + 0.05);
+      const px = parseFloat(st.fontSize);
+      const large = px >= 24 || (px >= 18.66 && Number(st.fontWeight) >= 700);
+      const need = large ? 3 : 4.5;
+      if (ratio < need) {
+        const what = `${el.tagName.toLowerCase()}${el.id ? "#" + el.id : ""}${el.className ? "." + String(el.className).replace(/ /g, ".") : ""}`;
+        out.push(`${what} "${el.textContent.trim().slice(0, 30)}" ${ratio.toFixed(2)}:1 (needs ${need}:1)`);
+      }
+    }
+    return out;
+  });
+}
+
 async function goto(page, route) {
   const resp = await page.goto(BASE + route, { timeout: NAV_TIMEOUT_MS });
   assert.ok(resp, `no answer for ${route}`);
@@ -348,6 +409,11 @@ async function withJavaScript(browser, seeded) {
       reached = await page.evaluate(() => document.activeElement && document.activeElement.id === "token");
     }
     assert.ok(reached, "Tab reaches #token");
+    const outline = await page.locator("#token").evaluate((el) => {
+      const st = el.ownerDocument.defaultView.getComputedStyle(el);
+      return { style: st.outlineStyle, width: parseFloat(st.outlineWidth) };
+    });
+    assert.ok(outline.style !== "none" && outline.width >= 2, `focus is visible: ${JSON.stringify(outline)}`);
     await page.keyboard.type(TOKEN);
     await Promise.all([page.waitForNavigation({ timeout: NAV_TIMEOUT_MS }), page.keyboard.press("Enter")]);
     assert.equal(pathOf(page), "/admin");
@@ -558,6 +624,24 @@ async function withJavaScript(browser, seeded) {
     assert.equal((await first.locator(".devices").innerText()).trim(), "2");
     assert.ok(Number((await first.locator(".ping-pongs").innerText()).trim()) >= 2, "ping-pongs counted");
     await shot(page, "sharing");
+  });
+
+  await step("contrast: every text meets WCAG AA, in light and dark mode", async () => {
+    const routes = ["/admin", "/admin/keys", `/admin/keys/${seeded.team.key_id}?done=Changes%20saved.`,
+      "/admin/sessions", "/admin/events", "/admin/sharing", `/admin/keys/${key.keyId}/revoke`,
+      "/admin/events?since=bogus"];
+    const problems = [];
+    for (const scheme of ["light", "dark"]) {
+      await page.emulateMedia({ colorScheme: scheme });
+      for (const route of routes) {
+        await goto(page, route);
+        for (const p of await contrastProblems(page)) problems.push(`${scheme} ${route}: ${p}`);
+      }
+    }
+    dropExpectedStatusError(400);
+    dropExpectedStatusError(400);
+    await page.emulateMedia({ colorScheme: "light" });
+    assert.deepEqual(problems, [], "text below AA contrast");
   });
 
   await step("phone width (390 px): overview, keys and live sessions do not scroll sideways", async () => {
