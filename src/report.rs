@@ -593,6 +593,44 @@ mod tests {
         assert_eq!((k.pairs[0].a.as_str(), k.pairs[0].b.as_str()), ("x", "y"));
     }
 
+    proptest::proptest! {
+        /// Whatever the history: ping-pongs never exceed takeovers minus
+        /// one per key, takeovers are exactly the seat changes between
+        /// different devices, and the order rows arrive in is irrelevant.
+        #[test]
+        fn invariants_hold_for_any_history(
+            moves in proptest::collection::vec((0u8..3, 0u8..4, 0u8..4, 0i64..30), 0..60),
+        ) {
+            let names = ["A", "B", "C", "D"];
+            let mut t = 0;
+            let takeovers: Vec<Takeover> = moves
+                .iter()
+                .map(|&(k, from, to, gap)| {
+                    t += gap;
+                    takeover(&format!("k{k}"), t, names[from as usize], names[to as usize])
+                })
+                .collect();
+            let input = SharingInput {
+                keys: (0..3).map(|k| key(&format!("k{k}"), 1)).collect(),
+                devices: vec![],
+                takeovers: takeovers.clone(),
+            };
+            let r = sharing(&input, opts(1));
+            for k in &r.keys {
+                let real = takeovers
+                    .iter()
+                    .filter(|x| x.key_id == k.key_id && x.from != x.to)
+                    .count() as u64;
+                proptest::prop_assert_eq!(k.takeovers, real);
+                proptest::prop_assert!(k.ping_pongs < k.takeovers.max(1));
+                proptest::prop_assert_eq!(k.ping_pongs, k.pairs.iter().map(|p| p.count).sum::<u64>());
+            }
+            let mut reversed = input.clone();
+            reversed.takeovers.reverse();
+            proptest::prop_assert_eq!(sharing(&reversed, opts(1)), r);
+        }
+    }
+
     #[test]
     fn durations() {
         assert_eq!(parse_duration("--since", "30m").unwrap(), 1_800);

@@ -170,3 +170,28 @@ pub fn chart_svg(a: &Activity) -> String {
     ));
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chart_has_a_bar_per_busy_hour_and_a_text_alternative() {
+        let mut a = Activity {
+            starts: vec![0; 24],
+            takeovers: vec![0; 24],
+            expiries: vec![0; 24],
+        };
+        a.starts[0] = 4;
+        a.starts[23] = 2;
+        a.takeovers[23] = 1;
+        let svg = chart_svg(&a);
+        assert_eq!(svg.matches("<rect").count(), 3);
+        assert!(svg.contains("aria-label=\"Bar chart: 6 starts and 1 takeovers"));
+        assert!(svg.contains("2 start(s) in the last hour"));
+        assert!(svg.contains("4 start(s) 23–24 h ago"));
+        // Nothing at all still draws an axis, never divides by zero.
+        let empty = chart_svg(&Activity::from_counts(&[], 24));
+        assert!(!empty.contains("<rect") && !empty.contains("NaN"));
+    }
+}
