@@ -27,6 +27,24 @@ fn the_checked_in_document_is_the_generated_one() {
     );
 }
 
+#[test]
+fn keyseat_openapi_prints_the_document() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyseat"))
+        .arg("openapi")
+        .env_remove("KEYSEAT_CONFIG")
+        .output()
+        .expect("run keyseat openapi");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        keyseat::http::openapi::pretty()
+    );
+}
+
 /// Every route of the HTTP API, as (method, path). The dashboard's HTML
 /// pages under /admin are not part of the API and not documented.
 const ROUTES: &[(&str, &str)] = &[
