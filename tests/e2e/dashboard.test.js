@@ -77,7 +77,7 @@ const KNOWN_BUGS = {
     "pages name no icon, so chromium asks for /favicon.ico, gets 404 and logs a console error " +
     "(fix: <link rel=\"icon\" href=\"data:,\"> in the page head, src/dashboard/page.rs)",
   "phone-sessions-overflow":
-    "at 390 px the live-sessions table pushes the whole page 233 px sideways (the Action header's " +
+    "at 390 px the live-sessions table pushes the whole page sideways (233 px at first) (the Action header's " +
     ".visually-hidden span is position:absolute and escapes .scroll; fix: .scroll { position: relative } " +
     "in src/dashboard/style.css)",
   "copy-visible-without-js":
