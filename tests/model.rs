@@ -21,9 +21,9 @@
 
 mod common;
 
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use common::TestServer;
@@ -121,6 +121,13 @@ enum Op {
     StartElsewhere {
         sid: u8,
     },
+    /// `PATCH {"expires_at": now + in_ms}` (in the past when negative).
+    /// Only in the key-expiry test.
+    ExpireKey {
+        in_ms: i64,
+    },
+    /// `PATCH {"expires_at": null}`. Only in the key-expiry test.
+    ClearExpiry,
 }
 
 fn device() -> impl Strategy<Value = Device> {
@@ -136,8 +143,9 @@ fn policy() -> impl Strategy<Value = Policy> {
     prop_oneof![Just(Policy::Takeover), Just(Policy::Reject)]
 }
 
-fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![
+/// The ops; `key_expiry` adds setting and clearing the key's `expires_at`.
+fn op(key_expiry: bool) -> BoxedStrategy<Op> {
+    let common = prop_oneof![
         6 => (device(), proptest::option::of(0u8..4), any::<bool>())
             .prop_map(|(device, sid, fp)| Op::Start { device, sid, fp }),
         5 => (0u8..8).prop_map(|s| Op::Heartbeat { s }),
@@ -157,7 +165,19 @@ fn op() -> impl Strategy<Value = Op> {
             1 => Just(Op::Advance { ms: TIMEOUT_MS }),
             1 => (TIMEOUT_MS + 1..=3 * TIMEOUT_MS).prop_map(|ms| Op::Advance { ms }),
         ],
+    ];
+    if !key_expiry {
+        return common.boxed();
+    }
+    prop_oneof![
+        12 => common,
+        2 => prop_oneof![
+            1 => (-5_000i64..=0).prop_map(|in_ms| Op::ExpireKey { in_ms }),
+            3 => (1i64..=90_000).prop_map(|in_ms| Op::ExpireKey { in_ms }),
+        ],
+        1 => Just(Op::ClearExpiry),
     ]
+    .boxed()
 }
 
 #[derive(Debug, Clone)]
@@ -167,11 +187,11 @@ struct Case {
     ops: Vec<Op>,
 }
 
-fn case() -> impl Strategy<Value = Case> {
+fn case(key_expiry: bool) -> impl Strategy<Value = Case> {
     (
         prop_oneof![Just(1u32), Just(3u32)],
         policy(),
-        prop::collection::vec(op(), 1..40),
+        prop::collection::vec(op(key_expiry), 1..40),
     )
         .prop_map(|(seats, policy, ops)| Case { seats, policy, ops })
 }
@@ -236,12 +256,38 @@ struct Model {
     last_fence: i64,
     /// Starts refused with `seats_full` (each is a `start_rejected` event).
     rejected: usize,
+    /// The key's own expiry, and whether the sessions it ended are marked.
+    expires_at: Option<i64>,
+    expiry_applied: bool,
+    /// The time of the current op.
+    now: i64,
 }
 
 impl Model {
     /// Records the expiry of every session whose lease ran out by `now`:
     /// live means `now - last_heartbeat < timeout`, exactly.
+    ///
+    /// A key that reaches its own `expires_at` ends, at that instant, the
+    /// sessions live then (reason `revoked`, cause `key_expired`): the sweep
+    /// only records it, as it records a lease that ran out, so clearing the
+    /// expiry later brings none of them back.
     fn expire(&mut self, now: i64) {
+        self.now = now;
+        if let Some(x) = self
+            .expires_at
+            .filter(|&x| x <= now && !self.expiry_applied)
+        {
+            self.expiry_applied = true;
+            for s in self.sessions.iter_mut().filter(|s| s.end.is_none()) {
+                if s.last_heartbeat + TIMEOUT_MS <= x {
+                    s.end = Some(EndKind::Expired);
+                    s.ended_at = s.last_heartbeat + TIMEOUT_MS;
+                } else {
+                    s.end = Some(EndKind::Revoked("key_expired"));
+                    s.ended_at = x;
+                }
+            }
+        }
         for s in &mut self.sessions {
             if s.end.is_none() && now - s.last_heartbeat >= TIMEOUT_MS {
                 s.end = Some(EndKind::Expired);
@@ -259,6 +305,9 @@ impl Model {
     /// The key's own 403, which wins over anything about sessions.
     fn key_error(&self) -> Option<Value> {
         match self.state {
+            KeyState::Active if self.expires_at.is_some_and(|x| x <= self.now) => {
+                Some(error(403, "key_expired"))
+            }
             KeyState::Active => None,
             KeyState::Suspended => Some(error(403, "key_suspended")),
             KeyState::Revoked => Some(error(403, "key_revoked")),
@@ -300,15 +349,27 @@ fn error(status: u16, code: &str) -> Value {
     json!({"status": status, "code": code})
 }
 
-/// Server time when the current case began: times are shown and compared
-/// as milliseconds since then, so a failure reads `"last_heartbeat": 60000`.
-static CASE_T0: AtomicI64 = AtomicI64::new(0);
+// Per thread (each test runs its cases on its own thread, inside
+// `block_on`), so two tests never mix them.
+thread_local! {
+    /// Server time when the current case began: times are shown and compared
+    /// as milliseconds since then, so a failure reads `"last_heartbeat": 60000`.
+    static CASE_T0: Cell<i64> = const { Cell::new(0) };
+    static CASES: Cell<usize> = const { Cell::new(0) };
+    static OPS: Cell<usize> = const { Cell::new(0) };
+    /// How often each kind of answer came, to show what the cases covered.
+    static SEEN: RefCell<BTreeMap<String, usize>> = const { RefCell::new(BTreeMap::new()) };
+}
+
+fn case_t0() -> i64 {
+    CASE_T0.with(Cell::get)
+}
 
 /// An RFC 3339 time from an answer, as milliseconds since the case began.
 fn ms(v: &Value) -> Value {
     v.as_str()
         .and_then(Timestamp::parse_rfc3339)
-        .map(|t| json!(t.millis() - CASE_T0.load(Ordering::Relaxed)))
+        .map(|t| json!(t.millis() - case_t0()))
         .unwrap_or_else(|| v.clone())
 }
 
@@ -349,11 +410,7 @@ fn error_view(status: u16, body: &Value) -> Value {
 
 // ------------------------------------------------------------- the harness
 
-static CASES: AtomicUsize = AtomicUsize::new(0);
-static OPS: AtomicUsize = AtomicUsize::new(0);
 static CASE_SEQ: AtomicUsize = AtomicUsize::new(0);
-/// How often each kind of answer came, to show what the cases covered.
-static SEEN: Mutex<BTreeMap<String, usize>> = Mutex::new(BTreeMap::new());
 
 /// Counts an answer under a short label such as `Heartbeat 409 session_superseded`.
 fn tally(op: &Op, got: &Value) {
@@ -369,7 +426,7 @@ fn tally(op: &Op, got: &Value) {
     } else if got["ended"] == false {
         label = format!("{label} already {}", got["reason"].as_str().unwrap_or(""));
     }
-    *SEEN.lock().unwrap().entry(label).or_default() += 1;
+    SEEN.with(|seen| *seen.borrow_mut().entry(label).or_default() += 1);
 }
 
 /// One case against the server: a new key, the ops in order, every answer
@@ -393,7 +450,7 @@ struct Run<'a> {
 impl Run<'_> {
     /// Milliseconds since the case began, on the server's clock.
     fn now(&self) -> i64 {
-        self.server.now().millis() - CASE_T0.load(Ordering::Relaxed)
+        self.server.now().millis() - case_t0()
     }
 
     fn client_sid(&self, n: u8) -> String {
@@ -643,6 +700,27 @@ impl Run<'_> {
                 };
                 (expected, Self::key_view_of(st, &body), String::new())
             }
+            Op::ExpireKey { .. } | Op::ClearExpiry => {
+                let at = match *op {
+                    Op::ExpireKey { in_ms } => Some(now + in_ms),
+                    _ => None,
+                };
+                let wire = at.map(|x| Timestamp(x + case_t0()).to_rfc3339());
+                let (st, body) = self.patch(json!({ "expires_at": wire })).await;
+                let expected = if self.model.state == KeyState::Revoked {
+                    error(409, "conflict")
+                } else {
+                    self.model.expires_at = at;
+                    self.model.expiry_applied = false;
+                    if at.is_some_and(|x| x <= now) {
+                        // "A time already past ends every live session."
+                        self.model.expiry_applied = true;
+                        self.end_all_live(EndKind::Revoked("key_expired"), now);
+                    }
+                    self.key_view()
+                };
+                (expected, Self::key_view_of(st, &body), String::new())
+            }
             Op::Suspend | Op::Resume => {
                 let suspend = matches!(op, Op::Suspend);
                 let (st, body) = self
@@ -714,6 +792,10 @@ impl Run<'_> {
                         "terminated": d["terminated"]}),
                     "session_superseded" => json!({"type": kind, "session_id": sid, "at": at,
                         "superseded_by": d["superseded_by"], "by_device_name": d["by_device_name"]}),
+                    // Recorded by the sweep that notices it, so timed then.
+                    "session_revoked" if d["cause"] == "key_expired" => {
+                        json!({"type": kind, "session_id": sid, "cause": d["cause"]})
+                    }
                     "session_revoked" => json!({"type": kind, "session_id": sid, "at": at,
                         "cause": d["cause"]}),
                     "session_ended" | "session_expired" => {
@@ -742,6 +824,8 @@ impl Run<'_> {
                 EndKind::Superseded { by, by_device, .. } => json!({"type": "session_superseded",
                     "session_id": sid, "at": at, "superseded_by": sessions[by].sid,
                     "by_device_name": by_device.name()}),
+                EndKind::Revoked("key_expired") => json!({"type": "session_revoked",
+                    "session_id": sid, "cause": "key_expired"}),
                 EndKind::Revoked(cause) => json!({"type": "session_revoked", "session_id": sid,
                     "at": at, "cause": cause}),
             }));
@@ -988,7 +1072,7 @@ impl Run<'_> {
 
 async fn run_case(server: &TestServer, case: &Case) -> Result<(), TestCaseError> {
     let n = CASE_SEQ.fetch_add(1, Ordering::Relaxed);
-    CASE_T0.store(server.now().millis(), Ordering::Relaxed);
+    CASE_T0.with(|t| t.set(server.now().millis()));
     let (key, created) = server
         .create_key(json!({"max_sessions": case.seats, "on_conflict": case.policy.as_str()}))
         .await;
@@ -1007,15 +1091,18 @@ async fn run_case(server: &TestServer, case: &Case) -> Result<(), TestCaseError>
             sessions: Vec::new(),
             last_fence: 0,
             rejected: 0,
+            expires_at: None,
+            expiry_applied: false,
+            now: 0,
         },
         log: Vec::new(),
     };
     for (i, op) in case.ops.iter().enumerate() {
-        OPS.fetch_add(1, Ordering::Relaxed);
+        OPS.with(|n| n.set(n.get() + 1));
         run.step(i, op).await?;
     }
     run.check_audit_log().await?;
-    CASES.fetch_add(1, Ordering::Relaxed);
+    CASES.with(|n| n.set(n.get() + 1));
     Ok(())
 }
 
@@ -1024,6 +1111,29 @@ async fn run_case(server: &TestServer, case: &Case) -> Result<(), TestCaseError>
 /// and clock moves on 1- and 3-seat keys with either conflict policy.
 #[test]
 fn server_answers_like_the_contract_model() {
+    run_model(false);
+}
+
+/// The same with the key's own `expires_at` set (in the past or future)
+/// and cleared.
+///
+/// Ignored: it fails. A key that reaches its `expires_at` by itself keeps
+/// its sessions open in the store until the sweep revokes them, so when an
+/// admin clears or extends the expiry before the sweep runs, those sessions
+/// come back to life (heartbeat 200, listed by status, `ended: true` on a
+/// kick) instead of answering `session_revoked`; whether they do depends on
+/// whether the 10 s sweep happened to run in between. Minimal case, found
+/// and shrunk by this test: start; expires_at = now + 1 s; advance 1 s
+/// (status: 403 key_expired); expires_at = null; heartbeat -> 200, where
+/// the contract's "revoked (... its key was ... expired)" says 410
+/// `session_revoked`. Run with `cargo test --test model -- --ignored`.
+#[test]
+#[ignore = "server bug: clearing a key's passed expiry before the sweep revives its sessions"]
+fn server_answers_like_the_contract_model_with_key_expiry() {
+    run_model(true);
+}
+
+fn run_model(key_expiry: bool) {
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -1044,24 +1154,28 @@ fn server_answers_like_the_contract_model() {
     };
     let began = Instant::now();
     let mut runner = TestRunner::new(config);
-    let result = runner.run(&case(), |c| rt.block_on(run_case(&server, &c)));
+    let result = runner.run(&case(key_expiry), |c| rt.block_on(run_case(&server, &c)));
     let elapsed = began.elapsed();
     match result {
         Ok(()) => {
             eprintln!(
                 "model: {} case(s) passed, {} ops checked against the model, {:.1} s",
-                CASES.load(Ordering::Relaxed),
-                OPS.load(Ordering::Relaxed),
+                CASES.with(Cell::get),
+                OPS.with(Cell::get),
                 elapsed.as_secs_f64()
             );
-            let seen = SEEN.lock().unwrap();
-            let lines: Vec<String> = seen.iter().map(|(k, n)| format!("{n:>6} {k}")).collect();
+            let lines: Vec<String> = SEEN.with(|seen| {
+                seen.borrow()
+                    .iter()
+                    .map(|(k, n)| format!("{n:>6} {k}"))
+                    .collect()
+            });
             eprintln!("answers seen:\n{}", lines.join("\n"));
         }
         Err(TestError::Fail(why, case)) => panic!(
             "the server disagrees with the contract model (after {} case(s), shrunk):\n\
              key created with {} seat(s), {}\nops:\n{}\n{why}",
-            CASES.load(Ordering::Relaxed),
+            CASES.with(Cell::get),
             case.seats,
             case.policy.as_str(),
             case.ops
@@ -1073,4 +1187,38 @@ fn server_answers_like_the_contract_model() {
         ),
         Err(TestError::Abort(why)) => panic!("model test aborted: {why}"),
     }
+}
+
+/// The minimal case the key-expiry model test shrinks to, as a plain test:
+/// a session live when its key reaches `expires_at` ended then (contract:
+/// `revoked` when "its key was ... expired"), so clearing the expiry
+/// afterwards must not bring it back.
+///
+/// Ignored: it fails (the session is revived unless the sweep happened to
+/// run in between). Run with `cargo test --test model -- --ignored`.
+#[tokio::test]
+#[ignore = "server bug: clearing a key's passed expiry before the sweep revives its sessions"]
+async fn a_session_ended_by_its_keys_expiry_stays_ended() {
+    let s = TestServer::start().await;
+    let (key, created) = s.create_key(json!({})).await;
+    let key_path = format!("/api/admin/keys/{}", created["key_id"].as_str().unwrap());
+    let expiry = s.now().plus_secs(1).to_rfc3339();
+    let (st, _) = s
+        .admin("PATCH", &key_path, Some(json!({ "expires_at": expiry })))
+        .await;
+    assert_eq!(st, 200);
+    let sid = s.started(&key, "office-pc").await;
+    s.clock.advance_secs(1);
+    let (st, body) = s.heartbeat(&key, &sid).await;
+    common::assert_error(st, &body, 403, "key_expired");
+
+    let (st, body) = s
+        .admin("PATCH", &key_path, Some(json!({ "expires_at": null })))
+        .await;
+    assert_eq!(st, 200);
+    let live = body["live_sessions"].clone();
+    let (st, body) = s.heartbeat(&key, &sid).await;
+    let error = common::assert_error(st, &body, 410, "session_revoked");
+    assert_eq!(error["reason"], "revoked");
+    assert_eq!(live, 0, "the key's live_sessions after clearing the expiry");
 }
