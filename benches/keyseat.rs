@@ -11,8 +11,12 @@
 //! 100,000; with 1,000,000 (full run only: flat growth, resident memory,
 //! time to ready); durable starts that take over the previous device's
 //! seat (FULL); heartbeats with 1% starts mixed in while 100,000 sessions
-//! expire at once; and the old design's approach (a minimal Python stdlib
-//! server doing one SQLite transaction per heartbeat) as the baseline.
+//! expire at once; the old design's approach (a minimal Python stdlib
+//! server doing one SQLite transaction per heartbeat) as the baseline; and
+//! load shedding: starts offered open-loop at rising rates (multiples of
+//! the measured start capacity) while devices heartbeat, reporting from
+//! which offered rate starts are shed with 503 and what heartbeats see
+//! meanwhile. `KEYSEAT_BENCH_ONLY=starts|shed` runs one phase.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -183,6 +187,7 @@ fn keyseat_server(db: &Path, extra: &[&str]) -> Proc {
 /// (after `keyseat migrate`): (access key, session id) pairs.
 fn seed(db: &Path, keys: usize) -> Vec<(String, String)> {
     let status = Command::new(env!("CARGO_BIN_EXE_keyseat"))
+        .env_remove("KEYSEAT_BENCH_ONLY")
         .arg("--database")
         .arg(db)
         .arg("migrate")
@@ -248,11 +253,22 @@ async fn drive(
     body: Arc<dyn Fn(usize, u64) -> (&'static str, String) + Send + Sync>,
     ok: fn(u16) -> bool,
 ) -> Measured {
+    drive_conns(addr, Duration::from_secs(secs), body, ok, CONNECTIONS).await
+}
+
+/// [`drive`] with `connections` connections.
+async fn drive_conns(
+    addr: SocketAddr,
+    duration: Duration,
+    body: Arc<dyn Fn(usize, u64) -> (&'static str, String) + Send + Sync>,
+    ok: fn(u16) -> bool,
+    connections: usize,
+) -> Measured {
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
     let non_2xx = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for conn_no in 0..CONNECTIONS {
+    for conn_no in 0..connections {
         let (stop, errors, non_2xx, body) =
             (stop.clone(), errors.clone(), non_2xx.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
@@ -297,7 +313,7 @@ async fn drive(
         }));
     }
     let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(secs)).await;
+    tokio::time::sleep(duration).await;
     stop.store(true, Ordering::Relaxed);
     let mut all: Vec<u32> = Vec::new();
     for t in tasks {
@@ -554,6 +570,9 @@ async fn run(opts: Opts) {
             "starts" => {
                 start_phase(dir.path(), &opts, 1.0, "full").await;
             }
+            "shed" => {
+                shed_phase(dir.path(), &opts).await;
+            }
             other => println!("unknown phase {other}"),
         }
         return;
@@ -598,6 +617,7 @@ async fn run(opts: Opts) {
     let mixed = mixed_phase(dir.path(), &opts, c).await;
     let baseline = baseline_phase(dir.path(), &opts, c).await;
     drop(bare);
+    let shed = shed_phase(dir.path(), &opts).await;
 
     println!();
     println!("targets:");
@@ -642,5 +662,201 @@ async fn run(opts: Opts) {
             verdict(small.rps / b.rps >= 50.0)
         );
     }
+    match shed {
+        Some(rate) => println!(
+            "  load shedding: starts shed with 503 from an offered {rate:.0} starts/s; heartbeats kept answering (see above)"
+        ),
+        None => println!("  load shedding: no step shed starts (capacity not exceeded)"),
+    }
     let _: PathBuf = dir.path().to_owned();
+}
+
+/// What one open-loop step saw.
+#[derive(Default)]
+struct Step {
+    sent: u64,
+    ok: u64,
+    shed: u64,
+    other: u64,
+    unsent: u64,
+    lat_us: Vec<u32>,
+}
+
+/// Offers starts at `rate` per second for `secs`, open loop: requests are
+/// due on a fixed schedule whether or not earlier ones were answered, over
+/// `workers` connections (a request due while every connection is busy is
+/// counted as unsent, the generator's own limit).
+async fn open_loop_starts(
+    addr: SocketAddr,
+    keys: Arc<Vec<(String, String)>>,
+    rate: f64,
+    secs: f64,
+    workers: usize,
+) -> Step {
+    let (tx, rx) = tokio::sync::mpsc::channel::<u64>(workers);
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (rx, keys) = (rx.clone(), keys.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut step = Step::default();
+            let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+                return step;
+            };
+            let _ = stream.set_nodelay(true);
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(io).await else {
+                return step;
+            };
+            tokio::spawn(conn);
+            loop {
+                let next = rx.lock().await.recv().await;
+                let Some(i) = next else { break };
+                let (key, _) = &keys[(i as usize * 7919 + w) % keys.len()];
+                let req = hyper::Request::post("/api/session/start")
+                    .header("host", "bench")
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(format!(
+                        r#"{{"access_key":"{key}","device":{{"name":"shed-{w}"}}}}"#
+                    ))))
+                    .unwrap();
+                let t = Instant::now();
+                step.sent += 1;
+                match sender.send_request(req).await {
+                    Ok(resp) => {
+                        let status = resp.status().as_u16();
+                        let _ = resp.into_body().collect().await;
+                        match status {
+                            200..=299 => {
+                                step.ok += 1;
+                                step.lat_us
+                                    .push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                            }
+                            503 => step.shed += 1,
+                            _ => step.other += 1,
+                        }
+                    }
+                    Err(_) => {
+                        step.other += 1;
+                        break;
+                    }
+                }
+            }
+            step
+        }));
+    }
+    let started = Instant::now();
+    let mut due = 0u64;
+    let mut unsent = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    while started.elapsed().as_secs_f64() < secs {
+        tick.tick().await;
+        let should = (started.elapsed().as_secs_f64() * rate) as u64;
+        while due < should {
+            if tx.try_send(due).is_err() {
+                unsent += 1;
+            }
+            due += 1;
+        }
+    }
+    drop(tx);
+    let mut total = Step {
+        unsent,
+        ..Step::default()
+    };
+    for t in tasks {
+        let s = t.await.unwrap();
+        total.sent += s.sent;
+        total.ok += s.ok;
+        total.shed += s.shed;
+        total.other += s.other;
+        total.lat_us.extend(s.lat_us);
+    }
+    total.lat_us.sort_unstable();
+    total
+}
+
+fn percentile_ms(sorted_us: &[u32], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted_us.len() as f64 - 1.0) * p).round() as usize;
+    f64::from(sorted_us[i]) / 1000.0
+}
+
+/// Load shedding: measures start capacity (closed loop), then offers
+/// starts open-loop at multiples of it while 16 connections heartbeat other
+/// keys' sessions. Returns the lowest offered rate at which more than 0.1%
+/// of starts were shed.
+async fn shed_phase(dir: &Path, opts: &Opts) -> Option<f64> {
+    let db = dir.join("shed.db");
+    let all = seed(&db, 2_000);
+    let starters = Arc::new(all[..1_000].to_vec());
+    let beaters = Arc::new(all[1_000..].to_vec());
+    // Quick runs use a small writer queue so shedding shows in seconds.
+    let pending: usize = if opts.quick { 64 } else { 1_024 };
+    let pending_arg = pending.to_string();
+    let server = keyseat_server(&db, &["--max-pending-writes", &pending_arg]);
+    let workers = pending * 2;
+    let secs = if opts.quick { 2.0 } else { 5.0 };
+
+    let starts_load: Arc<dyn Fn(usize, u64) -> (&'static str, String) + Send + Sync> = {
+        let starters = starters.clone();
+        Arc::new(move |conn, i| {
+            let (key, _) = &starters[(conn * 7919 + i as usize) % starters.len()];
+            (
+                "/api/session/start",
+                format!(r#"{{"access_key":"{key}","device":{{"name":"cap-{conn}"}}}}"#),
+            )
+        })
+    };
+    let capacity = drive(server.addr, secs as u64, starts_load, is_2xx).await;
+    println!(
+        "load shedding (max_pending_writes = {pending}, {workers} connections offering starts):"
+    );
+    println!(
+        "  start capacity, closed loop ({CONNECTIONS} connections): {:.0} starts/s",
+        capacity.rps
+    );
+    let mut first_shed = None;
+    for factor in [0.5, 0.9, 1.5, 3.0, 6.0] {
+        let rate = capacity.rps * factor;
+        let beats = tokio::spawn(drive_n(
+            server.addr,
+            secs,
+            heartbeat_load(beaters.clone()),
+            16,
+        ));
+        let step = open_loop_starts(server.addr, starters.clone(), rate, secs, workers).await;
+        let hb = beats.await.unwrap();
+        let shed_share = step.shed as f64 / step.sent.max(1) as f64;
+        println!(
+            "  offered {:>6.0}/s ({factor:.1}x): answered ok {:>6.0}/s, shed 503 {:>5.1}%, other {}, unsent {}, ok p99 {:>7.2} ms | heartbeats {:>6.0}/s p99 {:>6.2} ms max {:>7.2} ms, non-2xx {}",
+            rate,
+            step.ok as f64 / secs,
+            shed_share * 100.0,
+            step.other,
+            step.unsent,
+            percentile_ms(&step.lat_us, 0.99),
+            hb.rps,
+            hb.p99_ms,
+            hb.max_ms,
+            hb.non_2xx + hb.errors,
+        );
+        if first_shed.is_none() && shed_share > 0.001 {
+            first_shed = Some(rate);
+        }
+    }
+    first_shed
+}
+
+/// `drive` with `n` connections and a fractional duration.
+async fn drive_n(
+    addr: SocketAddr,
+    secs: f64,
+    body: Arc<dyn Fn(usize, u64) -> (&'static str, String) + Send + Sync>,
+    n: usize,
+) -> Measured {
+    drive_conns(addr, Duration::from_secs_f64(secs), body, is_2xx, n).await
 }
