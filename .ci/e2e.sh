@@ -6,6 +6,7 @@
 #   KEYSEAT_BIN=$PWD/target/debug/keyseat bash .ci/e2e.sh --screenshots  # the test, and refresh docs/screenshots/*.png
 #
 # It builds nothing: the server binary comes from KEYSEAT_BIN [target/debug/keyseat].
+# E2E_TIMEOUT [600] bounds the whole browser run, in seconds.
 # It installs what is missing: chromium and chromium-driver with apt-get when
 # CHROMIUM [/usr/bin/chromium] is absent, and tests/e2e's pinned npm packages
 # (`npm ci`, never playwright's own browsers) when they are not installed.
@@ -30,11 +31,16 @@ CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
 command -v node >/dev/null 2>&1 || { echo "e2e.sh: node (18 or newer) and npm are needed" >&2; exit 2; }
 
 if [ ! -x "$CHROMIUM" ]; then
-    echo "== installing chromium (apt-get)"
+    if [ "$CHROMIUM" != /usr/bin/chromium ]; then
+        echo "e2e.sh: no browser at CHROMIUM=$CHROMIUM" >&2
+        exit 2
+    fi
+    echo "== installing chromium and chromium-driver (apt-get)"
     SUDO=
     [ "$(id -u)" -eq 0 ] || SUDO=sudo
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
+    [ -x "$CHROMIUM" ] || { echo "e2e.sh: apt-get did not install $CHROMIUM" >&2; exit 2; }
 fi
 
 PINNED=$(node -p "require('./tests/e2e/package-lock.json').packages['node_modules/playwright-core'].version")
@@ -95,8 +101,9 @@ KEYSEAT_URL="$BASE" \
 KEYSEAT_ADMIN_TOKEN="$TOKEN" \
 CHROMIUM="$CHROMIUM" \
 E2E_SCREENSHOTS="$SHOTS" \
-    node tests/e2e/dashboard.test.js
+    timeout "${E2E_TIMEOUT:-600}" node tests/e2e/dashboard.test.js
 STATUS=$?
+[ "$STATUS" -eq 124 ] && echo "e2e.sh: the test took longer than ${E2E_TIMEOUT:-600} s" >&2
 set -e
 
 if grep -q ' ERROR \|panicked' "$WORK/server.log"; then
