@@ -179,17 +179,15 @@ pub async fn openapi_json() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], pretty())
 }
 
-/// Prometheus metrics, in the text exposition format.
-///
-/// `metrics::metrics` serves it; this stand-in carries its description
-/// because the route exists only with `metrics = "on"` (the default): with
-/// `metrics = "ADDR"` it moves to its own listener, with `off` it is gone.
+// `/metrics` is served by `http::metrics::metrics`; this stand-in carries
+// its description because whether (and where) it is served is configured.
 #[utoipa::path(
     get,
     path = "/metrics",
     tag = "operations",
     operation_id = "metrics",
     summary = "Prometheus metrics",
+    description = "Served on this listener with `metrics = \"on\"` (the default); with `metrics = \"ADDR\"` on its own listener instead, with `off` not at all.",
     responses(
         (status = 200, description = "The Prometheus text exposition format (`text/plain; version=0.0.4`).", content_type = "text/plain", body = String),
         MetricsErrors,
