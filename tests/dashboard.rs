@@ -702,6 +702,26 @@ async fn the_overview_counts_the_last_hour_and_day() {
     assert_eq!(stat(&r.body, "stat-starts-hour"), 0);
     assert_eq!(stat(&r.body, "stat-starts-day"), 9);
     assert_eq!(stat(&r.body, "stat-takeovers-day"), 6);
+
+    // Suspended and revoked keys are not active.
+    let (_, keys) = s.admin("GET", "/api/admin/keys", None).await;
+    let ids: Vec<String> = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key_id"].as_str().unwrap().to_owned())
+        .collect();
+    s.admin(
+        "PATCH",
+        &format!("/api/admin/keys/{}", ids[0]),
+        Some(serde_json::json!({"status": "suspended"})),
+    )
+    .await;
+    s.admin("POST", &format!("/api/admin/keys/{}/revoke", ids[1]), None)
+        .await;
+    let r = b.get("/admin").await;
+    assert_eq!(stat(&r.body, "stat-active-keys"), 1);
+    assert!(r.body.contains("active keys of 3"));
 }
 
 #[tokio::test]

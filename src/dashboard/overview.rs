@@ -8,7 +8,6 @@ use maud::{html, Markup};
 use super::auth::Signed;
 use super::page::{raw, when, Page, PageResult};
 use crate::http::AppState;
-use crate::model::KeyStatus;
 use crate::report::Activity;
 use crate::store::blocking;
 
@@ -27,28 +26,24 @@ pub async fn page(State(state): State<AppState>, Extension(me): Extension<Signed
     let store = state.store()?;
     let now = state.now();
     let n = blocking(move || {
-        // The key scan already counts each key's live sessions; no need to
-        // load every live session a second time.
-        let (mut live, mut keys, mut active_keys) = (0, 0, 0);
-        let mut after: Option<String> = None;
-        loop {
-            let page = store.list_keys(1000, after.as_deref(), now)?;
-            keys += page.keys.len();
-            live += page
-                .keys
+        // The same cheap counts the metrics gauges use (live sessions from
+        // memory, keys grouped by status), not a scan of every key.
+        let reading = store.metrics_reading(now)?;
+        let count = |status: &str| {
+            reading
+                .keys_by_status
                 .iter()
-                .map(|k| k.live_sessions as usize)
-                .sum::<usize>();
-            active_keys += page
-                .keys
-                .iter()
-                .filter(|k| k.status == KeyStatus::Active && !k.is_expired_at(now))
-                .count();
-            match page.next_after {
-                Some(next) => after = Some(next),
-                None => break,
-            }
-        }
+                .filter(|(s, _)| *s == status)
+                .map(|(_, n)| *n as usize)
+                .sum::<usize>()
+        };
+        let live = reading.live_sessions as usize;
+        let keys = reading
+            .keys_by_status
+            .iter()
+            .map(|(_, n)| *n as usize)
+            .sum();
+        let active_keys = count("active");
         let since = now.minus_secs(HOURS as u64 * 3600);
         let counts = store.event_counts(since, 3600)?;
         Ok(Numbers {
