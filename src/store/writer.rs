@@ -31,16 +31,25 @@ pub struct Done {
 
 type Job = Box<dyn FnOnce(&Connection) -> Done + Send>;
 
+/// Work for the writer's connection outside any transaction, run after
+/// the batch it was queued behind (checkpoints).
+type Between = Box<dyn FnOnce(&Connection) + Send>;
+
+enum Msg {
+    Job(Job),
+    Between(Between),
+}
+
 /// The handle to the writer thread.
 pub struct Writer {
-    tx: Option<SyncSender<Job>>,
+    tx: Option<SyncSender<Msg>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Writer {
     /// Starts the thread on its own connection.
     pub fn start(conn: Connection) -> Result<Writer> {
-        let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE);
+        let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE);
         let thread = std::thread::Builder::new()
             .name("keyseat-writer".into())
             .spawn(move || run(conn, rx))
@@ -80,14 +89,41 @@ impl Writer {
                 }),
             },
         });
-        self.tx
-            .as_ref()
-            .ok_or_else(|| Error::Unavailable("the server is stopping".into()))?
-            .send(job)
-            .map_err(|_| Error::Unavailable("the database writer has stopped".into()))?;
+        self.send(Msg::Job(job))?;
         reply_rx
             .recv()
             .map_err(|_| Error::Unavailable("the write could not be completed; retry".into()))?
+    }
+
+    /// Runs `work` on the writer's connection between two batches, outside
+    /// any transaction, and waits for it.
+    ///
+    /// Why checkpoints go here: a checkpoint can reset the WAL only when it
+    /// has copied every frame, and under continuous load a checkpoint on
+    /// another connection never gets there (new commits land while it
+    /// copies), so the WAL would grow until the blocking size limit. Here
+    /// no commit runs meanwhile, so it completes whenever no reader pins
+    /// old frames, and the next batch starts the WAL over.
+    pub fn between<T, W>(&self, work: W) -> Result<T>
+    where
+        T: Send + 'static,
+        W: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let (reply_tx, reply_rx) = mpsc::sync_channel::<Result<T>>(1);
+        self.send(Msg::Between(Box::new(move |conn: &Connection| {
+            let _ = reply_tx.send(work(conn));
+        })))?;
+        reply_rx
+            .recv()
+            .map_err(|_| Error::Unavailable("the database writer has stopped".into()))?
+    }
+
+    fn send(&self, msg: Msg) -> Result<()> {
+        self.tx
+            .as_ref()
+            .ok_or_else(|| Error::Unavailable("the server is stopping".into()))?
+            .send(msg)
+            .map_err(|_| Error::Unavailable("the database writer has stopped".into()))
     }
 
     /// Finishes queued work and stops the thread.
@@ -105,16 +141,29 @@ impl Drop for Writer {
     }
 }
 
-fn run(conn: Connection, rx: Receiver<Job>) {
+fn run(conn: Connection, rx: Receiver<Msg>) {
     while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        let mut batch = Vec::new();
+        let mut between = None;
+        match first {
+            Msg::Job(job) => batch.push(job),
+            Msg::Between(work) => between = Some(work),
+        }
+        while between.is_none() && batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(Msg::Job(job)) => batch.push(job),
+                Ok(Msg::Between(work)) => between = Some(work),
                 Err(_) => break,
             }
         }
-        commit_batch(&conn, batch);
+        if !batch.is_empty() {
+            commit_batch(&conn, batch);
+        }
+        if let Some(work) = between {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&conn))).is_err() {
+                tracing::error!("work between write batches panicked");
+            }
+        }
     }
 }
 
