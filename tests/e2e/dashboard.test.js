@@ -39,6 +39,10 @@ const CHROMIUM_ARGS = [
   "--disable-sync",
 ];
 const DESKTOP = { width: 1280, height: 800 };
+// A label an attacker might give a key (through a leaked admin token or a
+// careless import): it must be shown as text. Were it ever run, the CSP
+// would refuse it with a console error, and `alert` would open a dialog.
+const HOSTILE_LABEL = 'Bulk <img src=x onerror="alert(1)"> & "quotes" </td>';
 const PHONE = { width: 390, height: 844 };
 // Bounded waits: generous for a loaded 2-core machine, never a fixed sleep
 // that a fast machine would waste.
@@ -84,6 +88,11 @@ const KNOWN_BUGS = {
     "the Copy button shows (and does nothing) without JavaScript: it has the hidden attribute, but " +
     "`button { display: inline-flex }` overrides it (fix: [hidden] { display: none !important } in " +
     "src/dashboard/style.css)",
+  "two-sign-in-tabs":
+    "with two sign-in pages open (two tabs, or a restored session), only the newest works: each page " +
+    "load replaces the keyseat_signin double-submit cookie, so the older form fails with 'The sign-in " +
+    "form expired (CSRF check failed)' (src/dashboard/auth.rs sign_in_page; fix: reuse a present " +
+    "keyseat_signin cookie instead of minting a new one per page)",
   "reload-creates-key":
     "reloading the 'Key created' page posts the form again and creates a second key " +
     "(src/dashboard/keys.rs create: no post/redirect/get and no one-time form id)",
@@ -146,6 +155,12 @@ function watchConsole(page, label) {
     consoleErrors.push(`${label} ${page.url()}: ${msg.text()}${where}`);
   });
   page.on("pageerror", (err) => consoleErrors.push(`${label} ${page.url()}: uncaught ${err.message}`));
+  // The dashboard asks nothing through dialogs (confirmations are pages):
+  // a dialog is an error, or script from data.
+  page.on("dialog", (d) => {
+    consoleErrors.push(`${label} ${page.url()}: unexpected ${d.type()} dialog: ${d.message()}`);
+    d.dismiss().catch(() => {});
+  });
 }
 
 // Chromium logs a console error for a page answered with 4xx ("Failed to
@@ -516,8 +531,7 @@ async function withJavaScript(browser, seeded) {
     const row = page.locator(`#sessions tr[data-session-id="${session}"]`);
     const button = row.locator('button[name="kick"]');
     assert.match(await button.getAttribute("aria-label"), /Kick e2e-workstation/);
-    // The page may ask for a confirmation; accept it if it does.
-    page.once("dialog", (d) => d.accept());
+    // Kick has no confirmation step (the device can simply start again).
     await Promise.all([page.waitForNavigation({ timeout: NAV_TIMEOUT_MS }), button.click()]);
     assert.match(await text(page, "#flash"), /e2e-workstation ended/);
     assert.equal(await page.locator(`tr[data-session-id="${session}"]`).count(), 0, "no longer listed");
@@ -673,6 +687,16 @@ async function withJavaScript(browser, seeded) {
       const r = await api("POST", "/api/admin/keys", { label: `Bulk customer ${String(i).padStart(2, "0")}` }, { admin: true });
       assert.equal(r.status, 201, r.text);
     }
+    // Markup in a label is shown as text, never run.
+    const marked = await api("POST", "/api/admin/keys", { label: HOSTILE_LABEL }, { admin: true });
+    assert.equal(marked.status, 201, marked.text);
+    await goto(page, `/admin/keys?q=${encodeURIComponent("Bulk <img")}`);
+    assert.equal(await page.locator("#keys tbody tr").count(), 1);
+    assert.equal((await page.locator("#keys tbody tr td:nth-child(2)").innerText()).trim(), HOSTILE_LABEL);
+    assert.equal(await page.locator("#keys img").count(), 0, "no element made from the label");
+    await goto(page, `/admin/keys/${marked.json.key_id}`);
+    assert.equal(await page.inputValue("#label"), HOSTILE_LABEL, "the edit form holds the label as typed");
+    assert.equal(await page.locator("main img").count(), 0);
     const all = await api("GET", "/api/admin/keys?limit=1000", undefined, { admin: true });
     const total = all.json.keys.length;
     assert.ok(total > 50 && total <= 100, `${total} keys`);
@@ -699,6 +723,9 @@ async function withJavaScript(browser, seeded) {
     const before = (await page.context().cookies(BASE + "/admin")).find((c) => c.name === "keyseat_session");
     await clickAndWait(page, "#sign-out");
     assert.equal(pathOf(page), "/admin/sign-in");
+    await page.goBack({ timeout: NAV_TIMEOUT_MS });
+    assert.equal(pathOf(page), "/admin/sign-in", "Back after sign-out shows no dashboard page from a cache");
+    assert.equal(await page.locator("#sign-out").count(), 0);
     // The old cookie, presented again, is dead on the server too.
     await page.context().addCookies([{ ...before }]);
     await goto(page, "/admin/keys");
@@ -708,6 +735,21 @@ async function withJavaScript(browser, seeded) {
       assert.equal(pathOf(page), "/admin/sign-in", `${route} after sign-out`);
       assert.equal(await page.locator("#token").count(), 1);
     }
+  });
+
+  await step("two sign-in pages open at once: either one signs in", async () => {
+    const older = await page.context().newPage();
+    watchConsole(older, "[js tab 2]");
+    await older.goto(BASE + "/admin/sign-in", { timeout: NAV_TIMEOUT_MS });
+    await goto(page, "/admin/sign-in"); // a newer sign-in page, e.g. another tab
+    await older.fill("#token", TOKEN);
+    await Promise.all([older.waitForNavigation({ timeout: NAV_TIMEOUT_MS }), older.click("#sign-in")]);
+    dropExpectedStatusError(403);
+    await known("two-sign-in-tabs", async () => {
+      const err = (await older.locator("#error").count()) ? await older.locator("#error").innerText() : "";
+      assert.equal(new URL(older.url()).pathname, "/admin", `the older sign-in page signs in (it said: ${err})`);
+    });
+    await older.close();
   });
 
   await step("no console errors on any page (JavaScript on)", async () => {
