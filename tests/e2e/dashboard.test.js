@@ -330,7 +330,9 @@ async function createKeyThroughForm(page, { label, seats, policy, expires = "" }
   await page.selectOption("#on_conflict", policy);
   await page.fill("#expires_at", expires);
   const resp = await clickAndWait(page, "#create-key");
-  assert.equal(resp.status(), 201, "created");
+  // 201 today; 200 if the answer ever becomes a redirect to a page that
+  // shows the secret once (post/redirect/get).
+  assert.ok([200, 201].includes(resp.status()), `created: ${resp.status()}`);
   assert.equal(resp.headers()["cache-control"], "no-store", "the secret's page is never cached");
   const secret = await text(page, "#secret");
   assert.match(secret, /^ks_[0-9a-f]+_[A-Za-z0-9_-]+$|^ks_\S{20,}$/, `an access key: ${secret}`);
