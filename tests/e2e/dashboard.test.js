@@ -652,6 +652,7 @@ async function withJavaScript(browser, seeded) {
       for (const route of routes) {
         await goto(page, route);
         for (const p of await contrastProblems(page)) problems.push(`${scheme} ${route}: ${p}`);
+        if (scheme === "dark" && route === "/admin") await shot(page, "overview-dark");
       }
     }
     dropExpectedStatusError(400);
