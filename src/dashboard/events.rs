@@ -161,7 +161,7 @@ pub async fn list(
             p id="no-events" { "No events match." }
         } @else {
             div class="scroll" {
-                table id="events" {
+                table id="events" class="stack" {
                     caption class="visually-hidden" { "Audit log, newest first" }
                     thead { tr {
                         th scope="col" { "Time" } th scope="col" { "Type" } th scope="col" { "Key" }
@@ -171,17 +171,17 @@ pub async fn list(
                     tbody {
                         @for e in &events {
                             tr data-event-id=(e.id) {
-                                td { (when(e.at)) }
-                                td { code { (e.event_type.as_str()) } }
-                                td { @match (&e.key_id, &e.key_prefix) {
+                                td data-label="Time" { (when(e.at)) }
+                                td data-label="Type" { code { (e.event_type.as_str()) } }
+                                td data-label="Key" { @match (&e.key_id, &e.key_prefix) {
                                     (Some(id), Some(p)) => a href={ "/admin/keys/" (id) } { code { (p) } },
                                     (Some(id), None) => code { (id) },
                                     _ => span class="muted" { "–" },
                                 } }
-                                td { (text_opt(e.device_name.as_deref())) }
-                                td { @if let Some(s) = &e.session_id { code class="small" { (s) } } @else { span class="muted" { "–" } } }
-                                td { (text_opt(e.client_addr.as_deref())) }
-                                td { @if let Some(d) = &e.detail { code class="small" { (d.to_string()) } } }
+                                td data-label="Device" { (text_opt(e.device_name.as_deref())) }
+                                td data-label="Session" { @if let Some(s) = &e.session_id { code class="small" { (s) } } @else { span class="muted" { "–" } } }
+                                td data-label="By" { (text_opt(e.client_addr.as_deref())) }
+                                td data-label="Detail" { @if let Some(d) = &e.detail { code class="small" { (d.to_string()) } } }
                             }
                         }
                     }

@@ -170,7 +170,7 @@ pub async fn list(
             }
         } @else {
             div class="scroll" {
-                table id="keys" {
+                table id="keys" class="stack" {
                     caption class="visually-hidden" { "Access keys" }
                     thead { tr {
                         th scope="col" { "Prefix" } th scope="col" { "Label" }
@@ -181,13 +181,13 @@ pub async fn list(
                     tbody {
                         @for k in shown {
                             tr data-key-id=(k.key_id) {
-                                td { a href={ "/admin/keys/" (k.key_id) } { code { (k.prefix) } } }
-                                td { (text_opt(k.label.as_deref())) }
-                                td { (status_badge(k, now)) }
-                                td class="num" { (k.live_sessions) " / " (k.max_sessions) }
-                                td { (k.on_conflict.as_str()) }
-                                td { (when_opt(k.expires_at, "never")) }
-                                td { (when(k.created_at)) }
+                                td data-label="Prefix" { a href={ "/admin/keys/" (k.key_id) } { code { (k.prefix) } } }
+                                td data-label="Label" { (text_opt(k.label.as_deref())) }
+                                td data-label="Status" { (status_badge(k, now)) }
+                                td data-label="Live / seats" class="num" { (k.live_sessions) " / " (k.max_sessions) }
+                                td data-label="Policy" { (k.on_conflict.as_str()) }
+                                td data-label="Expires" { (when_opt(k.expires_at, "never")) }
+                                td data-label="Created" { (when(k.created_at)) }
                             }
                         }
                     }

@@ -36,7 +36,7 @@ pub fn table(
             p id="no-sessions" { "No live sessions." }
         } @else {
             div class="scroll" {
-                table id="sessions" {
+                table id="sessions" class="stack" {
                     caption class="visually-hidden" { "Live sessions" }
                     thead { tr {
                         th scope="col" { "Key" } th scope="col" { "Device" }
@@ -47,16 +47,16 @@ pub fn table(
                     tbody {
                         @for s in sessions {
                             tr data-session-id=(s.session_id) {
-                                td {
+                                td data-label="Key" {
                                     a href={ "/admin/keys/" (s.key_id) } { code { (s.key_prefix) } }
                                     @if let Some(l) = labels.get(&s.key_id) { " " span class="muted" { (l) } }
                                 }
-                                td class="device" { (text_opt(s.device_name.as_deref())) }
-                                td { code class="small" { (s.session_id) } }
-                                td { (when(s.started_at)) }
-                                td { (when(s.last_heartbeat)) }
-                                td class="num" { (now.secs_since(s.last_heartbeat)) }
-                                td {
+                                td data-label="Device" class="device" { (text_opt(s.device_name.as_deref())) }
+                                td data-label="Session" { code class="small" { (s.session_id) } }
+                                td data-label="Started" { (when(s.started_at)) }
+                                td data-label="Last heartbeat" { (when(s.last_heartbeat)) }
+                                td data-label="Seconds since" class="num" { (now.secs_since(s.last_heartbeat)) }
+                                td data-label="Action" {
                                     form method="post" action={ "/admin/sessions/" (enc(&s.session_id)) "/kick" } {
                                         (csrf_field(&me.csrf))
                                         input type="hidden" name="back" value=(back);

@@ -81,7 +81,7 @@ pub async fn page(
                 p id="no-sharing" { "No key had a takeover or more devices than seats in this window." }
             } @else {
                 div class="scroll" {
-                    table id="sharing" {
+                    table id="sharing" class="stack" {
                         caption class="visually-hidden" { "Keys ranked by takeovers" }
                         thead { tr {
                             th scope="col" { "Key" } th scope="col" { "Label" } th scope="col" class="num" { "Seats" }
@@ -92,15 +92,15 @@ pub async fn page(
                         tbody {
                             @for k in r.keys.iter().take(TOP) {
                                 tr data-key-id=(k.key_id) {
-                                    td { a href={ "/admin/keys/" (k.key_id) } { code { (k.prefix) } } }
-                                    td { (text_opt(k.label.as_deref())) }
-                                    td class="num" { (k.max_sessions) }
-                                    td class="num takeovers" { (k.takeovers) }
-                                    td class="num per-day" { (format!("{:.2}", k.takeovers_per_day)) }
-                                    td class="num devices" { (k.distinct_devices) }
-                                    td class="num fingerprints" { (k.distinct_fingerprints) }
-                                    td class="num ping-pongs" { (k.ping_pongs) }
-                                    td { @for p in &k.pairs { div { (p.a) " ⇄ " (p.b) ": " (p.count) } } }
+                                    td data-label="Key" { a href={ "/admin/keys/" (k.key_id) } { code { (k.prefix) } } }
+                                    td data-label="Label" { (text_opt(k.label.as_deref())) }
+                                    td data-label="Seats" class="num" { (k.max_sessions) }
+                                    td data-label="Takeovers" class="num takeovers" { (k.takeovers) }
+                                    td data-label="Per day" class="num per-day" { (format!("{:.2}", k.takeovers_per_day)) }
+                                    td data-label="Devices" class="num devices" { (k.distinct_devices) }
+                                    td data-label="Fingerprints" class="num fingerprints" { (k.distinct_fingerprints) }
+                                    td data-label="Ping-pong" class="num ping-pongs" { (k.ping_pongs) }
+                                    td data-label="Pairs" { @for p in &k.pairs { div { (p.a) " ⇄ " (p.b) ": " (p.count) } } }
                                 }
                             }
                         }
