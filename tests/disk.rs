@@ -1,0 +1,638 @@
+//! Disk trouble against the real binary: a database locked by another
+//! process, a read-only file system, a full disk. The contract: a clear
+//! start-up error (one line, non-zero exit) or 503 `unavailable` answers
+//! with the JSON error shape; never a panic or a 500; never a half-applied
+//! change (a write that got 503 left nothing behind); and once the trouble
+//! is gone, the server works again without a restart.
+//!
+//! How each condition is made (we run as root, so `chmod` stops nothing):
+//! - locked: this process holds `BEGIN EXCLUSIVE` on the file through
+//!   rusqlite (SQLite's own write lock, as another keyseat or a `sqlite3`
+//!   shell in a write transaction would);
+//! - read-only at start-up: the server runs in its own mount namespace
+//!   (`unshare -m`) where the database directory is a read-only bind mount,
+//!   a real `EROFS` file system;
+//! - read-only while running: a mount cannot turn read-only while files on
+//!   it are open for writing (EBUSY), so the files get the immutable
+//!   attribute (`chattr +i`), after which every write to them fails with
+//!   EPERM, as on a file system remounted read-only by the kernel after an
+//!   error;
+//! - full: the server runs in its own mount namespace on a small `tmpfs`
+//!   (real `ENOSPC`), which the test then grows (`nsenter ... mount -o
+//!   remount,size=`) to show recovery.
+//!
+//! Tests that need `unshare`, `mount`, `nsenter` or `chattr` skip with a
+//! printed reason when the machine does not allow them.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const ADMIN_TOKEN: &str = "disk-admin-token-0123456789";
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_keyseat")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `keyseat serve` with test settings, as a shell word list, so it can also
+/// run behind `unshare`.
+fn serve_args(db: &Path, port: u16) -> Vec<String> {
+    vec![
+        bin().to_owned(),
+        "serve".into(),
+        "--database".into(),
+        db.display().to_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+    ]
+}
+
+struct Server {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+/// Spawns `program args` (keyseat serve, possibly wrapped) with the test
+/// environment; stderr goes to `log`.
+fn spawn(program: &str, args: &[String], log: &Path, port: u16) -> Server {
+    let mut cmd = Command::new(program);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("KEYSEAT_")) {
+        cmd.env_remove(k);
+    }
+    let child = cmd
+        .args(args)
+        .env("KEYSEAT_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("KEYSEAT_RATE_LIMITS", "off")
+        .env("KEYSEAT_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(log).unwrap())
+        .spawn()
+        .expect("spawn");
+    Server {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        log: log.to_owned(),
+    }
+}
+
+impl Server {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for `/health` 200; `Err(exit code, stderr)` if it exits first.
+    async fn ready(&mut self) -> Result<(), (Option<i32>, String)> {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Err((status.code(), self.log()));
+            }
+            assert!(Instant::now() < deadline, "never ready:\n{}", self.log());
+            if let Ok(r) = client.get(format!("{}/health", self.url)).send().await {
+                if r.status() == 200 {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = reqwest::Client::new()
+            .request(method, format!("{}{path}", self.url))
+            .timeout(Duration::from_secs(60));
+        if path.starts_with("/api/admin") {
+            req = req.bearer_auth(ADMIN_TOKEN);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        assert!(
+            status < 500 || (status == 503 && is_unavailable(&body)),
+            "{path}: {status} {text} (a 5xx must be 503 unavailable)"
+        );
+        (status, body)
+    }
+
+    async fn create_key(&self) -> (String, String) {
+        let (status, body) = self.call("POST", "/api/admin/keys", Some(json!({}))).await;
+        assert_eq!(status, 201, "{body}");
+        (
+            body["access_key"].as_str().unwrap().to_owned(),
+            body["key_id"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    async fn start(&self, key: &str, id: &str, device: &str) -> (u16, Value) {
+        self.call(
+            "POST",
+            "/api/session/start",
+            Some(json!({"access_key": key, "session_id": id,
+                        "device": {"name": device, "fingerprint": device}})),
+        )
+        .await
+    }
+
+    async fn heartbeat(&self, key: &str, id: &str) -> (u16, Value) {
+        self.call(
+            "POST",
+            "/api/session/heartbeat",
+            Some(json!({"access_key": key, "session_id": id})),
+        )
+        .await
+    }
+
+    /// Every event, newest first.
+    async fn events(&self) -> Vec<Value> {
+        let (status, body) = self.call("GET", "/api/admin/events?limit=1000", None).await;
+        assert_eq!(status, 200, "{body}");
+        body["events"].as_array().unwrap().clone()
+    }
+
+    async fn key_count(&self) -> usize {
+        let (status, body) = self.call("GET", "/api/admin/keys?limit=1000", None).await;
+        assert_eq!(status, 200, "{body}");
+        body["keys"].as_array().unwrap().len()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let log = self.log();
+        assert!(!log.contains("panicked"), "the server panicked:\n{log}");
+    }
+}
+
+fn is_unavailable(body: &Value) -> bool {
+    body["error"]["code"] == "unavailable" && body["error"]["message"].is_string()
+}
+
+/// A start-up failure: non-zero exit, one `keyseat: ...` line, no panic.
+fn assert_clear_start_up_error(code: Option<i32>, stderr: &str, mentions: &[&str]) -> String {
+    assert!(
+        matches!(code, Some(c) if c != 0),
+        "exit code {code:?}:\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("keyseat: "))
+        .unwrap_or_else(|| panic!("no `keyseat: ...` line:\n{stderr}"))
+        .to_owned();
+    assert!(
+        mentions.iter().any(|m| line.to_lowercase().contains(m)),
+        "the error does not say what is wrong (expected one of {mentions:?}): {line}"
+    );
+    line
+}
+
+fn migrate(db: &Path) {
+    let out = Command::new(bin())
+        .args(["migrate", "--database"])
+        .arg(db)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// Runs a shell command; `Err(reason)` if it fails.
+fn sh(script: &str) -> Result<(), String> {
+    let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{script}` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Whether this machine lets us make private mounts; the reason if not.
+fn can_mount() -> Result<(), String> {
+    sh("unshare -m sh -c 'mount -t tmpfs -o size=64k tmpfs /mnt && umount /mnt'")
+        .and_then(|()| sh("command -v nsenter"))
+}
+
+// ---------------------------------------------------------------------------
+// Locked by another process
+
+/// Start-up while another process holds the write lock: 503 meanwhile,
+/// then a clear error (or, if the lock goes in time, a normal start).
+#[tokio::test]
+async fn locked_database_at_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("keyseat.db");
+    migrate(&db);
+    let lock = rusqlite::Connection::open(&db).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+
+    let port = free_port();
+    let args = serve_args(&db, port);
+    let mut s = spawn(&args[0], &args[1..], &dir.path().join("1.log"), port);
+    // While it waits for the lock, every answer is 503.
+    let client = reqwest::Client::new();
+    let mut answered = 0;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        if let Ok(r) = client.get(format!("{}/health", s.url)).send().await {
+            assert_eq!(r.status(), 503);
+            let (status, body) = s.call("GET", "/api/admin/keys", None).await;
+            assert_eq!(status, 503, "{body}");
+            assert!(is_unavailable(&body), "{body}");
+            answered += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered > 0, "the listener never answered while starting");
+
+    // Held past SQLite's busy timeout (5 s): a clear start-up error.
+    let outcome = tokio::time::timeout(Duration::from_secs(30), s.ready()).await;
+    lock.execute_batch("COMMIT").unwrap();
+    match outcome {
+        Ok(Err((code, stderr))) => {
+            let line = assert_clear_start_up_error(code, &stderr, &["locked", "busy"]);
+            println!("locked at start-up: exit {code:?}: {line}");
+        }
+        Ok(Ok(())) => panic!("became ready while the database was locked"),
+        Err(_) => panic!("neither ready nor failed 30 s after start:\n{}", s.log()),
+    }
+    s.kill();
+
+    // Lock gone: it starts.
+    let port = free_port();
+    let args = serve_args(&db, port);
+    let mut s = spawn(&args[0], &args[1..], &dir.path().join("2.log"), port);
+    s.ready().await.expect("starts once the lock is gone");
+    s.kill();
+}
+
+/// While running: writes get 503 (after the busy timeout), heartbeats and
+/// reads go on, nothing is half-applied, and writes work again once the
+/// lock is released.
+#[tokio::test]
+async fn locked_database_while_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("keyseat.db");
+    let port = free_port();
+    let args = serve_args(&db, port);
+    let mut s = spawn(&args[0], &args[1..], &dir.path().join("1.log"), port);
+    s.ready().await.unwrap();
+    let (key, key_id) = s.create_key().await;
+    assert_eq!(s.start(&key, "live-before-lock", "a").await.0, 200);
+    let events_before = s.events().await.len();
+    let keys_before = s.key_count().await;
+
+    let lock = rusqlite::Connection::open(&db).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let (start, create, end, hb, status) = tokio::join!(
+        s.start(&key, "started-while-locked", "b"),
+        s.call(
+            "POST",
+            "/api/admin/keys",
+            Some(json!({"label": "while locked"}))
+        ),
+        s.call(
+            "POST",
+            "/api/session/end",
+            Some(json!({"access_key": key, "session_id": "live-before-lock"}))
+        ),
+        s.heartbeat(&key, "live-before-lock"),
+        s.call(
+            "POST",
+            "/api/session/status",
+            Some(json!({"access_key": key}))
+        ),
+    );
+    lock.execute_batch("COMMIT").unwrap();
+    for (what, (code, body)) in [("start", &start), ("create key", &create), ("end", &end)] {
+        assert_eq!(*code, 503, "{what} while locked: {body}");
+        assert!(is_unavailable(body), "{what}: {body}");
+    }
+    assert_eq!(hb.0, 200, "heartbeats are answered from memory: {}", hb.1);
+    assert_eq!(
+        status.0, 200,
+        "reads work while a writer holds the lock: {}",
+        status.1
+    );
+
+    // Nothing half-applied.
+    assert_eq!(
+        s.events().await.len(),
+        events_before,
+        "no event was recorded"
+    );
+    assert_eq!(s.key_count().await, keys_before, "no key was created");
+    let (code, body) = s.heartbeat(&key, "started-while-locked").await;
+    assert_eq!(code, 404, "the refused start left no session: {body}");
+    let (code, body) = s.heartbeat(&key, "live-before-lock").await;
+    assert_eq!(code, 200, "the refused end ended nothing: {body}");
+
+    // Recovered, without a restart.
+    assert_eq!(s.start(&key, "started-after-lock", "c").await.0, 200);
+    let (code, body) = s
+        .call("POST", &format!("/api/admin/keys/{key_id}/revoke"), None)
+        .await;
+    assert_eq!(code, 200, "{body}");
+    s.kill();
+}
+
+// ---------------------------------------------------------------------------
+// Read-only
+
+/// A database on a read-only file system: a clear start-up error.
+#[tokio::test]
+async fn read_only_file_system_at_start_up() {
+    if let Err(why) = can_mount() {
+        println!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let db = data.join("keyseat.db");
+    migrate(&db);
+    let port = free_port();
+    let d = data.display();
+    let script =
+        format!("mount --bind '{d}' '{d}' && mount -o remount,bind,ro '{d}' && exec \"$@\"");
+    let mut args = vec![
+        "-m".to_owned(),
+        "sh".into(),
+        "-c".into(),
+        script,
+        "sh".into(),
+    ];
+    args.extend(serve_args(&db, port));
+    let mut s = spawn("unshare", &args, &dir.path().join("1.log"), port);
+    match s.ready().await {
+        Err((code, stderr)) => {
+            let line = assert_clear_start_up_error(
+                code,
+                &stderr,
+                &["read-only", "readonly", "unable to open", "cannot open"],
+            );
+            println!("read-only at start-up: exit {code:?}: {line}");
+        }
+        Ok(()) => {
+            // If it serves reads, every write must be 503.
+            let (code, body) = s.call("POST", "/api/admin/keys", Some(json!({}))).await;
+            assert_eq!(code, 503, "{body}");
+            s.kill();
+        }
+    }
+}
+
+/// Files that turn unwritable while the server runs (immutable attribute:
+/// every write fails with EPERM): 503 for writes, nothing half-applied,
+/// and recovery once they are writable again.
+#[tokio::test]
+async fn files_turning_unwritable_while_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("keyseat.db");
+    let port = free_port();
+    let args = serve_args(&db, port);
+    let mut s = spawn(&args[0], &args[1..], &dir.path().join("1.log"), port);
+    s.ready().await.unwrap();
+    let (key, _) = s.create_key().await;
+    assert_eq!(s.start(&key, "live-before", "a").await.0, 200);
+    let events_before = s.events().await.len();
+    let keys_before = s.key_count().await;
+
+    let files: Vec<String> = ["", "-wal", "-shm"]
+        .iter()
+        .map(|suffix| format!("{}{suffix}", db.display()))
+        .collect();
+    struct Immutable(Vec<String>);
+    impl Drop for Immutable {
+        fn drop(&mut self) {
+            for f in &self.0 {
+                let _ = sh(&format!("chattr -i '{f}'"));
+            }
+        }
+    }
+    let mut guard = Immutable(Vec::new());
+    for f in &files {
+        if let Err(why) = sh(&format!("chattr +i '{f}'")) {
+            println!("skipped: {why}");
+            s.kill();
+            return;
+        }
+        guard.0.push(f.clone());
+    }
+
+    let (code, body) = s.start(&key, "started-while-readonly", "b").await;
+    assert_eq!(code, 503, "start on an unwritable file: {body}");
+    let (code, body) = s.call("POST", "/api/admin/keys", Some(json!({}))).await;
+    assert_eq!(code, 503, "key creation on an unwritable file: {body}");
+    let (code, body) = s.heartbeat(&key, "live-before").await;
+    assert_eq!(code, 200, "{body}");
+    drop(guard);
+
+    // Nothing half-applied, and writes work again.
+    assert_eq!(
+        s.events().await.len(),
+        events_before,
+        "no event was recorded"
+    );
+    assert_eq!(s.key_count().await, keys_before, "no key was created");
+    let (code, body) = s.heartbeat(&key, "started-while-readonly").await;
+    assert_eq!(code, 404, "the refused start left no session: {body}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, body) = s.start(&key, "started-after", "c").await;
+        if code == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never recovered: {code} {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    s.kill();
+    let check = rusqlite::Connection::open(&db).unwrap();
+    let ok: String = check
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+}
+
+// ---------------------------------------------------------------------------
+// Full
+
+/// `keyseat serve` in its own mount namespace on a tmpfs of `size` at
+/// `data`.
+fn serve_on_tmpfs(dir: &Path, data: &Path, size: &str, log: &str) -> (Server, u16) {
+    let port = free_port();
+    let d = data.display();
+    let script = format!("mount -t tmpfs -o size={size} tmpfs '{d}' && exec \"$@\"");
+    let mut args = vec![
+        "-m".to_owned(),
+        "sh".into(),
+        "-c".into(),
+        script,
+        "sh".into(),
+    ];
+    args.extend(serve_args(&data.join("keyseat.db"), port));
+    (spawn("unshare", &args, &dir.join(log), port), port)
+}
+
+/// A file system too small to create the database: a clear start-up error.
+#[tokio::test]
+async fn full_disk_at_start_up() {
+    if let Err(why) = can_mount() {
+        println!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let (mut s, _) = serve_on_tmpfs(dir.path(), &data, "8k", "1.log");
+    match s.ready().await {
+        Err((code, stderr)) => {
+            let line = assert_clear_start_up_error(code, &stderr, &["full", "disk", "space"]);
+            println!("full disk at start-up: exit {code:?}: {line}");
+        }
+        Ok(()) => panic!("started on an 8 KiB file system"),
+    }
+}
+
+/// Filling the disk under load: every write either succeeds or gets 503;
+/// a refused start leaves no session and no event, a refused key creation
+/// no key; every acknowledged start is still there; after the file system
+/// grows, writes work again without a restart.
+#[tokio::test]
+async fn full_disk_while_running() {
+    if let Err(why) = can_mount() {
+        println!("skipped: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let (mut s, _) = serve_on_tmpfs(dir.path(), &data, "1m", "1.log");
+    s.ready().await.unwrap();
+    let (key, key_id) = s.create_key().await;
+    let (status, _) = s
+        .call(
+            "PATCH",
+            &format!("/api/admin/keys/{key_id}"),
+            Some(json!({"max_sessions": 1000})),
+        )
+        .await;
+    assert_eq!(status, 200);
+
+    let pad = "x".repeat(120);
+    let mut acked = Vec::new();
+    let mut refused = Vec::new();
+    let mut keys_acked = 1;
+    let mut keys_refused = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut n = 0;
+    while refused.len() < 5 {
+        assert!(Instant::now() < deadline, "the disk never filled up");
+        n += 1;
+        let id = format!("fill-{n:06}");
+        let (code, body) = s.start(&key, &id, &format!("{pad}{n}")).await;
+        match code {
+            200 => acked.push(id),
+            503 => refused.push(id),
+            _ => panic!("start {id}: {code} {body}"),
+        }
+        if n % 10 == 0 {
+            let (code, body) = s
+                .call("POST", "/api/admin/keys", Some(json!({"label": pad})))
+                .await;
+            match code {
+                201 => keys_acked += 1,
+                503 => keys_refused += 1,
+                _ => panic!("create key: {code} {body}"),
+            }
+        }
+    }
+    println!(
+        "full disk: {} starts acknowledged, {} refused with 503; keys {keys_acked} created, {keys_refused} refused",
+        acked.len(),
+        refused.len()
+    );
+
+    // Reads still work; nothing refused is there; everything acknowledged is.
+    assert_eq!(
+        s.key_count().await,
+        keys_acked,
+        "refused key creations left no key"
+    );
+    let events = s.events().await;
+    for id in &refused {
+        let (code, body) = s.heartbeat(&key, id).await;
+        assert!(
+            code == 404 || (code == 503 && is_unavailable(&body)),
+            "refused start {id}: heartbeat {code} {body}"
+        );
+        assert!(
+            !events.iter().any(|e| e["session_id"] == json!(id)),
+            "refused start {id} left an event"
+        );
+    }
+    let (code, body) = s
+        .call("GET", &format!("/api/admin/sessions?key_id={key_id}"), None)
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let live: Vec<&str> = body["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["session_id"].as_str().unwrap())
+        .collect();
+    for id in &acked {
+        assert!(
+            live.contains(&id.as_str()),
+            "acknowledged start {id} is missing"
+        );
+    }
+    assert_eq!(live.len(), acked.len(), "only acknowledged starts are live");
+
+    // Room again: writes work without a restart.
+    let pid = s.child.id();
+    sh(&format!(
+        "nsenter -t {pid} -m mount -o remount,size=16m '{}'",
+        data.display()
+    ))
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, body) = s.start(&key, "after-more-room", "z").await;
+        if code == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never recovered: {code} {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The file as the server sees it is sound.
+    let db = format!("/proc/{pid}/root{}", data.join("keyseat.db").display());
+    let check = rusqlite::Connection::open(&db).unwrap();
+    let ok: String = check
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+    drop(check);
+    s.kill();
+}
