@@ -39,11 +39,11 @@ const CHROMIUM_ARGS = [
   "--disable-sync",
 ];
 const DESKTOP = { width: 1280, height: 800 };
+const PHONE = { width: 390, height: 844 };
 // A label an attacker might give a key (through a leaked admin token or a
 // careless import): it must be shown as text. Were it ever run, the CSP
 // would refuse it with a console error, and `alert` would open a dialog.
 const HOSTILE_LABEL = 'Bulk <img src=x onerror="alert(1)"> & "quotes" </td>';
-const PHONE = { width: 390, height: 844 };
 // Bounded waits: generous for a loaded 2-core machine, never a fixed sleep
 // that a fast machine would waste.
 const NAV_TIMEOUT_MS = 30_000;
