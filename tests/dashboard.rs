@@ -235,6 +235,7 @@ async fn sign_in_sets_a_strict_session_cookie_and_sign_out_clears_it() {
     assert_eq!(again.location(), "/admin", "already signed in");
     assert!(home.headers.get("content-security-policy").is_some());
     assert!(!home.body.contains(ADMIN_TOKEN));
+    assert!(home.body.contains("rel=\"icon\""), "no favicon request");
 
     let csrf = home.csrf();
     let out = b.post("/admin/sign-out", &[("csrf", &csrf)]).await;
@@ -248,6 +249,22 @@ async fn sign_in_sets_a_strict_session_cookie_and_sign_out_clears_it() {
     let r = b.get("/admin").await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     assert_eq!(r.location(), "/admin/sign-in");
+}
+
+#[tokio::test]
+async fn two_sign_in_pages_open_at_once_both_work() {
+    let s = TestServer::start().await;
+    let mut b = Browser::new(&s);
+    let older = b.get("/admin/sign-in").await.csrf();
+    let newer = b.get("/admin/sign-in").await.csrf();
+    assert_eq!(older, newer, "the browser's token is reused");
+    let r = b
+        .post(
+            "/admin/sign-in",
+            &[("csrf", &older), ("token", ADMIN_TOKEN)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
 }
 
 #[tokio::test]
@@ -355,6 +372,42 @@ async fn create_a_key_and_see_its_secret_once() {
     assert_eq!(key["max_sessions"], 2);
     assert_eq!(key["on_conflict"], "reject");
     assert_eq!(key["expires_at"], "2099-01-31T00:00:00Z");
+    // Sending the form again (a reload of that page) creates nothing: the
+    // form's one-time id is spent.
+    let form = b.get("/admin/keys/new").await;
+    let form_id = attr_after(&form.body, "name=\"form_id\" value=\"").expect("form_id");
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("form_id", form_id.as_str()),
+        ("label", "Once only"),
+        ("max_sessions", "1"),
+        ("on_conflict", "takeover"),
+        ("expires_at", ""),
+    ];
+    let first = b.post("/admin/keys", &fields).await;
+    assert_eq!(first.status, 201);
+    let again = b.post("/admin/keys", &fields).await;
+    assert_eq!(again.status, 409, "{}", again.body);
+    assert!(again.body.contains("already sent"));
+    assert!(!again.body.contains("id=\"secret\""));
+    let (_, keys) = s.admin("GET", "/api/admin/keys", None).await;
+    let once = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["label"] == "Once only")
+        .count();
+    assert_eq!(once, 1);
+    // A form whose first send was refused (bad input) can be sent again.
+    let form = b.get("/admin/keys/new").await;
+    let form_id = attr_after(&form.body, "name=\"form_id\" value=\"").unwrap();
+    let mut bad = fields;
+    bad[1].1 = &form_id;
+    bad[3].1 = "0";
+    assert_eq!(b.post("/admin/keys", &bad).await.status, 400);
+    bad[3].1 = "1";
+    assert_eq!(b.post("/admin/keys", &bad).await.status, 201);
+
     // It is never shown again: not on the list, nor the key's page.
     let key_id = key["key_id"].as_str().unwrap();
     for path in ["/admin/keys".to_owned(), format!("/admin/keys/{key_id}")] {

@@ -61,6 +61,69 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct Sessions {
     map: Mutex<HashMap<[u8; 32], Entry>>,
+    /// One-time ids of the forms that must not act twice.
+    pub forms: OnceForms,
+}
+
+/// One-time form ids. Reloading the page that answered a POST sends the
+/// form again; for "create key" that would create a second key, so its form
+/// carries a random id that works once.
+#[derive(Debug, Default)]
+pub struct OnceForms {
+    inner: Mutex<FormIds>,
+}
+
+#[derive(Debug, Default)]
+struct FormIds {
+    /// Form id → what it created (`None` while in progress).
+    used: HashMap<String, Option<String>>,
+    /// Oldest first, to forget the oldest beyond [`MAX_FORM_IDS`].
+    order: std::collections::VecDeque<String>,
+}
+
+/// Used form ids remembered (the oldest are forgotten first).
+const MAX_FORM_IDS: usize = 10_000;
+
+impl OnceForms {
+    /// A fresh form id.
+    pub fn new_id() -> String {
+        random_token()
+    }
+
+    fn ids(&self) -> std::sync::MutexGuard<'_, FormIds> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Claims an id; if it was used before, says what it created then
+    /// (`None`: that first use has not finished).
+    pub fn claim(&self, id: &str) -> Result<(), Option<String>> {
+        let mut ids = self.ids();
+        if let Some(prev) = ids.used.get(id) {
+            return Err(prev.clone());
+        }
+        if ids.order.len() >= MAX_FORM_IDS {
+            if let Some(old) = ids.order.pop_front() {
+                ids.used.remove(&old);
+            }
+        }
+        ids.used.insert(id.to_owned(), None);
+        ids.order.push_back(id.to_owned());
+        Ok(())
+    }
+
+    /// Records what a claimed id created.
+    pub fn finish(&self, id: &str, created: &str) {
+        if let Some(slot) = self.ids().used.get_mut(id) {
+            *slot = Some(created.to_owned());
+        }
+    }
+
+    /// Gives a claimed id back (its use failed; the form may be sent again).
+    pub fn release(&self, id: &str) {
+        let mut ids = self.ids();
+        ids.used.remove(id);
+        ids.order.retain(|x| x != id);
+    }
 }
 
 /// What a handler learns about the signed-in browser.
@@ -283,11 +346,20 @@ pub async fn sign_in_page(
     if cookie(&headers, COOKIE).is_some_and(|id| sessions.touch(&id, state.now()).is_some()) {
         return Redirect::to("/admin").into_response();
     }
-    sign_in_response(StatusCode::OK, None, over_tls(&headers))
+    sign_in_response(StatusCode::OK, None, &headers)
 }
 
-fn sign_in_response(status: StatusCode, message: Option<&str>, tls: bool) -> Response {
-    let token = random_token();
+/// The double-submit token of a sign-in form: the one the browser already
+/// holds, if any, so that two sign-in pages open at once both work.
+fn signin_token(headers: &HeaderMap) -> String {
+    cookie(headers, SIGNIN_COOKIE)
+        .filter(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_else(random_token)
+}
+
+fn sign_in_response(status: StatusCode, message: Option<&str>, headers: &HeaderMap) -> Response {
+    let tls = over_tls(headers);
+    let token = signin_token(headers);
     let body = Page::new("Sign in").bare().render(html! {
         section class="signin" {
             h1 { "keyseat" }
@@ -327,11 +399,16 @@ pub async fn sign_in(
     addr: ClientAddr,
     req: Request,
 ) -> Response {
-    let tls = over_tls(req.headers());
-    let double_submit = cookie(req.headers(), SIGNIN_COOKIE);
+    let headers = req.headers().clone();
+    let tls = over_tls(&headers);
+    let double_submit = cookie(&headers, SIGNIN_COOKIE);
     let limiter = state.admin_failures();
     if let Err(e) = limiter.check(addr.0, state.now()) {
-        let mut resp = sign_in_response(StatusCode::TOO_MANY_REQUESTS, Some(&e.to_string()), tls);
+        let mut resp = sign_in_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(&e.to_string()),
+            &headers,
+        );
         if let Error::RateLimited { retry_after_secs } = e {
             if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
                 resp.headers_mut().insert(header::RETRY_AFTER, v);
@@ -345,7 +422,7 @@ pub async fn sign_in(
             return sign_in_response(
                 StatusCode::BAD_REQUEST,
                 Some("The sign-in form could not be read; try again."),
-                tls,
+                &headers,
             )
         }
     };
@@ -353,7 +430,7 @@ pub async fn sign_in(
         return sign_in_response(
             StatusCode::FORBIDDEN,
             Some("The sign-in form expired (CSRF check failed); try again."),
-            tls,
+            &headers,
         );
     }
     if !state.admin_token_matches(&form.token) {
@@ -362,7 +439,7 @@ pub async fn sign_in(
         return sign_in_response(
             StatusCode::UNAUTHORIZED,
             Some("That is not the admin token."),
-            tls,
+            &headers,
         );
     }
     let (id, _csrf) = sessions.create(state.now());
@@ -420,6 +497,20 @@ mod tests {
         let (id3, _) = s.create(t0);
         s.remove(&id3);
         assert_eq!(s.touch(&id3, t0), None, "signed out");
+    }
+
+    #[test]
+    fn form_ids_work_once() {
+        let f = OnceForms::default();
+        let id = OnceForms::new_id();
+        assert_eq!(f.claim(&id), Ok(()));
+        assert_eq!(f.claim(&id), Err(None), "in progress");
+        f.finish(&id, "key_1");
+        assert_eq!(f.claim(&id), Err(Some("key_1".into())));
+        let other = OnceForms::new_id();
+        f.claim(&other).unwrap();
+        f.release(&other);
+        assert_eq!(f.claim(&other), Ok(()), "a failed use can be retried");
     }
 
     #[test]

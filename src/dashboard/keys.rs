@@ -10,7 +10,9 @@ use axum::{Extension, Form};
 use maud::{html, Markup};
 use serde::Deserialize;
 
-use super::auth::Signed;
+use std::sync::Arc;
+
+use super::auth::{OnceForms, Sessions, Signed};
 use super::page::{csrf_field, enc, flash, text_opt, when, when_opt, Failure, Page, PageResult};
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
@@ -218,6 +220,9 @@ pub struct KeyForm {
     on_conflict: String,
     #[serde(default)]
     expires_at: String,
+    /// The create form's one-time id (see [`super::auth::OnceForms`]).
+    #[serde(default)]
+    form_id: String,
 }
 
 fn key_fields(f: &KeyForm) -> Markup {
@@ -265,6 +270,7 @@ fn create_page(me: &Signed, f: &KeyForm, error: Option<&str>) -> Markup {
         @if let Some(e) = error { p class="flash error" role="alert" id="error" { (e) } }
         form method="post" action="/admin/keys" id="create-key-form" class="card" {
             (csrf_field(&me.csrf))
+            input type="hidden" name="form_id" value=(f.form_id);
             (key_fields(f))
             div class="actions" {
                 button type="submit" id="create-key" { "Create key" }
@@ -276,7 +282,31 @@ fn create_page(me: &Signed, f: &KeyForm, error: Option<&str>) -> Markup {
 
 /// `GET /admin/keys/new`.
 pub async fn new_form(Extension(me): Extension<Signed>) -> PageResult {
-    Ok(create_page(&me, &KeyForm::default(), None).into_response())
+    let f = KeyForm {
+        form_id: OnceForms::new_id(),
+        ..Default::default()
+    };
+    Ok(create_page(&me, &f, None).into_response())
+}
+
+/// The answer to a create form sent a second time (a reload of the
+/// "Key created" page): no second key, and no secret.
+fn already_created(me: &Signed, created: Option<&str>) -> Markup {
+    Page::new("Already sent").nav("keys", &me.csrf).render(html! {
+        section class="card narrow" {
+            h1 { "This form was already sent" }
+            @if let Some(key_id) = created {
+                p id="already-created" {
+                    "The key was created the first time. Its secret was shown only then; "
+                    "if it was not copied, revoke the key and create another."
+                }
+                p { a href={ "/admin/keys/" (key_id) } id="key-page" { "Go to the key's page" } }
+            } @else {
+                p id="already-created" { "The first request is still being processed; see the list of keys." }
+            }
+            p { a href="/admin/keys" { "All keys" } " · " a href="/admin/keys/new" { "Create another key" } }
+        }
+    })
 }
 
 fn parse_seats(text: &str) -> Result<u32> {
@@ -308,13 +338,27 @@ fn new_key(f: &KeyForm) -> Result<NewKey> {
 pub async fn create(
     State(state): State<AppState>,
     Extension(me): Extension<Signed>,
+    Extension(sessions): Extension<Arc<Sessions>>,
     addr: ClientAddr,
     f: std::result::Result<Form<KeyForm>, FormRejection>,
 ) -> PageResult {
     let f = form(f)?;
+    let once = (!f.form_id.is_empty()).then(|| f.form_id.chars().take(128).collect::<String>());
+    if let Some(id) = &once {
+        if let Err(created) = sessions.forms.claim(id) {
+            let page = already_created(&me, created.as_deref());
+            return Ok((StatusCode::CONFLICT, page).into_response());
+        }
+    }
+    let release = |sessions: &Sessions| {
+        if let Some(id) = &once {
+            sessions.forms.release(id);
+        }
+    };
     let new = match new_key(&f) {
         Ok(n) => n,
         Err(e) => {
+            release(&sessions);
             let msg = super::page::sentence(&e.to_string());
             return Ok((StatusCode::BAD_REQUEST, create_page(&me, &f, Some(&msg))).into_response());
         }
@@ -322,7 +366,16 @@ pub async fn create(
     let store = state.store()?;
     let clock = state.clock();
     let actor = Actor(addr.label());
-    let created = blocking(move || store.create_key(&new, clock.now(), &actor)).await?;
+    let created = match blocking(move || store.create_key(&new, clock.now(), &actor)).await {
+        Ok(c) => c,
+        Err(e) => {
+            release(&sessions);
+            return Err(e.into());
+        }
+    };
+    if let Some(id) = &once {
+        sessions.forms.finish(id, &created.key.key_id);
+    }
     tracing::info!(key = %created.key.prefix, key_id = %created.key.key_id, "key created (dashboard)");
     let k = &created.key;
     let body = Page::new("Key created").nav("keys", &me.csrf).render(html! {
@@ -384,6 +437,7 @@ fn key_page(
         max_sessions: k.max_sessions.to_string(),
         on_conflict: k.on_conflict.as_str().into(),
         expires_at: k.expires_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+        form_id: String::new(),
     };
     let (msg, shown) = match error {
         Some((m, f)) => (Some(m), f),

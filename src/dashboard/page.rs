@@ -63,6 +63,9 @@ impl<'a> Page<'a> {
                     meta charset="utf-8";
                     meta name="viewport" content="width=device-width, initial-scale=1";
                     meta name="referrer" content="no-referrer";
+                    // No icon file: an empty one stops browsers asking for
+                    // /favicon.ico (a 404 and a console error on every page).
+                    link rel="icon" href="data:,";
                     title { (self.title) " · keyseat" }
                     link rel="stylesheet" href="/admin/assets/style.css";
                     script src="/admin/assets/app.js" defer {}
