@@ -133,11 +133,23 @@ pub fn new_key_id() -> String {
 /// Echoes operator input in an error, unless it looks like an access key
 /// (someone pasted the secret in the wrong place): then only its prefix.
 pub fn redact_secret(text: &str) -> String {
-    if text.trim_start().starts_with(KEY_TAG) {
-        redact(text.trim_start())
-    } else {
-        text.to_owned()
+    // Every `ks_` followed by key characters, wherever it starts (after a
+    // quote, a byte-order mark, a bracket), is cut to its prefix.
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(KEY_TAG) {
+        out.push_str(&rest[..at]);
+        let candidate = &rest[at..];
+        let run = KEY_TAG.len()
+            + candidate[KEY_TAG.len()..]
+                .bytes()
+                .take_while(u8::is_ascii_alphanumeric)
+                .count();
+        out.push_str(&redact(&candidate[..run]));
+        rest = &candidate[run..];
     }
+    out.push_str(rest);
+    out
 }
 
 /// Shortens anything that might be an access key to what may be logged.

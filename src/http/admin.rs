@@ -2,7 +2,7 @@
 //! log. Every route needs the admin bearer token; with none configured the
 //! whole tree answers 404, as if it did not exist.
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use utoipa::{IntoParams, ToSchema};
 
-use super::extract::{ApiJson, ApiQuery, ClientAddr};
+use super::extract::{ApiJson, ApiPath, ApiQuery, ClientAddr};
 use super::AppState;
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
@@ -254,7 +254,10 @@ async fn list_keys(
         crate::http::openapi::GetKeyErrors,
     )
 )]
-async fn get_key(State(state): State<AppState>, Path(key_id): Path<String>) -> Result<Json<Key>> {
+async fn get_key(
+    State(state): State<AppState>,
+    ApiPath(key_id): ApiPath<String>,
+) -> Result<Json<Key>> {
     let store = state.store()?;
     let clock = state.clock();
     Ok(Json(
@@ -281,7 +284,7 @@ async fn get_key(State(state): State<AppState>, Path(key_id): Path<String>) -> R
 async fn update_key(
     State(state): State<AppState>,
     addr: ClientAddr,
-    Path(key_id): Path<String>,
+    ApiPath(key_id): ApiPath<String>,
     ApiJson(body): ApiJson<PatchKeyBody>,
 ) -> Result<Json<Key>> {
     let patch = KeyPatch {
@@ -345,7 +348,7 @@ async fn update_key(
 async fn revoke_key(
     State(state): State<AppState>,
     addr: ClientAddr,
-    Path(key_id): Path<String>,
+    ApiPath(key_id): ApiPath<String>,
 ) -> Result<Json<Key>> {
     let store = state.store()?;
     let clock = state.clock();
@@ -427,7 +430,7 @@ async fn list_sessions(
 async fn kick_session(
     State(state): State<AppState>,
     addr: ClientAddr,
-    Path(session_id): Path<String>,
+    ApiPath(session_id): ApiPath<String>,
 ) -> Result<Json<Value>> {
     let store = state.store()?;
     let clock = state.clock();

@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Query, Request};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::{header, request::Parts, StatusCode};
 use serde::de::DeserializeOwned;
 
@@ -65,16 +65,29 @@ where
 
 /// Parses JSON, naming the field at fault in the error.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
+    // serde would also read a struct from an array of its fields; the
+    // contract's bodies are objects, so anything else is refused plainly.
+    match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') | None => {}
+        Some(b'[') => {
+            return Err(Error::InvalidRequest(
+                "invalid request body: a JSON object is expected, not an array".into(),
+            ))
+        }
+        Some(_) => {}
+    }
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let detail = strip_position(&inner.to_string());
+        // `?` marks a position serde could not name (e.g. a broken key).
+        let at_root = path == "." || path.is_empty() || path.contains('?');
         Error::InvalidRequest(match inner.classify() {
-            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof if at_root => {
                 format!("the request body is not valid JSON: {detail}")
             }
-            _ if path == "." || path.is_empty() => format!("invalid request body: {detail}"),
+            _ if at_root => format!("invalid request body: {detail}"),
             _ => format!("{path}: {detail}"),
         })
     })
@@ -85,6 +98,26 @@ fn strip_position(message: &str) -> String {
     match message.rfind(" at line ") {
         Some(i) => message[..i].to_owned(),
         None => message.to_owned(),
+    }
+}
+
+/// A path parameter, answered with `invalid_request` (JSON) when it cannot
+/// be decoded, e.g. a percent-escape that is not UTF-8 (`/keys/%FF`);
+/// axum's own `Path` answers those in plain text.
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| ApiPath(v))
+            .map_err(|e| Error::InvalidRequest(format!("invalid path: {}", e.body_text())))
     }
 }
 
