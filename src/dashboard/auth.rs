@@ -180,11 +180,6 @@ impl Sessions {
     pub fn touch(&self, id: &str, now: Timestamp) -> Option<String> {
         let mut map = self.map();
         let key = digest(id);
-        eprintln!(
-            "DBG touch {id} now={now:?} n={} has={}",
-            map.len(),
-            map.contains_key(&key)
-        );
         let entry = map.get_mut(&key)?;
         if !alive(entry, now) {
             map.remove(&key);
