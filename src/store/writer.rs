@@ -68,27 +68,7 @@ impl Writer {
         T: Send + 'static,
         W: FnOnce(&Connection) -> Result<(T, Box<dyn FnOnce() + Send>)> + Send + 'static,
     {
-        let (reply_tx, reply_rx) = mpsc::sync_channel::<Result<T>>(1);
-        let job: Job = Box::new(move |conn: &Connection| match work(conn) {
-            Ok((value, after_commit)) => Done {
-                keep: true,
-                finish: Box::new(move |commit_error| {
-                    let _ = reply_tx.send(match commit_error {
-                        None => {
-                            after_commit();
-                            Ok(value)
-                        }
-                        Some(e) => Err(Error::Unavailable(format!("the write was not saved: {e}"))),
-                    });
-                }),
-            },
-            Err(e) => Done {
-                keep: false,
-                finish: Box::new(move |_| {
-                    let _ = reply_tx.send(Err(e));
-                }),
-            },
-        });
+        let (job, reply_rx) = job(work);
         self.send(Msg::Job(job))?;
         reply_rx
             .recv()
@@ -141,6 +121,36 @@ impl Drop for Writer {
     }
 }
 
+/// A job for `work` and the channel its answer arrives on.
+fn job<T, W>(work: W) -> (Job, Receiver<Result<T>>)
+where
+    T: Send + 'static,
+    W: FnOnce(&Connection) -> Result<(T, Box<dyn FnOnce() + Send>)> + Send + 'static,
+{
+    let (reply_tx, reply_rx) = mpsc::sync_channel::<Result<T>>(1);
+    let job: Job = Box::new(move |conn: &Connection| match work(conn) {
+        Ok((value, after_commit)) => Done {
+            keep: true,
+            finish: Box::new(move |commit_error| {
+                let _ = reply_tx.send(match commit_error {
+                    None => {
+                        after_commit();
+                        Ok(value)
+                    }
+                    Some(e) => Err(Error::Unavailable(format!("the write was not saved: {e}"))),
+                });
+            }),
+        },
+        Err(e) => Done {
+            keep: false,
+            finish: Box::new(move |_| {
+                let _ = reply_tx.send(Err(e));
+            }),
+        },
+    });
+    (job, reply_rx)
+}
+
 fn run(conn: Connection, rx: Receiver<Msg>) {
     while let Ok(first) = rx.recv() {
         let mut batch = Vec::new();
@@ -179,7 +189,9 @@ fn commit_batch(conn: &Connection, batch: Vec<Job>) {
         return;
     }
     let mut finishes = Vec::with_capacity(batch.len());
-    for job in batch {
+    let mut jobs = batch.into_iter();
+    let mut rolled_back = false;
+    for job in jobs.by_ref() {
         if let Err(e) = exec_cached(conn, "SAVEPOINT job") {
             finishes.push(Done {
                 keep: false,
@@ -197,17 +209,35 @@ fn commit_batch(conn: &Connection, batch: Vec<Job>) {
         } else {
             exec_cached(conn, "ROLLBACK TO job").and_then(|()| exec_cached(conn, "RELEASE job"))
         };
+        finishes.push(done);
+        if conn.is_autocommit() {
+            // SQLite rolled the whole transaction back by itself (it does
+            // on disk full, I/O errors and out of memory inside a
+            // statement): every job so far is lost, and a later job's
+            // SAVEPOINT would open a transaction of its own that its
+            // RELEASE commits, saved yet answered as failed. Stop here.
+            rolled_back = true;
+            break;
+        }
         if let Err(e) = end {
             tracing::error!(error = %e, "savepoint cleanup failed");
         }
-        finishes.push(done);
+    }
+    for job in jobs {
+        fail_unstarted(job, "the batch was rolled back");
     }
     let committing = std::time::Instant::now();
-    let outcome = exec_cached(conn, "COMMIT").map_err(|e| e.to_string());
+    let outcome = if rolled_back {
+        Err("SQLite rolled the transaction back (disk full or I/O error)".to_owned())
+    } else {
+        exec_cached(conn, "COMMIT").map_err(|e| e.to_string())
+    };
     crate::metrics::global().write_batch(finishes.len(), committing.elapsed());
     if let Err(msg) = &outcome {
         tracing::error!(error = %msg, "write batch failed to commit; nothing in it was saved");
-        let _ = conn.execute_batch("ROLLBACK");
+        if !conn.is_autocommit() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
     }
     for done in finishes {
         // A panic while applying one job's memory change must not take the
@@ -231,4 +261,58 @@ fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 /// caller sees the writer's error.
 fn fail_unstarted(job: Job, _msg: &str) {
     drop(job);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Answer = Result<((), Box<dyn FnOnce() + Send>)>;
+
+    fn insert(x: i64) -> impl FnOnce(&Connection) -> Answer {
+        move |c: &Connection| {
+            c.execute("INSERT INTO t VALUES (?1)", [x])?;
+            Ok(((), Box::new(|| {}) as Box<dyn FnOnce() + Send>))
+        }
+    }
+
+    fn rows(c: &Connection) -> Vec<i64> {
+        let mut q = c.prepare("SELECT x FROM t ORDER BY x").unwrap();
+        let v = q.query_map([], |r| r.get(0)).unwrap();
+        v.map(|r| r.unwrap()).collect()
+    }
+
+    /// SQLite rolls the whole transaction back by itself on some errors
+    /// inside a statement (disk full, I/O error, out of memory). Then no
+    /// job of the batch may be answered as saved, and no later job may be
+    /// committed behind the batch's back (a `SAVEPOINT` outside a
+    /// transaction starts one, and its `RELEASE` commits it).
+    #[test]
+    fn a_transaction_sqlite_rolled_back_saves_nothing_and_says_so() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (x INTEGER)").unwrap();
+        let (first, first_rx) = job(insert(1));
+        let (failing, failing_rx) = job(|c: &Connection| -> Answer {
+            c.execute("INSERT INTO t VALUES (2)", [])?;
+            // What SQLite does on SQLITE_FULL inside a statement.
+            c.execute_batch("ROLLBACK")?;
+            Err(Error::Unavailable("database or disk is full".into()))
+        });
+        let (after, after_rx) = job(insert(3));
+        commit_batch(&conn, vec![first, failing, after]);
+        assert!(first_rx.recv().unwrap().is_err(), "job 1 was rolled back");
+        assert!(failing_rx.recv().unwrap().is_err());
+        assert!(
+            after_rx.recv().map(|r| r.is_err()).unwrap_or(true),
+            "job 3 must not be answered as saved"
+        );
+        assert_eq!(rows(&conn), Vec::<i64>::new(), "nothing was saved");
+        assert!(conn.is_autocommit(), "no transaction left open");
+
+        // The writer carries on with the next batch.
+        let (next, next_rx) = job(insert(4));
+        commit_batch(&conn, vec![next]);
+        assert!(next_rx.recv().unwrap().is_ok());
+        assert_eq!(rows(&conn), vec![4]);
+    }
 }
