@@ -100,7 +100,7 @@ pub enum Error {
     #[error("{0}")]
     Database(String),
     /// SQLite failed.
-    #[error("database error: {0}")]
+    #[error("database error: {}", sqlite_message(.0))]
     Sqlite(#[from] rusqlite::Error),
     /// The connection pool failed.
     #[error("database pool error: {0}")]
@@ -108,6 +108,27 @@ pub enum Error {
     /// Something that should not happen (a panicked worker, a bug).
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// SQLite's own sentence, plus what an operator should look at for the
+/// conditions that are about the disk rather than keyseat ("disk I/O
+/// error" alone does not say that the disk is full).
+fn sqlite_message(e: &rusqlite::Error) -> String {
+    use rusqlite::ErrorCode::*;
+    let hint = match e {
+        rusqlite::Error::SqliteFailure(f, _) => match f.code {
+            DatabaseBusy | DatabaseLocked => {
+                " (another process holds a lock on the database file; retry when it is done)"
+            }
+            ReadOnly => " (the database file, its directory or its file system is read-only)",
+            DiskFull => " (the disk is full)",
+            SystemIoFailure => " (the disk may be full, read-only or failing)",
+            CannotOpen => " (check the path and that its directory is writable)",
+            _ => "",
+        },
+        _ => "",
+    };
+    format!("{e}{hint}")
 }
 
 fn session_over_message(reason: EndReason) -> &'static str {

@@ -271,7 +271,8 @@ async fn locked_database_at_start_up() {
     lock.execute_batch("COMMIT").unwrap();
     match outcome {
         Ok(Err((code, stderr))) => {
-            let line = assert_clear_start_up_error(code, &stderr, &["locked", "busy"]);
+            let line =
+                assert_clear_start_up_error(code, &stderr, &["another process holds a lock"]);
             println!("locked at start-up: exit {code:?}: {line}");
         }
         Ok(Ok(())) => panic!("became ready while the database was locked"),
@@ -387,11 +388,7 @@ async fn read_only_file_system_at_start_up() {
     let mut s = spawn("unshare", &args, &dir.path().join("1.log"), port);
     match s.ready().await {
         Err((code, stderr)) => {
-            let line = assert_clear_start_up_error(
-                code,
-                &stderr,
-                &["read-only", "readonly", "unable to open", "cannot open"],
-            );
+            let line = assert_clear_start_up_error(code, &stderr, &["read-only"]);
             println!("read-only at start-up: exit {code:?}: {line}");
         }
         Ok(()) => {
@@ -508,7 +505,7 @@ async fn full_disk_at_start_up() {
     let (mut s, _) = serve_on_tmpfs(dir.path(), &data, "8k", "1.log");
     match s.ready().await {
         Err((code, stderr)) => {
-            let line = assert_clear_start_up_error(code, &stderr, &["full", "disk", "space"]);
+            let line = assert_clear_start_up_error(code, &stderr, &["full"]);
             println!("full disk at start-up: exit {code:?}: {line}");
         }
         Ok(()) => panic!("started on an 8 KiB file system"),
