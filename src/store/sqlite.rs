@@ -1142,6 +1142,10 @@ pub(super) fn update_key_op(
             "status: use the revoke action to revoke a key".into(),
         ));
     }
+    // Sessions of a key past its expiry ended when it passed, whether or
+    // not the sweep has recorded that yet: record it before this change
+    // (a new expiry, a resume) could make them look live again.
+    let mut ended = end_sessions_of_expired_key(tx, &before, now)?;
     let id = &before.key_id;
     let mut changes = serde_json::Map::new();
     if let Some(label) = &patch.label {
@@ -1221,9 +1225,19 @@ pub(super) fn update_key_op(
             .collect();
         ("seat_limit_lowered", victims)
     };
-    let ended = tx.revoke_sessions(victims, now, actor, cause)?;
+    ended.extend(tx.revoke_sessions(victims, now, actor, cause)?);
     let key = fresh_key(tx, &key.key_id, now)?;
     Ok(KeyChange { key, ended })
+}
+
+/// Ends, as the sweep would (cause `key_expired`, by the server), the open
+/// sessions of a key whose `expires_at` has passed.
+fn end_sessions_of_expired_key(tx: &mut Tx<'_>, key: &Key, now: Timestamp) -> Result<Vec<Session>> {
+    if !key.is_expired_at(now) {
+        return Ok(Vec::new());
+    }
+    let (_, live) = tx.settle_open_sessions(&key.key_id, now)?;
+    tx.revoke_sessions(live, now, &Actor::server(), "key_expired")
 }
 
 pub(super) fn revoke_key_op(
@@ -1239,6 +1253,7 @@ pub(super) fn revoke_key_op(
             ended: vec![],
         });
     }
+    let mut ended = end_sessions_of_expired_key(tx, &before, now)?;
     tx.c.execute(
         "UPDATE keys SET status = 'revoked', revoked_at = ?2, updated_at = ?2 WHERE key_id = ?1",
         params![before.key_id, now.0],
@@ -1253,7 +1268,7 @@ pub(super) fn revoke_key_op(
         detail: None,
     })?;
     let (_, live) = tx.settle_open_sessions(&before.key_id, now)?;
-    let ended = tx.revoke_sessions(live, now, actor, "key_revoked")?;
+    ended.extend(tx.revoke_sessions(live, now, actor, "key_revoked")?);
     let key = fresh_key(tx, &before.key_id, now)?;
     Ok(KeyChange { key, ended })
 }
