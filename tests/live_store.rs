@@ -168,7 +168,9 @@ async fn a_clean_stop_flushes_heartbeats() {
 }
 
 /// A key's expiry changed while its sessions are live (through the API,
-/// or from the CLI) applies to their heartbeats exactly at the new time.
+/// or from the CLI) applies to their heartbeats exactly at the new time;
+/// once it has passed, the sessions are over for good (contract: revoked,
+/// "its key was ... expired"), even if the expiry is lifted afterwards.
 #[tokio::test]
 async fn key_expiry_changes_reach_live_sessions() {
     let s = TestServer::start().await;
@@ -184,20 +186,40 @@ async fn key_expiry_changes_reach_live_sessions() {
     .await;
     s.clock.advance_secs(9);
     assert_eq!(s.heartbeat(&key, &id).await.0, 200);
-    s.clock.advance_secs(1);
-    let (status, body) = s.heartbeat(&key, &id).await;
-    assert_error(status, &body, 403, "key_expired");
 
-    // From the CLI: extend the expiry; the running server learns it.
-    let patch = KeyPatch {
-        expires_at: Some(None),
+    // From the CLI, before it passes: move the expiry later; the running
+    // server learns it, so the old expiry passes without effect.
+    let later = KeyPatch {
+        expires_at: Some(Some(s.now().plus_secs(20))),
         ..Default::default()
     };
     cli_store(&s)
-        .update_key(&key_id, &patch, s.now(), &Actor::cli())
+        .update_key(&key_id, &later, s.now(), &Actor::cli())
         .unwrap();
+    s.clock.advance_secs(2);
     within(Duration::from_secs(2), async || {
         s.heartbeat(&key, &id).await.0 == 200
     })
     .await;
+
+    // The new one does, exactly.
+    s.clock.advance_secs(18);
+    let (status, body) = s.heartbeat(&key, &id).await;
+    assert_error(status, &body, 403, "key_expired");
+
+    // Lifting a passed expiry does not bring the session back.
+    let lifted = KeyPatch {
+        expires_at: Some(None),
+        ..Default::default()
+    };
+    cli_store(&s)
+        .update_key(&key_id, &lifted, s.now(), &Actor::cli())
+        .unwrap();
+    within(Duration::from_secs(2), async || {
+        s.heartbeat(&key, &id).await.0 == 410
+    })
+    .await;
+    let (status, body) = s.heartbeat(&key, &id).await;
+    assert_error(status, &body, 410, "session_revoked");
+    assert_eq!(s.start_session(&key, "A").await.0, 200, "the key works again");
 }
