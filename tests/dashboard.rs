@@ -387,9 +387,11 @@ async fn create_a_key_and_see_its_secret_once() {
     let first = b.post("/admin/keys", &fields).await;
     assert_eq!(first.status, 201);
     let again = b.post("/admin/keys", &fields).await;
-    assert_eq!(again.status, 409, "{}", again.body);
-    assert!(again.body.contains("already sent"));
-    assert!(!again.body.contains("id=\"secret\""));
+    assert_eq!(again.status, StatusCode::SEE_OTHER, "{}", again.body);
+    let shown = b.follow(&again).await;
+    assert!(shown.body.contains("already sent"), "{}", shown.body);
+    assert!(shown.body.contains("Once only"), "the key's own page");
+    assert!(!shown.body.contains("id=\"secret\""));
     let (_, keys) = s.admin("GET", "/api/admin/keys", None).await;
     let once = keys["keys"]
         .as_array()

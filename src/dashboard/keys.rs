@@ -289,26 +289,6 @@ pub async fn new_form(Extension(me): Extension<Signed>) -> PageResult {
     Ok(create_page(&me, &f, None).into_response())
 }
 
-/// The answer to a create form sent a second time (a reload of the
-/// "Key created" page): no second key, and no secret.
-fn already_created(me: &Signed, created: Option<&str>) -> Markup {
-    Page::new("Already sent").nav("keys", &me.csrf).render(html! {
-        section class="card narrow" {
-            h1 { "This form was already sent" }
-            @if let Some(key_id) = created {
-                p id="already-created" {
-                    "The key was created the first time. Its secret was shown only then; "
-                    "if it was not copied, revoke the key and create another."
-                }
-                p { a href={ "/admin/keys/" (key_id) } id="key-page" { "Go to the key's page" } }
-            } @else {
-                p id="already-created" { "The first request is still being processed; see the list of keys." }
-            }
-            p { a href="/admin/keys" { "All keys" } " · " a href="/admin/keys/new" { "Create another key" } }
-        }
-    })
-}
-
 fn parse_seats(text: &str) -> Result<u32> {
     let n = text.trim().parse::<u32>().map_err(|_| {
         Error::InvalidRequest(format!(
@@ -346,8 +326,23 @@ pub async fn create(
     let once = (!f.form_id.is_empty()).then(|| f.form_id.chars().take(128).collect::<String>());
     if let Some(id) = &once {
         if let Err(created) = sessions.forms.claim(id) {
-            let page = already_created(&me, created.as_deref());
-            return Ok((StatusCode::CONFLICT, page).into_response());
+            // A resubmission (a reload of "Key created"): to the key's page,
+            // saying why; never a second key, never the secret again.
+            let to = match created {
+                Some(key_id) => format!(
+                    "/admin/keys/{key_id}?done={}",
+                    enc(
+                        "This form was already sent: the key was created then, and its \
+                         secret was shown only once. If it was not copied, revoke the key \
+                         and create another."
+                    )
+                ),
+                None => format!(
+                    "/admin/keys?done={}",
+                    enc("This form was already sent and is still being processed.")
+                ),
+            };
+            return Ok(Redirect::to(&to).into_response());
         }
     }
     let release = |sessions: &Sessions| {
