@@ -80,8 +80,11 @@ pub async fn list(
                     limit: 200,
                 };
                 let mut out: Vec<Event> = Vec::new();
-                let mut more = false;
-                for _ in 0..MAX_SCANS {
+                // Where the next page starts, if there may be one: after
+                // the last event shown, or (when `until` skipped a long
+                // stretch) after the last event looked at.
+                let mut next: Option<i64> = None;
+                for scan in 0..MAX_SCANS {
                     let batch = store.events(&filter)?;
                     let full = batch.len() == filter.limit as usize;
                     let last = batch.last().map(|e| e.id);
@@ -92,40 +95,40 @@ pub async fn list(
                     );
                     if out.len() > PER_PAGE {
                         out.truncate(PER_PAGE);
-                        more = true;
+                        next = out.last().map(|e| e.id);
                         break;
                     }
                     match (full, last) {
                         (true, Some(id)) => filter.before_id = Some(id),
                         _ => break,
                     }
-                    if out.len() == PER_PAGE {
-                        more = true;
+                    if out.len() == PER_PAGE || scan + 1 == MAX_SCANS {
+                        next = filter.before_id;
                         break;
                     }
                 }
-                Ok((out, more))
+                Ok((out, next))
             })
             .await
         }
     };
-    let (events, more, error) = match result {
-        Ok((e, m)) => (e, m, None),
+    let (events, next, error) = match result {
+        Ok((e, n)) => (e, n, None),
         Err(e) if crate::http::error::status_and_code(&e).0.is_client_error() => {
-            (vec![], false, Some(super::page::sentence(&e.to_string())))
+            (vec![], None, Some(super::page::sentence(&e.to_string())))
         }
         Err(e) => return Err(e.into()),
     };
     let val = |v: &Option<String>| v.clone().unwrap_or_default();
     let selected_type = val(&q.event_type);
-    let next = events.last().filter(|_| more).map(|e| {
+    let next = next.map(|before| {
         format!(
             "/admin/events?key={}&type={}&since={}&until={}&before={}",
             enc(&val(&q.key)),
             enc(&selected_type),
             enc(&val(&q.since)),
             enc(&val(&q.until)),
-            e.id
+            before
         )
     });
     let body = html! {
@@ -158,7 +161,10 @@ pub async fn list(
         @if let Some(e) = &error {
             p class="flash error" role="alert" id="error" { (e) }
         } @else if events.is_empty() {
-            p id="no-events" { "No events match." }
+            p id="no-events" {
+                @if next.is_some() { "No events match among the most recent ones looked at; older ones may." }
+                @else { "No events match." }
+            }
         } @else {
             div class="scroll" {
                 table id="events" class="stack" {
@@ -187,10 +193,10 @@ pub async fn list(
                     }
                 }
             }
-            @if let Some(href) = next {
-                nav class="pager" aria-label="Pages" {
-                    a href=(href) rel="next" id="older" { "Older events →" }
-                }
+        }
+        @if let Some(href) = next {
+            nav class="pager" aria-label="Pages" {
+                a href=(href) rel="next" id="older" { "Older events →" }
             }
         }
     };
