@@ -515,7 +515,6 @@ fn body(h: &Harness) -> impl Strategy<Value = Vec<u8>> {
 fn random_requests_get_contract_answers() {
     let h = Harness::new();
     let statuses = Mutex::new(std::collections::BTreeMap::<u16, u64>::new());
-    let known_bug_hits = AtomicU64::new(0);
     let strategy = (request_line(&h), headers(&h), body(&h));
     fuzz(
         "router",
@@ -549,10 +548,6 @@ fn random_requests_get_contract_answers() {
             if method == "HEAD" {
                 return Ok(());
             }
-            if is_known_path_bug(&a) {
-                known_bug_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(());
-            }
             prop_assert!(
                 a.content_type.starts_with("application/json"),
                 "content type: {}",
@@ -571,10 +566,7 @@ fn random_requests_get_contract_answers() {
         },
     );
     let statuses = statuses.into_inner().unwrap();
-    println!(
-        "    statuses: {statuses:?}; known plain-text path rejections: {}",
-        known_bug_hits.load(Ordering::Relaxed)
-    );
+    println!("    statuses: {statuses:?}");
     // The run reached past the guards: successes and several error kinds.
     assert!(
         statuses.keys().any(|s| (200..300).contains(s)),
@@ -586,21 +578,11 @@ fn random_requests_get_contract_answers() {
     assert_eq!(a.status, 200);
 }
 
-/// KNOWN BUG (reported; the fix belongs in src/http/admin.rs): the admin
-/// routes take their id with axum's plain `Path<String>`, whose rejection
-/// of a percent-escape that is not UTF-8 (`/api/admin/keys/%80`) is a
-/// `text/plain` 400 "Invalid URL: Invalid UTF-8 in `key_id`" instead of
-/// the contract's JSON error. Tolerated (and counted) by the fuzz run
-/// above until fixed; reproduced by the ignored test below.
-fn is_known_path_bug(a: &Answer) -> bool {
-    a.status == 400
-        && a.content_type.starts_with("text/plain")
-        && a.body.starts_with(b"Invalid URL")
-}
-
+/// Regression (found by `router`, fixed in a92d161): admin path ids with
+/// a percent-escape that is not UTF-8 (`/api/admin/keys/%80`) got axum's
+/// `text/plain` 400 instead of the contract's JSON error.
 #[test]
-#[ignore = "known bug: admin path ids with non-UTF-8 escapes get a text/plain 400"]
-fn known_bug_non_utf8_path_ids_get_plain_text() {
+fn non_utf8_path_ids_get_a_json_error() {
     let h = Harness::new();
     let auth = vec![(
         "authorization".to_owned(),
@@ -613,13 +595,17 @@ fn known_bug_non_utf8_path_ids_get_plain_text() {
         ("DELETE", "/api/admin/sessions/%80"),
     ] {
         let a = h.send(method, uri, &auth, b"");
-        assert!(
-            a.content_type.starts_with("application/json"),
+        let what = format!(
             "{method} {uri}: {} {:?} {}",
             a.status,
             a.content_type,
             String::from_utf8_lossy(&a.body)
         );
+        assert_eq!(a.status, 400, "{what}");
+        assert!(a.content_type.starts_with("application/json"), "{what}");
+        let v: Value = serde_json::from_slice(&a.body).expect(&what);
+        check_error_shape(&v).expect(&what);
+        assert_eq!(v["error"]["code"], "invalid_request", "{what}");
     }
 }
 

@@ -137,17 +137,45 @@ fn reference_text(value: &str, max: usize) -> Result<Option<String>, ()> {
 
 /// Every full access key-looking run (`ks_` + 38 alphanumerics) in `text`.
 fn full_keys_in(text: &str) -> Vec<String> {
+    keys_in(text).0
+}
+
+/// Whether a key in `text` sits inside the alphanumeric run of an earlier
+/// `ks_` (`ks_ks_<key>`, `ks_AAAAks_<key>`, two keys back to back):
+/// redacting those is the known bug
+/// `known_bug_a_key_inside_another_tag_run_is_shown`, so the properties
+/// skip such inputs until it is fixed.
+fn has_key_inside_tag_run(text: &str) -> bool {
+    keys_in(text).1
+}
+
+fn keys_in(text: &str) -> (Vec<String>, bool) {
+    let bytes = text.as_bytes();
+    let tags: Vec<usize> = (0..bytes.len().saturating_sub(2))
+        .filter(|&i| &bytes[i..i + 3] == b"ks_")
+        .collect();
     let mut found = Vec::new();
-    let mut rest = text;
-    while let Some(i) = rest.find("ks_") {
-        let tail = &rest[i + 3..];
-        let run = tail.bytes().take_while(u8::is_ascii_alphanumeric).count();
+    let mut inside = false;
+    for (n, &at) in tags.iter().enumerate() {
+        let run = bytes[at + 3..]
+            .iter()
+            .take_while(|b| b.is_ascii_alphanumeric())
+            .count();
+        let inside_earlier = tags[..n]
+            .iter()
+            .any(|&p| p + 3 <= at && bytes[p + 3..at].iter().all(u8::is_ascii_alphanumeric));
         if run >= 38 {
-            found.push(format!("ks_{}", &tail[..38]));
+            found.push(text[at..at + 41].to_owned());
+            inside |= inside_earlier;
         }
-        rest = &rest[i + 3..];
     }
-    found
+    (found, inside)
+}
+
+/// The secret part of a key: what must never be shown, with or without
+/// its `ks_` and prefix.
+fn secret_tail(key: &str) -> &str {
+    &key[11..]
 }
 
 /// The body as a JSON value; `None` when it nests deeper than
@@ -157,17 +185,22 @@ fn reference_json(bytes: &[u8]) -> Option<Value> {
     serde_json::from_slice(bytes).ok()
 }
 
-/// Whether an error message may quote `input`: a full key found in it must
-/// not be echoed. Known gap (see `known_bug_*` below): `keys::redact_secret`
-/// only redacts input that *starts* with `ks_` (after whitespace), so a
-/// key behind a quote or a BOM is echoed; this checks the part it covers.
+/// A full key found in `input` that an error message about it echoes.
+/// Counted, so that the same characters elsewhere in `input` (not after a
+/// `ks_`, so not a key) may be quoted: each key must lose its secret part.
 fn leaks_a_key(input: &str, message: &str) -> Option<String> {
-    if !input.trim_start().starts_with("ks_") {
+    if has_key_inside_tag_run(input) {
         return None;
     }
-    full_keys_in(input)
-        .into_iter()
-        .find(|k| message.contains(k.as_str()))
+    let keys = full_keys_in(input);
+    keys.iter()
+        .find(|k| {
+            let tail = secret_tail(k);
+            let as_keys = keys.iter().filter(|x| secret_tail(x) == tail).count();
+            let elsewhere = input.matches(tail).count().saturating_sub(as_keys);
+            message.matches(tail).count() > elsewhere
+        })
+        .cloned()
 }
 
 fn invalid_request_message(result: Result<impl std::fmt::Debug, Error>) -> Option<String> {
@@ -345,12 +378,16 @@ fn access_key_parsing_matches_the_spec() {
         let want = reference_key(&text);
         prop_assert_eq!(got.as_ref().map(|_| ()).map_err(|e| *e), want, "{:?}", text);
         // whatever it is, redaction never shows a full key
-        for k in full_keys_in(&text) {
-            prop_assert!(!keys::redact(&text).contains(&k));
-            if text.trim_start().starts_with("ks_") {
-                prop_assert!(!keys::redact_secret(&text).contains(&k));
-            }
-        }
+        let shown = keys::redact_secret(&text);
+        prop_assert_eq!(
+            leaks_a_key(&text, &shown),
+            None,
+            "{:?} -> {:?}",
+            text,
+            shown
+        );
+        let cut = keys::redact(&text);
+        prop_assert_eq!(leaks_a_key(&text, &cut), None, "{:?} -> {:?}", text, cut);
         if let Ok(key) = got {
             prop_assert_eq!(key.expose_secret(), text.as_str());
             prop_assert_eq!(key.prefix(), &text[..11]);
@@ -562,6 +599,7 @@ fn json_bodies_parse_or_name_the_field() {
         match parse_json::<Start>(&bytes) {
             Ok(s) => {
                 if let Some(v) = reference_json(&bytes) {
+                    let v = tuple_form(&v, &fields);
                     prop_assert_eq!(v["access_key"].as_str(), Some(s.access_key.as_str()));
                 }
             }
@@ -569,12 +607,8 @@ fn json_bodies_parse_or_name_the_field() {
                 prop_assert!(!m.is_empty());
                 prop_assert!(!m.contains(" at line "), "{}", m);
                 if let Ok(Value::Object(_)) = serde_json::from_slice::<Value>(&bytes) {
-                    // "not valid JSON" for a valid object is the known bug
-                    // below (a syntax-class error inside a field loses the
-                    // field's name); accepted here until it is fixed.
                     let body = String::from_utf8_lossy(&bytes);
-                    let named =
-                        fields.iter().any(|f| m.contains(f)) || m.contains("not valid JSON");
+                    let named = fields.iter().any(|f| m.contains(f));
                     prop_assert!(named, "{} for {:?}", m, body);
                 }
             }
@@ -643,10 +677,8 @@ fn key_references_resolve_exactly() {
         if let Err(e) = &got {
             let m = e.to_string();
             prop_assert_eq!(leaks_a_key(&r, &m), None, "{}", m);
-            if r.trim_start().starts_with("ks_") {
-                for s in &secrets {
-                    prop_assert!(!m.contains(s.as_str()), "echoes the secret: {}", m);
-                }
+            for s in secrets.iter().filter(|_| !has_key_inside_tag_run(&r)) {
+                prop_assert!(!m.contains(s.as_str()), "echoes the secret: {}", m);
             }
         }
         Ok(())
@@ -1068,6 +1100,25 @@ fn is_snake_case(code: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
+/// serde's derived `Deserialize` accepts a struct as a JSON array of
+/// exactly its fields in declaration order. `ApiJson` refuses a body that
+/// is an array, but `parse_json` itself and nested objects (`"device":
+/// ["phone", "fp"]`, a known leniency) still read one; the values pass the
+/// same validation. This maps such an array to the object it stands for
+/// (anything else is returned unchanged).
+fn tuple_form(v: &Value, fields: &[&str]) -> Value {
+    match v {
+        Value::Array(items) if items.len() == fields.len() => Value::Object(
+            fields
+                .iter()
+                .map(|f| f.to_string())
+                .zip(items.iter().cloned())
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
 /// What the route must have refused: an accepted body follows the
 /// contract's limits, checked field by field against a reference reading.
 fn check_accepted(
@@ -1083,12 +1134,32 @@ fn check_accepted(
             Ok(v) => v,
             // Deeper than `Value` can hold, in a field the route ignores
             // (serde skips ignored values without recursing): fine.
-            // Or with a number `Value` cannot hold (1e400) there.
+            // Or with a number `Value` cannot hold (1e400) there, or a
+            // lone surrogate escape (`"\ud800"`: JSON's grammar allows it,
+            // `Value` refuses it, serde skips it unread).
             Err(e)
-                if e.to_string().contains("recursion limit")
-                    || e.to_string().contains("number out of range") =>
+                if [
+                    "recursion limit",
+                    "number out of range",
+                    "surrogate",
+                    "hex escape",
+                ]
+                .iter()
+                .any(|m| e.to_string().contains(m)) =>
             {
                 return Ok(())
+            }
+            // KNOWN BUG (see `known_bug_trailing_garbage_is_accepted`):
+            // the server reads the first JSON value and ignores what
+            // follows; check that value.
+            Err(e) if e.to_string().contains("trailing characters") => {
+                match serde_json::Deserializer::from_str(body)
+                    .into_iter::<Value>()
+                    .next()
+                {
+                    Some(Ok(v)) => v,
+                    _ => return Ok(()),
+                }
             }
             Err(e) => {
                 return Err(TestCaseError::fail(format!(
@@ -1121,7 +1192,10 @@ fn check_accepted(
                 Some(_) => prop_assert!(false, "accepted a non-string session_id: {:?}", body),
             }
             if route == Route::Start {
-                match obj.get("device") {
+                match obj
+                    .get("device")
+                    .map(|d| tuple_form(d, &["name", "fingerprint"]))
+                {
                     None | Some(Value::Null) => {}
                     Some(Value::Object(d)) => {
                         for (name, max) in [("name", 128), ("fingerprint", 256)] {
@@ -1231,8 +1305,7 @@ fn route_bodies_are_parsed_to_the_contract() {
             );
             if status == StatusCode::BAD_REQUEST {
                 if let Ok(Value::Object(_)) = serde_json::from_str::<Value>(&body) {
-                    let names = route.fields().iter().any(|f| message.contains(f))
-                        || message.contains("not valid JSON");
+                    let names = route.fields().iter().any(|f| message.contains(f));
                     prop_assert!(
                         names,
                         "400 without a field name: {} for {:?}",
@@ -1388,14 +1461,11 @@ fn admin_query_strings_are_parsed_to_the_contract() {
     });
 }
 
-/// KNOWN BUG (reported, not fixed here: src/keys.rs is not this test's to
-/// change). `keys::redact_secret` redacts only text that starts with `ks_`
-/// after whitespace, so a full key behind a quote or a byte-order mark is
-/// echoed in `key_not_found` (admin API, CLI) and in `invalid_request` for
-/// times. Run with `--ignored` to reproduce; un-ignore once fixed.
+/// Regression (found by `key_ref` and `rfc3339`, fixed in a92d161): a full
+/// key behind a quote or a byte-order mark was echoed in `key_not_found`
+/// (admin API, CLI) and in `invalid_request` for times.
 #[test]
-#[ignore = "known bug: redact_secret misses a key that does not start the text"]
-fn known_bug_a_quoted_or_bom_prefixed_key_is_echoed() {
+fn a_quoted_or_bom_prefixed_key_is_not_echoed() {
     let key = AccessKey::generate();
     let secret = key.expose_secret();
     for wrapped in [
@@ -1420,15 +1490,13 @@ fn known_bug_a_quoted_or_bom_prefixed_key_is_echoed() {
     assert!(!m.contains(secret), "key_not_found echoes the key: {m}");
 }
 
-/// KNOWN BUG (reported; the fix is in src/http/extract.rs `parse_json`,
-/// which another change is editing). A syntax-class error raised inside a
-/// field, such as serde_json's "trailing characters" when a struct field
-/// gets a longer array (`"device": ["a", "b", null]`; serde accepts arrays
-/// for structs), is reported as "the request body is not valid JSON"
-/// without the field's name, though the body is valid JSON.
+/// Regression (found by `json_body`, fixed in a92d161): a syntax-class
+/// error raised inside a field, such as serde_json's "trailing characters"
+/// when a struct field gets a longer array (`"device": ["a", "b", null]`),
+/// was reported as "the request body is not valid JSON" without the
+/// field's name, though the body is valid JSON.
 #[test]
-#[ignore = "known bug: syntax-class errors inside a field lose the field name"]
-fn known_bug_an_error_inside_a_field_loses_its_name() {
+fn an_error_inside_a_field_names_it() {
     #[derive(Debug, serde::Deserialize)]
     #[allow(dead_code)]
     struct Start {
@@ -1445,5 +1513,64 @@ fn known_bug_an_error_inside_a_field_loses_its_name() {
     match parse_json::<Start>(body) {
         Err(Error::InvalidRequest(m)) => assert!(m.contains("device"), "{m}"),
         other => panic!("{other:?}"),
+    }
+}
+
+/// Regression (found by `body POST /api/session/start`, fixed in
+/// a92d161): a body given as a JSON array of the request's fields was a
+/// start.
+#[test]
+fn array_bodies_are_refused() {
+    let h = Harness::new();
+    let top = json!([h.key, null, null]).to_string();
+    let (status, answer) = h.send("POST", "/api/session/start", top.as_bytes(), false);
+    assert_eq!(status, StatusCode::BAD_REQUEST, "top-level array: {answer}");
+    assert_eq!(answer["error"]["code"], "invalid_request");
+}
+
+/// KNOWN LENIENCY (reported; see `tuple_form`): `device` given as a JSON
+/// array of its fields (`["phone", "fp"]`) is accepted instead of 400.
+#[test]
+#[ignore = "known leniency: a nested struct is accepted in serde's array form"]
+fn known_bug_device_arrays_are_accepted_as_objects() {
+    let h = Harness::new();
+    let nested = json!({"access_key": h.key, "device": ["phone", "fp"]}).to_string();
+    let (status, answer) = h.send("POST", "/api/session/start", nested.as_bytes(), false);
+    assert_eq!(status, StatusCode::BAD_REQUEST, "device array: {answer}");
+}
+
+/// KNOWN BUG (reported; the fix is in src/http/extract.rs `parse_json`:
+/// call `de.end()` after deserializing): a body with anything after its
+/// JSON value (`{}A`, `{"access_key": "…"} trailing`) is accepted instead
+/// of 400 `invalid_request` "not valid JSON".
+#[test]
+#[ignore = "known bug: trailing characters after the JSON body are ignored"]
+fn known_bug_trailing_garbage_is_accepted() {
+    let h = Harness::new();
+    let (status, answer) = h.send("POST", "/api/admin/keys", b"{}A", true);
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    let body = format!("{} trailing", json!({"access_key": h.key}));
+    let (status, answer) = h.send("POST", "/api/session/status", body.as_bytes(), false);
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+}
+
+/// KNOWN BUG (reported; src/keys.rs `redact_secret`, as fixed in a92d161,
+/// skips past the whole alphanumeric run after a `ks_`, so a key whose
+/// `ks_` lies inside that run is shown: `ks_ks_<key>` comes out whole, and
+/// `ks_AAAAAAAAAAAAks_<key>` shows the key's secret part). Fix: look for a
+/// tag at every position (advance by one, not by the run), or hide spans
+/// per tag. Found by `key_ref`, `access_key` and `rfc3339`.
+#[test]
+#[ignore = "known bug: redact_secret misses a key inside an earlier tag's run"]
+fn known_bug_a_key_inside_another_tag_run_is_shown() {
+    let key = AccessKey::generate();
+    let secret = key.expose_secret();
+    for text in [
+        format!("ks_{secret}"),
+        format!("ks_AAAAAAAAAAAA{secret}"),
+        format!("\"ks_x{secret}\""),
+    ] {
+        let shown = keys::redact_secret(&text);
+        assert!(!shown.contains(secret_tail(secret)), "{text} -> {shown}");
     }
 }
