@@ -30,7 +30,8 @@
 //! (`mxFrame` from the `-shm` wal-index header), the operations done and
 //! the restarts.
 //!
-//! Length: `KEYSEAT_SOAK_SECS` (default 10). A longer run:
+//! Length: `KEYSEAT_SOAK_SECS` (default 12, at least 8, so that there are
+//! at least two gaps between reader holds). A longer run:
 //! `KEYSEAT_SOAK_SECS=600 cargo test --test soak -- --nocapture`.
 
 use std::fs::File;
@@ -93,8 +94,8 @@ async fn wal_stays_bounded_under_load_with_long_readers() {
     let secs: u64 = std::env::var("KEYSEAT_SOAK_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10)
-        .max(4);
+        .unwrap_or(12)
+        .max(8);
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("keyseat.db");
     let log = dir.path().join("server.log");
