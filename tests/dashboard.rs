@@ -169,6 +169,9 @@ async fn signed_out_browsers_are_sent_to_sign_in() {
         assert_eq!(r.status, StatusCode::SEE_OTHER, "{path}");
         assert_eq!(r.location(), "/admin/sign-in");
     }
+    let r = b.get("/admin/").await;
+    assert_eq!(r.status, StatusCode::PERMANENT_REDIRECT, "a trailing slash");
+    assert_eq!(r.location(), "/admin");
     let r = b.post("/admin/keys", &[("label", "x")]).await;
     assert_eq!(r.status, 401);
     assert!(r.body.contains("Sign in again"));

@@ -155,6 +155,11 @@ pub fn app(state: AppState) -> Router {
         .merge(session::router())
         .nest("/api/admin", admin::router(state.clone()))
         .nest("/admin", crate::dashboard::router(state.clone()))
+        // `/admin/` (a typed or bookmarked trailing slash) is the dashboard too.
+        .route(
+            "/admin/",
+            get(|| async { axum::response::Redirect::permanent("/admin") }),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
