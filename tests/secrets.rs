@@ -230,12 +230,13 @@ async fn no_secret_is_stored_logged_or_shown() {
     );
 }
 
-/// KNOWN BUG (reported; fixes belong in src/keys.rs `redact_secret`,
-/// src/http/extract.rs `parse_json` and src/http/admin.rs PATCH `status`,
-/// or once in src/http/error.rs): error bodies quote the offending value,
-/// and when that value is a full access key (sent in `max_sessions`,
-/// `on_conflict`, `status`, `device`, a non-object body, or after other
-/// text in `expires_at`) the key is echoed. Un-ignore once fixed.
+/// KNOWN BUG (reported; the fix belongs in src/http/extract.rs
+/// `parse_json` (pass serde's message through `keys::redact_secret`) and
+/// src/http/admin.rs PATCH `status`, or once for every message in
+/// src/http/error.rs): error bodies quote the offending value, and when
+/// that value is a full access key (sent in `max_sessions`, `on_conflict`,
+/// `status`, `device`, or as a body that is a bare string) the key is
+/// echoed to the client that sent it. Un-ignore once fixed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "known bug: error bodies echo a full key sent in another field"]
 async fn known_bug_error_bodies_echo_a_key_sent_in_another_field() {
