@@ -113,7 +113,7 @@ pub enum Error {
 /// SQLite's own sentence, plus what an operator should look at for the
 /// conditions that are about the disk rather than keyseat ("disk I/O
 /// error" alone does not say that the disk is full).
-fn sqlite_message(e: &rusqlite::Error) -> String {
+pub(crate) fn sqlite_message(e: &rusqlite::Error) -> String {
     use rusqlite::ErrorCode::*;
     let hint = match e {
         rusqlite::Error::SqliteFailure(f, _) => match f.code {
@@ -123,7 +123,9 @@ fn sqlite_message(e: &rusqlite::Error) -> String {
             ReadOnly => " (the database file, its directory or its file system is read-only)",
             DiskFull => " (the disk is full)",
             SystemIoFailure => " (the disk may be full, read-only or failing)",
-            CannotOpen => " (check the path and that its directory is writable)",
+            CannotOpen => {
+                " (check the path, and that its directory is writable and not on a read-only file system)"
+            }
             _ => "",
         },
         _ => "",

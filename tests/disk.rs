@@ -388,6 +388,9 @@ async fn read_only_file_system_at_start_up() {
     let mut s = spawn("unshare", &args, &dir.path().join("1.log"), port);
     match s.ready().await {
         Err((code, stderr)) => {
+            // SQLite says "attempt to write a readonly database" or
+            // "unable to open database file", depending on the step that
+            // meets the read-only file system first.
             let line = assert_clear_start_up_error(code, &stderr, &["read-only"]);
             println!("read-only at start-up: exit {code:?}: {line}");
         }

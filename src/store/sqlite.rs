@@ -143,7 +143,10 @@ impl SqliteStore {
                 {
                     Error::Database(format!("{shown} is not a SQLite database"))
                 }
-                _ => Error::Database(format!("cannot open database {shown}: {e}")),
+                _ => Error::Database(format!(
+                    "cannot open database {shown}: {}",
+                    crate::error::sqlite_message(&e)
+                )),
             }
         };
 
