@@ -83,13 +83,15 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
         let detail = strip_position(&inner.to_string());
         // `?` marks a position serde could not name (e.g. a broken key).
         let at_root = path == "." || path.is_empty() || path.contains('?');
-        Error::InvalidRequest(match inner.classify() {
+        // serde quotes the offending value; a key sent in the wrong field
+        // must not come back whole (`invalid type: string "ks_…"`).
+        Error::InvalidRequest(crate::keys::redact_secret(&match inner.classify() {
             serde_json::error::Category::Syntax | serde_json::error::Category::Eof if at_root => {
                 format!("the request body is not valid JSON: {detail}")
             }
             _ if at_root => format!("invalid request body: {detail}"),
             _ => format!("{path}: {detail}"),
-        })
+        }))
     })
 }
 
