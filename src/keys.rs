@@ -133,20 +133,20 @@ pub fn new_key_id() -> String {
 /// Echoes operator input in an error, unless it looks like an access key
 /// (someone pasted the secret in the wrong place): then only its prefix.
 pub fn redact_secret(text: &str) -> String {
-    // Every `ks_` followed by key characters, wherever it starts (after a
-    // quote, a byte-order mark, a bracket), is cut to its prefix.
+    // From every `ks_`, wherever it starts (after a quote, a byte-order
+    // mark, a bracket, other letters), the run of key-like characters
+    // (`[A-Za-z0-9_]`) is cut to its prefix, so a key hidden later in the
+    // run (`ks_ks_<key>`, `ks_AAAAks_<key>`) is cut with it.
+    let key_char = |c: char| c.is_ascii_alphanumeric() || c == '_';
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find(KEY_TAG) {
+        let run_len = rest[at..]
+            .find(|c: char| !key_char(c))
+            .unwrap_or(rest.len() - at);
         out.push_str(&rest[..at]);
-        let candidate = &rest[at..];
-        let run = KEY_TAG.len()
-            + candidate[KEY_TAG.len()..]
-                .bytes()
-                .take_while(u8::is_ascii_alphanumeric)
-                .count();
-        out.push_str(&redact(&candidate[..run]));
-        rest = &candidate[run..];
+        out.push_str(&redact(&rest[at..at + run_len]));
+        rest = &rest[at + run_len..];
     }
     out.push_str(rest);
     out

@@ -224,22 +224,21 @@ async fn no_secret_is_stored_logged_or_shown() {
         found.leaks.len(),
         found.leaks.join("\n")
     );
-    println!(
-        "secrets: {} echo(es) of a key back to the client that sent it (known bug)",
-        found.echoes.len()
+    assert!(
+        found.echoes.is_empty(),
+        "{} echo(es) of a key back to the client that sent it:\n{}",
+        found.echoes.len(),
+        found.echoes.join("\n")
     );
 }
 
-/// KNOWN BUG (reported; the fix belongs in src/http/admin.rs, PATCH
-/// `status`: quote the value through `keys::redact_secret`, or redact
-/// every message once in src/http/error.rs): `{"status": "ks_…"}` is
-/// answered "status must be `active` or `suspended` (got `ks_…`)", so
-/// the key is echoed to the client that sent it. (serde's own messages,
-/// `invalid type: string "ks_…"`, are redacted in `parse_json` since the
-/// commit that added this note.) Un-ignore once fixed.
+/// Found by this file (fixed in the PATCH handler, which quotes the value
+/// through `keys::redact_secret`): `{"status": "ks_…"}` was answered
+/// "status must be `active` or `suspended` (got `ks_…`)", echoing the key
+/// to the client that sent it. serde's own messages (`invalid type: string
+/// "ks_…"`) are redacted in `parse_json`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known bug: error bodies echo a full key sent in another field"]
-async fn known_bug_error_bodies_echo_a_key_sent_in_another_field() {
+async fn error_bodies_never_echo_a_key_sent_in_another_field() {
     let found = scenario().await;
     assert!(
         found.echoes.is_empty(),

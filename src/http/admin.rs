@@ -310,7 +310,8 @@ async fn update_key(
             }
             Some(other) => {
                 return Err(Error::InvalidRequest(format!(
-                    "status must be `active` or `suspended` (got `{other}`)"
+                    "status must be `active` or `suspended` (got `{}`)",
+                    crate::keys::redact_secret(other)
                 )))
             }
         },

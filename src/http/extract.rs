@@ -77,7 +77,7 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
         Some(_) => {}
     }
     let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let detail = strip_position(&inner.to_string());
@@ -92,7 +92,15 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
             _ if at_root => format!("invalid request body: {detail}"),
             _ => format!("{path}: {detail}"),
         }))
-    })
+    })?;
+    // Anything after the JSON value (`{}A`) makes the body invalid JSON.
+    de.end().map_err(|e| {
+        Error::InvalidRequest(format!(
+            "the request body is not valid JSON: {}",
+            strip_position(&e.to_string())
+        ))
+    })?;
+    Ok(value)
 }
 
 /// serde_json appends " at line 1 column 17"; the field path says more.
