@@ -221,5 +221,9 @@ async fn key_expiry_changes_reach_live_sessions() {
     .await;
     let (status, body) = s.heartbeat(&key, &id).await;
     assert_error(status, &body, 410, "session_revoked");
-    assert_eq!(s.start_session(&key, "A").await.0, 200, "the key works again");
+    assert_eq!(
+        s.start_session(&key, "A").await.0,
+        200,
+        "the key works again"
+    );
 }
