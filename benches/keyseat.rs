@@ -16,7 +16,8 @@
 //! load shedding: starts offered open-loop at rising rates (multiples of
 //! the measured start capacity) while devices heartbeat, reporting from
 //! which offered rate starts are shed with 503 and what heartbeats see
-//! meanwhile. `KEYSEAT_BENCH_ONLY=starts|shed` runs one phase.
+//! meanwhile. `KEYSEAT_BENCH_ONLY=starts|shed|heartbeats` runs one phase
+//! (heartbeats: three rounds of ceiling + 1,000 sessions).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -572,6 +573,17 @@ async fn run(opts: Opts) {
             }
             "shed" => {
                 shed_phase(dir.path(), &opts).await;
+            }
+            "heartbeats" => {
+                let bare = {
+                    let mut cmd = Command::new(std::env::current_exe().unwrap());
+                    cmd.arg("--bare-server");
+                    spawn_listening(cmd)
+                };
+                for _ in 0..3 {
+                    let round = tempfile::tempdir().unwrap();
+                    heartbeat_phase(round.path(), 1_000, &opts, bare.addr).await;
+                }
             }
             other => println!("unknown phase {other}"),
         }

@@ -41,17 +41,20 @@ struct Status {
     status: &'static str,
 }
 
+// Labels are `&'static str` (methods and route patterns are interned, see
+// [`route_label`]) so counting a request allocates nothing: the HTTP
+// middleware runs on every heartbeat.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Request {
-    method: String,
-    route: String,
+    method: &'static str,
+    route: &'static str,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Route {
-    method: String,
-    route: String,
+    method: &'static str,
+    route: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -218,19 +221,22 @@ impl Metrics {
 
     /// An HTTP request was answered. `route` is the route's pattern
     /// (`/api/admin/keys/{id}`), never the raw path, so label sets stay few.
-    pub fn http_request(&self, method: &str, route: &str, status: u16, took: Duration) {
+    pub fn http_request(
+        &self,
+        method: &'static str,
+        route: &'static str,
+        status: u16,
+        took: Duration,
+    ) {
         self.http_requests
             .get_or_create(&Request {
-                method: method.to_owned(),
-                route: route.to_owned(),
+                method,
+                route,
                 status,
             })
             .inc();
         self.http_duration
-            .get_or_create(&Route {
-                method: method.to_owned(),
-                route: route.to_owned(),
-            })
+            .get_or_create(&Route { method, route })
             .observe(took.as_secs_f64());
     }
 
@@ -272,6 +278,45 @@ pub struct StateReading {
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// The method as a label: the standard ones by name, anything else `OTHER`
+/// (a client inventing methods must not create label sets).
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method as M;
+    match *method {
+        M::GET => "GET",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::PATCH => "PATCH",
+        M::DELETE => "DELETE",
+        M::HEAD => "HEAD",
+        M::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+/// Route patterns seen so far, interned: the router's patterns are a small
+/// fixed set, so this holds a few dozen strings for the process's life.
+static ROUTES: LazyLock<std::sync::RwLock<std::collections::HashSet<&'static str>>> =
+    LazyLock::new(Default::default);
+
+/// The route pattern as a `'static` label.
+pub fn route_label(pattern: &str) -> &'static str {
+    if let Some(r) = ROUTES
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(pattern)
+    {
+        return r;
+    }
+    let mut routes = ROUTES.write().unwrap_or_else(|p| p.into_inner());
+    if let Some(r) = routes.get(pattern) {
+        return r;
+    }
+    let interned: &'static str = Box::leak(pattern.to_owned().into_boxed_str());
+    routes.insert(interned);
+    interned
+}
 
 /// The process's metrics.
 pub fn global() -> &'static Metrics {

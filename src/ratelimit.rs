@@ -24,6 +24,19 @@ struct Window {
     failures: u32,
 }
 
+/// The address a failure is counted against: IPv6 clients by their /64
+/// (one subscriber's block, which they can cycle through freely), IPv4
+/// addresses as they are.
+fn bucket_of(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
+        },
+        v4 => v4,
+    }
+}
+
 /// Counts failures per address in one-minute windows.
 #[derive(Debug)]
 pub struct FailureLimiter {
@@ -49,7 +62,7 @@ impl FailureLimiter {
 
     /// Refuses an address that used up its failures in the current window.
     pub fn check(&self, addr: Option<IpAddr>, now: Timestamp) -> Result<()> {
-        let Some(addr) = addr.filter(|_| self.enabled) else {
+        let Some(addr) = addr.filter(|_| self.enabled).map(bucket_of) else {
             return Ok(());
         };
         if let Some(w) = self.windows().get(&addr) {
@@ -66,7 +79,7 @@ impl FailureLimiter {
 
     /// Counts one failure for an address.
     pub fn record_failure(&self, addr: Option<IpAddr>, now: Timestamp) {
-        let Some(addr) = addr.filter(|_| self.enabled) else {
+        let Some(addr) = addr.filter(|_| self.enabled).map(bucket_of) else {
             return;
         };
         let mut windows = self.windows();
@@ -219,6 +232,19 @@ mod tests {
         }
         assert!(l.check(ip(2), t).is_ok(), "other clients are unaffected");
         assert!(l.check(ip(1), Timestamp(t.0 + 60_000)).is_ok());
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_per_64_block() {
+        let l = FailureLimiter::new(true, 2);
+        let t = Timestamp(0);
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        l.record_failure(Some(a), t);
+        l.record_failure(Some(b), t);
+        assert!(l.check(Some(a), t).is_err(), "same /64");
+        assert!(l.check(Some(other), t).is_ok(), "another /64");
     }
 
     #[test]

@@ -78,6 +78,7 @@ impl Server {
         let limits = listener::ConnLimits {
             max_connections,
             header_timeout: Duration::from_secs(settings.client_timeout_seconds),
+            drain: DRAIN_TIMEOUT,
         };
         let metrics_http = match settings.metrics {
             crate::config::MetricsMode::Separate(metrics_addr) => {
@@ -92,6 +93,7 @@ impl Server {
                     listener::ConnLimits {
                         max_connections: 64,
                         header_timeout: Duration::from_secs(settings.client_timeout_seconds),
+                        drain: Duration::from_secs(1),
                     },
                     async move {
                         let _ = metrics_stop.wait_for(|stopped| *stopped).await;
@@ -190,17 +192,19 @@ impl Server {
     /// stop is recorded and the database flushed.
     pub async fn stop(self) -> Result<()> {
         let _ = self.stop.send(true);
+        // The listener closes what is still open after DRAIN_TIMEOUT; the
+        // extra second only guards against a listener that never returns.
         let mut http = self.http;
-        match tokio::time::timeout(DRAIN_TIMEOUT, &mut http).await {
+        match tokio::time::timeout(DRAIN_TIMEOUT + Duration::from_secs(1), &mut http).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task failed"),
             Err(_) => {
-                tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; closing them");
+                tracing::warn!("the HTTP listener did not stop; aborting it");
                 http.abort();
             }
         }
         if let Some(m) = self.metrics_http {
-            m.abort();
+            let _ = tokio::time::timeout(Duration::from_secs(2), m).await;
         }
         let _ = self.sweep.await;
         let _ = self.upkeep.await;

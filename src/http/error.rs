@@ -121,6 +121,11 @@ impl IntoResponse for Error {
             Error::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
+            Error::RequestTimeout(_) => {
+                // The rest of the body may still come; the connection is
+                // not reusable (RFC 9110 15.5.9).
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             _ if status == StatusCode::SERVICE_UNAVAILABLE => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }

@@ -175,12 +175,16 @@ impl ClientAddr {
             if trusted.is_empty() {
                 return peer;
             }
-            let values = parts
+            // Entry by entry, so one non-ASCII entry (written by the
+            // client) cannot hide the ones the proxies appended after it.
+            let hops: Vec<&str> = parts
                 .headers
                 .get_all("x-forwarded-for")
                 .iter()
-                .filter_map(|v| v.to_str().ok());
-            trusted.client_ip(peer, values)
+                .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+                .map(|hop| std::str::from_utf8(hop).unwrap_or("(not ASCII)"))
+                .collect();
+            trusted.client_ip(peer, hops.into_iter())
         }))
     }
 }

@@ -4,7 +4,8 @@
 //!   `request_timeout`), so a slow client cannot hold a handler (the header
 //!   deadline is the connection's, see [`super::listener`]);
 //! - requests that need the database writer (starts, ends, admin and
-//!   dashboard changes) take a slot of `max_pending_writes`; with none free
+//!   dashboard changes), once their body is in, take a slot of
+//!   `max_pending_writes` for the rest of their handling; with none free
 //!   they are shed at once with 503 `overloaded` and `Retry-After`, rather
 //!   than queueing until the client gives up. Heartbeats and reads never
 //!   wait for the writer, so they keep being answered while writes are shed.
@@ -34,7 +35,16 @@ fn needs_writer(method: &Method, path: &str) -> bool {
 
 /// Reads the whole body (bounded in size and time), then runs the route.
 pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let _slot = if needs_writer(req.method(), req.uri().path()) {
+    let (parts, body) = req.into_parts();
+    let timeout = state.inner.client_timeout;
+    // The body first: a client sending it slowly must not hold a writer
+    // slot meanwhile (a thousand slow senders would otherwise shut every
+    // device out of starting for the whole timeout).
+    let bytes = match read_body(body, timeout).await {
+        Ok(bytes) => bytes,
+        Err(e) => return e.into_response(),
+    };
+    let _slot = if needs_writer(&parts.method, parts.uri.path()) {
         match state.inner.write_slots.clone().try_acquire_owned() {
             Ok(permit) => Some(permit),
             Err(_) => {
@@ -47,12 +57,6 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
         }
     } else {
         None
-    };
-    let (parts, body) = req.into_parts();
-    let timeout = state.inner.client_timeout;
-    let bytes = match read_body(body, timeout).await {
-        Ok(bytes) => bytes,
-        Err(e) => return e.into_response(),
     };
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await

@@ -11,7 +11,8 @@
 //!   connections, so idle sockets cannot pile up to the cap;
 //! - running out of file descriptors (EMFILE) pauses accepting briefly
 //!   instead of spinning;
-//! - on stop, in-flight requests finish and idle connections close.
+//! - on stop, idle connections close at once and in-flight requests get
+//!   a bounded time to finish; connections still busy then are closed.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -45,7 +46,15 @@ pub struct ConnLimits {
     /// Deadline for a request's headers, and for an idle keep-alive
     /// connection's next request.
     pub header_timeout: Duration,
+    /// How long in-flight requests get to finish after the stop signal;
+    /// connections still open then are closed.
+    pub drain: Duration,
 }
+
+/// Descriptors kept free of the connection cap: refusals being written,
+/// the metrics listener's connections, the database pool, the WAL and
+/// shared-memory files, the listeners, logs.
+const RESERVED_FDS: usize = 64 + MAX_REFUSALS + 64 + 64;
 
 /// The soft limit on open files, where the platform says (Linux).
 pub fn open_files_limit() -> Option<usize> {
@@ -55,12 +64,11 @@ pub fn open_files_limit() -> Option<usize> {
 }
 
 /// The connection cap to use: the configured one, lowered (with a reason)
-/// when the process may not open that many files. Room is kept for the
-/// database, its WAL and the listener.
+/// when the process may not open that many files ([`RESERVED_FDS`] kept).
 pub fn effective_max_connections(configured: usize) -> (usize, Option<String>) {
     match open_files_limit() {
-        Some(limit) if configured + 64 > limit => {
-            let cap = limit.saturating_sub(64).max(1);
+        Some(limit) if configured + RESERVED_FDS > limit => {
+            let cap = limit.saturating_sub(RESERVED_FDS).max(1);
             (
                 cap,
                 Some(format!(
@@ -84,6 +92,9 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let graceful = GracefulShutdown::new();
+    // Connection tasks, so the ones still running after the drain deadline
+    // can be closed (a spawned task outlives an aborted `serve`).
+    let mut connections = tokio::task::JoinSet::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
@@ -96,6 +107,7 @@ pub async fn serve(
         let (stream, peer) = tokio::select! {
             biased;
             _ = &mut shutdown => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -128,7 +140,7 @@ pub async fn serve(
             }
         });
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
+        connections.spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection closed with an error");
             }
@@ -136,7 +148,17 @@ pub async fn serve(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    if tokio::time::timeout(limits.drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "requests still running after {:?}; closing their connections",
+            limits.drain
+        );
+        connections.abort_all();
+    }
+    while connections.join_next().await.is_some() {}
 }
 
 /// Accept errors: per-connection ones are ignored; running out of file
@@ -202,7 +224,7 @@ mod tests {
     fn the_cap_leaves_room_for_the_database() {
         if let Some(limit) = open_files_limit() {
             let (cap, why) = effective_max_connections(limit * 2);
-            assert!(cap + 64 <= limit.max(65));
+            assert!(cap + RESERVED_FDS <= limit.max(RESERVED_FDS + 1));
             assert!(why.unwrap().contains("ulimit"));
             assert_eq!(effective_max_connections(1).0, 1);
         }

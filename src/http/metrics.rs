@@ -22,14 +22,14 @@ use crate::store::blocking;
 /// Records method, route, status and latency of every request.
 pub async fn observe(req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = req.method().clone();
+    let method = metrics::method_label(req.method());
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned());
+        .map(|p| metrics::route_label(p.as_str()));
     let response = next.run(req).await;
     let code = response.extensions().get::<ErrorCode>().map(|c| c.0);
-    match route.as_deref() {
+    match route {
         Some("/api/session/start") => {
             if let Some(code) = code {
                 metrics::global().start_rejected(code);
@@ -39,8 +39,8 @@ pub async fn observe(req: Request, next: Next) -> Response {
         _ => {}
     }
     metrics::global().http_request(
-        method.as_str(),
-        route.as_deref().unwrap_or("unmatched"),
+        method,
+        route.unwrap_or("unmatched"),
         response.status().as_u16(),
         started.elapsed(),
     );

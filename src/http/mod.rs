@@ -166,9 +166,10 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             limits::guard,
         ))
+        // Inside the metrics layer, so a panic's 500 is counted.
+        .layer(CatchPanicLayer::custom(panic_response))
         .layer(axum::middleware::from_fn(metrics::observe))
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
-        .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state)
 }
 
