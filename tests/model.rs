@@ -17,13 +17,8 @@
 //! ids, so cases cannot see each other, and the clock only moves forward.
 //! After each case the key's audit log must match the model's history.
 //!
-//! The key-expiry variant is `#[ignore]`d: it fails on a known difference
-//! (a sweep that finds both a passed key expiry and a run-out lease records
-//! `session_expired`, though the key expired first and the model expects
-//! `session_revoked` with cause `key_expired`); `-- --ignored` runs it. The
-//! bug it first found (a passed expiry cleared before the sweep revived the
-//! key's sessions) is fixed and pinned by
-//! `a_session_ended_by_its_keys_expiry_stays_ended`.
+//! A second run adds the key's own expiry (set in the past or future, and
+//! cleared) to the operations.
 //!
 //! Run more cases with `PROPTEST_CASES=2000 cargo test --test model -- --nocapture`
 //! (see docs/correctness.md).
@@ -1126,18 +1121,13 @@ fn server_answers_like_the_contract_model() {
 /// The same with the key's own `expires_at` set (in the past or future)
 /// and cleared.
 ///
-/// Ignored: it fails. A key that reaches its `expires_at` by itself keeps
-/// its sessions open in the store until the sweep revokes them, so when an
-/// admin clears or extends the expiry before the sweep runs, those sessions
-/// come back to life (heartbeat 200, listed by status, `ended: true` on a
-/// kick) instead of answering `session_revoked`; whether they do depends on
-/// whether the 10 s sweep happened to run in between. Minimal case, found
-/// and shrunk by this test: start; expires_at = now + 1 s; advance 1 s
-/// (status: 403 key_expired); expires_at = null; heartbeat -> 200, where
-/// the contract's "revoked (... its key was ... expired)" says 410
-/// `session_revoked`. Run with `cargo test --test model -- --ignored`.
+/// What it found, all fixed in the store: a passed expiry lifted before the
+/// sweep revived the key's sessions; a sweep that found both a passed key
+/// expiry and a run-out lease recorded `session_expired` though the key
+/// expired first; the key's `live_sessions` and a kick still counted
+/// sessions of an expired key as live; an expiry set into the past
+/// re-explained sessions that had already run out.
 #[test]
-#[ignore = "known: the sweep records a lease expiry where the key's earlier expiry ended the session"]
 fn server_answers_like_the_contract_model_with_key_expiry() {
     run_model(true);
 }

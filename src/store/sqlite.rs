@@ -340,7 +340,8 @@ fn key_columns() -> String {
         "k.key_id, k.prefix, k.label, k.max_sessions, k.on_conflict, k.status, \
          k.expires_at, k.created_at, k.updated_at, k.revoked_at, \
          (SELECT COUNT(*) FROM sessions s WHERE s.key_id = k.key_id AND s.ended_at IS NULL \
-            AND {EFFECTIVE_EXPIRY} > :now)"
+            AND {EFFECTIVE_EXPIRY} > :now \
+            AND (k.expires_at IS NULL OR k.expires_at > :now))"
     )
 }
 
@@ -708,16 +709,47 @@ impl<'a> Tx<'a> {
     }
 
     /// Records an open session whose lease has run out as expired.
+    /// The `expires_at` of a key, if it has one.
+    fn key_expiry(&self, key_id: &str) -> Result<Option<i64>> {
+        Ok(self
+            .c
+            .prepare_cached("SELECT expires_at FROM keys WHERE key_id = ?1")?
+            .query_row([key_id], |r| r.get(0))
+            .optional()?
+            .flatten())
+    }
+
+    /// Records how a session that is no longer live ended on its own: at
+    /// its key's expiry (revoked, cause `key_expired`) if the key expired
+    /// while the lease still ran, else at its lease end (expired). Every
+    /// path that finds a dead open session (sweep, key changes, starts,
+    /// heartbeats) comes here, so they agree on the reason whichever runs
+    /// first.
     fn record_expiry(&mut self, session: Session) -> Result<Session> {
-        let at = session.expires_at;
-        self.end_open_session(
-            session,
-            EndReason::Expired,
-            at,
-            None,
-            &Actor::server(),
-            None,
-        )
+        match self
+            .key_expiry(&session.key_id)?
+            .filter(|k| *k < session.expires_at.0)
+        {
+            Some(k) => self.end_open_session(
+                session,
+                EndReason::Revoked,
+                Timestamp(k),
+                None,
+                &Actor::server(),
+                Some(json!({ "cause": "key_expired" })),
+            ),
+            None => {
+                let at = session.expires_at;
+                self.end_open_session(
+                    session,
+                    EndReason::Expired,
+                    at,
+                    None,
+                    &Actor::server(),
+                    None,
+                )
+            }
+        }
     }
 
     /// Ends the given live sessions with reason `revoked`.
@@ -1116,7 +1148,10 @@ pub(super) fn create_key_op(
 fn fresh_key(tx: &Tx<'_>, key_id: &str, now: Timestamp) -> Result<Key> {
     let mut key =
         key_by_id(tx.c, key_id, now)?.ok_or_else(|| Error::Internal("key vanished".into()))?;
-    if tx.mem.is_some() {
+    if key.is_expired_at(now) {
+        // Its sessions ended when it expired, recorded or not yet.
+        key.live_sessions = 0;
+    } else if tx.mem.is_some() {
         key.live_sessions = tx
             .open_sessions_of(key_id)?
             .iter()
@@ -1145,10 +1180,9 @@ pub(super) fn update_key_op(
             "status: use the revoke action to revoke a key".into(),
         ));
     }
-    // Sessions of a key past its expiry ended when it passed, whether or
-    // not the sweep has recorded that yet: record it before this change
-    // (a new expiry, a resume) could make them look live again.
-    let mut ended = end_sessions_of_expired_key(tx, &before, now)?;
+    // Record how the key's sessions stood before this change: a new expiry
+    // or a resume must neither revive nor re-explain them.
+    let mut ended = settle_before_change(tx, &before, now)?;
     let id = &before.key_id;
     let mut changes = serde_json::Map::new();
     if let Some(label) = &patch.label {
@@ -1233,13 +1267,16 @@ pub(super) fn update_key_op(
     Ok(KeyChange { key, ended })
 }
 
-/// Ends, as the sweep would (cause `key_expired`, by the server), the open
-/// sessions of a key whose `expires_at` has passed.
-fn end_sessions_of_expired_key(tx: &mut Tx<'_>, key: &Key, now: Timestamp) -> Result<Vec<Session>> {
+/// Settles a key's open sessions as they stood before a change to it:
+/// the dead ones are recorded as they ended under the key as it was (so a
+/// new, earlier expiry cannot rewrite how they ended), and if the key is
+/// past its expiry the live ones end too, as the sweep would (revoked,
+/// cause `key_expired`, by the server). Returns those.
+fn settle_before_change(tx: &mut Tx<'_>, key: &Key, now: Timestamp) -> Result<Vec<Session>> {
+    let (_, live) = tx.settle_open_sessions(&key.key_id, now)?;
     if !key.is_expired_at(now) {
         return Ok(Vec::new());
     }
-    let (_, live) = tx.settle_open_sessions(&key.key_id, now)?;
     tx.revoke_sessions(live, now, &Actor::server(), "key_expired")
 }
 
@@ -1256,7 +1293,7 @@ pub(super) fn revoke_key_op(
             ended: vec![],
         });
     }
-    let mut ended = end_sessions_of_expired_key(tx, &before, now)?;
+    let mut ended = settle_before_change(tx, &before, now)?;
     tx.c.execute(
         "UPDATE keys SET status = 'revoked', revoked_at = ?2, updated_at = ?2 WHERE key_id = ?1",
         params![before.key_id, now.0],
@@ -1607,14 +1644,23 @@ fn end_for(
     now: Timestamp,
     actor: &Actor,
 ) -> Result<EndOutcome> {
-    if session.is_live_at(now) {
+    // A session of a key past its expiry ended then, recorded or not.
+    let key_expired = tx.key_expiry(&session.key_id)?.is_some_and(|k| k <= now.0);
+    if session.is_live_at(now) && !key_expired {
         let detail = (reason == EndReason::Revoked).then(|| json!({ "cause": "kicked" }));
         let ended = tx.end_open_session(session, reason, now, None, actor, detail)?;
         return Ok(EndOutcome::Ended(Box::new(ended)));
     }
     if session.ended_at.is_none() {
-        tx.record_expiry(session)?;
-        return Ok(EndOutcome::AlreadyEnded(EndReason::Expired));
+        let ended = if session.is_live_at(now) {
+            tx.revoke_sessions(vec![session], now, &Actor::server(), "key_expired")?
+                .remove(0)
+        } else {
+            tx.record_expiry(session)?
+        };
+        return Ok(EndOutcome::AlreadyEnded(
+            ended.end_reason.unwrap_or(EndReason::Expired),
+        ));
     }
     Ok(EndOutcome::AlreadyEnded(
         session.end_reason.unwrap_or(EndReason::Expired),
