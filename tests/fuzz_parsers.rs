@@ -1089,11 +1089,11 @@ fn is_snake_case(code: &str) -> bool {
 }
 
 /// serde's derived `Deserialize` accepts a struct as a JSON array of
-/// exactly its fields in declaration order. `ApiJson` refuses a body that
-/// is an array, but `parse_json` itself and nested objects (`"device":
-/// ["phone", "fp"]`, a known leniency) still read one; the values pass the
-/// same validation. This maps such an array to the object it stands for
-/// (anything else is returned unchanged).
+/// exactly its fields in declaration order. `parse_json` refuses a body
+/// that is an array and `device` refuses one (`object_or_null`); the
+/// reference reading still maps such an array to the object it stands for
+/// (anything else is returned unchanged), so a regression would be checked
+/// field by field.
 fn tuple_form(v: &Value, fields: &[&str]) -> Value {
     match v {
         Value::Array(items) if items.len() == fields.len() => Value::Object(
@@ -1504,15 +1504,16 @@ fn array_bodies_are_refused() {
     assert_eq!(answer["error"]["code"], "invalid_request");
 }
 
-/// KNOWN LENIENCY (reported; see `tuple_form`): `device` given as a JSON
-/// array of its fields (`["phone", "fp"]`) is accepted instead of 400.
+/// Found by this file (fixed with `extract::object_or_null`): `device`
+/// given as a JSON array of its fields (`["phone", "fp"]`) was accepted.
 #[test]
-#[ignore = "known leniency: a nested struct is accepted in serde's array form"]
-fn known_bug_device_arrays_are_accepted_as_objects() {
+fn device_arrays_are_refused() {
     let h = Harness::new();
     let nested = json!({"access_key": h.key, "device": ["phone", "fp"]}).to_string();
     let (status, answer) = h.send("POST", "/api/session/start", nested.as_bytes(), false);
     assert_eq!(status, StatusCode::BAD_REQUEST, "device array: {answer}");
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.starts_with("device:"), "{message}");
 }
 
 /// Found by this file (fixed in `parse_json`): a body with anything after

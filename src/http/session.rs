@@ -49,6 +49,7 @@ struct StartBody {
         example = "3f1c9a7e-office-pc"
     )]
     session_id: Option<String>,
+    #[serde(default, deserialize_with = "super::extract::object_or_null")]
     device: Option<DeviceBody>,
 }
 
