@@ -24,31 +24,19 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{HeaderName, HeaderValue, Method, Request};
 use axum::Router;
-use keyseat::clock::{Clock, ManualClock};
-use keyseat::config::{Secret, Settings};
-use keyseat::http::{app, AppState};
-use keyseat::store::{Durability, LiveOptions, LiveStore};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
 // ------------------------------------------------------------ the runner
-
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default)
-}
 
 fn fuzz<S: Strategy>(
     name: &str,
@@ -56,34 +44,10 @@ fn fuzz<S: Strategy>(
     strategy: S,
     test: impl Fn(S::Value) -> Result<(), TestCaseError>,
 ) {
-    let cases = cases(default_cases);
-    let config = Config {
-        cases,
-        // Inputs no client could send (an invalid header value, say) are
-        // skipped; allow as many skips as cases.
-        max_global_rejects: cases.max(1024),
-        failure_persistence: None,
-        max_shrink_iters: 1_000,
-        ..Config::default()
-    };
-    let mut runner = TestRunner::new(config);
-    let executions = AtomicU64::new(0);
-    let started = Instant::now();
-    let result = runner.run(&strategy, |value| {
-        executions.fetch_add(1, Ordering::Relaxed);
-        test(value)
-    });
-    println!(
-        "fuzz_http {name}: {} executions in {:.2?}",
-        executions.load(Ordering::Relaxed),
-        started.elapsed()
-    );
-    if let Err(e) = result {
-        panic!("{name}: {e}");
-    }
+    common::fuzz::run("fuzz_http", name, default_cases, 1_000, strategy, test);
 }
 
-const TOKEN: &str = "fuzz-http-admin-token-0123456789";
+use common::fuzz::TOKEN;
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// Extra fields the contract lists inside `error`.
@@ -144,30 +108,10 @@ struct Answer {
 impl Harness {
     fn new() -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        let settings = Settings {
-            database: dir.path().join("fuzz-http.db"),
-            admin_token: Some(Secret::new(TOKEN)),
-            rate_limits: false,
-            durability: Durability::Normal,
-            ..Settings::default()
-        };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let clock: Arc<dyn Clock> = Arc::new(ManualClock::starting_now());
-        let state = AppState::new(&settings, clock.clone());
-        let opts = LiveOptions {
-            timing: settings.timing(),
-            persist_secs: settings.heartbeat_persist_seconds,
-            durability: settings.durability,
-        };
-        let (store, _) = LiveStore::open(&settings.database, opts, clock.clone(), clock.now())
-            .expect("open store");
-        state.set_ready(Arc::new(store));
+        let (rt, router) = common::fuzz::ready_router(&dir.path().join("fuzz-http.db"));
         let mut h = Harness {
             rt,
-            router: app(state),
+            router,
             key: String::new(),
             key_id: String::new(),
             prefix: String::new(),

@@ -19,71 +19,35 @@
 //! prints its executions (`cargo test --test fuzz_parsers -- --nocapture`).
 //! See docs/fuzzing.md.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
-use keyseat::clock::{Clock, ManualClock, Timestamp};
-use keyseat::config::{Secret, Settings};
+use keyseat::clock::Timestamp;
 use keyseat::error::Error;
-use keyseat::http::{app, extract::parse_json, AppState};
+use keyseat::http::extract::parse_json;
 use keyseat::input;
 use keyseat::keys::{self, AccessKey, KeyFormatError};
 use keyseat::model::{Actor, EventType};
-use keyseat::store::{Durability, LiveOptions, LiveStore, NewKey, OpenMode, SqliteStore, Storage};
+use keyseat::store::{NewKey, OpenMode, SqliteStore, Storage};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
 // ------------------------------------------------------------ the runner
 
-/// `PROPTEST_CASES` if set, else the target's default.
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default)
-}
-
-/// Runs `test` over `strategy`, printing how many inputs it executed
-/// (shrinking included) and how long it took.
 fn fuzz<S: Strategy>(
     name: &str,
     default_cases: u32,
     strategy: S,
     test: impl Fn(S::Value) -> Result<(), TestCaseError>,
 ) {
-    let cases = cases(default_cases);
-    let config = Config {
-        cases,
-        // Inputs no client could send (an invalid header value, say) are
-        // skipped; allow as many skips as cases.
-        max_global_rejects: cases.max(1024),
-        failure_persistence: None,
-        max_shrink_iters: 2_000,
-        ..Config::default()
-    };
-    let mut runner = TestRunner::new(config);
-    let executions = AtomicU64::new(0);
-    let started = Instant::now();
-    let result = runner.run(&strategy, |value| {
-        executions.fetch_add(1, Ordering::Relaxed);
-        test(value)
-    });
-    println!(
-        "fuzz_parsers {name}: {} executions in {:.2?}",
-        executions.load(Ordering::Relaxed),
-        started.elapsed()
-    );
-    if let Err(e) = result {
-        panic!("{name}: {e}");
-    }
+    common::fuzz::run("fuzz_parsers", name, default_cases, 2_000, strategy, test);
 }
 
 // ------------------------------------------------------- reference model
@@ -675,7 +639,7 @@ fn key_references_resolve_exactly() {
 
 // -------------------------------------------------- bodies through the router
 
-const TOKEN: &str = "fuzz-admin-token-0123456789";
+use common::fuzz::TOKEN;
 
 /// The real router over a real store, in-process, with a key for the
 /// session routes, a live session, and a second key for PATCH.
@@ -691,32 +655,10 @@ struct Harness {
 impl Harness {
     fn new() -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        let settings = Settings {
-            database: dir.path().join("fuzz.db"),
-            admin_token: Some(Secret::new(TOKEN)),
-            rate_limits: false,
-            // No fsync per commit: thousands of writes, and nothing here
-            // is about durability.
-            durability: Durability::Normal,
-            ..Settings::default()
-        };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let clock: Arc<dyn Clock> = Arc::new(ManualClock::starting_now());
-        let state = AppState::new(&settings, clock.clone());
-        let opts = LiveOptions {
-            timing: settings.timing(),
-            persist_secs: settings.heartbeat_persist_seconds,
-            durability: settings.durability,
-        };
-        let (store, _) = LiveStore::open(&settings.database, opts, clock.clone(), clock.now())
-            .expect("open store");
-        state.set_ready(Arc::new(store));
+        let (rt, router) = common::fuzz::ready_router(&dir.path().join("fuzz.db"));
         let mut h = Harness {
             rt,
-            router: app(state),
+            router,
             key: String::new(),
             session_id: String::new(),
             patch_key_id: String::new(),

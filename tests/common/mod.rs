@@ -3,6 +3,8 @@
 //! moving time, not by sleeping.
 #![allow(dead_code)]
 
+pub mod fuzz;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
