@@ -34,10 +34,12 @@
 //! (the seed is printed). A longer run:
 //! `KEYSEAT_CRASH_ITERATIONS=200 cargo test --test crash_loop -- --nocapture`.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -58,21 +60,10 @@ struct Proc {
     log: PathBuf,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Spawns `keyseat serve` on `db` at a fresh port; does not wait for it.
 fn spawn(db: &Path, log: &Path) -> Proc {
-    let port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyseat"));
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("KEYSEAT_")) {
-        cmd.env_remove(k);
-    }
+    let port = common::free_port();
+    let mut cmd = common::keyseat_command();
     cmd.arg("serve")
         .arg("--database")
         .arg(db)

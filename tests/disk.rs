@@ -24,6 +24,8 @@
 //! Tests that need `unshare`, `mount`, `nsenter` or `chattr` skip with a
 //! printed reason when the machine does not allow them.
 
+mod common;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -35,14 +37,6 @@ const ADMIN_TOKEN: &str = "disk-admin-token-0123456789";
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_keyseat")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `keyseat serve` with test settings, as a shell word list, so it can also
@@ -67,10 +61,7 @@ struct Server {
 /// Spawns `program args` (keyseat serve, possibly wrapped) with the test
 /// environment; stderr goes to `log`.
 fn spawn(program: &str, args: &[String], log: &Path, port: u16) -> Server {
-    let mut cmd = Command::new(program);
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("KEYSEAT_")) {
-        cmd.env_remove(k);
-    }
+    let mut cmd = common::clean_command(program);
     let child = cmd
         .args(args)
         .env("KEYSEAT_ADMIN_TOKEN", ADMIN_TOKEN)
@@ -247,7 +238,7 @@ async fn locked_database_at_start_up() {
     let lock = rusqlite::Connection::open(&db).unwrap();
     lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
 
-    let port = free_port();
+    let port = common::free_port();
     let args = serve_args(&db, port);
     let mut s = spawn(&args[0], &args[1..], &dir.path().join("1.log"), port);
     // While it waits for the lock, every answer is 503.
@@ -281,7 +272,7 @@ async fn locked_database_at_start_up() {
     s.kill();
 
     // Lock gone: it starts.
-    let port = free_port();
+    let port = common::free_port();
     let args = serve_args(&db, port);
     let mut s = spawn(&args[0], &args[1..], &dir.path().join("2.log"), port);
     s.ready().await.expect("starts once the lock is gone");
@@ -295,7 +286,7 @@ async fn locked_database_at_start_up() {
 async fn locked_database_while_running() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("keyseat.db");
-    let port = free_port();
+    let port = common::free_port();
     let args = serve_args(&db, port);
     let mut s = spawn(&args[0], &args[1..], &dir.path().join("1.log"), port);
     s.ready().await.unwrap();
@@ -373,7 +364,7 @@ async fn read_only_file_system_at_start_up() {
     std::fs::create_dir(&data).unwrap();
     let db = data.join("keyseat.db");
     migrate(&db);
-    let port = free_port();
+    let port = common::free_port();
     let d = data.display();
     let script =
         format!("mount --bind '{d}' '{d}' && mount -o remount,bind,ro '{d}' && exec \"$@\"");
@@ -410,7 +401,7 @@ async fn read_only_file_system_at_start_up() {
 async fn files_turning_unwritable_while_running() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("keyseat.db");
-    let port = free_port();
+    let port = common::free_port();
     let args = serve_args(&db, port);
     let mut s = spawn(&args[0], &args[1..], &dir.path().join("1.log"), port);
     s.ready().await.unwrap();
@@ -481,7 +472,7 @@ async fn files_turning_unwritable_while_running() {
 /// `keyseat serve` in its own mount namespace on a tmpfs of `size` at
 /// `data`.
 fn serve_on_tmpfs(dir: &Path, data: &Path, size: &str, log: &str) -> (Server, u16) {
-    let port = free_port();
+    let port = common::free_port();
     let d = data.display();
     let script = format!("mount -t tmpfs -o size={size} tmpfs '{d}' && exec \"$@\"");
     let mut args = vec![

@@ -13,9 +13,11 @@
 //! readiness comes before the first 200 from `/health`, so the session must
 //! be gone once `first 200 + timeout` has passed.
 
+mod common;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
@@ -40,14 +42,6 @@ fn unix_ms() -> i64 {
         .as_millis() as i64
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
     let resp = req.send().await.expect("request");
     let status = resp.status().as_u16();
@@ -57,11 +51,8 @@ async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
 
 /// Starts `keyseat serve` on `db` and waits until `/health` answers 200.
 async fn serve(db: &Path, log: &Path) -> Proc {
-    let port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyseat"));
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("KEYSEAT_")) {
-        cmd.env_remove(k);
-    }
+    let port = common::free_port();
+    let mut cmd = common::keyseat_command();
     cmd.arg("serve")
         .arg("--database")
         .arg(db)

@@ -3,20 +3,13 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use common::TestServer;
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_keyseat");
-
 fn report(db: &std::path::Path, args: &[&str]) -> Output {
-    let mut cmd = Command::new(BIN);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("KEYSEAT_") {
-            cmd.env_remove(&name);
-        }
-    }
+    let mut cmd = common::keyseat_command();
     cmd.stdin(Stdio::null())
         .arg("--database")
         .arg(db)

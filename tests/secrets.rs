@@ -21,6 +21,8 @@
 //! database and the WAL contain the prefixes and a known label (the files
 //! were read and hold the data).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -28,7 +30,6 @@ use std::time::{Duration, Instant};
 use keyseat::keys::AccessKey;
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_keyseat");
 const ADMIN_TOKEN: &str = "secrets-test-admin-token-Zq8vN3xK0pLm";
 const LABEL: &str = "secrets-test-label";
 
@@ -36,12 +37,7 @@ const LABEL: &str = "secrets-test-label";
 /// most verbose log filter and rate limits off (this test sends many
 /// failures from one address on purpose).
 fn keyseat(db: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("KEYSEAT_") {
-            cmd.env_remove(&name);
-        }
-    }
+    let mut cmd = common::keyseat_command();
     cmd.env("KEYSEAT_LOG", "trace")
         .env("KEYSEAT_RATE_LIMITS", "off")
         .env("NO_COLOR", "1")

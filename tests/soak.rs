@@ -34,10 +34,12 @@
 //! at least two gaps between reader holds). A longer run:
 //! `KEYSEAT_SOAK_SECS=600 cargo test --test soak -- --nocapture`.
 
+mod common;
+
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -100,15 +102,8 @@ async fn wal_stays_bounded_under_load_with_long_readers() {
     let db = dir.path().join("keyseat.db");
     let log = dir.path().join("server.log");
     println!("soak: database {}", db.display());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyseat"));
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("KEYSEAT_")) {
-        cmd.env_remove(k);
-    }
+    let port = common::free_port();
+    let mut cmd = common::keyseat_command();
     let mut child = cmd
         .arg("serve")
         .arg("--database")

@@ -5,6 +5,34 @@
 
 pub mod fuzz;
 
+/// A command for `program` (the real binary, or a wrapper such as
+/// `unshare` around it) without the caller's `KEYSEAT_*` variables: a
+/// developer's own settings must not leak into a test.
+pub fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    let mut cmd = std::process::Command::new(program);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("KEYSEAT_") {
+            cmd.env_remove(&name);
+        }
+    }
+    cmd
+}
+
+/// The real `keyseat` binary, via [`clean_command`].
+pub fn keyseat_command() -> std::process::Command {
+    clean_command(env!("CARGO_BIN_EXE_keyseat"))
+}
+
+/// A port free on 127.0.0.1 right now, for a server that must be started
+/// on a known port (to restart it on the same one).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
