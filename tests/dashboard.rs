@@ -485,6 +485,15 @@ async fn search_keys_by_label_or_prefix() {
     assert!(r.body.contains("malformed parameter"), "{}", r.body);
     let r = b.get("/admin/keys?q=nothing-like-this").await;
     assert!(r.body.contains("No key matches"));
+    // By key id, with the counts of matches and of all keys.
+    let (_, sale) = s.create_key(serde_json::json!({"label": "50%_off"})).await;
+    let id = sale["key_id"].as_str().unwrap();
+    let r = b.get(&format!("/admin/keys?q={}", id.to_uppercase())).await;
+    assert!(r.body.contains("50%_off") && !r.body.contains("Globex"));
+    assert!(r.body.contains("1 of 3 key(s)"), "{}", r.body);
+    // Search text is literal, not a pattern.
+    let r = b.get("/admin/keys?q=%25_").await;
+    assert!(r.body.contains("50%_off") && !r.body.contains("Acme Ltd"));
 }
 
 #[tokio::test]

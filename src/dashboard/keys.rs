@@ -24,8 +24,6 @@ use crate::store::{blocking, log_session_end, KeyChange, KeyPatch, NewKey};
 
 /// Keys per page of the list.
 const PER_PAGE: usize = 50;
-/// Keys a search looks through at most.
-const SEARCH_LIMIT: usize = 100_000;
 
 /// Reads a form, turning a malformed one into a readable page.
 pub fn form<T>(f: std::result::Result<Form<T>, FormRejection>) -> std::result::Result<T, Failure> {
@@ -87,16 +85,6 @@ fn status_badge(k: &Key, now: Timestamp) -> Markup {
     html! { span class={ "badge " (s) } { (s) } }
 }
 
-fn matches(k: &Key, q: &str) -> bool {
-    let q = q.trim().to_lowercase();
-    let bare = q.strip_prefix("ks_").unwrap_or(&q);
-    k.label
-        .as_deref()
-        .is_some_and(|l| l.to_lowercase().contains(&q))
-        || k.prefix.to_lowercase()[3..].starts_with(bare)
-        || k.key_id.to_lowercase().starts_with(&q)
-}
-
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
     q: Option<String>,
@@ -124,29 +112,22 @@ pub async fn list(
             })
             .unwrap_or_default();
     let s2 = search.clone();
-    let (found, total) = blocking(move || {
-        let mut out = Vec::new();
-        let mut after: Option<String> = None;
-        let mut seen = 0;
-        loop {
-            let page = store.list_keys(1000, after.as_deref(), now)?;
-            seen += page.keys.len();
-            out.extend(
-                page.keys
-                    .into_iter()
-                    .filter(|k| s2.trim().is_empty() || matches(k, &s2)),
-            );
-            match page.next_after {
-                Some(next) if seen < SEARCH_LIMIT => after = Some(next),
-                _ => break,
-            }
+    let asked = q.page.unwrap_or(1).max(1);
+    let (found, page_no) = blocking(move || {
+        let offset = |page: usize| ((page - 1) * PER_PAGE) as u64;
+        let found = store.search_keys(&s2, PER_PAGE as u32, offset(asked), now)?;
+        // A page past the end (an old link) shows the last page instead.
+        let last = (found.matched as usize).div_ceil(PER_PAGE).max(1);
+        if asked > last {
+            let found = store.search_keys(&s2, PER_PAGE as u32, offset(last), now)?;
+            return Ok((found, last));
         }
-        Ok((out, seen))
+        Ok((found, asked))
     })
     .await?;
-    let pages = found.len().div_ceil(PER_PAGE).max(1);
-    let page_no = q.page.unwrap_or(1).clamp(1, pages);
-    let shown = found.iter().skip((page_no - 1) * PER_PAGE).take(PER_PAGE);
+    let pages = (found.matched as usize).div_ceil(PER_PAGE).max(1);
+    let (matched, total) = (found.matched, found.total);
+    let shown = found.keys.iter();
     let link = |p: usize| format!("/admin/keys?q={}&page={p}", enc(&search));
     let body = html! {
         div class="heading" {
@@ -162,10 +143,10 @@ pub async fn list(
             }
         }
         p class="muted" id="key-count" {
-            (found.len()) " of " (total) " key(s)"
+            (matched) " of " (total) " key(s)"
             @if pages > 1 { ", page " (page_no) " of " (pages) }
         }
-        @if found.is_empty() {
+        @if found.keys.is_empty() {
             p id="no-keys" {
                 @if search.trim().is_empty() { "No keys yet. " a href="/admin/keys/new" { "Create the first one." } }
                 @else { "No key matches this search." }

@@ -341,6 +341,16 @@ impl Storage for LiveStore {
         self.read(|tx| sqlite::list_keys_op(tx, limit, after, now))
     }
 
+    fn search_keys(
+        &self,
+        query: &str,
+        limit: u32,
+        offset: u64,
+        now: Timestamp,
+    ) -> Result<KeySearch> {
+        self.read(|tx| sqlite::search_keys_op(tx, query, limit, offset, now))
+    }
+
     fn get_key(&self, key_ref: &str, now: Timestamp) -> Result<Key> {
         self.read(|tx| sqlite::get_key_op(tx, key_ref, now))
     }

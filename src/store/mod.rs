@@ -127,6 +127,17 @@ pub struct KeyPage {
     pub next_after: Option<String>,
 }
 
+/// One page of a key search.
+#[derive(Debug, Clone)]
+pub struct KeySearch {
+    /// The matching keys of the page, in creation order.
+    pub keys: Vec<Key>,
+    /// Keys matching in all.
+    pub matched: u64,
+    /// Keys in all.
+    pub total: u64,
+}
+
 /// Which events to list.
 #[derive(Debug, Clone, Default)]
 pub struct EventFilter {
@@ -217,6 +228,17 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Keys in creation order, `limit` at a time, after the given key id.
     fn list_keys(&self, limit: u32, after: Option<&str>, now: Timestamp) -> Result<KeyPage>;
+
+    /// Keys whose label contains `query`, whose display prefix (with or
+    /// without `ks_`) or key id starts with it (case-insensitive; empty
+    /// matches all), `limit` from the `offset`-th match on.
+    fn search_keys(
+        &self,
+        query: &str,
+        limit: u32,
+        offset: u64,
+        now: Timestamp,
+    ) -> Result<KeySearch>;
 
     /// One key, by key id or display prefix (`ks_xxxxxxxx` or `xxxxxxxx`).
     fn get_key(&self, key_ref: &str, now: Timestamp) -> Result<Key>;

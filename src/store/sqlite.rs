@@ -1359,6 +1359,55 @@ pub(super) fn list_keys_op(
     Ok(KeyPage { keys, next_after })
 }
 
+pub(super) fn search_keys_op(
+    tx: &Tx<'_>,
+    query: &str,
+    limit: u32,
+    offset: u64,
+    now: Timestamp,
+) -> Result<KeySearch> {
+    let q = query.trim().to_lowercase();
+    let bare = q.strip_prefix("ks_").unwrap_or(&q).to_owned();
+    // substr/instr rather than LIKE: nothing in the query is a wildcard.
+    const MATCH: &str = "(:q = '' OR instr(lower(IFNULL(k.label, '')), :q) > 0 \
+         OR substr(lower(k.prefix), 4, length(:bare)) = :bare \
+         OR substr(lower(k.key_id), 1, length(:q)) = :q)";
+    let sql = format!(
+        "SELECT {} FROM keys k WHERE {MATCH} ORDER BY k.id LIMIT :limit OFFSET :offset",
+        key_columns()
+    );
+    let mut keys =
+        tx.c.prepare(&sql)?
+            .query_map(
+                named_params! {
+                    ":q": q, ":bare": bare, ":now": now.0,
+                    ":limit": i64::from(limit),
+                    ":offset": i64::try_from(offset).unwrap_or(i64::MAX),
+                },
+                key_from_row,
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+    let matched: i64 = tx.c.query_row(
+        &format!("SELECT COUNT(*) FROM keys k WHERE {MATCH}"),
+        named_params! {":q": q, ":bare": bare},
+        |r| r.get(0),
+    )?;
+    let total: i64 =
+        tx.c.query_row("SELECT COUNT(*) FROM keys", [], |r| r.get(0))?;
+    if tx.mem.is_some() {
+        for k in &mut keys {
+            if k.live_sessions > 0 {
+                *k = fresh_key(tx, &k.key_id, now)?;
+            }
+        }
+    }
+    Ok(KeySearch {
+        keys,
+        matched: u64::try_from(matched).unwrap_or(0),
+        total: u64::try_from(total).unwrap_or(0),
+    })
+}
+
 /// Keys per status for the metrics gauge; a key past its `expires_at`
 /// counts as `expired` whatever its stored status, except revoked.
 pub(super) fn keys_by_status_op(
@@ -1723,6 +1772,16 @@ impl Storage for SqliteStore {
 
     fn list_keys(&self, limit: u32, after: Option<&str>, now: Timestamp) -> Result<KeyPage> {
         self.read(|c| list_keys_op(&Tx::direct(c), limit, after, now))
+    }
+
+    fn search_keys(
+        &self,
+        query: &str,
+        limit: u32,
+        offset: u64,
+        now: Timestamp,
+    ) -> Result<KeySearch> {
+        self.read(|c| search_keys_op(&Tx::direct(c), query, limit, offset, now))
     }
 
     fn get_key(&self, key_ref: &str, now: Timestamp) -> Result<Key> {
