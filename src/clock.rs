@@ -7,6 +7,8 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -49,6 +51,18 @@ impl Timestamp {
         }
     }
 
+    /// The HTTP date form (RFC 9110's IMF-fixdate), e.g.
+    /// `Sun, 06 Nov 1994 08:49:37 GMT`.
+    pub fn to_http_date(self) -> String {
+        let format = time::macros::format_description!(
+            "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+        );
+        OffsetDateTime::from_unix_timestamp(self.0.div_euclid(1000))
+            .ok()
+            .and_then(|dt| dt.format(&format).ok())
+            .unwrap_or_default()
+    }
+
     /// Parses an RFC 3339 timestamp with any offset.
     pub fn parse_rfc3339(text: &str) -> Option<Timestamp> {
         let dt = OffsetDateTime::parse(text.trim(), &Rfc3339).ok()?;
@@ -69,30 +83,172 @@ impl serde::Serialize for Timestamp {
     }
 }
 
+/// A stretch of time in which the process made no progress: it was stopped
+/// (SIGSTOP, a debugger), its VM was paused or migrated, or the host starved
+/// it. To the sessions it is an outage, like a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    /// The last moment the process was seen making progress.
+    pub from: Timestamp,
+    /// When it was seen again.
+    pub to: Timestamp,
+}
+
+impl Gap {
+    /// Its length in milliseconds.
+    pub fn millis(self) -> i64 {
+        self.to.0 - self.from.0
+    }
+}
+
 /// Where the server reads the time. Implementations must be cheap: it is
 /// read on every request.
 pub trait Clock: Send + Sync + 'static {
     /// The current time.
     fn now(&self) -> Timestamp;
+
+    /// A gap in the process's progress seen since the last call, if any
+    /// (each gap is returned once). Clocks that only move when told to have
+    /// none.
+    fn take_gap(&self) -> Option<Gap> {
+        None
+    }
 }
 
-/// The wall clock.
+/// The server's clock: a timeline that measures durations with the
+/// monotonic clock and shows times close to the wall clock.
+///
+/// Why not the wall clock itself: a lease is a duration (the timeout since
+/// the last heartbeat), and the wall clock can be stepped by NTP or an
+/// operator at any moment. Stepped forward, every lease would end at once;
+/// stepped back, time would stand still (it must never run backwards for
+/// the liveness rules) and dead sessions would hold their seats. So the
+/// timeline starts at the wall clock's time when the process starts and
+/// then advances with the monotonic clock; when the wall clock is stepped,
+/// the timeline drifts towards it by at most [`SLEW_PER_MILLE`] per mille
+/// of elapsed time (a 30 s step is absorbed in 100 minutes) and never
+/// jumps, so a lease measured on it is within 0.5% of its length.
+///
+/// It also watches the process's own progress: a thread notes the
+/// monotonic time every [`PROGRESS_TICK`]; when the clock is read or the
+/// thread runs again more than [`GAP_THRESHOLD`] after the last note, the
+/// process was frozen, and [`Clock::take_gap`] reports it once.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;
 
-/// The latest time the system clock has shown this process.
-static LATEST: AtomicI64 = AtomicI64::new(i64::MIN);
+/// How far (per mille of elapsed time) the timeline may drift towards a
+/// stepped wall clock.
+pub const SLEW_PER_MILLE: i64 = 5;
+/// How often the progress thread notes that the process is running.
+pub const PROGRESS_TICK: Duration = Duration::from_millis(100);
+/// A pause in progress longer than this is a gap (an outage).
+pub const GAP_THRESHOLD: Duration = Duration::from_millis(1500);
+
+struct Timeline {
+    /// Monotonic origin of the process.
+    origin: Instant,
+    /// Microseconds since `origin` at the last reading.
+    last_mono: i64,
+    /// The timeline's value then, in microseconds since the epoch.
+    last_time: i64,
+}
+
+struct Progress {
+    /// Microseconds since the timeline's origin at the last note.
+    last_note: i64,
+    /// A gap seen and not yet taken.
+    pending: Option<Gap>,
+}
+
+fn wall_micros() -> i64 {
+    let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos();
+    i64::try_from(nanos / 1_000).unwrap_or(i64::MAX)
+}
+
+fn timeline() -> MutexGuard<'static, Timeline> {
+    static TIMELINE: OnceLock<Mutex<Timeline>> = OnceLock::new();
+    TIMELINE
+        .get_or_init(|| {
+            Mutex::new(Timeline {
+                origin: Instant::now(),
+                last_mono: 0,
+                last_time: wall_micros(),
+            })
+        })
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// Reads the timeline: (microseconds since the process origin, the
+/// timeline's time in microseconds since the epoch).
+fn read_timeline() -> (i64, i64) {
+    let mut t = timeline();
+    let mono = i64::try_from(t.origin.elapsed().as_micros()).unwrap_or(i64::MAX);
+    let time = advance(t.last_time, mono - t.last_mono, wall_micros());
+    t.last_mono = mono;
+    t.last_time = time;
+    (mono, time)
+}
+
+/// The timeline's next value: `elapsed` monotonic microseconds after
+/// `last`, drawn towards the wall clock's `wall` by at most
+/// [`SLEW_PER_MILLE`] of `elapsed`. Never earlier than `last`.
+fn advance(last: i64, elapsed: i64, wall: i64) -> i64 {
+    let elapsed = elapsed.max(0);
+    let drift = wall.saturating_sub(last.saturating_add(elapsed));
+    let bound = elapsed.saturating_mul(SLEW_PER_MILLE) / 1000;
+    last.saturating_add(elapsed)
+        .saturating_add(drift.clamp(-bound, bound))
+}
+
+fn progress() -> MutexGuard<'static, Progress> {
+    static PROGRESS: OnceLock<Mutex<Progress>> = OnceLock::new();
+    PROGRESS
+        .get_or_init(|| {
+            let (mono, _) = read_timeline();
+            let started = std::thread::Builder::new()
+                .name("keyseat-progress".into())
+                .spawn(|| loop {
+                    std::thread::sleep(PROGRESS_TICK);
+                    drop(note_progress());
+                });
+            if let Err(e) = started {
+                tracing::warn!(error = %e, "cannot start the progress thread; pauses of the process go unnoticed");
+            }
+            Mutex::new(Progress {
+                last_note: mono,
+                pending: None,
+            })
+        })
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// Notes that the process is making progress; records a gap when the last
+/// note is too long ago. Returns the progress state, locked.
+fn note_progress() -> MutexGuard<'static, Progress> {
+    let mut p = progress();
+    let (mono, time) = read_timeline();
+    let paused = mono - p.last_note;
+    let threshold = i64::try_from(GAP_THRESHOLD.as_micros()).unwrap_or(i64::MAX);
+    if paused > threshold {
+        let to = Timestamp(time / 1000);
+        let from = Timestamp((time - paused) / 1000);
+        // Two gaps not yet taken are one outage from the first's start.
+        let from = p.pending.map_or(from, |g| g.from.min(from));
+        p.pending = Some(Gap { from, to });
+    }
+    p.last_note = p.last_note.max(mono);
+    p
+}
 
 impl Clock for SystemClock {
-    /// Wall-clock time that never goes backwards within the process: the
-    /// liveness rules rely on a heartbeat never seeing an earlier time than
-    /// a decision made before it, so an NTP step back holds time still
-    /// until the wall clock catches up.
     fn now(&self) -> Timestamp {
-        let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos();
-        let wall = i64::try_from(nanos / 1_000_000).unwrap_or(i64::MAX);
-        let previous = LATEST.fetch_max(wall, Ordering::SeqCst);
-        Timestamp(previous.max(wall))
+        Timestamp(read_timeline().1 / 1000)
+    }
+
+    fn take_gap(&self) -> Option<Gap> {
+        note_progress().pending.take()
     }
 }
 
@@ -156,6 +312,57 @@ mod tests {
             Some(Timestamp(0))
         );
         assert_eq!(Timestamp::parse_rfc3339("yesterday"), None);
+    }
+
+    /// A lease is a duration: a wall clock stepped forward or back moves
+    /// the timeline by at most half a per cent of the time that passed.
+    #[test]
+    fn the_timeline_follows_the_monotonic_clock_through_wall_clock_steps() {
+        let start = 1_796_000_000_000_000;
+        // In step with the wall clock: exact.
+        assert_eq!(
+            advance(start, 1_000_000, start + 1_000_000),
+            start + 1_000_000
+        );
+        // Wall clock stepped 30 s ahead: one second later the timeline is
+        // one second and 5 ms on, not 31 s.
+        assert_eq!(
+            advance(start, 1_000_000, start + 31_000_000),
+            start + 1_005_000
+        );
+        // Stepped 60 s back: time still moves forward, 995 ms a second.
+        assert_eq!(
+            advance(start, 1_000_000, start - 59_000_000),
+            start + 995_000
+        );
+        // Small drifts are absorbed at once when within the bound.
+        assert_eq!(
+            advance(start, 1_000_000, start + 1_002_000),
+            start + 1_002_000
+        );
+        // A monotonic reading that did not move keeps the time.
+        assert_eq!(advance(start, 0, start + 60_000_000), start);
+        assert_eq!(advance(start, -5, start), start);
+    }
+
+    #[test]
+    fn the_system_clock_never_runs_backwards() {
+        let a = SystemClock.now();
+        let b = SystemClock.now();
+        assert!(b >= a);
+        let wall = OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+        assert!(
+            (i128::from(b.0) - wall).abs() < 5_000,
+            "close to the wall clock"
+        );
+    }
+
+    #[test]
+    fn formats_the_http_date() {
+        assert_eq!(
+            Timestamp(784_111_777_000).to_http_date(),
+            "Sun, 06 Nov 1994 08:49:37 GMT"
+        );
     }
 
     #[test]

@@ -79,6 +79,7 @@ pub struct Metrics {
     sweep_runs: Counter,
     sweep_duration: Histogram,
     sweep_expired: Counter,
+    outages: Counter,
     write_batch: Histogram,
     commit_duration: Histogram,
 }
@@ -104,6 +105,7 @@ impl Metrics {
             sweep_runs: Counter::default(),
             sweep_duration: latency_histogram(),
             sweep_expired: Counter::default(),
+            outages: Counter::default(),
             write_batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             commit_duration: latency_histogram(),
             registry: Registry::default(),
@@ -176,6 +178,11 @@ impl Metrics {
             m.sweep_expired.clone(),
         );
         registry.register(
+            "keyseat_outages",
+            "Gaps in the server's own progress (process stopped or paused) treated as outages",
+            m.outages.clone(),
+        );
+        registry.register(
             "keyseat_db_write_batch_size",
             "Changes committed together by the database writer (group commit)",
             m.write_batch.clone(),
@@ -245,6 +252,11 @@ impl Metrics {
         self.sweep_runs.inc();
         self.sweep_duration.observe(took.as_secs_f64());
         self.sweep_expired.inc_by(expired as u64);
+    }
+
+    /// The server noticed a gap in its own progress.
+    pub fn outage_noticed(&self) {
+        self.outages.inc();
     }
 
     /// The writer committed a batch of `size` changes.

@@ -3,7 +3,7 @@
 //! loads the inputs and applies the decision inside one transaction, so the
 //! decision is made on a consistent view and applied atomically.
 
-use crate::clock::Timestamp;
+use crate::clock::{Gap, Timestamp};
 use crate::error::{Error, Result};
 use crate::model::{ConflictPolicy, EndReason, Key, KeyStatus, Session};
 
@@ -181,6 +181,19 @@ pub fn excess_after_limit_change(open: &[Session], new_limit: u32, now: Timestam
 /// that is later. A restart or outage never ends a session by itself.
 pub fn lease_after_restart(current: Timestamp, ready_at: Timestamp, timing: Timing) -> Timestamp {
     current.max(timing.lease_until(ready_at))
+}
+
+/// After a gap in the server's own progress (the process was stopped, its
+/// VM paused, the host starved it), the lease a session gets. A gap is an
+/// outage without a restart, so the restart rule applies from the gap's
+/// end: a session live when the gap began gets a full timeout from its
+/// end; one whose lease had already run out stays dead.
+pub fn lease_after_gap(lease: Timestamp, gap: Gap, timing: Timing) -> Timestamp {
+    if lease > gap.from {
+        lease.max(timing.lease_until(gap.to))
+    } else {
+        lease
+    }
 }
 
 #[cfg(test)]
@@ -431,5 +444,29 @@ mod tests {
         );
         let far = ready.plus_secs(1000);
         assert_eq!(lease_after_restart(far, ready, t), far);
+    }
+
+    #[test]
+    fn a_freeze_is_an_outage_sessions_live_before_it_get_a_full_timeout_after_it() {
+        let timing = Timing {
+            heartbeat_interval_secs: 1,
+            session_timeout_secs: 3,
+        };
+        let gap = Gap {
+            from: T0,
+            to: T0.plus_secs(6),
+        };
+        // Live at the start of the freeze (1 s left): 3 s from its end.
+        assert_eq!(
+            lease_after_gap(T0.plus_secs(1), gap, timing),
+            T0.plus_secs(9)
+        );
+        // Its lease ended exactly when the freeze began: dead, stays dead.
+        assert_eq!(lease_after_gap(T0, gap, timing), T0);
+        // A lease longer than the rule's (a just-resumed restart) is kept.
+        assert_eq!(
+            lease_after_gap(T0.plus_secs(20), gap, timing),
+            T0.plus_secs(20)
+        );
     }
 }

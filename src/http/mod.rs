@@ -170,7 +170,28 @@ pub fn app(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(axum::middleware::from_fn(metrics::observe))
         .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            date_header,
+        ))
         .with_state(state)
+}
+
+/// Sets `Date` from the server's clock, the one its answers' times come
+/// from. (hyper's own reads the wall clock and stands still for as long as
+/// the wall clock was set back.)
+async fn date_header(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response<axum::body::Body> {
+    let mut response = next.run(request).await;
+    if let Ok(value) = axum::http::HeaderValue::from_str(&state.now().to_http_date()) {
+        response
+            .headers_mut()
+            .insert(axum::http::header::DATE, value);
+    }
+    response
 }
 
 async fn not_found(OriginalUri(uri): OriginalUri) -> Error {

@@ -19,6 +19,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::file_guard::FileGuard;
 use super::memory::{key_tag, Answer, Change, Memory};
 use super::sqlite::{self, Durability, Tx};
 use super::writer::Writer;
@@ -59,6 +60,8 @@ pub struct LiveStore {
     /// When heartbeat times were last written (server clock: the lease
     /// arithmetic that the flush keeps true is in server time).
     last_flush: Mutex<Timestamp>,
+    /// Whether the database file is still the one opened.
+    guard: Arc<FileGuard>,
 }
 
 impl LiveStore {
@@ -79,9 +82,11 @@ impl LiveStore {
             mem.reserve(sqlite::count_open(c)?);
             sqlite::load_open_sessions(c, |id, mut session| {
                 // Every session live at the stop gets one full timeout from
-                // readiness; the disk lease carries slack and is not used.
-                session.expires_at =
-                    floor.max(opts.timing.lease_until(Timestamp(session.last_heartbeat)).0);
+                // readiness, and no more: the disk lease carries slack, and
+                // a heartbeat time "in the future" (the wall clock was set
+                // back between two runs) must not hold a seat longer.
+                session.expires_at = floor;
+                session.last_heartbeat = session.last_heartbeat.min(ready_at.0);
                 mem.insert(&id, session);
             })
         })?;
@@ -100,7 +105,9 @@ impl LiveStore {
         // Checkpoints run on the maintenance tick, never inline in a commit.
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
         let version: i64 = conn.query_row("PRAGMA data_version", [], |r| r.get(0))?;
-        let writer = Writer::start(conn)?;
+        let guard = Arc::new(FileGuard::new(db.path())?);
+        let check = guard.clone();
+        let writer = Writer::start(conn, Box::new(move || check.check()))?;
         Ok((
             LiveStore {
                 db,
@@ -111,6 +118,7 @@ impl LiveStore {
                 data_version: Arc::new(AtomicI64::new(version)),
                 last_event: Arc::new(AtomicI64::new(last_event)),
                 last_flush: Mutex::new(ready_at),
+                guard,
             },
             report,
         ))
@@ -120,6 +128,47 @@ impl LiveStore {
         self.opts.persist_secs
     }
 
+    /// Before any decision: refuses when the database file was replaced,
+    /// and treats a gap in the server's own progress as an outage.
+    fn prepare(&self) -> Result<()> {
+        self.guard.ensure_intact()?;
+        if let Some(gap) = self.clock.take_gap() {
+            self.outage(gap)?;
+        }
+        Ok(())
+    }
+
+    /// The process was frozen (stopped, paused, starved) from `gap.from` to
+    /// `gap.to`. The contract says an outage never ends a session by itself,
+    /// and a restart gives every session live at the stop a full timeout
+    /// from readiness; a freeze is the same outage without the restart, so
+    /// it gets the same rule: sessions live at the gap's start get a full
+    /// timeout from its end, in memory and on disk (the lease floor).
+    fn outage(&self, gap: crate::clock::Gap) -> Result<()> {
+        let timing = self.opts.timing;
+        let held = self
+            .mem
+            .relet(|lease| crate::rules::lease_after_gap(lease, gap, timing));
+        let floor = timing.lease_until(gap.to);
+        tracing::warn!(
+            paused_ms = gap.millis(),
+            sessions = held,
+            "the server made no progress for {:.1} s (the process was stopped or paused, or \
+             the host starved it); treated as an outage: every session live before it has a \
+             full timeout from now",
+            gap.millis() as f64 / 1000.0
+        );
+        crate::metrics::global().outage_noticed();
+        let mem = self.mem.clone();
+        let (slack, timeout) = (self.slack(), timing.session_timeout_secs);
+        self.writer.run(move |c| {
+            let mut tx = Tx::with_memory(c, &mem, slack, timeout);
+            sqlite::raise_lease_floor_op(&mut tx, floor)?;
+            let after: Box<dyn FnOnce() + Send> = Box::new(|| {});
+            Ok(((), after))
+        })
+    }
+
     /// Runs `f` in the writer's next batch; memory changes apply after
     /// the commit, before the answer.
     fn write<T, F>(&self, f: F) -> Result<T>
@@ -127,6 +176,7 @@ impl LiveStore {
         T: Send + 'static,
         F: FnOnce(&mut Tx<'_>) -> Result<T> + Send + 'static,
     {
+        self.prepare()?;
         let mem = self.mem.clone();
         let slack = self.slack();
         let timeout = self.opts.timing.session_timeout_secs;
@@ -140,6 +190,7 @@ impl LiveStore {
     }
 
     fn read<T>(&self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
+        self.prepare()?;
         self.db.read(|c| {
             f(&Tx::with_memory(
                 c,
@@ -263,6 +314,7 @@ impl LiveStore {
 
 impl Storage for LiveStore {
     fn check_health(&self) -> Result<()> {
+        self.guard.check()?;
         self.db.check_health()
     }
 
@@ -277,6 +329,9 @@ impl Storage for LiveStore {
     }
 
     fn heartbeat_fast(&self, key: &AccessKey, session_id: &str) -> Option<Result<Beat>> {
+        if let Err(e) = self.prepare() {
+            return Some(Err(e));
+        }
         let timeout = self.opts.timing.session_timeout_secs;
         match self.mem.heartbeat(
             session_id,
@@ -405,6 +460,7 @@ impl Storage for LiveStore {
     }
 
     fn sweep(&self, now: Timestamp, history_days: u32, mark_alive: bool) -> Result<SweepReport> {
+        self.prepare()?;
         let mut report = SweepReport::default();
         loop {
             let due = self.mem.due(now, EXPIRE_BATCH);
@@ -441,6 +497,8 @@ impl Storage for LiveStore {
     }
 
     fn maintain(&self) -> Result<()> {
+        self.guard.check()?;
+        self.prepare()?;
         self.reconcile()?;
         let due = {
             let mut last = self.last_flush.lock().unwrap_or_else(|p| p.into_inner());

@@ -156,6 +156,22 @@ impl Memory {
         }
     }
 
+    /// Sets every held session's lease to `rule(lease)` (after a gap in
+    /// the server's progress, [`crate::rules::lease_after_gap`]). Returns
+    /// how many leases changed.
+    pub fn relet(&self, rule: impl Fn(Timestamp) -> Timestamp) -> usize {
+        let mut t = self.table();
+        let mut n = 0;
+        for s in t.sessions.values_mut() {
+            let lease = rule(Timestamp(s.expires_at)).0;
+            if lease != s.expires_at {
+                s.expires_at = lease;
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Adds (or replaces) a live session.
     pub fn insert(&self, id: &str, session: LiveSession) {
         let mut t = self.table();
@@ -412,6 +428,31 @@ mod tests {
             Answer::Ask,
             "dead at the lease end"
         );
+    }
+
+    /// A frozen server: the sessions live when it froze get a full timeout
+    /// from the end of the freeze; a session already dead stays dead.
+    #[test]
+    fn after_a_gap_sessions_live_at_its_start_get_a_full_timeout() {
+        let m = Memory::default();
+        m.insert("alive", live(1, 10_000, 13_000));
+        m.insert("dead", live(1, 5_000, 8_000));
+        let gap = crate::clock::Gap {
+            from: Timestamp(11_000),
+            to: Timestamp(17_000),
+        };
+        let timing = crate::rules::Timing {
+            heartbeat_interval_secs: 1,
+            session_timeout_secs: 3,
+        };
+        let rule = |lease| crate::rules::lease_after_gap(lease, gap, timing);
+        assert_eq!(m.relet(rule), 1);
+        let clock = ManualClock::new(Timestamp(19_999));
+        assert_eq!(
+            beat(m.heartbeat("alive", 1, &clock, 3)).expires_at,
+            Timestamp(22_999)
+        );
+        assert_eq!(m.heartbeat("dead", 1, &clock, 3), Answer::Ask);
     }
 
     #[test]

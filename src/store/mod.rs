@@ -7,6 +7,7 @@
 //! [`crate::rules`] what to do, and applies the answer in one transaction.
 //! All methods are blocking; async callers go through [`blocking`].
 
+mod file_guard;
 mod live;
 mod memory;
 mod sqlite;

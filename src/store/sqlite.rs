@@ -1650,8 +1650,17 @@ pub(super) fn resume_op(
         |r| r.get(0),
     )?;
     let floor = rules::lease_after_restart(Timestamp(i64::MIN), ready_at, timing);
-    let old_floor = tx.server_state(LEASE_FLOOR)?.unwrap_or(i64::MIN);
-    tx.set_server_state(LEASE_FLOOR, floor.0.max(old_floor))?;
+    // Not the later of this floor and the last run's: a floor (or a lease,
+    // or a heartbeat) later than this one was written while the wall clock
+    // was ahead of today's, and must not hold a seat past one timeout from
+    // readiness.
+    tx.set_server_state(LEASE_FLOOR, floor.0)?;
+    tx.c.execute(
+        "UPDATE sessions SET expires_at = MIN(expires_at, ?1), \
+                             last_heartbeat = MIN(last_heartbeat, ?2) \
+         WHERE ended_at IS NULL AND (expires_at > ?1 OR last_heartbeat > ?2)",
+        params![floor.0, ready_at.0],
+    )?;
     // Twice the persistence interval: a flush that fails or runs late
     // must not make the disk's lease fall behind the true one.
     let span = Timestamp(0)
@@ -1678,6 +1687,13 @@ pub(super) fn flush_op(tx: &mut Tx<'_>, beats: &[(String, i64)]) -> Result<usize
         n += stmt.execute(params![id, at])?;
     }
     Ok(n)
+}
+
+/// After a gap in the server's progress: every open session's lease on
+/// disk ends no earlier than `floor` (memory holds the exact leases).
+pub(super) fn raise_lease_floor_op(tx: &mut Tx<'_>, floor: Timestamp) -> Result<()> {
+    let old = tx.server_state(LEASE_FLOOR)?.unwrap_or(i64::MIN);
+    tx.set_server_state(LEASE_FLOOR, floor.0.max(old))
 }
 
 pub(super) fn mark_alive_op(tx: &Tx<'_>, now: Timestamp) -> Result<()> {

@@ -31,6 +31,10 @@ pub struct Done {
 
 type Job = Box<dyn FnOnce(&Connection) -> Done + Send>;
 
+/// Asked before each commit whether committing is still safe (the
+/// database file is still the one opened); an error fails the batch.
+pub type PreCommit = Box<dyn Fn() -> Result<()> + Send>;
+
 /// Work for the writer's connection outside any transaction, run after
 /// the batch it was queued behind (checkpoints).
 type Between = Box<dyn FnOnce(&Connection) + Send>;
@@ -47,12 +51,13 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the thread on its own connection.
-    pub fn start(conn: Connection) -> Result<Writer> {
+    /// Starts the thread on its own connection; `pre_commit` is asked
+    /// before every commit.
+    pub fn start(conn: Connection, pre_commit: PreCommit) -> Result<Writer> {
         let (tx, rx) = mpsc::sync_channel::<Msg>(QUEUE);
         let thread = std::thread::Builder::new()
             .name("keyseat-writer".into())
-            .spawn(move || run(conn, rx))
+            .spawn(move || run(conn, rx, pre_commit))
             .map_err(|e| Error::Internal(format!("cannot start the writer thread: {e}")))?;
         Ok(Writer {
             tx: Some(tx),
@@ -151,7 +156,7 @@ where
     (job, reply_rx)
 }
 
-fn run(conn: Connection, rx: Receiver<Msg>) {
+fn run(conn: Connection, rx: Receiver<Msg>, pre_commit: PreCommit) {
     while let Ok(first) = rx.recv() {
         let mut batch = Vec::new();
         let mut between = None;
@@ -167,7 +172,7 @@ fn run(conn: Connection, rx: Receiver<Msg>) {
             }
         }
         if !batch.is_empty() {
-            commit_batch(&conn, batch);
+            commit_batch(&conn, batch, &pre_commit);
         }
         if let Some(work) = between {
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&conn))).is_err() {
@@ -177,7 +182,7 @@ fn run(conn: Connection, rx: Receiver<Msg>) {
     }
 }
 
-fn commit_batch(conn: &Connection, batch: Vec<Job>) {
+fn commit_batch(conn: &Connection, batch: Vec<Job>, pre_commit: &PreCommit) {
     tracing::trace!(jobs = batch.len(), "write batch");
     if let Err(e) = exec_cached(conn, "BEGIN IMMEDIATE") {
         let msg = e.to_string();
@@ -229,6 +234,8 @@ fn commit_batch(conn: &Connection, batch: Vec<Job>) {
     let committing = std::time::Instant::now();
     let outcome = if rolled_back {
         Err("SQLite rolled the transaction back (disk full or I/O error)".to_owned())
+    } else if let Err(e) = pre_commit() {
+        Err(e.to_string())
     } else {
         exec_cached(conn, "COMMIT").map_err(|e| e.to_string())
     };
@@ -276,6 +283,25 @@ mod tests {
         }
     }
 
+    fn always() -> PreCommit {
+        Box::new(|| Ok(()))
+    }
+
+    /// The database file was replaced: the batch is rolled back and every
+    /// job in it is answered as not saved.
+    #[test]
+    fn a_failed_pre_commit_check_saves_nothing() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (x INTEGER)").unwrap();
+        let (one, one_rx) = job(insert(1));
+        let refuse: PreCommit = Box::new(|| Err(Error::Unavailable("file replaced".into())));
+        commit_batch(&conn, vec![one], &refuse);
+        let err = one_rx.recv().unwrap().unwrap_err().to_string();
+        assert!(err.contains("file replaced"), "{err}");
+        assert_eq!(rows(&conn), Vec::<i64>::new());
+        assert!(conn.is_autocommit());
+    }
+
     fn rows(c: &Connection) -> Vec<i64> {
         let mut q = c.prepare("SELECT x FROM t ORDER BY x").unwrap();
         let v = q.query_map([], |r| r.get(0)).unwrap();
@@ -299,7 +325,7 @@ mod tests {
             Err(Error::Unavailable("database or disk is full".into()))
         });
         let (after, after_rx) = job(insert(3));
-        commit_batch(&conn, vec![first, failing, after]);
+        commit_batch(&conn, vec![first, failing, after], &always());
         assert!(first_rx.recv().unwrap().is_err(), "job 1 was rolled back");
         assert!(failing_rx.recv().unwrap().is_err());
         assert!(
@@ -311,7 +337,7 @@ mod tests {
 
         // The writer carries on with the next batch.
         let (next, next_rx) = job(insert(4));
-        commit_batch(&conn, vec![next]);
+        commit_batch(&conn, vec![next], &always());
         assert!(next_rx.recv().unwrap().is_ok());
         assert_eq!(rows(&conn), vec![4]);
     }

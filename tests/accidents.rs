@@ -1,0 +1,517 @@
+//! The lease holds through ordinary operational accidents, against the real
+//! binary: the process frozen with SIGSTOP, the wall clock stepped under it
+//! (libfaketime, with the monotonic clock left real), and the database file
+//! deleted or replaced while it serves.
+//!
+//! Timing: heartbeat 1 s, timeout 3 s, as a device would see it. The faketime
+//! tests need Debian's `faketime` package (`.ci/run` installs it); without
+//! its library they print why and pass.
+
+mod common;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const ADMIN_TOKEN: &str = "accidents-admin-token-0123456789";
+const TIMEOUT_SECS: u64 = 3;
+
+/// Where Debian's `faketime` package puts its library.
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+struct Proc {
+    child: Child,
+    url: String,
+    log: PathBuf,
+    client: reqwest::Client,
+}
+
+/// How to run the server: plain, or under libfaketime with its offset read
+/// from a file the test rewrites.
+#[derive(Clone, Copy)]
+enum Wall<'a> {
+    Real,
+    Faked(&'a Path),
+}
+
+async fn serve(db: &Path, log: &Path, wall: Wall<'_>) -> Proc {
+    let port = common::free_port();
+    let mut cmd = common::keyseat_command();
+    cmd.arg("serve")
+        .arg("--database")
+        .arg(db)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .env("KEYSEAT_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("KEYSEAT_RATE_LIMITS", "off")
+        .env("KEYSEAT_HEARTBEAT_INTERVAL_SECONDS", "1")
+        .env("KEYSEAT_SESSION_TIMEOUT_SECONDS", TIMEOUT_SECS.to_string())
+        .env("KEYSEAT_SWEEP_INTERVAL_SECONDS", "1")
+        .env("KEYSEAT_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(log).unwrap());
+    if let Wall::Faked(offset_file) = wall {
+        cmd.env("LD_PRELOAD", LIBFAKETIME)
+            .env("FAKETIME_TIMESTAMP_FILE", offset_file)
+            .env("FAKETIME_NO_CACHE", "1")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    }
+    let mut child = cmd.spawn().expect("spawn keyseat serve");
+    let url = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "server exited ({status}):\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "server never became ready");
+        if let Ok(resp) = client.get(format!("{url}/health")).send().await {
+            if resp.status() == 200 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Proc {
+        child,
+        url,
+        log: log.to_owned(),
+        client,
+    }
+}
+
+async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+impl Proc {
+    fn signal(&self, name: &str) {
+        let ok = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{name} failed");
+    }
+
+    /// SIGTERM and wait for the clean stop.
+    fn stop(&mut self) {
+        self.signal("TERM");
+        self.child.wait().unwrap();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        send(self.client.post(format!("{}{path}", self.url)).json(&body)).await
+    }
+
+    async fn create_key(&self, body: Value) -> String {
+        let (status, key) = send(
+            self.client
+                .post(format!("{}/api/admin/keys", self.url))
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&body),
+        )
+        .await;
+        assert_eq!(status, 201, "{key}");
+        key["access_key"].as_str().unwrap().to_owned()
+    }
+
+    async fn start(&self, key: &str, device: &str) -> (u16, Value) {
+        self.post(
+            "/api/session/start",
+            json!({"access_key": key, "device": {"name": device}}),
+        )
+        .await
+    }
+
+    async fn started(&self, key: &str, device: &str) -> String {
+        let (status, body) = self.start(key, device).await;
+        assert_eq!(status, 200, "{body}");
+        body["session_id"].as_str().unwrap().to_owned()
+    }
+
+    async fn heartbeat(&self, key: &str, id: &str) -> (u16, Value) {
+        self.post(
+            "/api/session/heartbeat",
+            json!({"access_key": key, "session_id": id}),
+        )
+        .await
+    }
+
+    async fn live_ids(&self, key: &str) -> Vec<String> {
+        let (status, body) = self
+            .post("/api/session/status", json!({"access_key": key}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["session_id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    async fn events(&self, kind: &str) -> Vec<Value> {
+        let (status, body) = send(
+            self.client
+                .get(format!(
+                    "{}/api/admin/events?type={kind}&limit=1000",
+                    self.url
+                ))
+                .bearer_auth(ADMIN_TOKEN),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        body["events"].as_array().unwrap().clone()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A device heartbeating every `every` until stopped; records every answer
+/// that was not 200.
+struct Device {
+    stop: Arc<AtomicBool>,
+    failures: Arc<Mutex<Vec<(u16, Value)>>>,
+    beats: Arc<Mutex<u32>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Device {
+    fn heartbeat_every(proc: &Proc, key: &str, id: &str, every: Duration) -> Device {
+        let stop = Arc::new(AtomicBool::new(false));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let beats = Arc::new(Mutex::new(0));
+        let (url, key, id) = (proc.url.clone(), key.to_owned(), id.to_owned());
+        let (s, f, b) = (stop.clone(), failures.clone(), beats.clone());
+        let task = tokio::spawn(async move {
+            // Its own client, with a long timeout: a request queued while
+            // the server is frozen is answered when it continues.
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap();
+            while !s.load(Ordering::SeqCst) {
+                let answer = send(
+                    client
+                        .post(format!("{url}/api/session/heartbeat"))
+                        .json(&json!({"access_key": key, "session_id": id})),
+                )
+                .await;
+                if answer.0 == 200 {
+                    *b.lock().unwrap() += 1;
+                } else {
+                    f.lock().unwrap().push(answer);
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+        Device {
+            stop,
+            failures,
+            beats,
+            task,
+        }
+    }
+
+    /// Stops it; returns (heartbeats answered 200, answers that were not).
+    async fn finish(self) -> (u32, Vec<(u16, Value)>) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.unwrap();
+        let beats = *self.beats.lock().unwrap();
+        let failures = self.failures.lock().unwrap().clone();
+        (beats, failures)
+    }
+}
+
+fn expired_ids(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| e["session_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// 1. A frozen server
+
+/// A stopped process is an outage, not a reason to end sessions: the device
+/// that kept heartbeating keeps its seat, and a session live when the
+/// process froze gets a full timeout from the moment it continues.
+#[tokio::test]
+async fn a_frozen_server_treats_the_freeze_as_an_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(
+        &dir.path().join("k.db"),
+        &dir.path().join("log"),
+        Wall::Real,
+    )
+    .await;
+    let key = server.create_key(json!({"max_sessions": 2})).await;
+    let busy = server.started(&key, "busy").await;
+    let quiet = server.started(&key, "quiet").await;
+    let device = Device::heartbeat_every(&server, &key, &busy, Duration::from_millis(500));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    server.signal("STOP");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    server.signal("CONT");
+    let continued = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (beats, failures) = device.finish().await;
+
+    assert!(
+        failures.is_empty(),
+        "heartbeats refused after the freeze: {failures:?}"
+    );
+    assert!(beats >= 4, "only {beats} heartbeats answered");
+    // The quiet session had under 2 s left when the process froze; it is
+    // live for a full timeout after the freeze ...
+    if continued.elapsed() < Duration::from_millis(2500) {
+        assert!(
+            server.live_ids(&key).await.contains(&quiet),
+            "a session live before the freeze lost its seat right after it"
+        );
+    }
+    let expired = expired_ids(&server.events("session_expired").await);
+    assert!(
+        !expired.contains(&busy),
+        "the heartbeating device was recorded as expired"
+    );
+    // ... and then dies as usual, once: an outage does not keep it forever.
+    tokio::time::sleep(Duration::from_millis(TIMEOUT_SECS * 1000 + 1500)).await;
+    assert!(!server.live_ids(&key).await.contains(&quiet));
+    let log = server.log();
+    assert!(
+        log.contains("made no progress"),
+        "the freeze was not logged:\n{log}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 2. The wall clock stepped under the server
+
+fn faketime_available() -> bool {
+    if Path::new(LIBFAKETIME).exists() {
+        true
+    } else {
+        eprintln!(
+            "skipping: {LIBFAKETIME} not found (Debian's faketime package; .ci/run installs it)"
+        );
+        false
+    }
+}
+
+fn set_offset(file: &Path, secs: i64) {
+    std::fs::write(file, format!("{secs:+}\n")).unwrap();
+}
+
+/// What the server's clock says: the `server_time`-free way is the Date
+/// header (seconds) of a `/health` answer.
+async fn server_date(proc: &Proc) -> String {
+    let resp = proc
+        .client
+        .get(format!("{}/health", proc.url))
+        .send()
+        .await
+        .unwrap();
+    resp.headers()["date"].to_str().unwrap().to_owned()
+}
+
+/// A wall clock stepped 30 s ahead does not end the lease of a device
+/// heartbeating every half second.
+#[tokio::test]
+async fn a_wall_clock_stepped_forward_ends_no_lease() {
+    if !faketime_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let offset = dir.path().join("offset");
+    set_offset(&offset, 0);
+    let server = serve(
+        &dir.path().join("k.db"),
+        &dir.path().join("log"),
+        Wall::Faked(&offset),
+    )
+    .await;
+    let key = server.create_key(json!({})).await;
+    let id = server.started(&key, "laptop").await;
+    let device = Device::heartbeat_every(&server, &key, &id, Duration::from_millis(500));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    set_offset(&offset, 30);
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let (beats, failures) = device.finish().await;
+    assert!(failures.is_empty(), "refused after the step: {failures:?}");
+    assert!(beats >= 6, "only {beats} heartbeats answered");
+    assert_eq!(server.live_ids(&key).await, vec![id]);
+}
+
+/// A wall clock stepped 60 s back neither stops the server's clock nor lets
+/// a ghost (a device that stopped heartbeating) hold a reject key's only
+/// seat past its timeout.
+#[tokio::test]
+async fn a_wall_clock_stepped_back_keeps_time_moving_and_ghosts_die_on_time() {
+    if !faketime_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let offset = dir.path().join("offset");
+    set_offset(&offset, 0);
+    let server = serve(
+        &dir.path().join("k.db"),
+        &dir.path().join("log"),
+        Wall::Faked(&offset),
+    )
+    .await;
+    let key = server.create_key(json!({"on_conflict": "reject"})).await;
+    server.started(&key, "ghost").await;
+    let ghost_seen = Instant::now();
+    set_offset(&offset, -60);
+    let before = server_date(&server).await;
+    // Refused while the ghost is live, then admitted within its timeout.
+    let admitted = loop {
+        let (status, body) = server.start(&key, "newcomer").await;
+        if status == 200 {
+            break ghost_seen.elapsed();
+        }
+        assert_eq!(status, 409, "{body}");
+        assert!(
+            ghost_seen.elapsed() < Duration::from_secs(TIMEOUT_SECS + 2),
+            "the ghost still holds the seat after {:?}",
+            ghost_seen.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(admitted >= Duration::from_millis(TIMEOUT_SECS * 1000 - 300));
+    let after = server_date(&server).await;
+    assert_ne!(before, after, "the server's clock stood still");
+}
+
+/// A lease persisted while the wall clock was ahead ("in the future" after
+/// the clock is set back and the server restarted) holds no seat past one
+/// timeout from readiness.
+#[tokio::test]
+async fn a_lease_from_a_clock_that_was_ahead_holds_one_timeout_after_restart() {
+    if !faketime_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (db, offset) = (dir.path().join("k.db"), dir.path().join("offset"));
+    set_offset(&offset, 60);
+    let mut server = serve(&db, &dir.path().join("log"), Wall::Faked(&offset)).await;
+    let key = server.create_key(json!({"on_conflict": "reject"})).await;
+    server.started(&key, "ghost").await;
+    server.stop();
+
+    set_offset(&offset, 0);
+    let spawned = Instant::now();
+    let server = serve(&db, &dir.path().join("log2"), Wall::Faked(&offset)).await;
+    loop {
+        let (status, body) = server.start(&key, "newcomer").await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 409, "{body}");
+        assert!(
+            spawned.elapsed() < Duration::from_secs(TIMEOUT_SECS + 3),
+            "the ghost's future lease still holds the seat after {:?}",
+            spawned.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 3. The database file deleted or replaced under the server
+
+fn side(db: &Path, suffix: &str) -> PathBuf {
+    PathBuf::from(format!("{}{suffix}", db.display()))
+}
+
+/// Writes are refused (503) once the file is gone, `/health` says the
+/// database is in error, the log says what happened, and no fresh database
+/// appears at the old path.
+async fn deleted_files_stop_every_acknowledgement(suffixes: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("k.db");
+    let server = serve(&db, &dir.path().join("log"), Wall::Real).await;
+    let key = server.create_key(json!({"max_sessions": 5})).await;
+    let id = server.started(&key, "laptop").await;
+    for s in suffixes {
+        std::fs::remove_file(side(&db, s)).unwrap();
+    }
+    // A write right away is refused: the check runs before every commit.
+    let (status, body) = server.start(&key, "second").await;
+    assert_eq!(
+        status, 503,
+        "start acknowledged after the file was deleted: {body}"
+    );
+    assert_eq!(body["error"]["code"], "unavailable");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("deleted"), "{message}");
+    let (status, _) = server.heartbeat(&key, &id).await;
+    assert_eq!(
+        status, 503,
+        "heartbeat acknowledged after the file was deleted"
+    );
+    let (status, body) = send(server.client.get(format!("{}/health", server.url))).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["database"], "error");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let log = server.log();
+    assert!(
+        log.contains("was deleted while the server was running"),
+        "{log}"
+    );
+    if suffixes.contains(&"") {
+        assert!(!db.exists(), "a fresh database was created at the old path");
+    }
+}
+
+#[tokio::test]
+async fn deleting_the_database_under_the_server_stops_acknowledging_writes() {
+    deleted_files_stop_every_acknowledgement(&["", "-wal", "-shm"]).await;
+}
+
+#[tokio::test]
+async fn deleting_the_wal_under_the_server_stops_acknowledging_writes() {
+    deleted_files_stop_every_acknowledgement(&["-wal", "-shm"]).await;
+}
+
+#[tokio::test]
+async fn a_replaced_database_is_noticed_within_a_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("k.db");
+    let server = serve(&db, &dir.path().join("log"), Wall::Real).await;
+    server.create_key(json!({})).await;
+    let copy = dir.path().join("copy.db");
+    std::fs::copy(&db, &copy).unwrap();
+    std::fs::rename(&copy, &db).unwrap();
+    // No request: the upkeep tick notices by itself.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (status, body) = send(server.client.get(format!("{}/health", server.url))).await;
+    assert_eq!(status, 503, "{body}");
+    let log = server.log();
+    assert!(log.contains("was replaced by another file"), "{log}");
+}
