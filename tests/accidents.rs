@@ -5,7 +5,8 @@
 //!
 //! Timing: heartbeat 1 s, timeout 3 s, as a device would see it. The faketime
 //! tests need Debian's `faketime` package (`.ci/run` installs it); without
-//! its library they print why and pass.
+//! its library they print why and pass, unless `KEYSEAT_REQUIRE_FAKETIME` is
+//! set (as in CI), when they fail.
 
 mod common;
 
@@ -315,6 +316,8 @@ async fn a_frozen_server_treats_the_freeze_as_an_outage() {
 fn faketime_available() -> bool {
     if Path::new(LIBFAKETIME).exists() {
         true
+    } else if std::env::var_os("KEYSEAT_REQUIRE_FAKETIME").is_some() {
+        panic!("{LIBFAKETIME} not found and KEYSEAT_REQUIRE_FAKETIME is set: install faketime");
     } else {
         eprintln!(
             "skipping: {LIBFAKETIME} not found (Debian's faketime package; .ci/run installs it)"
