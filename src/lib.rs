@@ -18,7 +18,8 @@
 //!
 //! Around them: [`keys`] (the access key format), [`model`] (domain types),
 //! [`config`] (defaults, file, env, flags), [`sweep`] (the periodic
-//! stale-session sweep), [`server`] (start/stop, the seam tests use),
+//! stale-session sweep), [`server`] (start/stop, the seam tests use;
+//! [`instance_lock`] keeps it to one server per database file),
 //! [`cli`] (the `keyseat` command), [`ratelimit`] and [`input`]
 //! (validation shared by HTTP and CLI).
 
@@ -31,6 +32,7 @@ pub mod dashboard;
 pub mod error;
 pub mod http;
 pub mod input;
+pub mod instance_lock;
 pub mod keys;
 pub mod metrics;
 pub mod model;

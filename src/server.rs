@@ -21,6 +21,7 @@ use crate::clock::Clock;
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::http::{app, listener, AppState};
+use crate::instance_lock::InstanceLock;
 use crate::store::{blocking, LiveOptions, LiveStore, Storage};
 use crate::sweep;
 
@@ -37,6 +38,9 @@ pub struct Server {
     metrics_http: Option<JoinHandle<()>>,
     sweep: JoinHandle<()>,
     upkeep: JoinHandle<()>,
+    /// One server per database file; released when the server is dropped
+    /// (after its stop) or the process dies.
+    _lock: InstanceLock,
 }
 
 /// How often the store's upkeep runs: a CLI change reaches the running
@@ -67,6 +71,9 @@ impl Server {
         let addr = listener
             .local_addr()
             .map_err(|e| Error::Internal(format!("listener has no address: {e}")))?;
+        // Before anything touches the database: a second server on the
+        // same file is refused here.
+        let lock = InstanceLock::acquire(&settings.database, addr)?;
         let state = AppState::new(&settings, clock.clone());
         let (stop, stop_rx) = watch::channel(false);
 
@@ -168,6 +175,7 @@ impl Server {
             metrics_http,
             sweep,
             upkeep,
+            _lock: lock,
         })
     }
 

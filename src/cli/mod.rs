@@ -287,10 +287,23 @@ fn serve(settings: Settings) -> Result<()> {
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(settings.listen)
             .await
-            .map_err(|e| Error::Config(format!("cannot listen on {}: {e}", settings.listen)))?;
+            .map_err(|e| Error::Config(listen_failure(settings.listen, &e)))?;
         let server = Server::start(settings, listener, Arc::new(SystemClock)).await?;
         server.run_until(shutdown_signal()).await
     })
+}
+
+/// Why `serve` cannot listen, with the likely cause when the address is
+/// taken.
+fn listen_failure(addr: std::net::SocketAddr, e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        format!(
+            "cannot listen on {addr}: the address is in use; is another keyseat running? \
+             use --listen to pick another address"
+        )
+    } else {
+        format!("cannot listen on {addr}: {e}")
+    }
 }
 
 fn migrate(settings: &Settings, json: bool) -> Result<()> {

@@ -1,0 +1,130 @@
+//! One `keyseat serve` per SQLite database file.
+//!
+//! Two servers on one file each keep their own in-memory view of the live
+//! sessions, so each decides seats without seeing the other's heartbeats
+//! (and they spend their time reconciling each other's writes). A second
+//! server must refuse to start. The guard is an exclusive `flock` on a file
+//! beside the database (`<database>.lock`), which the operating system
+//! releases when the holder exits in any way, SIGKILL included: a crash can
+//! never leave a stale lock behind. The file itself stays (removing it
+//! would race with the next server taking it) and holds the holder's pid
+//! and address, so the refusal can say which server holds the database.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{flock, FlockOperation};
+
+use crate::error::{Error, Result};
+
+/// The lock, held for as long as this value lives.
+#[derive(Debug)]
+pub struct InstanceLock {
+    _file: File,
+}
+
+/// Where the lock for the database at `database` lives.
+pub fn lock_path(database: &Path) -> PathBuf {
+    let mut p = database.as_os_str().to_owned();
+    p.push(".lock");
+    PathBuf::from(p)
+}
+
+impl InstanceLock {
+    /// Takes the lock for `database`, recording this process and `addr`;
+    /// fails with a one-line explanation when another server holds it.
+    pub fn acquire(database: &Path, addr: SocketAddr) -> Result<InstanceLock> {
+        let path = lock_path(database);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| {
+                Error::Database(format!(
+                    "cannot create the lock file {}: {e} (check that its directory exists and is \
+                     writable)",
+                    path.display()
+                ))
+            })?;
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                return Err(Error::Config(refusal(database, &holder)));
+            }
+            Err(e) => {
+                return Err(Error::Database(format!(
+                    "cannot lock {}: {e}",
+                    path.display()
+                )))
+            }
+        }
+        // Ours now: say who holds it.
+        let record = format!("pid {} address http://{addr}\n", std::process::id());
+        let written = file
+            .set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| file.write_all(record.as_bytes()));
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "cannot record this server in {}", path.display());
+        }
+        Ok(InstanceLock { _file: file })
+    }
+}
+
+/// The refusal of a second server: which file, who holds it, what to do.
+fn refusal(database: &Path, holder: &str) -> String {
+    let holder = holder.trim();
+    let who = if holder.is_empty() {
+        "another keyseat server".to_owned()
+    } else {
+        format!("another keyseat server ({holder})")
+    };
+    format!(
+        "{who} is already serving the database {}; run one `keyseat serve` per database file \
+         (several servers on one database need PostgreSQL)",
+        database.display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr() -> SocketAddr {
+        "127.0.0.1:8080".parse().unwrap()
+    }
+
+    #[test]
+    fn a_second_holder_is_refused_until_the_first_lets_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("k.db");
+        let first = InstanceLock::acquire(&db, addr()).unwrap();
+        let err = InstanceLock::acquire(&db, addr()).unwrap_err();
+        assert!(matches!(err, Error::Config(_)), "{err:?}");
+        let message = err.to_string();
+        assert!(
+            message.contains(&format!("pid {}", std::process::id())),
+            "{message}"
+        );
+        assert!(message.contains("http://127.0.0.1:8080"), "{message}");
+        assert!(message.contains("k.db"), "{message}");
+        assert!(message.contains("PostgreSQL"), "{message}");
+        drop(first);
+        InstanceLock::acquire(&db, addr()).expect("free again once dropped");
+    }
+
+    #[test]
+    fn a_lock_file_that_cannot_be_created_says_where() {
+        let err = InstanceLock::acquire(Path::new("/nonexistent-dir/k.db"), addr()).unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent-dir/k.db.lock"),
+            "{err}"
+        );
+    }
+}
