@@ -7,8 +7,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
-
 pub use crate::proxy::TrustedProxies;
 
 use crate::rules::Timing;
@@ -142,45 +140,104 @@ pub struct Overrides {
     pub values: BTreeMap<&'static str, String>,
 }
 
-/// The config file's shape: every setting optional, unknown keys refused.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileSettings {
-    listen: Option<String>,
-    database: Option<PathBuf>,
-    admin_token: Option<String>,
-    heartbeat_interval_seconds: Option<u64>,
-    session_timeout_seconds: Option<u64>,
-    sweep_interval_seconds: Option<u64>,
-    history_days: Option<u32>,
-    rate_limits: Option<String>,
-    failed_key_lookups_per_minute: Option<u32>,
-    admin_auth_failures_per_minute: Option<u32>,
-    log: Option<String>,
-    heartbeat_persist_seconds: Option<u64>,
-    synchronous: Option<String>,
-    starts_per_key_per_minute: Option<u32>,
-    trusted_proxies: Option<StringOrList>,
-    max_connections: Option<usize>,
-    max_pending_writes: Option<usize>,
-    client_timeout_seconds: Option<u64>,
-    metrics: Option<String>,
+/// What a setting's value is written as in the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileKind {
+    /// A TOML string.
+    Text,
+    /// A TOML integer.
+    Number,
+    /// A TOML array of strings, or one comma-separated string.
+    List,
 }
 
-/// A list setting written either as a TOML array or a comma-separated string.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum StringOrList {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl StringOrList {
-    fn joined(self) -> String {
-        match self {
-            StringOrList::One(s) => s,
-            StringOrList::Many(v) => v.join(","),
+impl FileKind {
+    fn of(setting: &str) -> FileKind {
+        match setting {
+            "heartbeat_interval_seconds"
+            | "session_timeout_seconds"
+            | "sweep_interval_seconds"
+            | "history_days"
+            | "failed_key_lookups_per_minute"
+            | "admin_auth_failures_per_minute"
+            | "heartbeat_persist_seconds"
+            | "starts_per_key_per_minute"
+            | "max_connections"
+            | "max_pending_writes"
+            | "client_timeout_seconds" => FileKind::Number,
+            "trusted_proxies" => FileKind::List,
+            _ => FileKind::Text,
         }
+    }
+
+    /// How to write such a value, for the error when it was written
+    /// otherwise.
+    fn example(self, setting: &str) -> String {
+        match self {
+            FileKind::Number => format!("a whole number without quotes, e.g. {setting} = 30"),
+            FileKind::Text => format!("a string in quotes, e.g. {setting} = \"...\""),
+            FileKind::List => format!("a list of strings, e.g. {setting} = [\"10.0.0.1\"]"),
+        }
+    }
+}
+
+/// The TOML type of a value, as the error names it.
+fn toml_type(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(v) => format!("the string {v:?}"),
+        toml::Value::Integer(v) => format!("the number {v}"),
+        toml::Value::Float(v) => format!("the number {v}"),
+        toml::Value::Boolean(v) => format!("{v}"),
+        toml::Value::Datetime(v) => format!("the date {v}"),
+        toml::Value::Array(_) => "a list".into(),
+        toml::Value::Table(_) => "a table".into(),
+    }
+}
+
+/// The closest setting name to a mistyped one, if any is close.
+fn nearest_setting(name: &str) -> Option<&'static str> {
+    SETTING_NAMES
+        .iter()
+        .map(|candidate| (strsim::jaro_winkler(name, candidate), *candidate))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, candidate)| candidate)
+}
+
+/// A setting name that is not one, with the nearest one suggested.
+fn unknown_setting(name: &str, from: &str) -> ConfigError {
+    let hint = match nearest_setting(name) {
+        Some(near) => format!("did you mean `{near}`?"),
+        None => format!("valid settings: {}", SETTING_NAMES.join(", ")),
+    };
+    ConfigError(format!("{from}: unknown setting `{name}`; {hint}"))
+}
+
+/// A config file value as the text every source gives: the same parser
+/// and checks then apply to a file, the environment and flags.
+fn file_value_as_text(name: &str, value: toml::Value, from: &str) -> Result<String, ConfigError> {
+    let kind = FileKind::of(name);
+    let wrong = |value: &toml::Value| {
+        ConfigError(format!(
+            "{from}: {name} must be {}, not {}",
+            kind.example(name),
+            toml_type(value)
+        ))
+    };
+    match (kind, value) {
+        (FileKind::Number, toml::Value::Integer(v)) => Ok(v.to_string()),
+        (FileKind::Text | FileKind::List, toml::Value::String(v)) => Ok(v),
+        (FileKind::List, toml::Value::Array(items)) => {
+            let mut texts = Vec::with_capacity(items.len());
+            for item in items {
+                match item {
+                    toml::Value::String(v) => texts.push(v),
+                    other => return Err(wrong(&other)),
+                }
+            }
+            Ok(texts.join(","))
+        }
+        (_, other) => Err(wrong(&other)),
     }
 }
 
@@ -283,69 +340,18 @@ fn apply_file(s: &mut Settings, path: &Path) -> Result<(), ConfigError> {
     let shown = path.display();
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError(format!("cannot read config file {shown}: {e}")))?;
-    let file: FileSettings = toml::from_str(&text).map_err(|e| {
-        let msg = e.message().replace('\n', " ");
-        ConfigError(format!("config file {shown}: {msg}"))
-    })?;
     let from = format!("config file {shown}");
-    let mut set = |name: &str, v: Option<String>| -> Result<(), ConfigError> {
-        match v {
-            Some(v) => apply_text(s, name, &v, &from),
-            None => Ok(()),
-        }
-    };
-    set("listen", file.listen)?;
-    set("database", file.database.map(|p| p.display().to_string()))?;
-    set("admin_token", file.admin_token)?;
-    set(
-        "heartbeat_interval_seconds",
-        file.heartbeat_interval_seconds.map(|v| v.to_string()),
-    )?;
-    set(
-        "session_timeout_seconds",
-        file.session_timeout_seconds.map(|v| v.to_string()),
-    )?;
-    set(
-        "sweep_interval_seconds",
-        file.sweep_interval_seconds.map(|v| v.to_string()),
-    )?;
-    set("history_days", file.history_days.map(|v| v.to_string()))?;
-    set("rate_limits", file.rate_limits)?;
-    set(
-        "failed_key_lookups_per_minute",
-        file.failed_key_lookups_per_minute.map(|v| v.to_string()),
-    )?;
-    set(
-        "admin_auth_failures_per_minute",
-        file.admin_auth_failures_per_minute.map(|v| v.to_string()),
-    )?;
-    set("log", file.log)?;
-    set(
-        "heartbeat_persist_seconds",
-        file.heartbeat_persist_seconds.map(|v| v.to_string()),
-    )?;
-    set("synchronous", file.synchronous)?;
-    set(
-        "starts_per_key_per_minute",
-        file.starts_per_key_per_minute.map(|v| v.to_string()),
-    )?;
-    set(
-        "trusted_proxies",
-        file.trusted_proxies.map(StringOrList::joined),
-    )?;
-    set(
-        "max_connections",
-        file.max_connections.map(|v| v.to_string()),
-    )?;
-    set(
-        "max_pending_writes",
-        file.max_pending_writes.map(|v| v.to_string()),
-    )?;
-    set(
-        "client_timeout_seconds",
-        file.client_timeout_seconds.map(|v| v.to_string()),
-    )?;
-    set("metrics", file.metrics)?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let msg = e.message().replace('\n', " ");
+        ConfigError(format!("{from}: {msg}"))
+    })?;
+    for (name, value) in table {
+        let Some(name) = SETTING_NAMES.iter().find(|n| **n == name) else {
+            return Err(unknown_setting(&name, &from));
+        };
+        let text = file_value_as_text(name, value, &from)?;
+        apply_text(s, name, &text, &from)?;
+    }
     Ok(())
 }
 
@@ -625,8 +631,51 @@ mod tests {
             ..Default::default()
         };
         let err = load_env(&[], &o).unwrap_err();
-        assert!(err.0.contains("sesion_timeout_seconds"), "{err}");
+        assert!(
+            err.0.contains("unknown setting `sesion_timeout_seconds`"),
+            "{err}"
+        );
+        assert!(
+            err.0.contains("did you mean `session_timeout_seconds`?"),
+            "{err}"
+        );
         assert!(!err.0.contains('\n'));
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_the_setting_and_the_fix() {
+        let cases = [
+            (
+                "heartbeat_interval_seconds = \"30\"",
+                "heartbeat_interval_seconds must be a whole number without quotes, e.g. \
+                 heartbeat_interval_seconds = 30, not the string \"30\"",
+            ),
+            (
+                "listen = 8080",
+                "listen must be a string in quotes, e.g. listen = \"...\", not the number 8080",
+            ),
+            (
+                "trusted_proxies = [1]",
+                "trusted_proxies must be a list of strings",
+            ),
+            ("history_days = -1", "history_days = `-1`"),
+            (
+                "zzz = 1",
+                "unknown setting `zzz`; valid settings: listen, database",
+            ),
+            ("listen = ", "config file"),
+        ];
+        for (line, expected) in cases {
+            let mut file = tempfile::NamedTempFile::new().unwrap();
+            writeln!(file, "{line}").unwrap();
+            let o = Overrides {
+                config: Some(file.path().to_owned()),
+                ..Default::default()
+            };
+            let err = load_env(&[], &o).unwrap_err();
+            assert!(err.0.contains(expected), "{line}: {err}");
+            assert!(!err.0.contains('\n'), "one line: {err}");
+        }
     }
 
     #[test]
@@ -673,32 +722,15 @@ mod tests {
             })
             .collect::<Vec<_>>()
             .join("\n");
-        let file: FileSettings = toml::from_str(&uncommented).unwrap();
-        let d = Settings::default();
-        assert_eq!(file.listen.as_deref(), Some("127.0.0.1:8080"));
-        assert_eq!(
-            file.heartbeat_interval_seconds,
-            Some(d.heartbeat_interval_seconds)
-        );
-        assert_eq!(
-            file.session_timeout_seconds,
-            Some(d.session_timeout_seconds)
-        );
-        assert_eq!(file.sweep_interval_seconds, Some(d.sweep_interval_seconds));
-        assert_eq!(file.history_days, Some(d.history_days));
-        assert_eq!(
-            file.failed_key_lookups_per_minute,
-            Some(d.failed_key_lookups_per_minute)
-        );
-        assert_eq!(
-            file.starts_per_key_per_minute,
-            Some(d.starts_per_key_per_minute)
-        );
-        assert_eq!(file.max_connections, Some(d.max_connections));
-        assert_eq!(file.max_pending_writes, Some(d.max_pending_writes));
-        assert_eq!(file.client_timeout_seconds, Some(d.client_timeout_seconds));
-        assert_eq!(file.metrics.as_deref(), Some("on"));
-        assert!(matches!(file.trusted_proxies, Some(StringOrList::Many(v)) if v.is_empty()));
+        // Every setting, uncommented, loads and gives the defaults.
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "{uncommented}").unwrap();
+        let o = Overrides {
+            config: Some(file.path().to_owned()),
+            ..Default::default()
+        };
+        let (loaded, _) = load_env(&[], &o).unwrap();
+        assert_eq!(format!("{loaded:?}"), format!("{:?}", Settings::default()));
     }
 
     #[test]
