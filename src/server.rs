@@ -37,6 +37,9 @@ pub struct Server {
     metrics_http: Option<JoinHandle<()>>,
     sweep: JoinHandle<()>,
     upkeep: JoinHandle<()>,
+    /// The CLI's way in (see [`crate::control`]).
+    #[cfg(unix)]
+    control: Option<crate::control::ControlSocket>,
 }
 
 /// How often the store's upkeep runs: a CLI change reaches the running
@@ -146,6 +149,14 @@ impl Server {
             settings.history_days,
             stop_rx.clone(),
         ));
+        #[cfg(unix)]
+        let control = crate::control::ControlSocket::start(
+            &settings.database,
+            store.clone(),
+            clock.clone(),
+            stop_rx.clone(),
+        )
+        .await;
         let upkeep = tokio::spawn(maintain(store.clone(), stop_rx));
 
         tracing::info!(
@@ -168,6 +179,8 @@ impl Server {
             metrics_http,
             sweep,
             upkeep,
+            #[cfg(unix)]
+            control,
         })
     }
 
@@ -208,6 +221,10 @@ impl Server {
         }
         let _ = self.sweep.await;
         let _ = self.upkeep.await;
+        #[cfg(unix)]
+        if let Some(control) = self.control {
+            control.stopped().await;
+        }
         let store = self.store;
         let now = self.clock.now();
         blocking(move || store.mark_stopped(now)).await?;
