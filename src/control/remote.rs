@@ -50,9 +50,16 @@ impl RemoteStore {
         let stream = match UnixStream::connect(&path) {
             Ok(s) => s,
             Err(e) => {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::debug!(socket = %path.display(), error = %e,
-                        "no server answers on the control socket; using the file");
+                use std::io::ErrorKind::{ConnectionRefused, NotFound};
+                match e.kind() {
+                    // No server, or the stale socket of one that crashed.
+                    NotFound | ConnectionRefused => {}
+                    // Something else (permissions, a path too long for a
+                    // socket): the operator should know the file is used.
+                    _ => tracing::warn!(
+                        "cannot reach a server on {} ({e}); working on the database file directly",
+                        path.display()
+                    ),
                 }
                 return None;
             }
