@@ -299,7 +299,20 @@ fn a_dead_session_is_not_listed_and_a_live_one_shows_its_last_heartbeat() {
         "last heartbeat {last} is the live one, not the start {started}"
     );
     let shown = ok_json(&server.cli(&["keys", "show", &key_id, "--json"]));
-    assert_eq!(session_ids(&shown["sessions"]), vec![beating], "{shown}");
+    assert_eq!(
+        session_ids(&shown["sessions"]),
+        vec![beating.clone()],
+        "{shown}"
+    );
+    // The same server is found through another name of the file.
+    let link = server.db.with_file_name("another-name.db");
+    std::os::unix::fs::symlink(&server.db, &link).unwrap();
+    let live = ok_json(&cli(&link, &["sessions", "list", "--json"]));
+    assert_eq!(
+        session_ids(&live),
+        vec![beating],
+        "through a symlink: {live}"
+    );
     stop.store(true, Ordering::SeqCst);
 }
 

@@ -9,7 +9,8 @@
 //! store through it: the CLI and the admin API make the same choices
 //! because they run the same code on the same live view.
 //!
-//! - **Finding the server**: the CLI connects to `<database>.sock`. No
+//! - **Finding the server**: the CLI connects to `<database>.sock` (the
+//!   database's real path, symlinks resolved). No
 //!   socket, or one nobody answers on (left by a crash), means no server:
 //!   the CLI works on the file as before.
 //! - **Who may use it**: the socket is created with mode 0600 (bound inside
@@ -40,10 +41,12 @@ use crate::store::{EventFilter, KeyPatch, NewKey};
 /// Longest call line the server reads (calls are a few hundred bytes).
 const MAX_CALL_BYTES: u64 = 64 * 1024;
 
-/// The socket of the server holding `database`: the database's path with
-/// `.sock` appended.
+/// The socket of the server holding `database`: the database file's real
+/// path (symlinks and relative paths resolved, so that every way of naming
+/// the file finds the same socket) with `.sock` appended.
 pub fn socket_path(database: &Path) -> PathBuf {
-    let mut p = database.as_os_str().to_owned();
+    let real = std::fs::canonicalize(database).unwrap_or_else(|_| database.to_owned());
+    let mut p = real.into_os_string();
     p.push(".sock");
     PathBuf::from(p)
 }
