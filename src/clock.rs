@@ -83,6 +83,18 @@ impl serde::Serialize for Timestamp {
     }
 }
 
+/// The way back from the serialised form (RFC 3339, milliseconds kept), or
+/// plain milliseconds since the epoch: for the CLI's calls to the running
+/// server, which carry timestamps.
+impl<'de> serde::Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Timestamp::parse_rfc3339(&text)
+            .or_else(|| text.parse().ok().map(Timestamp))
+            .ok_or_else(|| serde::de::Error::custom(format!("not a timestamp: {text}")))
+    }
+}
+
 /// A stretch of time in which the process made no progress: it was stopped
 /// (SIGSTOP, a debugger), its VM was paused or migrated, or the host starved
 /// it. To the sessions it is an outage, like a restart.

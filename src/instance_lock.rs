@@ -25,9 +25,26 @@ pub struct InstanceLock {
     _file: File,
 }
 
+/// The database's real path (symbolic links and `..` resolved, also for a
+/// file not yet created), so that two names for one file share one lock
+/// and one control socket.
+pub fn real_path(database: &Path) -> PathBuf {
+    if let Ok(real) = std::fs::canonicalize(database) {
+        return real;
+    }
+    let parent = match database.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match (std::fs::canonicalize(parent), database.file_name()) {
+        (Ok(dir), Some(name)) => dir.join(name),
+        _ => database.to_owned(),
+    }
+}
+
 /// Where the lock for the database at `database` lives.
 pub fn lock_path(database: &Path) -> PathBuf {
-    let mut p = database.as_os_str().to_owned();
+    let mut p = real_path(database).into_os_string();
     p.push(".lock");
     PathBuf::from(p)
 }
@@ -117,6 +134,19 @@ mod tests {
         assert!(message.contains("PostgreSQL"), "{message}");
         drop(first);
         InstanceLock::acquire(&db, addr()).expect("free again once dropped");
+    }
+
+    #[test]
+    fn two_names_for_one_file_share_one_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("k.db");
+        let link = dir.path().join("link.db");
+        std::fs::write(&db, b"").unwrap();
+        std::os::unix::fs::symlink(&db, &link).unwrap();
+        let _first = InstanceLock::acquire(&db, addr()).unwrap();
+        assert!(InstanceLock::acquire(&link, addr()).is_err());
+        let dotted = dir.path().join(".").join("k.db");
+        assert!(InstanceLock::acquire(&dotted, addr()).is_err());
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+#[cfg(unix)]
+pub mod control;
 pub mod dashboard;
 pub mod error;
 pub mod http;

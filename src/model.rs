@@ -2,13 +2,13 @@
 //! rest of the crate and the wire contract see them. Storage maps rows into
 //! these; the HTTP and CLI layers render them.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::clock::Timestamp;
 
 /// What happens when a key's seats are all taken and another device starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ConflictPolicy {
     /// The new device wins; the live session with the oldest heartbeat ends.
@@ -37,7 +37,7 @@ impl ConflictPolicy {
 }
 
 /// An access key's administrative state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyStatus {
     /// Usable.
@@ -70,7 +70,7 @@ impl KeyStatus {
 }
 
 /// Why a session is no longer live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EndReason {
     /// The client ended it.
@@ -107,7 +107,7 @@ impl EndReason {
 }
 
 /// An access key as admins see it (never with its secret).
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Key {
     /// Public name, `key_…`.
     #[schema(example = "key_Rqy55lb8QkfTg3hO")]
@@ -145,7 +145,7 @@ impl Key {
 }
 
 /// A session row, live or ended.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Session {
     /// Client-chosen or server-generated id, unique across all keys.
     pub session_id: String,
@@ -184,7 +184,7 @@ impl Session {
 }
 
 /// The kinds of audit event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EventType {
     /// A key was created.
@@ -253,7 +253,7 @@ impl EventType {
 }
 
 /// One audit log entry.
-#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Event {
     /// Increasing id; newest first in listings.
     pub id: i64,

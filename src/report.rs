@@ -14,14 +14,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::model::EventType;
 
 /// A device as sessions describe it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Device {
     /// Self-reported stable fingerprint.
     pub fingerprint: Option<String>,
@@ -50,7 +50,7 @@ impl Device {
 }
 
 /// The key a row belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyInfo {
     /// `key_…`.
     pub key_id: String,
@@ -63,7 +63,7 @@ pub struct KeyInfo {
 }
 
 /// Sessions of one device on one key within the window.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceUse {
     /// The key.
     pub key_id: String,
@@ -74,7 +74,7 @@ pub struct DeviceUse {
 }
 
 /// One device taking a seat from another (a `superseded` session).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Takeover {
     /// The key.
     pub key_id: String,
@@ -88,7 +88,7 @@ pub struct Takeover {
 
 /// What the store reads for the sharing report (sessions active in the
 /// window, and the takeovers in it).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SharingInput {
     /// Keys that appear in the rows below.
     pub keys: Vec<KeyInfo>,

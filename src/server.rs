@@ -41,6 +41,9 @@ pub struct Server {
     /// One server per database file; released when the server is dropped
     /// (after its stop) or the process dies.
     _lock: InstanceLock,
+    /// The CLI's way in (see [`crate::control`]).
+    #[cfg(unix)]
+    control: Option<crate::control::ControlSocket>,
 }
 
 /// How often the store's upkeep runs: a CLI change reaches the running
@@ -153,6 +156,14 @@ impl Server {
             settings.history_days,
             stop_rx.clone(),
         ));
+        #[cfg(unix)]
+        let control = crate::control::ControlSocket::start(
+            &settings.database,
+            store.clone(),
+            clock.clone(),
+            stop_rx.clone(),
+        )
+        .await;
         let upkeep = tokio::spawn(maintain(store.clone(), stop_rx));
 
         tracing::info!(
@@ -176,6 +187,8 @@ impl Server {
             sweep,
             upkeep,
             _lock: lock,
+            #[cfg(unix)]
+            control,
         })
     }
 
@@ -216,6 +229,10 @@ impl Server {
         }
         let _ = self.sweep.await;
         let _ = self.upkeep.await;
+        #[cfg(unix)]
+        if let Some(control) = self.control {
+            control.stopped().await;
+        }
         let store = self.store;
         let now = self.clock.now();
         blocking(move || store.mark_stopped(now)).await?;

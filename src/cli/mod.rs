@@ -1,7 +1,10 @@
 //! The command line: `serve`, `migrate`, `sweep`, `keys …`, `sessions …`,
-//! `events`. Commands other than `serve` work directly on the database file
-//! (safe while the server runs: SQLite's locking and `busy_timeout`
-//! serialise the writers) and print a human table, or JSON with `--json`.
+//! `events`. While a server holds the database, `sweep`, `keys`,
+//! `sessions`, `events` and `report` run on that server's live store
+//! through its control socket ([`crate::control`]), so they see live
+//! heartbeats and make the admin API's choices; with no server they work
+//! directly on the database file. They print a human table, or JSON with
+//! `--json`.
 //!
 //! Exit codes: 0 success, 1 the command failed (one line on stderr), 2 bad
 //! usage or an invalid setting.
@@ -321,7 +324,7 @@ fn migrate(settings: &Settings, json: bool) -> Result<()> {
 }
 
 fn sweep(settings: &Settings, json: bool) -> Result<()> {
-    let store = SqliteStore::open(&settings.database, OpenMode::Existing)?;
+    let store = open_store(settings)?;
     let now = SystemClock.now();
     let report = store.sweep(now, settings.history_days, false)?;
     if json {
@@ -371,6 +374,20 @@ fn with_store(
     settings: &Settings,
     f: impl FnOnce(&dyn Storage, crate::clock::Timestamp) -> Result<()>,
 ) -> Result<()> {
-    let store = SqliteStore::open(&settings.database, OpenMode::Existing)?;
-    f(&store, SystemClock.now())
+    let store = open_store(settings)?;
+    f(store.as_ref(), SystemClock.now())
+}
+
+/// The store a command runs on: the running server's, when one answers on
+/// the database's control socket (the file alone holds stale heartbeat
+/// times, and the server's writer holds its lock); else the file itself.
+fn open_store(settings: &Settings) -> Result<Box<dyn Storage>> {
+    #[cfg(unix)]
+    if let Some(remote) = crate::control::RemoteStore::connect(&settings.database) {
+        return Ok(Box::new(remote));
+    }
+    Ok(Box::new(SqliteStore::open(
+        &settings.database,
+        OpenMode::Existing,
+    )?))
 }

@@ -4,7 +4,8 @@
 //! - Heartbeats are answered from memory ([`Memory::heartbeat`]); their
 //!   times reach the disk in batches every half persistence interval, and
 //!   the disk's lease carries the persistence interval as slack so it stays
-//!   an upper bound of the true lease (the CLI reads the disk).
+//!   an upper bound of the true lease (a CLI that cannot reach the server's
+//!   control socket reads the disk).
 //! - Starts, ends, kicks, key changes and expiries are durable before they
 //!   are answered: one writer thread commits them in batches.
 //! - Another process (the CLI) writing the file is noticed through

@@ -53,7 +53,7 @@ pub struct StartOutcome {
 }
 
 /// The result of ending a session.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum EndOutcome {
     /// It was live and is now ended.
     Ended(Box<Session>),
@@ -111,7 +111,7 @@ impl KeyPatch {
 }
 
 /// A key change and the sessions it ended.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct KeyChange {
     /// The key after the change.
     pub key: Key,
@@ -120,7 +120,7 @@ pub struct KeyChange {
 }
 
 /// One page of keys.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct KeyPage {
     /// Keys in creation order.
     pub keys: Vec<Key>,
@@ -129,7 +129,7 @@ pub struct KeyPage {
 }
 
 /// One page of a key search.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct KeySearch {
     /// The matching keys of the page, in creation order.
     pub keys: Vec<Key>,
@@ -155,7 +155,7 @@ pub struct EventFilter {
 }
 
 /// What one sweep pass did.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct SweepReport {
     /// Sessions whose lease ran out, now recorded as expired.
     pub expired: Vec<Session>,
