@@ -156,18 +156,25 @@ pub const PROGRESS_TICK: Duration = Duration::from_millis(100);
 /// A pause in progress longer than this is a gap (an outage).
 pub const GAP_THRESHOLD: Duration = Duration::from_millis(1500);
 
-struct Timeline {
-    /// Monotonic origin of the process.
-    origin: Instant,
-    /// Microseconds since `origin` at the last reading.
-    last_mono: i64,
-    /// The timeline's value then, in microseconds since the epoch.
-    last_time: i64,
+/// Where the timeline starts: the monotonic clock's and the wall clock's
+/// readings at the process's first reading.
+struct Origin {
+    mono: Instant,
+    wall_us: i64,
 }
 
+/// The slew so far: what the progress thread has added to the timeline to
+/// draw it towards a stepped wall clock (microseconds).
+static SLEW_US: AtomicI64 = AtomicI64::new(0);
+/// The latest time read, so the timeline never runs backwards (a slew back
+/// holds it for at most a fraction of a millisecond).
+static LATEST_US: AtomicI64 = AtomicI64::new(i64::MIN);
+
 struct Progress {
-    /// Microseconds since the timeline's origin at the last note.
+    /// Microseconds since the origin at the last note.
     last_note: i64,
+    /// Microseconds since the origin at the last slew.
+    last_slew: i64,
     /// A gap seen and not yet taken.
     pending: Option<Gap>,
 }
@@ -177,40 +184,32 @@ fn wall_micros() -> i64 {
     i64::try_from(nanos / 1_000).unwrap_or(i64::MAX)
 }
 
-fn timeline() -> MutexGuard<'static, Timeline> {
-    static TIMELINE: OnceLock<Mutex<Timeline>> = OnceLock::new();
-    TIMELINE
-        .get_or_init(|| {
-            Mutex::new(Timeline {
-                origin: Instant::now(),
-                last_mono: 0,
-                last_time: wall_micros(),
-            })
-        })
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+fn origin() -> &'static Origin {
+    static ORIGIN: OnceLock<Origin> = OnceLock::new();
+    ORIGIN.get_or_init(|| Origin {
+        mono: Instant::now(),
+        wall_us: wall_micros(),
+    })
 }
 
-/// Reads the timeline: (microseconds since the process origin, the
-/// timeline's time in microseconds since the epoch).
+/// Reads the timeline: (microseconds since the origin, the timeline's time
+/// in microseconds since the epoch). Lock-free: it is read on every request.
 fn read_timeline() -> (i64, i64) {
-    let mut t = timeline();
-    let mono = i64::try_from(t.origin.elapsed().as_micros()).unwrap_or(i64::MAX);
-    let time = advance(t.last_time, mono - t.last_mono, wall_micros());
-    t.last_mono = mono;
-    t.last_time = time;
-    (mono, time)
+    let o = origin();
+    let mono = i64::try_from(o.mono.elapsed().as_micros()).unwrap_or(i64::MAX);
+    let time = o
+        .wall_us
+        .saturating_add(mono)
+        .saturating_add(SLEW_US.load(Ordering::Acquire));
+    let before = LATEST_US.fetch_max(time, Ordering::AcqRel);
+    (mono, before.max(time))
 }
 
-/// The timeline's next value: `elapsed` monotonic microseconds after
-/// `last`, drawn towards the wall clock's `wall` by at most
-/// [`SLEW_PER_MILLE`] of `elapsed`. Never earlier than `last`.
-fn advance(last: i64, elapsed: i64, wall: i64) -> i64 {
-    let elapsed = elapsed.max(0);
-    let drift = wall.saturating_sub(last.saturating_add(elapsed));
-    let bound = elapsed.saturating_mul(SLEW_PER_MILLE) / 1000;
-    last.saturating_add(elapsed)
-        .saturating_add(drift.clamp(-bound, bound))
+/// How much of `drift` (wall clock minus timeline) may be slewed after
+/// `elapsed` monotonic microseconds: at most [`SLEW_PER_MILLE`] of them.
+fn slew_step(drift: i64, elapsed: i64) -> i64 {
+    let bound = elapsed.max(0).saturating_mul(SLEW_PER_MILLE) / 1000;
+    drift.clamp(-bound, bound)
 }
 
 fn progress() -> MutexGuard<'static, Progress> {
@@ -222,13 +221,14 @@ fn progress() -> MutexGuard<'static, Progress> {
                 .name("keyseat-progress".into())
                 .spawn(|| loop {
                     std::thread::sleep(PROGRESS_TICK);
-                    drop(note_progress());
+                    drop(note_progress(true));
                 });
             if let Err(e) = started {
                 tracing::warn!(error = %e, "cannot start the progress thread; pauses of the process go unnoticed");
             }
             Mutex::new(Progress {
                 last_note: mono,
+                last_slew: mono,
                 pending: None,
             })
         })
@@ -237,8 +237,9 @@ fn progress() -> MutexGuard<'static, Progress> {
 }
 
 /// Notes that the process is making progress; records a gap when the last
-/// note is too long ago. Returns the progress state, locked.
-fn note_progress() -> MutexGuard<'static, Progress> {
+/// note is too long ago. On the progress thread's `tick`, also slews the
+/// timeline towards the wall clock. Returns the progress state, locked.
+fn note_progress(tick: bool) -> MutexGuard<'static, Progress> {
     let mut p = progress();
     let (mono, time) = read_timeline();
     let paused = mono - p.last_note;
@@ -251,6 +252,11 @@ fn note_progress() -> MutexGuard<'static, Progress> {
         p.pending = Some(Gap { from, to });
     }
     p.last_note = p.last_note.max(mono);
+    if tick {
+        let step = slew_step(wall_micros().saturating_sub(time), mono - p.last_slew);
+        SLEW_US.fetch_add(step, Ordering::AcqRel);
+        p.last_slew = mono;
+    }
     p
 }
 
@@ -260,7 +266,7 @@ impl Clock for SystemClock {
     }
 
     fn take_gap(&self) -> Option<Gap> {
-        note_progress().pending.take()
+        note_progress(false).pending.take()
     }
 }
 
@@ -329,32 +335,23 @@ mod tests {
     /// A lease is a duration: a wall clock stepped forward or back moves
     /// the timeline by at most half a per cent of the time that passed.
     #[test]
-    fn the_timeline_follows_the_monotonic_clock_through_wall_clock_steps() {
-        let start = 1_796_000_000_000_000;
-        // In step with the wall clock: exact.
-        assert_eq!(
-            advance(start, 1_000_000, start + 1_000_000),
-            start + 1_000_000
-        );
-        // Wall clock stepped 30 s ahead: one second later the timeline is
-        // one second and 5 ms on, not 31 s.
-        assert_eq!(
-            advance(start, 1_000_000, start + 31_000_000),
-            start + 1_005_000
-        );
-        // Stepped 60 s back: time still moves forward, 995 ms a second.
-        assert_eq!(
-            advance(start, 1_000_000, start - 59_000_000),
-            start + 995_000
-        );
-        // Small drifts are absorbed at once when within the bound.
-        assert_eq!(
-            advance(start, 1_000_000, start + 1_002_000),
-            start + 1_002_000
-        );
-        // A monotonic reading that did not move keeps the time.
-        assert_eq!(advance(start, 0, start + 60_000_000), start);
-        assert_eq!(advance(start, -5, start), start);
+    fn the_timeline_slews_towards_a_stepped_wall_clock_by_half_a_per_cent() {
+        // One progress tick (100 ms) after a 30 s step ahead: 0.5 ms on.
+        assert_eq!(slew_step(30_000_000, 100_000), 500);
+        // Stepped 60 s back: 0.5 ms back per tick, never more.
+        assert_eq!(slew_step(-60_000_000, 100_000), -500);
+        // A drift within the bound is absorbed whole.
+        assert_eq!(slew_step(120, 100_000), 120);
+        // No time passed, no slew.
+        assert_eq!(slew_step(60_000_000, 0), 0);
+        assert_eq!(slew_step(60_000_000, -5), 0);
+        // A 30 s step is absorbed in 100 minutes of ticks.
+        let (mut drift, mut ticks) = (30_000_000i64, 0);
+        while drift > 0 {
+            drift -= slew_step(drift, 100_000);
+            ticks += 1;
+        }
+        assert_eq!(ticks, 60_000);
     }
 
     #[test]

@@ -49,6 +49,57 @@ pub fn lock_path(database: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// Refuses to start on a database that a server has served before (its
+/// lock file says so) but that is gone: it was deleted or moved, and a
+/// fresh empty database at its path would hide that every key is lost.
+/// `keyseat migrate` creates one on purpose.
+pub fn check_not_lost(database: &Path) -> Result<()> {
+    if database.exists() {
+        return Ok(());
+    }
+    let lock = lock_path(database);
+    let served = std::fs::read_to_string(&lock).unwrap_or_default();
+    if served.trim().is_empty() {
+        return Ok(());
+    }
+    let rescued = rescued_copies(database);
+    let hint = if rescued.is_empty() {
+        "put it back from a backup".to_owned()
+    } else {
+        format!(
+            "put it back (the server saved a copy: {})",
+            rescued.join(", ")
+        )
+    };
+    Err(Error::Config(format!(
+        "the database {} does not exist, but a keyseat server has served it before ({} is \
+         there): it was deleted or moved. Refusing to start on a new empty database; {hint}, \
+         or create an empty one on purpose with `keyseat migrate`",
+        database.display(),
+        lock.display()
+    )))
+}
+
+/// Copies saved by a server whose database file was deleted under it.
+fn rescued_copies(database: &Path) -> Vec<String> {
+    let real = real_path(database);
+    let (Some(dir), Some(name)) = (real.parent(), real.file_name()) else {
+        return Vec::new();
+    };
+    let prefix = format!("{}.rescued-", name.to_string_lossy());
+    let mut found: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                .map(|e| e.path().display().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
 impl InstanceLock {
     /// Takes the lock for `database`, recording this process and `addr`;
     /// fails with a one-line explanation when another server holds it.
@@ -147,6 +198,27 @@ mod tests {
         assert!(InstanceLock::acquire(&link, addr()).is_err());
         let dotted = dir.path().join(".").join("k.db");
         assert!(InstanceLock::acquire(&dotted, addr()).is_err());
+    }
+
+    #[test]
+    fn a_database_served_before_and_gone_is_not_recreated() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("k.db");
+        // Never served: a first start creates it.
+        check_not_lost(&db).unwrap();
+        drop(InstanceLock::acquire(&db, addr()).unwrap());
+        let err = check_not_lost(&db).unwrap_err().to_string();
+        assert!(
+            err.contains("does not exist, but a keyseat server has served it"),
+            "{err}"
+        );
+        assert!(err.contains("keyseat migrate"), "{err}");
+        std::fs::write(dir.path().join("k.db.rescued-17"), b"").unwrap();
+        let err = check_not_lost(&db).unwrap_err().to_string();
+        assert!(err.contains("k.db.rescued-17"), "{err}");
+        // There again: fine.
+        std::fs::write(&db, b"").unwrap();
+        check_not_lost(&db).unwrap();
     }
 
     #[test]

@@ -76,6 +76,7 @@ impl Server {
             .map_err(|e| Error::Internal(format!("listener has no address: {e}")))?;
         // Before anything touches the database: a second server on the
         // same file is refused here.
+        crate::instance_lock::check_not_lost(&settings.database)?;
         let lock = InstanceLock::acquire(&settings.database, addr)?;
         let state = AppState::new(&settings, clock.clone());
         let (stop, stop_rx) = watch::channel(false);

@@ -500,6 +500,43 @@ fn keys_show_by_key_id_and_by_prefix() {
     }
 }
 
+/// The operator often has only the full key a customer pasted: it finds the
+/// key wherever a key id or prefix is accepted, and is never printed back;
+/// a mistyped one says so.
+#[test]
+fn keys_are_found_by_the_full_access_key_which_is_never_printed() {
+    let db = fresh_db();
+    let k = create_key(db.path(), &["--label", "pasted"]);
+    let secret = field(&k, "access_key").to_owned();
+    let id = field(&k, "key_id").to_owned();
+
+    let out = run(db.path(), &["keys", "show", &secret, "--json"]);
+    let v = ok_json(&out);
+    assert_eq!(field(&v, "key_id"), id);
+    for out in [
+        out,
+        run(db.path(), &["keys", "show", &secret]),
+        run(db.path(), &["keys", "suspend", &secret]),
+        run(db.path(), &["keys", "resume", &secret]),
+    ] {
+        let all = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(out.status.success(), "{all}");
+        assert!(!all.contains(&secret), "the secret was printed: {all}");
+    }
+
+    // One character changed: the checksum catches it, and the message says
+    // so without the secret.
+    let last = secret.chars().last().unwrap();
+    let typo = format!(
+        "{}{}",
+        &secret[..secret.len() - 1],
+        if last == 'A' { 'B' } else { 'A' }
+    );
+    let err = fails(&run(db.path(), &["keys", "show", &typo]));
+    assert!(err.contains("checksum does not match"), "{err}");
+    assert!(!err.contains(&typo[..20]), "the secret was printed: {err}");
+}
+
 // --------------------------------------------------------- keys update
 
 /// `keys update` changes the label, the seat limit, the conflict policy

@@ -23,12 +23,28 @@ use crate::error::{Error, Result};
 /// The files that make up an open database in WAL mode.
 const SUFFIXES: [&str; 3] = ["", "-wal", "-shm"];
 
+/// Which file went missing, which says how what the server holds can
+/// still be saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Damage {
+    /// `-wal` or `-shm`: the database file is still the one opened, and a
+    /// checkpoint on the writer's connection (which still holds the old log)
+    /// copies every committed write into it.
+    SideFile,
+    /// The database file itself: the server's open connections hold the
+    /// only complete copy, which `VACUUM INTO` can save to a new file.
+    DatabaseFile,
+}
+
 /// Watches that the database's files are still the ones opened.
 pub struct FileGuard {
+    /// The database's real path (SQLite resolves symbolic links and puts
+    /// the side files beside the real file).
+    database: PathBuf,
     /// Each file with the (device, inode) it had when opened.
     files: Vec<(PathBuf, (u64, u64))>,
     tripped: AtomicBool,
-    reason: Mutex<String>,
+    reason: Mutex<(String, Option<Damage>)>,
 }
 
 fn identity(path: &Path) -> std::io::Result<(u64, u64)> {
@@ -46,17 +62,19 @@ impl FileGuard {
     /// Records the identity of the database at `path` and its side files,
     /// which exist while a connection is open in WAL mode.
     pub fn new(path: &Path) -> Result<FileGuard> {
+        let database = crate::instance_lock::real_path(path);
         let mut files = Vec::new();
         for suffix in SUFFIXES {
-            let file = with_suffix(path, suffix);
+            let file = with_suffix(&database, suffix);
             let id = identity(&file)
                 .map_err(|e| Error::Database(format!("cannot check {}: {e}", file.display())))?;
             files.push((file, id));
         }
         Ok(FileGuard {
+            database,
             files,
             tripped: AtomicBool::new(false),
-            reason: Mutex::new(String::new()),
+            reason: Mutex::new((String::new(), None)),
         })
     }
 
@@ -66,14 +84,26 @@ impl FileGuard {
         if self.tripped.load(Ordering::Acquire) {
             return Err(self.error());
         }
-        for (file, opened) in &self.files {
+        for (i, (file, opened)) in self.files.iter().enumerate() {
             let what = match identity(file) {
                 Ok(now) if now == *opened => continue,
                 Ok(_) => "was replaced by another file",
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => "was deleted",
-                Err(_) => "can no longer be checked",
+                // A passing error (EIO, ESTALE on a network mount) is not
+                // proof of a deletion: refuse this time, look again next.
+                Err(e) => {
+                    return Err(Error::Unavailable(format!(
+                        "cannot check database file {}: {e}",
+                        file.display()
+                    )))
+                }
             };
-            self.trip(file, what);
+            let damage = if i == 0 {
+                Damage::DatabaseFile
+            } else {
+                Damage::SideFile
+            };
+            self.trip(file, what, damage);
             return Err(self.error());
         }
         Ok(())
@@ -89,29 +119,43 @@ impl FileGuard {
         }
     }
 
-    fn trip(&self, file: &Path, what: &str) {
+    /// What went missing, once the guard has tripped.
+    pub fn damage(&self) -> Option<Damage> {
+        self.reason.lock().unwrap_or_else(|p| p.into_inner()).1
+    }
+
+    /// The database's real path.
+    pub fn database(&self) -> &Path {
+        &self.database
+    }
+
+    fn trip(&self, file: &Path, what: &str, damage: Damage) {
         let mut reason = self.reason.lock().unwrap_or_else(|p| p.into_inner());
         if self.tripped.load(Ordering::Acquire) {
             return;
         }
-        *reason = format!(
-            "database file {} {what} while the server was running",
-            file.display()
+        *reason = (
+            format!(
+                "database file {} {what} while the server was running",
+                file.display()
+            ),
+            Some(damage),
         );
         self.tripped.store(true, Ordering::Release);
         tracing::error!(
             "{}; keyseat now refuses every request that needs the database (503) so that no \
-             answer promises a change that would be lost. Stop the server, put the right file \
-             back (from a backup, or move the replacement away), check it with \
-             `keyseat migrate`, and start the server again; writes acknowledged before this \
-             line may be missing from the file",
-            reason
+             answer promises a change that could be lost, and saves what it holds (see the \
+             next line)",
+            reason.0
         );
     }
 
     fn error(&self) -> Error {
         let reason = self.reason.lock().unwrap_or_else(|p| p.into_inner());
-        Error::Unavailable(format!("{reason}; the operator must restart the server"))
+        Error::Unavailable(format!(
+            "{}; the operator must restart the server",
+            reason.0
+        ))
     }
 }
 
@@ -143,6 +187,7 @@ mod tests {
         std::fs::remove_file(with_suffix(&db, "-wal")).unwrap();
         let err = guard.check().unwrap_err().to_string();
         assert!(err.contains("k.db-wal was deleted"), "{err}");
+        assert_eq!(guard.damage(), Some(Damage::SideFile));
         // Putting a file back does not make it the one that was opened.
         std::fs::write(with_suffix(&db, "-wal"), b"x").unwrap();
         assert!(guard.check().is_err());
@@ -159,5 +204,22 @@ mod tests {
         std::fs::rename(&other, &db).unwrap();
         let err = guard.check().unwrap_err().to_string();
         assert!(err.contains("was replaced"), "{err}");
+        assert_eq!(guard.damage(), Some(Damage::DatabaseFile));
+    }
+
+    /// SQLite resolves a symbolic link and keeps its side files beside the
+    /// real file; the guard looks there too.
+    #[test]
+    fn a_database_named_through_a_symbolic_link_is_watched_at_its_real_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let db = files(&real);
+        let link = dir.path().join("link.db");
+        std::os::unix::fs::symlink(&db, &link).unwrap();
+        let guard = FileGuard::new(&link).unwrap();
+        assert!(guard.check().is_ok());
+        std::fs::remove_file(with_suffix(&db, "-shm")).unwrap();
+        assert!(guard.check().is_err());
     }
 }

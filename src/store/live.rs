@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::file_guard::FileGuard;
+use super::file_guard::{Damage, FileGuard};
 use super::memory::{key_tag, Answer, Change, Memory};
 use super::sqlite::{self, Durability, Tx};
 use super::writer::Writer;
@@ -63,6 +63,15 @@ pub struct LiveStore {
     last_flush: Mutex<Timestamp>,
     /// Whether the database file is still the one opened.
     guard: Arc<FileGuard>,
+    /// Whether what the server holds was saved after the guard tripped.
+    rescued: std::sync::atomic::AtomicBool,
+    /// Held while a gap in progress is taken and applied, so no decision
+    /// runs between the two on leases the gap has not yet extended.
+    gap_lock: Mutex<()>,
+    /// A lease floor for the disk after a gap, written by the next upkeep
+    /// (never by the request that noticed the gap: it may be on an async
+    /// worker, and a failed write must not fail it).
+    pending_floor: AtomicI64,
 }
 
 impl LiveStore {
@@ -120,6 +129,9 @@ impl LiveStore {
                 last_event: Arc::new(AtomicI64::new(last_event)),
                 last_flush: Mutex::new(ready_at),
                 guard,
+                rescued: std::sync::atomic::AtomicBool::new(false),
+                gap_lock: Mutex::new(()),
+                pending_floor: AtomicI64::new(i64::MIN),
             },
             report,
         ))
@@ -133,8 +145,12 @@ impl LiveStore {
     /// and treats a gap in the server's own progress as an outage.
     fn prepare(&self) -> Result<()> {
         self.guard.ensure_intact()?;
+        // Taking the gap and extending the leases is one step: a thread
+        // that finds no gap to take waits here until the leases are
+        // extended, so no decision after a freeze sees the old ones.
+        let _one = self.gap_lock.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(gap) = self.clock.take_gap() {
-            self.outage(gap)?;
+            self.outage(gap);
         }
         Ok(())
     }
@@ -144,13 +160,15 @@ impl LiveStore {
     /// and a restart gives every session live at the stop a full timeout
     /// from readiness; a freeze is the same outage without the restart, so
     /// it gets the same rule: sessions live at the gap's start get a full
-    /// timeout from its end, in memory and on disk (the lease floor).
-    fn outage(&self, gap: crate::clock::Gap) -> Result<()> {
+    /// timeout from its end, in memory now and on disk (the lease floor) at
+    /// the next upkeep.
+    fn outage(&self, gap: crate::clock::Gap) {
         let timing = self.opts.timing;
         let held = self
             .mem
             .relet(|lease| crate::rules::lease_after_gap(lease, gap, timing));
-        let floor = timing.lease_until(gap.to);
+        self.pending_floor
+            .fetch_max(timing.lease_until(gap.to).0, Ordering::SeqCst);
         tracing::warn!(
             paused_ms = gap.millis(),
             sessions = held,
@@ -160,14 +178,94 @@ impl LiveStore {
             gap.millis() as f64 / 1000.0
         );
         crate::metrics::global().outage_noticed();
+    }
+
+    /// Writes the lease floor a gap left for the disk, if any.
+    fn write_pending_floor(&self) -> Result<()> {
+        let floor = self.pending_floor.swap(i64::MIN, Ordering::SeqCst);
+        if floor == i64::MIN {
+            return Ok(());
+        }
         let mem = self.mem.clone();
-        let (slack, timeout) = (self.slack(), timing.session_timeout_secs);
-        self.writer.run(move |c| {
+        let (slack, timeout) = (self.slack(), self.opts.timing.session_timeout_secs);
+        let written = self.writer.run(move |c| {
             let mut tx = Tx::with_memory(c, &mem, slack, timeout);
-            sqlite::raise_lease_floor_op(&mut tx, floor)?;
+            sqlite::raise_lease_floor_op(&mut tx, Timestamp(floor))?;
             let after: Box<dyn FnOnce() + Send> = Box::new(|| {});
             Ok(((), after))
-        })
+        });
+        if written.is_err() {
+            // Again at the next upkeep.
+            self.pending_floor.fetch_max(floor, Ordering::SeqCst);
+        }
+        written
+    }
+
+    /// Once the file guard has tripped: saves what this server holds, once.
+    /// Side files gone: a checkpoint on the writer's connection (which still
+    /// has the old log open) copies every committed write into the database
+    /// file, which is still the one opened. The database file gone or
+    /// replaced: `VACUUM INTO` copies the whole database, as this server
+    /// sees it, to a new file beside it.
+    fn rescue(&self) {
+        if self.rescued.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let db = self.guard.database().to_owned();
+        match self.guard.damage() {
+            Some(Damage::SideFile) => {
+                let saved = self.writer.between(|c| {
+                    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                        r.get::<_, i64>(0)
+                    })?;
+                    Ok(())
+                });
+                match saved {
+                    Ok(()) => tracing::error!(
+                        "every write this server acknowledged was copied into {} (a checkpoint \
+                         from the log it still had open); stop the server with SIGTERM (not \
+                         kill -9) and start it again",
+                        db.display()
+                    ),
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "could not copy the deleted log into {}; stop the server with SIGTERM \
+                         (not kill -9): closing the database copies it if anything can",
+                        db.display()
+                    ),
+                }
+            }
+            Some(Damage::DatabaseFile) => {
+                let stamp = self.clock.now().0;
+                let target = {
+                    let mut p = db.as_os_str().to_owned();
+                    p.push(format!(".rescued-{stamp}"));
+                    std::path::PathBuf::from(p)
+                };
+                let to = target.to_string_lossy().into_owned();
+                let saved = self.writer.between(move |c| {
+                    c.execute("VACUUM INTO ?1", [to])?;
+                    Ok(())
+                });
+                match saved {
+                    Ok(()) => tracing::error!(
+                        "a copy of everything this server had was saved to {}: stop the server, \
+                         move whatever is now at {} aside, move the copy to that name, and start \
+                         the server again",
+                        target.display(),
+                        db.display()
+                    ),
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "could not save a copy of the database to {}; stop the server and \
+                         restore {} from a backup",
+                        target.display(),
+                        db.display()
+                    ),
+                }
+            }
+            None => {}
+        }
     }
 
     /// Runs `f` in the writer's next batch; memory changes apply after
@@ -445,6 +543,7 @@ impl Storage for LiveStore {
     }
 
     fn events(&self, filter: &EventFilter) -> Result<Vec<Event>> {
+        self.guard.ensure_intact()?;
         self.db.events(filter)
     }
 
@@ -453,10 +552,12 @@ impl Storage for LiveStore {
         since: Timestamp,
         bucket_secs: u64,
     ) -> Result<Vec<crate::report::EventCount>> {
+        self.guard.ensure_intact()?;
         self.db.event_counts(since, bucket_secs)
     }
 
     fn sharing_input(&self, since: Timestamp) -> Result<crate::report::SharingInput> {
+        self.guard.ensure_intact()?;
         self.db.sharing_input(since)
     }
 
@@ -498,8 +599,13 @@ impl Storage for LiveStore {
     }
 
     fn maintain(&self) -> Result<()> {
-        self.guard.check()?;
+        if self.guard.check().is_err() {
+            // Logged when it tripped; /health and every answer say so.
+            self.rescue();
+            return Ok(());
+        }
         self.prepare()?;
+        self.write_pending_floor()?;
         self.reconcile()?;
         let due = {
             let mut last = self.last_flush.lock().unwrap_or_else(|p| p.into_inner());
@@ -522,6 +628,10 @@ impl Storage for LiveStore {
     }
 
     fn mark_stopped(&self, now: Timestamp) -> Result<()> {
+        if let Err(e) = self.guard.check() {
+            self.rescue();
+            return Err(e);
+        }
         // A last sweep, so a clean restart resumes exactly the sessions
         // that were live at the stop.
         self.sweep(now, u32::MAX / 86_400, false)?;

@@ -413,11 +413,30 @@ fn key_by_id(conn: &Connection, key_id: &str, now: Timestamp) -> Result<Option<K
         .optional()?)
 }
 
-/// Resolves a key id, or a display prefix with or without `ks_`.
+/// Resolves a key id, a display prefix with or without `ks_`, or the full
+/// access key itself (what an operator has in hand when a customer pastes
+/// it): checked, hashed and looked up like a device's, never echoed.
 fn resolve_key(conn: &Connection, key_ref: &str, now: Timestamp) -> Result<Key> {
     let key_ref = key_ref.trim();
     if let Some(key) = key_by_id(conn, key_ref, now)? {
         return Ok(key);
+    }
+    match AccessKey::parse(key_ref) {
+        Ok(access) => {
+            return key_by_hash(conn, &access.hash(), now)?.ok_or_else(|| {
+                Error::KeyNotFound(format!(
+                    "{} (a well-formed access key that is not in this database)",
+                    access.prefix()
+                ))
+            })
+        }
+        Err(crate::keys::KeyFormatError::Checksum) => {
+            return Err(Error::KeyNotFound(format!(
+                "{} (an access key with a mistyped character: its checksum does not match)",
+                crate::keys::redact_secret(key_ref)
+            )))
+        }
+        Err(_) => {}
     }
     let bare = key_ref.strip_prefix(KEY_TAG).unwrap_or(key_ref);
     if bare.len() == PREFIX_LEN && bare.bytes().all(|b| b.is_ascii_alphanumeric()) {
@@ -1656,9 +1675,11 @@ pub(super) fn resume_op(
     // readiness.
     tx.set_server_state(LEASE_FLOOR, floor.0)?;
     tx.c.execute(
-        "UPDATE sessions SET expires_at = MIN(expires_at, ?1), \
-                             last_heartbeat = MIN(last_heartbeat, ?2) \
-         WHERE ended_at IS NULL AND (expires_at > ?1 OR last_heartbeat > ?2)",
+        // Only sessions whose heartbeat is later than now: the on-disk
+        // lease of every other session is at most its heartbeat plus the
+        // span, which the floor's rule already bounds.
+        "UPDATE sessions SET expires_at = MIN(expires_at, ?1), last_heartbeat = ?2 \
+         WHERE ended_at IS NULL AND last_heartbeat > ?2",
         params![floor.0, ready_at.0],
     )?;
     // Twice the persistence interval: a flush that fails or runs late
