@@ -776,6 +776,17 @@ fn invalid_settings_exit_2_with_one_line() {
             "rate_limits",
         ),
         (vec!["--config", &missing_config], vec![], "absent.toml"),
+        // A guessable admin token is refused, not only warned about.
+        (
+            vec![],
+            vec![("KEYSEAT_ADMIN_TOKEN", "hunt2")],
+            "KEYSEAT_ADMIN_TOKEN",
+        ),
+        (
+            vec!["--admin-token", "fifteen-chars-x"],
+            vec![],
+            "admin_token (from --admin-token)",
+        ),
     ];
     for (flags, env, mention) in &cases {
         for command in [&["migrate"][..], &["keys", "list"], &["sweep"], &["events"]] {
@@ -796,13 +807,17 @@ fn serve_with_an_invalid_setting_exits_2_quickly() {
     let dir = TempDir::new().unwrap();
     let db = dir.path().join("keyseat.db");
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)]);
-    let cases: [Case; 3] = [
+    let cases: [Case; 4] = [
         (
             &["--listen", "127.0.0.1:0"],
             &[
                 ("KEYSEAT_SESSION_TIMEOUT_SECONDS", "10"),
                 ("KEYSEAT_HEARTBEAT_INTERVAL_SECONDS", "30"),
             ],
+        ),
+        (
+            &["--listen", "127.0.0.1:0"],
+            &[("KEYSEAT_ADMIN_TOKEN", "hunt2")],
         ),
         (&["--listen", "nowhere"], &[]),
         (
