@@ -1103,6 +1103,50 @@ fn a_label_cannot_break_the_key_table() {
     assert_eq!(text.lines().count(), 2, "header + one row:\n{text}");
 }
 
+/// A label with a bidirectional override, an isolate, a zero-width space
+/// or a byte-order mark is refused with exit 2 and one line naming
+/// `label`; one already stored (by an earlier release) is shown escaped,
+/// `\u{202e}`, by `keys list` and `keys show`.
+#[test]
+fn invisible_characters_are_refused_and_stored_ones_shown_escaped() {
+    let db = fresh_db();
+    for c in ['\u{202E}', '\u{2066}', '\u{200B}', '\u{FEFF}', '\u{2028}'] {
+        let label = format!("Acme{c}emcA");
+        let line = fails_with_2(&run(db.path(), &["keys", "create", "--label", &label]));
+        assert!(line.contains("label"), "{line}");
+        assert!(
+            !line.contains(c),
+            "the message shows the character raw: {line:?}"
+        );
+    }
+    let k = create_key(db.path(), &["--label", "plain"]);
+    let id = field(&k, "key_id");
+    let line = fails_with_2(&run(
+        db.path(),
+        &["keys", "update", id, "--label", "a\u{202E}b"],
+    ));
+    assert!(line.contains("label"), "{line}");
+    // As an earlier release could have stored it.
+    let conn = rusqlite::Connection::open(db.path()).unwrap();
+    conn.execute(
+        "UPDATE keys SET label = ?1 WHERE key_id = ?2",
+        ("gpj.\u{202E}exe\u{200B}\u{FEFF}", id),
+    )
+    .unwrap();
+    drop(conn);
+    for args in [vec!["keys", "list"], vec!["keys", "show", id]] {
+        let text = ok(&run(db.path(), &args));
+        assert!(
+            text.contains("gpj.\\u{202e}exe\\u{200b}\\u{feff}"),
+            "{args:?}:\n{text}"
+        );
+        assert!(
+            !text.contains(['\u{202E}', '\u{200B}', '\u{FEFF}']),
+            "{args:?} printed them raw"
+        );
+    }
+}
+
 // ---------------------------------------------------------------- serve
 
 /// `serve --listen 127.0.0.1:0` creates and migrates the database, logs
