@@ -243,6 +243,10 @@ fn file_value_as_text(name: &str, value: toml::Value, from: &str) -> Result<Stri
 
 /// Every setting name, in the order of the example file. Each has an
 /// environment variable `KEYSEAT_<NAME>` and a flag `--<name>` (dashes).
+/// The shortest admin token accepted (characters). 16 random visible
+/// characters are far beyond online guessing; fewer are not.
+pub const MIN_ADMIN_TOKEN: usize = 16;
+
 pub const SETTING_NAMES: [&str; 19] = [
     "listen",
     "database",
@@ -278,8 +282,7 @@ fn env_names() -> Vec<String> {
 }
 
 /// Loads settings with an injected environment (for tests). Returns the
-/// settings and warnings worth logging (unknown `KEYSEAT_*` variables, a
-/// short admin token).
+/// settings and warnings worth logging (unknown `KEYSEAT_*` variables).
 pub fn load_with_env(
     overrides: &Overrides,
     env: impl Fn(&str) -> Option<String>,
@@ -320,14 +323,6 @@ pub fn load_with_env(
     }
 
     validate(&s)?;
-    if let Some(token) = &s.admin_token {
-        if token.expose().len() < 16 {
-            warnings.push(
-                "admin_token is shorter than 16 characters; use a long random token in production"
-                    .into(),
-            );
-        }
-    }
     Ok((s, warnings))
 }
 
@@ -382,12 +377,21 @@ fn apply_text(s: &mut Settings, name: &str, value: &str, from: &str) -> Result<(
         "admin_token" => {
             s.admin_token = if value.is_empty() {
                 None
-            } else if value.bytes().all(|b| b.is_ascii_graphic()) {
-                Some(Secret::new(value))
-            } else {
+            } else if !value.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(ConfigError(format!(
                     "admin_token (from {from}) may contain only visible ASCII characters, no spaces"
                 )));
+            } else if value.len() < MIN_ADMIN_TOKEN {
+                // A short token is guessed online (the failure limit only
+                // slows that down), so it is refused, not merely warned
+                // about: a warning in a log nobody reads protects nothing.
+                return Err(ConfigError(format!(
+                    "admin_token (from {from}) is {} characters; it must be at least \
+                     {MIN_ADMIN_TOKEN} (use a long random one, e.g. `openssl rand -hex 32`)",
+                    value.len()
+                )));
+            } else {
+                Some(Secret::new(value))
             }
         }
         "heartbeat_interval_seconds" => s.heartbeat_interval_seconds = number(name, value, from)?,
@@ -695,7 +699,7 @@ mod tests {
         let (s, warnings) = load_env(
             &[
                 ("KEYSEAT_SESION_TIMEOUT", "1"),
-                ("KEYSEAT_ADMIN_TOKEN", "short"),
+                ("KEYSEAT_ADMIN_TOKEN", "sixteen-chars-ok"),
             ],
             &Overrides::default(),
         )
@@ -703,8 +707,24 @@ mod tests {
         assert!(warnings
             .iter()
             .any(|w| w.contains("KEYSEAT_SESION_TIMEOUT")));
-        assert!(warnings.iter().any(|w| w.contains("shorter than 16")));
-        assert!(!format!("{s:?}").contains("short"));
+        assert!(!format!("{s:?}").contains("sixteen"));
+    }
+
+    /// An admin token under 16 characters is a configuration error naming
+    /// the setting and where it came from, and never shows the token.
+    #[test]
+    fn short_admin_tokens_are_refused() {
+        let err = load_env(&[("KEYSEAT_ADMIN_TOKEN", "hunt2")], &Overrides::default())
+            .unwrap_err()
+            .0;
+        assert!(err.contains("admin_token"), "{err}");
+        assert!(err.contains("KEYSEAT_ADMIN_TOKEN"), "{err}");
+        assert!(err.contains("at least 16"), "{err}");
+        assert!(!err.contains("hunt2"), "{err}");
+        let fifteen = "x".repeat(15);
+        assert!(load_env(&[("KEYSEAT_ADMIN_TOKEN", &fifteen)], &Overrides::default()).is_err());
+        let sixteen = "x".repeat(16);
+        assert!(load_env(&[("KEYSEAT_ADMIN_TOKEN", &sixteen)], &Overrides::default()).is_ok());
     }
 
     #[test]

@@ -16,12 +16,84 @@ pub fn session_id(id: &str) -> Result<()> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if ok {
-        Ok(())
+        refuse_secret("session_id", id)
     } else {
         Err(Error::InvalidRequest(
             "session_id must be 8 to 128 characters of A-Z, a-z, 0-9, '.', '_' or '-'".into(),
         ))
     }
+}
+
+/// Whether `c` is invisible or changes the direction of the text around
+/// it: bidirectional embeddings, overrides, isolates and marks, line and
+/// paragraph separators, zero-width characters, word joiners and the other
+/// invisible format characters, the byte-order mark, tag characters. Such
+/// a character in a name lets one row pass for another (U+202E turns
+/// `laptop-fp` into `pf-potpal` on screen) or two different fingerprints
+/// look the same, so names, fingerprints and labels may not hold them, and
+/// a stored one (from a release before this rule) is shown escaped.
+pub fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}'                     // soft hyphen
+        | '\u{034F}'                   // combining grapheme joiner
+        | '\u{061C}'                   // Arabic letter mark
+        | '\u{115F}' | '\u{1160}'       // Hangul fillers
+        | '\u{17B4}' | '\u{17B5}'       // Khmer inherent vowels
+        | '\u{180B}'..='\u{180F}'       // Mongolian selectors and separator
+        | '\u{200B}'..='\u{200F}'       // zero-width space/joiners, LRM, RLM
+        | '\u{2028}' | '\u{2029}'       // line and paragraph separators
+        | '\u{202A}'..='\u{202E}'       // embeddings and overrides
+        | '\u{2060}'..='\u{206F}'       // word joiner, invisible operators, isolates
+        | '\u{3164}'                   // Hangul filler
+        | '\u{FE00}'..='\u{FE0F}'       // variation selectors
+        | '\u{FEFF}'                   // byte-order mark / zero-width no-break space
+        | '\u{FFA0}'                   // halfwidth Hangul filler
+        | '\u{FFF9}'..='\u{FFFB}'       // interlinear annotation
+        | '\u{1D173}'..='\u{1D17A}'     // musical formatting
+        | '\u{E0000}'..='\u{E0FFF}'     // tags and variation selectors supplement
+    )
+}
+
+/// `text` with every invisible character (see [`is_invisible`]) written as
+/// its code point, `\u{202e}`, so stored names show what they hold.
+pub fn escape_invisible(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(is_invisible) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    text.chars()
+        .map(|c| {
+            if is_invisible(c) {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
+/// Whether `text` holds something shaped like an access key (`ks_` and
+/// at least 32 more key characters: a whole key, a typo of one, or most of
+/// one). Such a value in a name or id is a pasted secret; it is refused
+/// before it can be stored, logged or shown.
+pub fn holds_access_key(text: &str) -> bool {
+    text.match_indices(crate::keys::KEY_TAG).any(|(at, tag)| {
+        text[at + tag.len()..]
+            .bytes()
+            .take_while(u8::is_ascii_alphanumeric)
+            .count()
+            >= 32
+    })
+}
+
+fn refuse_secret(field: &str, text: &str) -> Result<()> {
+    if holds_access_key(text) {
+        return Err(Error::InvalidRequest(format!(
+            "{field} must not contain an access key (it would be stored and logged); \
+             send the key only as access_key"
+        )));
+    }
+    Ok(())
 }
 
 /// An optional text field: trimmed, empty treated as absent, length-checked.
@@ -37,12 +109,39 @@ pub fn optional_text(
             "{field} must not contain control characters (newlines, tabs, escapes)"
         )));
     }
+    if let Some((at, c)) = value.chars().enumerate().find(|(_, c)| is_invisible(*c)) {
+        return Err(Error::InvalidRequest(format!(
+            "{field} must not contain invisible or direction-changing characters \
+             (found {} at character {})",
+            c.escape_unicode(),
+            at + 1
+        )));
+    }
+    refuse_secret(field, &value)?;
     if value.chars().count() > max_chars {
         return Err(Error::InvalidRequest(format!(
             "{field} must be at most {max_chars} characters"
         )));
     }
     Ok((!value.is_empty()).then_some(value))
+}
+
+/// A paging cursor naming a key id (`after`, the previous page's
+/// `next_after`): `key_` and base62. Anything else is refused here, before
+/// the store, so the message can quote it safely (a pasted access key only
+/// by its prefix).
+pub fn key_id_cursor(field: &str, text: &str) -> Result<()> {
+    let ok = text.strip_prefix("key_").is_some_and(|rest| {
+        (1..=64).contains(&rest.len()) && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidRequest(format!(
+            "{field} must be a key id such as key_…, the previous page's next_after (got `{}`)",
+            crate::keys::redact_secret(text)
+        )))
+    }
 }
 
 /// A seat limit (contract: 1..=1000).
@@ -116,6 +215,109 @@ mod tests {
         assert!(session_id(&"x".repeat(129)).is_err());
         assert!(session_id("has space1").is_err());
         assert!(session_id("ünicode-id").is_err());
+    }
+
+    /// Bidirectional controls, isolates, separators, zero-width characters
+    /// and the byte-order mark are refused in names, fingerprints and
+    /// labels, with the field and the character named.
+    #[test]
+    fn invisible_and_direction_changing_characters_are_refused() {
+        for c in [
+            '\u{202A}',
+            '\u{202B}',
+            '\u{202C}',
+            '\u{202D}',
+            '\u{202E}',
+            '\u{2066}',
+            '\u{2067}',
+            '\u{2068}',
+            '\u{2069}',
+            '\u{2028}',
+            '\u{2029}',
+            '\u{200B}',
+            '\u{200C}',
+            '\u{200D}',
+            '\u{200E}',
+            '\u{200F}',
+            '\u{2060}',
+            '\u{FEFF}',
+            '\u{00AD}',
+            '\u{061C}',
+            '\u{E0041}',
+        ] {
+            let text = format!("lap{c}top");
+            let err = optional_text(Some(text.clone()), "device.name", 128)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("device.name"), "{err}");
+            assert!(err.contains(&c.escape_unicode().to_string()), "{err}");
+            assert!(err.contains("character 4"), "{err}");
+            assert!(label(Some(text)).is_err());
+        }
+        // Other non-ASCII text is welcome.
+        for fine in [
+            "Ünïcødé laptop",
+            "ノートパソコン",
+            "حاسوب",
+            "laptop 💻",
+            "a–b · “c”",
+        ] {
+            assert_eq!(label(Some(fine.into())).unwrap().as_deref(), Some(fine));
+        }
+    }
+
+    /// Stored values from before the rule are shown with each invisible
+    /// character as its code point; everything else is left alone.
+    #[test]
+    fn invisible_characters_are_escaped_for_display() {
+        assert_eq!(
+            escape_invisible("fp-\u{202e}1\u{200b}"),
+            "fp-\\u{202e}1\\u{200b}"
+        );
+        assert_eq!(escape_invisible("plain ü"), "plain ü");
+    }
+
+    /// A pasted access key is refused where a name, fingerprint, label or
+    /// session id is expected, and the message does not repeat it.
+    #[test]
+    fn access_keys_are_refused_outside_access_key() {
+        let key = crate::keys::AccessKey::generate();
+        let key = key.expose_secret();
+        let err = session_id(key).unwrap_err().to_string();
+        assert!(
+            err.contains("session_id") && !err.contains(&key[11..]),
+            "{err}"
+        );
+        for text in [
+            key.to_owned(),
+            format!("my {key} laptop"),
+            key[..36].to_owned(),
+        ] {
+            let err = optional_text(Some(text), "device.fingerprint", 256)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("device.fingerprint"), "{err}");
+            assert!(!err.contains(&key[11..20]), "{err}");
+        }
+        assert!(session_id("ks_client-chosen-id").is_ok());
+        assert!(label(Some("ks_short label".into())).is_ok());
+    }
+
+    /// A paging cursor must be a key id; a pasted key is quoted by prefix.
+    #[test]
+    fn cursors_are_key_ids() {
+        assert!(key_id_cursor("after", "key_3f9aQ2xY7bLm0pKc").is_ok());
+        let key = crate::keys::AccessKey::generate();
+        let err = key_id_cursor("after", key.expose_secret())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("after") && err.contains(&key.prefix()),
+            "{err}"
+        );
+        assert!(!err.contains(&key.expose_secret()[11..]), "{err}");
+        assert!(key_id_cursor("after", "key_").is_err());
+        assert!(key_id_cursor("after", "key_a b").is_err());
     }
 
     #[test]

@@ -668,3 +668,101 @@ async fn requests_before_ready_get_503() {
         }
     }
 }
+
+/// Device names, fingerprints and labels may not hold invisible or
+/// direction-changing characters (bidi overrides, embeddings, isolates
+/// and marks, line and paragraph separators, zero-width characters, the
+/// byte-order mark): a row could pass for another, or two fingerprints look
+/// the same. Each is a 400 naming the field and the character, and nothing
+/// is stored.
+#[tokio::test]
+async fn invisible_and_direction_changing_characters_are_refused() {
+    let s = TestServer::start().await;
+    let (key, created) = s.create_key(json!({"max_sessions": 5})).await;
+    let key_path = format!("/api/admin/keys/{}", created["key_id"].as_str().unwrap());
+    for c in [
+        '\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}', '\u{2066}', '\u{2067}',
+        '\u{2068}', '\u{2069}', '\u{2028}', '\u{2029}', '\u{200B}', '\u{200C}', '\u{200D}',
+        '\u{200E}', '\u{200F}', '\u{2060}', '\u{FEFF}',
+    ] {
+        let spoof = format!("laptop{c}pf");
+        let code = c.escape_unicode().to_string();
+        for (device, field) in [
+            (json!({"name": spoof}), "device.name"),
+            (json!({"fingerprint": spoof}), "device.fingerprint"),
+        ] {
+            let (status, body) = s
+                .post(
+                    "/api/session/start",
+                    json!({"access_key": key, "device": device}),
+                )
+                .await;
+            let e = assert_error(status, &body, 400, "invalid_request");
+            let msg = e["message"].as_str().unwrap();
+            assert!(msg.contains(field) && msg.contains(&code), "{msg}");
+        }
+        let (status, body) = s
+            .admin("POST", "/api/admin/keys", Some(json!({"label": spoof})))
+            .await;
+        let e = assert_error(status, &body, 400, "invalid_request");
+        assert!(e["message"].as_str().unwrap().contains("label"), "{e}");
+        let (status, body) = s
+            .admin("PATCH", &key_path, Some(json!({"label": spoof})))
+            .await;
+        assert_error(status, &body, 400, "invalid_request");
+    }
+    let (_, k) = s.admin("GET", &key_path, None).await;
+    assert_eq!(k["live_sessions"], 0, "no session was started: {k}");
+    assert!(k["label"].is_null(), "{k}");
+    // Other scripts and symbols are fine.
+    let (status, body) = s
+        .post(
+            "/api/session/start",
+            json!({"access_key": key, "device": {"name": "حاسوب · ノート 💻", "fingerprint": "Ünï-1"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// A full access key sent where a session id, a device name or a
+/// fingerprint is expected is refused (it would be stored and logged), and
+/// the answer does not repeat it.
+#[tokio::test]
+async fn an_access_key_is_refused_outside_access_key() {
+    let s = TestServer::start().await;
+    let (key, _) = s.create_key(json!({"max_sessions": 5})).await;
+    for (body, field) in [
+        (json!({"access_key": key, "session_id": key}), "session_id"),
+        (
+            json!({"access_key": key, "device": {"name": key}}),
+            "device.name",
+        ),
+        (
+            json!({"access_key": key, "device": {"fingerprint": format!("fp {key}")}}),
+            "device.fingerprint",
+        ),
+    ] {
+        let (status, answer) = s.post("/api/session/start", body).await;
+        let e = assert_error(status, &answer, 400, "invalid_request");
+        let msg = e["message"].as_str().unwrap();
+        assert!(msg.contains(field), "{msg}");
+        assert!(!answer.to_string().contains(&key[11..]), "{answer}");
+    }
+    for path in [
+        "/api/session/heartbeat",
+        "/api/session/end",
+        "/api/session/status",
+    ] {
+        let (status, answer) = s
+            .post(path, json!({"access_key": key, "session_id": key}))
+            .await;
+        if path.ends_with("status") && status == 200 {
+            continue; // status may ignore session_id
+        }
+        let e = assert_error(status, &answer, 400, "invalid_request");
+        assert!(
+            e["message"].as_str().unwrap().contains("session_id"),
+            "{path}: {e}"
+        );
+    }
+}

@@ -813,6 +813,17 @@ fn invalid_settings_exit_2_with_one_line() {
             "rate_limits",
         ),
         (vec!["--config", &missing_config], vec![], "absent.toml"),
+        // A guessable admin token is refused, not only warned about.
+        (
+            vec![],
+            vec![("KEYSEAT_ADMIN_TOKEN", "hunt2")],
+            "KEYSEAT_ADMIN_TOKEN",
+        ),
+        (
+            vec!["--admin-token", "fifteen-chars-x"],
+            vec![],
+            "admin_token (from --admin-token)",
+        ),
     ];
     for (flags, env, mention) in &cases {
         for command in [&["migrate"][..], &["keys", "list"], &["sweep"], &["events"]] {
@@ -833,13 +844,17 @@ fn serve_with_an_invalid_setting_exits_2_quickly() {
     let dir = TempDir::new().unwrap();
     let db = dir.path().join("keyseat.db");
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)]);
-    let cases: [Case; 3] = [
+    let cases: [Case; 4] = [
         (
             &["--listen", "127.0.0.1:0"],
             &[
                 ("KEYSEAT_SESSION_TIMEOUT_SECONDS", "10"),
                 ("KEYSEAT_HEARTBEAT_INTERVAL_SECONDS", "30"),
             ],
+        ),
+        (
+            &["--listen", "127.0.0.1:0"],
+            &[("KEYSEAT_ADMIN_TOKEN", "hunt2")],
         ),
         (&["--listen", "nowhere"], &[]),
         (
@@ -1123,6 +1138,50 @@ fn a_label_cannot_break_the_key_table() {
     }
     let text = ok(&run(db.path(), &["keys", "list"]));
     assert_eq!(text.lines().count(), 2, "header + one row:\n{text}");
+}
+
+/// A label with a bidirectional override, an isolate, a zero-width space
+/// or a byte-order mark is refused with exit 2 and one line naming
+/// `label`; one already stored (by an earlier release) is shown escaped,
+/// `\u{202e}`, by `keys list` and `keys show`.
+#[test]
+fn invisible_characters_are_refused_and_stored_ones_shown_escaped() {
+    let db = fresh_db();
+    for c in ['\u{202E}', '\u{2066}', '\u{200B}', '\u{FEFF}', '\u{2028}'] {
+        let label = format!("Acme{c}emcA");
+        let line = fails_with_2(&run(db.path(), &["keys", "create", "--label", &label]));
+        assert!(line.contains("label"), "{line}");
+        assert!(
+            !line.contains(c),
+            "the message shows the character raw: {line:?}"
+        );
+    }
+    let k = create_key(db.path(), &["--label", "plain"]);
+    let id = field(&k, "key_id");
+    let line = fails_with_2(&run(
+        db.path(),
+        &["keys", "update", id, "--label", "a\u{202E}b"],
+    ));
+    assert!(line.contains("label"), "{line}");
+    // As an earlier release could have stored it.
+    let conn = rusqlite::Connection::open(db.path()).unwrap();
+    conn.execute(
+        "UPDATE keys SET label = ?1 WHERE key_id = ?2",
+        ("gpj.\u{202E}exe\u{200B}\u{FEFF}", id),
+    )
+    .unwrap();
+    drop(conn);
+    for args in [vec!["keys", "list"], vec!["keys", "show", id]] {
+        let text = ok(&run(db.path(), &args));
+        assert!(
+            text.contains("gpj.\\u{202e}exe\\u{200b}\\u{feff}"),
+            "{args:?}:\n{text}"
+        );
+        assert!(
+            !text.contains(['\u{202E}', '\u{200B}', '\u{FEFF}']),
+            "{args:?} printed them raw"
+        );
+    }
 }
 
 // ---------------------------------------------------------------- serve

@@ -652,6 +652,42 @@ async fn live_sessions_show_and_kick() {
     assert!(r.location().starts_with("/admin/sessions?"));
 }
 
+/// A kick whose `back` cannot go into a `Location` header (a newline, DEL,
+/// a header injection) or leaves the dashboard still ends the session and
+/// sends the browser to the live-sessions page with the result: never a
+/// plain-text 500 after the fact.
+#[tokio::test]
+async fn a_kick_with_a_bad_way_back_lands_on_the_sessions_page() {
+    let s = TestServer::start().await;
+    let (secret, _) = s.create_key(serde_json::json!({"max_sessions": 10})).await;
+    let (mut b, csrf) = Browser::signed_in(&s).await;
+    for back in [
+        "/admin/\n",
+        "/admin/\u{7f}",
+        "/admin/\r\nSet-Cookie: a=b",
+        "/admin/ü",
+        "/admin/\\evil.example",
+        "//evil.example/admin/",
+    ] {
+        let id = s.started(&secret, "desk").await;
+        let r = b
+            .post(
+                &format!("/admin/sessions/{id}/kick"),
+                &[("csrf", &csrf), ("back", back)],
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER, "{back:?}: {}", r.body);
+        assert!(
+            r.location().starts_with("/admin/sessions?done="),
+            "{back:?}: {}",
+            r.location()
+        );
+        assert!(b.follow(&r).await.body.contains("ended."), "{back:?}");
+        let (status, _) = s.heartbeat(&secret, &id).await;
+        assert_eq!(status, 410, "{back:?}: the kick happened");
+    }
+}
+
 /// Settings for crafted histories: leases long enough that a device
 /// coming back minutes later finds the other one still live.
 async fn long_lease_server() -> TestServer {
@@ -848,4 +884,51 @@ async fn the_events_page_filters_and_pages() {
     let second = b.get(&older).await;
     assert_eq!(rows(&second.body), 13, "63 keys in all");
     assert!(!second.body.contains("id=\"older\""));
+}
+
+/// A label or device name holding invisible or direction-changing
+/// characters (stored by an earlier release; input refuses them now) is
+/// shown with each one as its code point, `\u{202e}`, on every page, so a
+/// row cannot pass for another.
+#[tokio::test]
+async fn stored_invisible_characters_are_shown_escaped() {
+    let s = TestServer::start().await;
+    let (secret, key) = s.create_key(serde_json::json!({"label": "plain"})).await;
+    let key_id = key["key_id"].as_str().unwrap().to_owned();
+    let id = s.started(&secret, "desk").await;
+    let mut s = s;
+    s.stop().await;
+    let conn = rusqlite::Connection::open(s.db_path()).unwrap();
+    conn.execute(
+        "UPDATE keys SET label = ?1 WHERE key_id = ?2",
+        ("gpj.\u{202E}exe\u{2066}", &key_id),
+    )
+    .unwrap();
+    conn.execute(
+        "UPDATE sessions SET device_name = ?1 WHERE session_id = ?2",
+        ("lap\u{200B}top\u{FEFF}", &id),
+    )
+    .unwrap();
+    drop(conn);
+    let s = s.restart_after(0).await;
+    let (mut b, _) = Browser::signed_in(&s).await;
+    for (path, shown) in [
+        ("/admin/keys".to_owned(), "gpj.\\u{202e}exe\\u{2066}"),
+        (format!("/admin/keys/{key_id}"), "gpj.\\u{202e}exe\\u{2066}"),
+        ("/admin/sessions".to_owned(), "lap\\u{200b}top\\u{feff}"),
+    ] {
+        let page = b.get(&path).await;
+        assert_eq!(page.status, 200, "{path}");
+        assert!(
+            page.body.contains(shown),
+            "{path} lacks {shown}:\n{}",
+            page.body
+        );
+        assert!(
+            !page
+                .body
+                .contains(['\u{202E}', '\u{2066}', '\u{200B}', '\u{FEFF}']),
+            "{path} shows them raw"
+        );
+    }
 }

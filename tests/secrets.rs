@@ -151,6 +151,128 @@ async fn call(
     (status, text)
 }
 
+/// Percent-encodes a query value.
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'_' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// Signs in to the dashboard with the admin token: the session cookie
+/// header and the CSRF token of its forms.
+async fn dashboard_sign_in(http: &reqwest::Client, base: &str) -> (String, String) {
+    let cookie_of = |resp: &reqwest::Response, name: &str| -> String {
+        resp.headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|v| v.strip_prefix(&format!("{name}=")))
+            .and_then(|v| v.split(';').next())
+            .unwrap_or_else(|| panic!("no {name} cookie"))
+            .to_owned()
+    };
+    let csrf_of = |body: &str| -> String {
+        let marker = "name=\"csrf\" value=\"";
+        let start = body.find(marker).expect("a csrf field") + marker.len();
+        body[start..start + body[start..].find('"').unwrap()].to_owned()
+    };
+    let form = http
+        .get(format!("{base}/admin/sign-in"))
+        .send()
+        .await
+        .unwrap();
+    let signin = cookie_of(&form, "keyseat_signin");
+    let csrf = csrf_of(&form.text().await.unwrap());
+    let resp = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{base}/admin/sign-in"))
+        .header("cookie", format!("keyseat_signin={signin}"))
+        .form(&[("csrf", csrf.as_str()), ("token", ADMIN_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 303, "dashboard sign-in");
+    let session = format!("keyseat_session={}", cookie_of(&resp, "keyseat_session"));
+    let home = http
+        .get(format!("{base}/admin"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    let csrf = csrf_of(&home.text().await.unwrap());
+    (session, csrf)
+}
+
+/// One dashboard request (a GET, or a POST of `form`), not following
+/// redirects: returns status and body, recording body and headers.
+async fn dashboard_call(
+    seen: &mut Seen,
+    base: &str,
+    cookie: &(String, String),
+    path: &str,
+    form: Option<&str>,
+) -> (u16, String) {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let url = format!("{base}{path}");
+    let req = match form {
+        Some(f) => client
+            .post(&url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(f.to_owned()),
+        None => client.get(&url),
+    };
+    let resp = req
+        .header("cookie", &cookie.0)
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status().as_u16();
+    let headers = format!("{:?}", resp.headers());
+    let text = resp.text().await.expect("body");
+    let request = format!("{path} {}", form.unwrap_or(""));
+    // The request as sent is percent-encoded; decode it so an echo of
+    // what it carried is told apart from a leak.
+    let request = percent_decode(&request);
+    let what = format!(
+        "dashboard {} {path} -> {status}",
+        if form.is_some() { "POST" } else { "GET" }
+    );
+    seen.texts
+        .push((format!("{what} (headers)"), headers, Some(request.clone())));
+    seen.texts.push((what, text.clone(), Some(request)));
+    (status, text)
+}
+
+fn percent_decode(text: &str) -> String {
+    let b = text.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
+            if let Ok(v) = u8::from_str_radix(hex, 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// A key with one character changed (a typo: fails the checksum).
 fn typo(key: &str) -> String {
     let mut b = key.as_bytes().to_vec();
@@ -172,6 +294,12 @@ fn bad_bodies_with(key: &str) -> Vec<String> {
         format!("{{\"access_key\": {k}, \"device\": {k}}}"),
         format!("{{\"access_key\": {k}, \"device\": {{\"name\": 5, \"fingerprint\": {k}}}}}"),
         format!("{{\"access_key\": {k}, \"device\": [{k}, {k}, {k}]}}"),
+        // well-formed, but the key pasted into a field that is stored and
+        // logged
+        format!("{{\"access_key\": {k}, \"session_id\": {k}}}"),
+        format!("{{\"access_key\": {k}, \"device\": {{\"name\": {k}}}}}"),
+        format!("{{\"access_key\": {k}, \"device\": {{\"fingerprint\": {k}}}}}"),
+        format!("{{\"access_key\": {k}, \"device\": {{\"name\": \"my {key}\"}}}}"),
         format!("{{\"access_key\": \" {key} x\"}}"),
         format!("{{\"access_key\": \"{}\"}}", key.repeat(7)),
         format!("[{k}]"),
@@ -434,6 +562,10 @@ async fn scenario() -> Found {
             format!("/api/admin/events?since={key}"),
             format!("/api/admin/events?type={key}"),
             format!("/api/admin/keys?limit={key}"),
+            format!("/api/admin/keys?after={key}"),
+            format!("/api/admin/keys?limit=2&after=x{key}"),
+            format!("/api/admin/events?limit={key}"),
+            format!("/api/admin/sessions?key_id=x{key}"),
         ] {
             let method = if path.ends_with("/revoke") {
                 "POST"
@@ -448,6 +580,46 @@ async fn scenario() -> Found {
                 "{method} {path}: {status} {text}"
             );
         }
+    }
+
+    // ---- the dashboard: every field that is refilled or linked again,
+    // given a whole key, a mistyped one and one behind other text
+    let cookie = dashboard_sign_in(&http, &base).await;
+    for key in real.iter().chain(unknown.iter()) {
+        let e = urlencode(key);
+        let t = urlencode(&typo(key));
+        let x = urlencode(&format!("x {key}"));
+        let mut paths = Vec::new();
+        for v in [&e, &t, &x] {
+            paths.extend([
+                format!("/admin/keys?q={v}"),
+                format!("/admin/keys?q={v}&page=2"),
+                format!("/admin/events?key={v}"),
+                format!("/admin/events?since={v}"),
+                format!("/admin/events?until={v}"),
+                format!("/admin/events?type={v}"),
+                format!("/admin/sharing?since={v}"),
+                format!("/admin/sharing?within={v}"),
+                format!("/admin/sessions?key={v}"),
+                format!("/admin/keys?done={v}"),
+                format!("/admin/keys?page={v}"),
+                format!("/admin/keys/{v}"),
+            ]);
+        }
+        for path in paths {
+            let (status, text) = dashboard_call(&mut seen, &base, &cookie, &path, None).await;
+            assert!(status < 500, "GET {path}: {status} {text}");
+        }
+        // a kick whose way back carries the key
+        let id = format!("kick-me-{}", &key[3..11]);
+        let form = format!(
+            "csrf={}&back={}",
+            cookie.1,
+            urlencode(&format!("/admin/sessions?key={key}"))
+        );
+        let path = format!("/admin/sessions/{id}/kick");
+        let (status, text) = dashboard_call(&mut seen, &base, &cookie, &path, Some(&form)).await;
+        assert!(status < 500, "POST {path}: {status} {text}");
     }
 
     // ---- admin calls with wrong tokens (one of them an access key)
@@ -623,7 +795,19 @@ async fn scenario() -> Found {
         } else {
             secret.clone()
         };
+        // A mistyped key (character 20 changed, see `typo`) shown back is a
+        // leak of the rest of the secret: search for what follows it too.
+        let after_typo = secret.get(21..).filter(|_| secret.starts_with("ks_"));
         for (what, text, request) in &seen.texts {
+            if let Some(rest) =
+                after_typo.filter(|r| text.contains(*r) && !text.contains(tail.as_str()))
+            {
+                let line = format!("{kind} {}… (mistyped) in {what}: {text}", &secret[..11]);
+                match request {
+                    Some(r) if r.contains(rest) => echoes.push(line),
+                    _ => leaks.push(line),
+                }
+            }
             if text.contains(tail.as_str()) {
                 let line = format!("{kind} {}… in {what}: {text}", &secret[..11]);
                 match request {

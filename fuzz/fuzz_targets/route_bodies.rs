@@ -15,7 +15,7 @@ use keyseat::store::{Durability, LiveOptions, LiveStore};
 use libfuzzer_sys::fuzz_target;
 use tower::ServiceExt;
 
-const TOKEN: &str = "fuzz-admin-token";
+const TOKEN: &str = "fuzz-admin-token-0123456789";
 
 struct Harness {
     rt: tokio::runtime::Runtime,

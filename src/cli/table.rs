@@ -34,13 +34,18 @@ pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// Escapes control characters (`\n`, `\u{1b}`…).
+/// Escapes control characters (`\n`, `\u{1b}`…) and invisible or
+/// direction-changing ones (`\u{202e}`, see [`crate::input::is_invisible`]),
+/// which input refuses but a database from an earlier release may hold.
 pub fn printable(text: &str) -> String {
-    if text.chars().any(char::is_control) {
+    let hidden = |c: char| c.is_control() || crate::input::is_invisible(c);
+    if text.chars().any(hidden) {
         text.chars()
             .map(|c| {
                 if c.is_control() {
                     c.escape_default().to_string()
+                } else if hidden(c) {
+                    c.escape_unicode().to_string()
                 } else {
                     c.to_string()
                 }
@@ -72,5 +77,13 @@ mod tests {
         let t = super::render(&["A"], &[vec!["evil\nrow\u{1b}[31m".into()]]);
         assert_eq!(t.lines().count(), 2);
         assert!(!t.contains('\u{1b}'));
+    }
+
+    /// A stored right-to-left override or zero-width space is shown as its
+    /// code point, so a row cannot pass for another.
+    #[test]
+    fn invisible_characters_are_shown_escaped() {
+        let t = super::render(&["A"], &[vec!["fp\u{202e}1\u{200b}\u{feff}".into()]]);
+        assert_eq!(t, "A\nfp\\u{202e}1\\u{200b}\\u{feff}");
     }
 }

@@ -61,7 +61,10 @@ pub async fn list(
             .transpose()?;
         Ok((event_type, since, until, before))
     })();
-    let key = nonempty(&q.key).map(str::to_owned);
+    // A pasted access key is looked up by its prefix (never compared or
+    // shown whole).
+    let key =
+        nonempty(&q.key).map(|k| super::page::key_as_prefix(k).unwrap_or_else(|| k.to_owned()));
     let result = match parsed {
         Err(e) => Err(e),
         Ok((event_type, since, until, before)) => {
@@ -119,7 +122,9 @@ pub async fn list(
         }
         Err(e) => return Err(e.into()),
     };
-    let val = |v: &Option<String>| v.clone().unwrap_or_default();
+    // What was typed comes back in the form and the next-page link, but a
+    // pasted secret only as its prefix.
+    let val = |v: &Option<String>| super::page::typed(v.as_deref().unwrap_or_default());
     let selected_type = val(&q.event_type);
     let next = next.map(|before| {
         format!(

@@ -5,7 +5,7 @@ use axum::extract::rejection::FormRejection;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect};
+use axum::response::IntoResponse;
 use axum::{Extension, Form};
 use maud::{html, Markup};
 use serde::Deserialize;
@@ -13,7 +13,9 @@ use serde::Deserialize;
 use std::sync::Arc;
 
 use super::auth::{OnceForms, Sessions, Signed};
-use super::page::{csrf_field, enc, flash, text_opt, when, when_opt, Failure, Page, PageResult};
+use super::page::{
+    csrf_field, enc, flash, see_other, text_opt, when, when_opt, Failure, Page, PageResult,
+};
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::http::extract::ClientAddr;
@@ -102,15 +104,10 @@ pub async fn list(
     let q = super::page::query(q)?;
     let store = state.store()?;
     let now = state.now();
-    // Someone may paste a whole access key: search by its prefix, and
-    // never show the secret back.
-    let search =
-        q.q.clone()
-            .map(|t| match crate::keys::AccessKey::parse(t.trim()) {
-                Ok(key) => key.prefix(),
-                Err(_) => t,
-            })
-            .unwrap_or_default();
+    // Someone may paste a whole access key, or one with a wrong
+    // character: search by its prefix. Any other key-like run is cut to
+    // its prefix too, so the secret is never shown back.
+    let search = q.q.as_deref().map(super::page::typed).unwrap_or_default();
     let s2 = search.clone();
     let asked = q.page.unwrap_or(1).max(1);
     let (found, page_no) = blocking(move || {
@@ -323,7 +320,7 @@ pub async fn create(
                     enc("This form was already sent and is still being processed.")
                 ),
             };
-            return Ok(Redirect::to(&to).into_response());
+            return Ok(see_other(&to));
         }
     }
     let release = |sessions: &Sessions| {
@@ -543,12 +540,12 @@ pub async fn update(
         }
     };
     if patch.is_empty() {
-        return Ok(Redirect::to(&done_url(&k, "Nothing changed.")).into_response());
+        return Ok(see_other(&done_url(&k, "Nothing changed.")));
     }
     let change = apply(&state, &addr, &k.key_id, patch).await?;
     log_change(&change, "updated");
     let msg = format!("Changes saved.{}", ended_note(&change));
-    Ok(Redirect::to(&done_url(&change.key, &msg)).into_response())
+    Ok(see_other(&done_url(&change.key, &msg)))
 }
 
 async fn apply(
@@ -582,7 +579,7 @@ async fn set_status(
     };
     log_change(&change, verb);
     let msg = format!("Key {verb}.{}", ended_note(&change));
-    Ok(Redirect::to(&done_url(&change.key, &msg)).into_response())
+    Ok(see_other(&done_url(&change.key, &msg)))
 }
 
 /// `POST /admin/keys/{key_id}/suspend`.
@@ -611,7 +608,7 @@ pub async fn revoke_confirm(
 ) -> PageResult {
     let k = load_key(&state, key_id).await?;
     if k.status == KeyStatus::Revoked {
-        return Ok(Redirect::to(&done_url(&k, "This key is already revoked.")).into_response());
+        return Ok(see_other(&done_url(&k, "This key is already revoked.")));
     }
     let body = Page::new("Revoke key").nav("keys", &me.csrf).render(html! {
         section class="card narrow" {
@@ -647,7 +644,7 @@ pub async fn revoke(
     let change = blocking(move || store.revoke_key(&key_id, clock.now(), &actor)).await?;
     log_change(&change, "revoked");
     let msg = format!("Key revoked.{}", ended_note(&change));
-    Ok(Redirect::to(&done_url(&change.key, &msg)).into_response())
+    Ok(see_other(&done_url(&change.key, &msg)))
 }
 
 #[cfg(test)]

@@ -56,6 +56,15 @@ impl<'a> Page<'a> {
 
     /// The whole document around `content`.
     pub fn render(self, content: Markup) -> Markup {
+        // Every stored text (names, fingerprints, labels, actors) and every
+        // echoed query reaches the browser through here, so invisible and
+        // direction-changing characters are escaped once for all of them:
+        // the dashboard's own words contain none.
+        let page = self.render_raw(content).into_string();
+        PreEscaped(crate::input::escape_invisible(&page).into_owned())
+    }
+
+    fn render_raw(self, content: Markup) -> Markup {
         html! {
             (DOCTYPE)
             html lang="en" {
@@ -180,7 +189,10 @@ pub fn query<T>(
     q.map(|axum::extract::Query(v)| v).map_err(|e| {
         Failure::new(
             StatusCode::BAD_REQUEST,
-            format!("The address has a malformed parameter: {}", e.body_text()),
+            format!(
+                "The address has a malformed parameter: {}",
+                crate::keys::redact_secret(&e.body_text())
+            ),
         )
     })
 }
@@ -224,7 +236,7 @@ pub fn text_opt(t: Option<&str>) -> Markup {
 pub fn flash(done: Option<&str>) -> Markup {
     html! {
         @if let Some(msg) = done.filter(|m| !m.is_empty()) {
-            p class="flash ok" role="status" id="flash" { (msg) }
+            p class="flash ok" role="status" id="flash" { (crate::keys::redact_secret(msg)) }
         }
     }
 }
@@ -242,6 +254,66 @@ pub fn enc(text: &str) -> String {
     out
 }
 
+/// What a filter or search box shows again of what was typed, and what its
+/// links carry: a pasted access key (whole, mistyped or cut short) is cut
+/// to its prefix, so the secret never comes back in the page or in an
+/// address that lands in the browser's history.
+pub fn typed(text: &str) -> String {
+    key_as_prefix(text).unwrap_or_else(|| crate::keys::redact_secret(text))
+}
+
+/// The prefix of `text` if it looks like an access key typed into a key
+/// field (`ks_`, 8 key characters, then more): a whole key or one with a
+/// wrong character, either way found by its prefix.
+pub fn key_as_prefix(text: &str) -> Option<String> {
+    let t = text.trim();
+    let keep = crate::keys::KEY_TAG.len() + crate::keys::PREFIX_LEN;
+    (t.starts_with(crate::keys::KEY_TAG)
+        && t.len() > keep
+        && t.bytes()
+            .take(keep)
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+    .then(|| t[..keep].to_owned())
+}
+
+/// A form's `back` target, if it is a dashboard page the browser may be
+/// sent to: a path under `/admin` (never `//host`, which browsers read as
+/// another site), with no `..` segment and no access key, made only of
+/// visible ASCII other than a backslash (which browsers read as `/`). Anything else, including a
+/// newline or DEL that cannot go into a `Location` header, is `None`, and
+/// the caller uses its own default page instead.
+pub fn dashboard_path(back: &str) -> Option<&str> {
+    let path = back.split(['?', '#']).next().unwrap_or("");
+    let ok = (path == "/admin" || path.starts_with("/admin/"))
+        && back.bytes().all(|b| b.is_ascii_graphic() && b != b'\\')
+        && !path.split('/').any(|seg| seg == "..")
+        // The dashboard's own links carry keys by prefix only; a pasted
+        // secret must not come back in a `Location` header.
+        && !crate::input::holds_access_key(back);
+    ok.then_some(back)
+}
+
+/// A 303 to `to`. Every target is built from dashboard paths and
+/// percent-encoded values, so it is always a valid header value; if one
+/// ever is not, the browser gets a readable error page and the log says
+/// why, never axum's plain-text 500.
+pub fn see_other(to: &str) -> Response {
+    if axum::http::HeaderValue::from_str(to).is_ok() {
+        axum::response::Redirect::to(to).into_response()
+    } else {
+        tracing::error!(
+            target_len = to.len(),
+            "dashboard built a redirect that is not a valid header value"
+        );
+        error_page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Something went wrong",
+            "The action was done, but the page to go back to could not be built; \
+             open the dashboard again.",
+        )
+    }
+}
+
 /// Raw, trusted markup (our own SVG).
 pub fn raw(s: String) -> PreEscaped<String> {
     PreEscaped(s)
@@ -256,6 +328,58 @@ mod tests {
         assert_eq!(sentence("no key matches x"), "No key matches x.");
         assert_eq!(sentence("done."), "Done.");
         assert_eq!(enc("a b/ü"), "a%20b%2F%C3%BC");
+    }
+
+    /// Only dashboard paths that can go into a `Location` header are taken
+    /// as a form's way back.
+    #[test]
+    fn back_targets_stay_in_the_dashboard_and_in_the_header_alphabet() {
+        for good in [
+            "/admin",
+            "/admin/sessions",
+            "/admin/sessions?key=ks_abc%20d",
+        ] {
+            assert_eq!(dashboard_path(good), Some(good), "{good}");
+        }
+        for bad in [
+            "",
+            "/admin/\n",
+            "/admin/\u{7f}",
+            "/admin/\r\nSet-Cookie: x=y",
+            "/admin/ü",
+            "/admin/ x",
+            "/admin/\\evil.example",
+            "/admin/../api/admin/keys",
+            "//evil.example/admin/",
+            "https://evil.example/admin/",
+            "/administrator",
+            "/api/admin/keys?x=/admin/",
+        ] {
+            assert_eq!(dashboard_path(bad), None, "{bad:?}");
+        }
+        let key = crate::keys::AccessKey::generate();
+        let back = format!("/admin/sessions?key={}", key.expose_secret());
+        assert_eq!(dashboard_path(&back), None, "a pasted key in a Location");
+    }
+
+    /// A pasted key comes back in a filter box as its prefix, whole,
+    /// mistyped or behind other text.
+    #[test]
+    fn typed_text_shows_a_pasted_key_only_by_its_prefix() {
+        let key = crate::keys::AccessKey::generate();
+        let secret = key.expose_secret();
+        let prefix = key.prefix();
+        assert_eq!(typed(secret), prefix);
+        assert_eq!(typed(&format!("{}x", &secret[..30])), prefix);
+        assert_eq!(key_as_prefix(&format!(" {secret} ")), Some(prefix.clone()));
+        let behind = typed(&format!("x {secret}"));
+        assert!(
+            behind.starts_with("x ks_") && !behind.contains(&secret[11..]),
+            "{behind}"
+        );
+        assert_eq!(typed("24h"), "24h");
+        assert_eq!(typed("ks_abc"), "ks_abc");
+        assert_eq!(key_as_prefix("ks_abcdefgh"), None, "a prefix is a prefix");
     }
 
     #[test]

@@ -5,13 +5,13 @@ use std::collections::HashMap;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::response::{IntoResponse, Redirect};
+use axum::response::IntoResponse;
 use axum::{Extension, Form};
 use maud::{html, Markup};
 use serde::Deserialize;
 
 use super::auth::Signed;
-use super::page::{csrf_field, enc, flash, text_opt, when, Page, PageResult};
+use super::page::{csrf_field, enc, flash, see_other, text_opt, when, Page, PageResult};
 use crate::clock::Timestamp;
 use crate::http::extract::ClientAddr;
 use crate::http::AppState;
@@ -88,7 +88,12 @@ pub async fn list(
     let q = super::page::query(q)?;
     let store = state.store()?;
     let now = state.now();
-    let key = q.key.clone().filter(|k| !k.trim().is_empty());
+    // A pasted access key is looked up, refilled and linked by its prefix.
+    let key = q
+        .key
+        .as_deref()
+        .filter(|k| !k.trim().is_empty())
+        .map(|k| super::page::key_as_prefix(k).unwrap_or_else(|| k.to_owned()));
     let k2 = key.clone();
     let (sessions, labels) = blocking(move || {
         let mut sessions = store.live_sessions(k2.as_deref().map(str::trim), now)?;
@@ -108,7 +113,7 @@ pub async fn list(
     .await?;
     let (sessions, total) = sessions;
     let back = match &key {
-        Some(k) => format!("/admin/sessions?key={}", enc(k)),
+        Some(k) => format!("/admin/sessions?key={}", enc(&super::page::typed(k))),
         None => "/admin/sessions".into(),
     };
     let body = html! {
@@ -117,7 +122,7 @@ pub async fn list(
         form method="get" action="/admin/sessions" class="search" {
             label for="key" { "Only the key (prefix or key id)" }
             div class="row" {
-                input type="search" id="key" name="key" value=(key.as_deref().unwrap_or(""));
+                input type="search" id="key" name="key" value=(super::page::typed(key.as_deref().unwrap_or("")));
                 button type="submit" id="filter" { "Filter" }
             }
         }
@@ -149,6 +154,12 @@ pub async fn kick(
     f: Result<Form<KickForm>, FormRejection>,
 ) -> PageResult {
     let f = super::keys::form(f)?;
+    // The way back is settled before acting, so a bad one (only a tampered
+    // form has one) cannot turn a kick that happened into an error page:
+    // it is replaced by the sessions page, as an off-dashboard one is.
+    let back = super::page::dashboard_path(&f.back)
+        .unwrap_or("/admin/sessions")
+        .to_owned();
     let store = state.store()?;
     let clock = state.clock();
     let actor = Actor(addr.label());
@@ -164,12 +175,6 @@ pub async fn kick(
         }
         EndOutcome::AlreadyEnded(r) => format!("That session had already ended ({}).", r.as_str()),
     };
-    // Only back to a dashboard page: never an open redirect.
-    let back = if f.back.starts_with("/admin/") && !f.back.starts_with("//") {
-        f.back
-    } else {
-        "/admin/sessions".into()
-    };
     let sep = if back.contains('?') { '&' } else { '?' };
-    Ok(Redirect::to(&format!("{back}{sep}done={}", enc(&msg))).into_response())
+    Ok(see_other(&format!("{back}{sep}done={}", enc(&msg))))
 }

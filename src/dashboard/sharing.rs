@@ -53,6 +53,12 @@ pub async fn page(
         }
         Err(e) => (None, Some(super::page::sentence(&e.to_string()))),
     };
+    // Shown again in the form and the command-line hint: a pasted secret
+    // only as its prefix.
+    let (since_text, within_text) = (
+        super::page::typed(&since_text),
+        super::page::typed(&within_text),
+    );
     let body = html! {
         h1 { "Sharing report" }
         p class="muted" {

@@ -233,6 +233,9 @@ async fn list_keys(
     let store = state.store()?;
     let clock = state.clock();
     let after = q.after.filter(|a| !a.is_empty());
+    if let Some(a) = &after {
+        crate::input::key_id_cursor("after", a)?;
+    }
     let page = blocking(move || store.list_keys(limit, after.as_deref(), clock.now())).await?;
     Ok(Json(
         json!({ "keys": page.keys, "next_after": page.next_after }),
