@@ -322,3 +322,55 @@ async fn a_slow_body_does_not_hold_a_writer_slot() {
     assert_eq!(status, StatusCode::OK, "{body}");
     drop(slow);
 }
+
+/// Item 5 of issue 11: a guesser on the same address (an office behind one
+/// NAT) must not take a live device's seat. With the default limits, 31 bad
+/// keys put the address over its limit; the device that was already using
+/// its key there keeps heartbeating (and can check its status and restart)
+/// for the whole window, while the guesser gets 429 for every key the
+/// address has not proven, existing or not, with identical answers.
+#[tokio::test]
+async fn bad_keys_from_an_address_do_not_stop_a_valid_device_there() {
+    let server = TestServer::start_with(|s| s.rate_limits = true).await;
+    assert_eq!(server.settings.failed_key_lookups_per_minute, 30);
+    let (key, _) = server.create_key(json!({})).await;
+    let (unused, _) = server.create_key(json!({})).await;
+    let session = server.started(&key, "office-pc").await;
+
+    let unknown = keyseat::keys::AccessKey::generate();
+    let mut last = (StatusCode::OK, Value::Null);
+    for i in 0..31 {
+        let bad = if i % 2 == 0 {
+            unknown.expose_secret().to_owned()
+        } else {
+            "ks_typo".to_owned()
+        };
+        last = server.status(&bad).await;
+    }
+    common::assert_error(last.0, &last.1, 429, "rate_limited");
+
+    // Heartbeats at 0, 25 and 50 s of the 60 s window.
+    for i in 0..3 {
+        if i > 0 {
+            server.clock.advance_secs(25);
+        }
+        let (status, body) = server.heartbeat(&key, &session).await;
+        assert_eq!(status, StatusCode::OK, "the device keeps its seat: {body}");
+        // The guesser goes on meanwhile.
+        let (status, _) = server.status(unknown.expose_secret()).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    }
+    let (status, body) = server.status(&key).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // A key this address never used is refused exactly like a guess: the
+    // answer says nothing about whether it exists.
+    let unused_answer = server.status(&unused).await;
+    let guess_answer = server.status(unknown.expose_secret()).await;
+    common::assert_error(unused_answer.0, &unused_answer.1, 429, "rate_limited");
+    assert_eq!(unused_answer, guess_answer);
+
+    let (status, body) = server.end(&key, &session).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["ended"], true);
+}
