@@ -71,6 +71,9 @@ pub struct Settings {
     pub trusted_proxies: TrustedProxies,
     /// Open connections served at once; more are answered 503 and closed.
     pub max_connections: usize,
+    /// Open connections served at once from one client address (at most a
+    /// quarter of `max_connections`), so one address cannot fill the server.
+    pub max_connections_per_address: usize,
     /// Requests that write to the database (starts, ends, admin changes)
     /// allowed in flight; more are shed with 503 `overloaded` at once
     /// instead of queueing until clients time out.
@@ -111,6 +114,7 @@ impl Default for Settings {
             starts_per_key_per_minute: 20,
             trusted_proxies: TrustedProxies::default(),
             max_connections: 10_000,
+            max_connections_per_address: 256,
             max_pending_writes: 1_024,
             client_timeout_seconds: 10,
             metrics: MetricsMode::Main,
@@ -162,6 +166,7 @@ struct FileSettings {
     starts_per_key_per_minute: Option<u32>,
     trusted_proxies: Option<StringOrList>,
     max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
     max_pending_writes: Option<usize>,
     client_timeout_seconds: Option<u64>,
     metrics: Option<String>,
@@ -186,7 +191,7 @@ impl StringOrList {
 
 /// Every setting name, in the order of the example file. Each has an
 /// environment variable `KEYSEAT_<NAME>` and a flag `--<name>` (dashes).
-pub const SETTING_NAMES: [&str; 19] = [
+pub const SETTING_NAMES: [&str; 20] = [
     "listen",
     "database",
     "admin_token",
@@ -203,6 +208,7 @@ pub const SETTING_NAMES: [&str; 19] = [
     "starts_per_key_per_minute",
     "trusted_proxies",
     "max_connections",
+    "max_connections_per_address",
     "max_pending_writes",
     "client_timeout_seconds",
     "metrics",
@@ -338,6 +344,10 @@ fn apply_file(s: &mut Settings, path: &Path) -> Result<(), ConfigError> {
         file.max_connections.map(|v| v.to_string()),
     )?;
     set(
+        "max_connections_per_address",
+        file.max_connections_per_address.map(|v| v.to_string()),
+    )?;
+    set(
         "max_pending_writes",
         file.max_pending_writes.map(|v| v.to_string()),
     )?;
@@ -432,6 +442,9 @@ fn apply_text(s: &mut Settings, name: &str, value: &str, from: &str) -> Result<(
             })?
         }
         "max_connections" => s.max_connections = number(name, value, from)?,
+        "max_connections_per_address" => {
+            s.max_connections_per_address = number(name, value, from)?
+        }
         "max_pending_writes" => s.max_pending_writes = number(name, value, from)?,
         "client_timeout_seconds" => s.client_timeout_seconds = number(name, value, from)?,
         "metrics" => {
@@ -493,6 +506,12 @@ fn validate(s: &Settings) -> Result<(), ConfigError> {
         return fail(format!(
             "max_connections = {} must be between 1 and 1000000",
             s.max_connections
+        ));
+    }
+    if !(1..=1_000_000).contains(&s.max_connections_per_address) {
+        return fail(format!(
+            "max_connections_per_address = {} must be between 1 and 1000000",
+            s.max_connections_per_address
         ));
     }
     if !(1..=1_000_000).contains(&s.max_pending_writes) {
@@ -695,6 +714,10 @@ mod tests {
             Some(d.starts_per_key_per_minute)
         );
         assert_eq!(file.max_connections, Some(d.max_connections));
+        assert_eq!(
+            file.max_connections_per_address,
+            Some(d.max_connections_per_address)
+        );
         assert_eq!(file.max_pending_writes, Some(d.max_pending_writes));
         assert_eq!(file.client_timeout_seconds, Some(d.client_timeout_seconds));
         assert_eq!(file.metrics.as_deref(), Some("on"));
@@ -745,6 +768,11 @@ mod tests {
         let o = Overrides::default();
         for (var, value, needle) in [
             ("KEYSEAT_MAX_CONNECTIONS", "0", "max_connections = 0"),
+            (
+                "KEYSEAT_MAX_CONNECTIONS_PER_ADDRESS",
+                "0",
+                "max_connections_per_address = 0",
+            ),
             ("KEYSEAT_MAX_PENDING_WRITES", "0", "max_pending_writes = 0"),
             (
                 "KEYSEAT_CLIENT_TIMEOUT_SECONDS",

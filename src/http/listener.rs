@@ -2,9 +2,19 @@
 //! exists. `axum::serve` has no knobs for these, so keyseat drives hyper
 //! itself:
 //!
-//! - at most `max_connections` connections are served at once; one more is
-//!   answered with a complete 503 `overloaded` (JSON, `Retry-After: 1`) and
-//!   closed, so a client learns to retry instead of hanging in the backlog;
+//! - at most `max_connections` connections are served at once, and at most
+//!   `max_connections_per_address` (never more than a quarter of
+//!   `max_connections`) from one client address (an IPv6 /64; trusted
+//!   proxies are exempt, they carry everyone). A connection over either cap
+//!   is answered with a complete 503 `overloaded` (JSON, `Retry-After: 1`)
+//!   and closed, so a client learns to retry instead of hanging in the
+//!   backlog;
+//! - when the server is full, a newcomer may take the slot of an *idle*
+//!   connection (no request in progress) of the address holding the most
+//!   connections, provided that address would still hold more than the
+//!   newcomer's: so sockets parked by one or a few addresses give way to
+//!   other clients, while a live device's own keep-alive connection (one of
+//!   few from its address) is never the one closed;
 //! - request headers must arrive within `client_timeout_seconds` and be at
 //!   most [`MAX_HEADER_BYTES`] (hyper closes slow connections and answers
 //!   431 to huge headers). The same deadline closes idle keep-alive
@@ -14,9 +24,12 @@
 //! - on stop, idle connections close at once and in-flight requests get
 //!   a bounded time to finish; connections still busy then are closed.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -24,11 +37,13 @@ use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
+
+use crate::proxy::TrustedProxies;
+use crate::ratelimit::bucket_of;
 
 /// Largest request head (request line and headers) accepted.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -38,11 +53,21 @@ const MAX_HEADERS: usize = 64;
 /// simply closed (the cheapest possible answer under a flood).
 const MAX_REFUSALS: usize = 256;
 
+/// How long an evicted connection that raced a request in gets to finish
+/// it before it is closed regardless (its slot already went to another).
+const EVICTED_GRACE: Duration = Duration::from_secs(1);
+
 /// Connection-level limits.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnLimits {
     /// Connections served at once.
     pub max_connections: usize,
+    /// Connections served at once from one client address (lowered to a
+    /// quarter of `max_connections` if higher).
+    pub max_per_address: usize,
+    /// Peers exempt from the per-address cap: the reverse proxies, whose
+    /// one address carries every client.
+    pub trusted: TrustedProxies,
     /// Deadline for a request's headers, and for an idle keep-alive
     /// connection's next request.
     pub header_timeout: Duration,
@@ -81,6 +106,152 @@ pub fn effective_max_connections(configured: usize) -> (usize, Option<String>) {
     }
 }
 
+/// Per-address caps for limits: the configured one, at most a quarter of
+/// the total (and at least one).
+pub fn per_address_cap(max_connections: usize, configured: usize) -> usize {
+    configured.min(max_connections / 4).max(1)
+}
+
+/// One served connection, as the [`Table`] sees it.
+struct Conn {
+    id: u64,
+    /// Requests being handled on it right now.
+    busy: AtomicUsize,
+    /// Asks the connection to close (at once if idle).
+    close: Notify,
+    /// Its share of `max_connections`; taken (and handed to a newcomer)
+    /// when it is evicted, so `None` also means "already evicted".
+    slot: Mutex<Option<OwnedSemaphorePermit>>,
+}
+
+/// Marks a connection busy while a request on it is handled.
+struct Busy(Arc<Conn>);
+
+impl Busy {
+    fn enter(conn: &Arc<Conn>) -> Busy {
+        conn.busy.fetch_add(1, Ordering::SeqCst);
+        Busy(conn.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Why a connection was refused (the `reason` label of the shed counter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// `max_connections` are open and none could give way.
+    Full,
+    /// This address already has its share.
+    PerAddress,
+}
+
+impl Refused {
+    fn reason(self) -> &'static str {
+        match self {
+            Refused::Full => "connections",
+            Refused::PerAddress => "connections_per_address",
+        }
+    }
+}
+
+/// The open connections by client address: decides who is admitted, and
+/// whose idle connection gives way when the server is full.
+struct Table {
+    slots: Arc<Semaphore>,
+    per_address: usize,
+    trusted: TrustedProxies,
+    inner: Mutex<TableInner>,
+}
+
+#[derive(Default)]
+struct TableInner {
+    by_addr: HashMap<IpAddr, Vec<Arc<Conn>>>,
+    next_id: u64,
+}
+
+impl Table {
+    fn inner(&self) -> std::sync::MutexGuard<'_, TableInner> {
+        // Bookkeeping only; a poisoned table is still consistent enough.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admits a connection from `peer`, or says why not. Synchronous and
+    /// short: the accept loop calls it for every connection.
+    fn admit(&self, peer: IpAddr) -> Result<(IpAddr, Arc<Conn>), Refused> {
+        let bucket = bucket_of(peer);
+        let mut inner = self.inner();
+        let mine = inner.by_addr.get(&bucket).map_or(0, Vec::len);
+        if mine >= self.per_address && !self.trusted.contains(peer) {
+            return Err(Refused::PerAddress);
+        }
+        let slot = match self.slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => inner.evict_for(bucket, mine).ok_or(Refused::Full)?,
+        };
+        inner.next_id += 1;
+        let conn = Arc::new(Conn {
+            id: inner.next_id,
+            busy: AtomicUsize::new(0),
+            close: Notify::new(),
+            slot: Mutex::new(Some(slot)),
+        });
+        inner.by_addr.entry(bucket).or_default().push(conn.clone());
+        Ok((bucket, conn))
+    }
+
+    /// Forgets a closed connection (its slot is freed by dropping it).
+    fn remove(&self, bucket: IpAddr, conn: &Conn) {
+        let mut inner = self.inner();
+        if let Some(list) = inner.by_addr.get_mut(&bucket) {
+            list.retain(|c| c.id != conn.id);
+            if list.is_empty() {
+                inner.by_addr.remove(&bucket);
+            }
+        }
+        let slot = conn.slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(inner);
+        drop(slot);
+    }
+}
+
+impl TableInner {
+    /// Closes the oldest idle connection of the address with the most
+    /// connections, if that address holds at least two more than the
+    /// newcomer's (so after the swap it still holds more), and hands over
+    /// its slot.
+    fn evict_for(&mut self, newcomer: IpAddr, mine: usize) -> Option<OwnedSemaphorePermit> {
+        let live = |list: &Vec<Arc<Conn>>| {
+            list.iter()
+                .filter(|c| c.slot.lock().is_ok_and(|s| s.is_some()))
+                .count()
+        };
+        let (_, list) = self
+            .by_addr
+            .iter()
+            .filter(|(addr, _)| **addr != newcomer)
+            .map(|(addr, list)| (live(list), (addr, list)))
+            .filter(|(n, _)| *n > mine + 1)
+            .max_by_key(|(n, _)| *n)
+            .map(|(_, found)| found)?;
+        for conn in list {
+            if conn.busy.load(Ordering::SeqCst) > 0 {
+                continue;
+            }
+            let Some(slot) = conn.slot.lock().ok().and_then(|mut s| s.take()) else {
+                continue;
+            };
+            conn.close.notify_one();
+            crate::metrics::global().shed("idle_connection_evicted");
+            return Some(slot);
+        }
+        None
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` completes, then waits for
 /// open connections to finish their requests.
 pub async fn serve(
@@ -89,9 +260,16 @@ pub async fn serve(
     limits: ConnLimits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let table = Arc::new(Table {
+        slots: Arc::new(Semaphore::new(limits.max_connections)),
+        per_address: per_address_cap(limits.max_connections, limits.max_per_address),
+        trusted: limits.trusted.clone(),
+        inner: Mutex::new(TableInner::default()),
+    });
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
-    let graceful = GracefulShutdown::new();
+    // Tells every connection the server is stopping: idle ones close at
+    // once, busy ones after their request.
+    let (stopping, stop_rx) = tokio::sync::watch::channel(false);
     // Connection tasks, so the ones still running after the drain deadline
     // can be closed (a spawned task outlives an aborted `serve`).
     let mut connections = tokio::task::JoinSet::new();
@@ -116,42 +294,65 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            crate::metrics::global().shed("connections");
-            if let Ok(permit) = refusals.clone().try_acquire_owned() {
-                tokio::spawn(async move {
-                    refuse(stream).await;
-                    drop(permit);
-                });
+        let (bucket, entry) = match table.admit(peer.ip()) {
+            Ok(admitted) => admitted,
+            Err(why) => {
+                crate::metrics::global().shed(why.reason());
+                if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                    tokio::spawn(async move {
+                        refuse(stream, why).await;
+                        drop(permit);
+                    });
+                }
+                continue;
             }
-            continue;
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
+        let on_conn = entry.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
             let router = router.clone();
+            let busy = Busy::enter(&on_conn);
             async move {
                 let response = router
                     .oneshot(req.map(Body::new))
                     .await
                     .unwrap_or_else(|never: Infallible| match never {});
+                drop(busy);
                 Ok::<_, Infallible>(response)
             }
         });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let conn = http.serve_connection(TokioIo::new(stream), service);
+        let (table, mut stop_rx) = (table.clone(), stop_rx.clone());
         connections.spawn(async move {
-            if let Err(e) = conn.await {
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                _ = entry.close.notified() => {
+                    conn.as_mut().graceful_shutdown();
+                    tokio::time::timeout(EVICTED_GRACE, conn.as_mut())
+                        .await
+                        .unwrap_or(Ok(()))
+                }
+                _ = async { stop_rx.wait_for(|stopped| *stopped).await.is_ok() } => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection closed with an error");
             }
-            drop(slot);
+            table.remove(bucket, &entry);
         });
     }
     drop(listener);
-    if tokio::time::timeout(limits.drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let _ = stopping.send(true);
+    let drained = tokio::time::timeout(limits.drain, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
         tracing::warn!(
             "requests still running after {:?}; closing their connections",
             limits.drain
@@ -186,15 +387,30 @@ const REFUSAL: &str = concat!(
     r#"{"error":{"code":"overloaded","message":"the server has too many open connections; retry in a second"}}"#,
 );
 
+/// The whole answer to a connection over the per-address cap.
+const REFUSAL_PER_ADDRESS: &str = concat!(
+    "HTTP/1.1 503 Service Unavailable\r\n",
+    "content-type: application/json\r\n",
+    "retry-after: 1\r\n",
+    "connection: close\r\n",
+    "content-length: 114\r\n",
+    "\r\n",
+    r#"{"error":{"code":"overloaded","message":"too many open connections from this address; close idle ones and retry"}}"#,
+);
+
 /// Answers 503 and closes, reading (and discarding) what the client sent
 /// first so the close does not reset the connection before the client has
 /// read the answer. Bounded to one second.
-async fn refuse(mut stream: TcpStream) {
+async fn refuse(mut stream: TcpStream, why: Refused) {
+    let answer = match why {
+        Refused::Full => REFUSAL,
+        Refused::PerAddress => REFUSAL_PER_ADDRESS,
+    };
     let work = async {
         let mut buf = [0u8; 4096];
         // Give the request a moment to arrive, then answer regardless.
         let _ = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await;
-        stream.write_all(REFUSAL.as_bytes()).await?;
+        stream.write_all(answer.as_bytes()).await?;
         stream.shutdown().await?;
         while stream.read(&mut buf).await? > 0 {}
         Ok::<_, std::io::Error>(())
@@ -206,9 +422,75 @@ async fn refuse(mut stream: TcpStream) {
 mod tests {
     use super::*;
 
+    fn table(slots: usize, per_address: usize, trusted: &str) -> Table {
+        Table {
+            slots: Arc::new(Semaphore::new(slots)),
+            per_address,
+            trusted: TrustedProxies::parse(trusted).unwrap(),
+            inner: Mutex::new(TableInner::default()),
+        }
+    }
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([192, 0, 2, last])
+    }
+
     #[test]
-    fn the_refusal_is_a_complete_json_answer() {
-        let (head, body) = REFUSAL.split_once("\r\n\r\n").unwrap();
+    fn one_address_gets_its_share_and_no_more() {
+        let t = table(10, 2, "192.0.2.9");
+        assert!(t.admit(ip(1)).is_ok());
+        assert!(t.admit(ip(1)).is_ok());
+        assert_eq!(t.admit(ip(1)).err(), Some(Refused::PerAddress));
+        assert!(t.admit(ip(2)).is_ok(), "another address is admitted");
+        for _ in 0..3 {
+            assert!(t.admit(ip(9)).is_ok(), "a trusted proxy is exempt");
+        }
+        let v6a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let v6b: IpAddr = "2001:db8:1:2::2".parse().unwrap();
+        assert!(t.admit(v6a).is_ok());
+        assert!(t.admit(v6b).is_ok());
+        assert_eq!(t.admit(v6a).err(), Some(Refused::PerAddress), "one /64");
+    }
+
+    #[test]
+    fn a_full_table_evicts_an_idle_connection_of_the_biggest_holder() {
+        let t = table(4, 3, "");
+        let (a, first) = t.admit(ip(1)).unwrap();
+        let (_, busy) = t.admit(ip(1)).unwrap();
+        let _busy = Busy::enter(&busy);
+        let (_, third) = t.admit(ip(1)).unwrap();
+        let (b, live) = t.admit(ip(2)).unwrap();
+        // Full. A newcomer from an address with nothing open takes the
+        // oldest idle connection of the address holding three.
+        assert!(t.admit(ip(3)).is_ok());
+        assert!(first.slot.lock().unwrap().is_none(), "evicted");
+        assert!(busy.slot.lock().unwrap().is_some(), "busy ones are kept");
+        // Address 1 now holds two live connections, one busy, the newcomer's
+        // address one: the next newcomer takes the idle one left there.
+        assert!(t.admit(ip(4)).is_ok());
+        assert!(third.slot.lock().unwrap().is_none());
+        // Only a busy one is left at address 1; the live device at address
+        // 2 holds one, like every newcomer would: refused.
+        assert_eq!(t.admit(ip(5)).err(), Some(Refused::Full));
+        assert!(
+            live.slot.lock().unwrap().is_some(),
+            "never the live device's"
+        );
+        // Closing connections frees their slots for anyone.
+        t.remove(a, &first);
+        t.remove(b, &live);
+        assert!(t.admit(ip(5)).is_ok());
+    }
+
+    #[test]
+    fn the_refusals_are_complete_json_answers() {
+        for refusal in [REFUSAL, REFUSAL_PER_ADDRESS] {
+            refusal_is_complete(refusal);
+        }
+    }
+
+    fn refusal_is_complete(refusal: &str) {
+        let (head, body) = refusal.split_once("\r\n\r\n").unwrap();
         let length: usize = head
             .lines()
             .find_map(|l| l.strip_prefix("content-length: "))
