@@ -9,12 +9,14 @@
 //!   is answered with a complete 503 `overloaded` (JSON, `Retry-After: 1`)
 //!   and closed, so a client learns to retry instead of hanging in the
 //!   backlog;
-//! - when the server is full, a newcomer may take the slot of an *idle*
-//!   connection (no request in progress) of the address holding the most
-//!   connections, provided that address would still hold more than the
-//!   newcomer's: so sockets parked by one or a few addresses give way to
-//!   other clients, while a live device's own keep-alive connection (one of
-//!   few from its address) is never the one closed;
+//! - but first a newcomer may take the slot of an *idle* connection (no
+//!   request in progress for [`MIN_IDLE_MS`]): at its address's cap, that
+//!   address's longest-idle one; on a full server, one of the address
+//!   holding the most connections, provided it would still hold more than
+//!   the newcomer's. So sockets parked by one or a few addresses give way
+//!   to other clients and to devices behind the same NAT, while a live
+//!   device's own keep-alive connection (one of few from its address) is
+//!   never the one closed on a full server;
 //! - request headers must arrive within `client_timeout_seconds` and be at
 //!   most [`MAX_HEADER_BYTES`] (hyper closes slow connections and answers
 //!   431 to huge headers). The same deadline closes idle keep-alive
@@ -28,9 +30,9 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -112,16 +114,39 @@ pub fn per_address_cap(max_connections: usize, configured: usize) -> usize {
     configured.min(max_connections / 4).max(1)
 }
 
+/// How long a connection must have been idle (no request in progress)
+/// before it may give its place to a newcomer: longer than a client takes
+/// to send its request once connected, so a device's fresh connection is
+/// never closed before it is used.
+const MIN_IDLE_MS: u64 = 1_000;
+
 /// One served connection, as the [`Table`] sees it.
 struct Conn {
     id: u64,
     /// Requests being handled on it right now.
     busy: AtomicUsize,
+    /// When it last became idle (accepted, or a request answered), in ms
+    /// since the table's epoch.
+    idle_since_ms: AtomicU64,
+    epoch: Instant,
     /// Asks the connection to close (at once if idle).
     close: Notify,
     /// Its share of `max_connections`; taken (and handed to a newcomer)
     /// when it is evicted, so `None` also means "already evicted".
     slot: Mutex<Option<OwnedSemaphorePermit>>,
+}
+
+impl Conn {
+    fn live(&self) -> bool {
+        self.slot.lock().is_ok_and(|s| s.is_some())
+    }
+
+    /// Idle for at least [`MIN_IDLE_MS`] at `now_ms`, and not evicted yet.
+    fn evictable(&self, now_ms: u64) -> bool {
+        self.busy.load(Ordering::SeqCst) == 0
+            && now_ms.saturating_sub(self.idle_since_ms.load(Ordering::SeqCst)) >= MIN_IDLE_MS
+            && self.live()
+    }
 }
 
 /// Marks a connection busy while a request on it is handled.
@@ -136,6 +161,8 @@ impl Busy {
 
 impl Drop for Busy {
     fn drop(&mut self) {
+        let now = u64::try_from(self.0.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.idle_since_ms.store(now, Ordering::SeqCst);
         self.0.busy.fetch_sub(1, Ordering::SeqCst);
     }
 }
@@ -145,7 +172,7 @@ impl Drop for Busy {
 enum Refused {
     /// `max_connections` are open and none could give way.
     Full,
-    /// This address already has its share.
+    /// This address already has its share, none of it idle.
     PerAddress,
 }
 
@@ -159,11 +186,12 @@ impl Refused {
 }
 
 /// The open connections by client address: decides who is admitted, and
-/// whose idle connection gives way when the server is full.
+/// whose idle connection gives way to a newcomer.
 struct Table {
     slots: Arc<Semaphore>,
     per_address: usize,
     trusted: TrustedProxies,
+    epoch: Instant,
     inner: Mutex<TableInner>,
 }
 
@@ -173,29 +201,58 @@ struct TableInner {
     next_id: u64,
 }
 
+fn live_count(list: &[Arc<Conn>]) -> usize {
+    list.iter().filter(|c| c.live()).count()
+}
+
 impl Table {
+    fn new(slots: usize, per_address: usize, trusted: TrustedProxies) -> Table {
+        Table {
+            slots: Arc::new(Semaphore::new(slots)),
+            per_address,
+            trusted,
+            epoch: Instant::now(),
+            inner: Mutex::new(TableInner::default()),
+        }
+    }
+
     fn inner(&self) -> std::sync::MutexGuard<'_, TableInner> {
         // Bookkeeping only; a poisoned table is still consistent enough.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Admits a connection from `peer`, or says why not. Synchronous and
-    /// short: the accept loop calls it for every connection.
-    fn admit(&self, peer: IpAddr) -> Result<(IpAddr, Arc<Conn>), Refused> {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Admits a connection from `peer` at `now_ms`, or says why not.
+    /// Synchronous and short: the accept loop calls it for every connection.
+    ///
+    /// - An address at its cap may only replace one of its own connections
+    ///   that has been idle a while: a device behind the same NAT as a
+    ///   socket-parker still gets in, a burst of new sockets does not.
+    /// - A full server replaces an idle connection of the address holding
+    ///   the most, if it holds at least two more than the newcomer's (so
+    ///   after the swap it still holds more): parked sockets give way, a
+    ///   live device's own connection (one of few) never does.
+    fn admit(&self, peer: IpAddr, now_ms: u64) -> Result<(IpAddr, Arc<Conn>), Refused> {
         let bucket = bucket_of(peer);
         let mut inner = self.inner();
-        let mine = inner.by_addr.get(&bucket).map_or(0, Vec::len);
-        if mine >= self.per_address && !self.trusted.contains(peer) {
-            return Err(Refused::PerAddress);
-        }
-        let slot = match self.slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => inner.evict_for(bucket, mine).ok_or(Refused::Full)?,
+        let mine = inner.by_addr.get(&bucket).map_or(0, |l| live_count(l));
+        let slot = if mine >= self.per_address && !self.trusted.contains(peer) {
+            inner.take_idle(bucket, now_ms).ok_or(Refused::PerAddress)?
+        } else {
+            match self.slots.clone().try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => inner.evict_for(bucket, mine, now_ms).ok_or(Refused::Full)?,
+            }
         };
         inner.next_id += 1;
         let conn = Arc::new(Conn {
             id: inner.next_id,
             busy: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(now_ms),
+            epoch: self.epoch,
             close: Notify::new(),
             slot: Mutex::new(Some(slot)),
         });
@@ -219,36 +276,41 @@ impl Table {
 }
 
 impl TableInner {
-    /// Closes the oldest idle connection of the address with the most
-    /// connections, if that address holds at least two more than the
-    /// newcomer's (so after the swap it still holds more), and hands over
-    /// its slot.
-    fn evict_for(&mut self, newcomer: IpAddr, mine: usize) -> Option<OwnedSemaphorePermit> {
-        let live = |list: &Vec<Arc<Conn>>| {
-            list.iter()
-                .filter(|c| c.slot.lock().is_ok_and(|s| s.is_some()))
-                .count()
-        };
-        let (_, list) = self
+    /// Asks the longest-idle evictable connection of `addr` to close and
+    /// hands over its slot.
+    fn take_idle(&mut self, addr: IpAddr, now_ms: u64) -> Option<OwnedSemaphorePermit> {
+        let victim = self
+            .by_addr
+            .get(&addr)?
+            .iter()
+            .filter(|c| c.evictable(now_ms))
+            .min_by_key(|c| c.idle_since_ms.load(Ordering::SeqCst))?;
+        let slot = victim.slot.lock().ok()?.take()?;
+        victim.close.notify_one();
+        crate::metrics::global().shed("idle_connection_evicted");
+        Some(slot)
+    }
+
+    /// For a newcomer from `newcomer` (holding `mine`) on a full server: an
+    /// idle connection's slot from the biggest address holding at least
+    /// two more, trying the next biggest when one has none idle.
+    fn evict_for(
+        &mut self,
+        newcomer: IpAddr,
+        mine: usize,
+        now_ms: u64,
+    ) -> Option<OwnedSemaphorePermit> {
+        let mut holders: Vec<(usize, IpAddr)> = self
             .by_addr
             .iter()
             .filter(|(addr, _)| **addr != newcomer)
-            .map(|(addr, list)| (live(list), (addr, list)))
+            .map(|(addr, list)| (live_count(list), *addr))
             .filter(|(n, _)| *n > mine + 1)
-            .max_by_key(|(n, _)| *n)
-            .map(|(_, found)| found)?;
-        for conn in list {
-            if conn.busy.load(Ordering::SeqCst) > 0 {
-                continue;
-            }
-            let Some(slot) = conn.slot.lock().ok().and_then(|mut s| s.take()) else {
-                continue;
-            };
-            conn.close.notify_one();
-            crate::metrics::global().shed("idle_connection_evicted");
-            return Some(slot);
-        }
-        None
+            .collect();
+        holders.sort_unstable_by_key(|h| std::cmp::Reverse(h.0));
+        holders
+            .into_iter()
+            .find_map(|(_, addr)| self.take_idle(addr, now_ms))
     }
 }
 
@@ -260,12 +322,11 @@ pub async fn serve(
     limits: ConnLimits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let table = Arc::new(Table {
-        slots: Arc::new(Semaphore::new(limits.max_connections)),
-        per_address: per_address_cap(limits.max_connections, limits.max_per_address),
-        trusted: limits.trusted.clone(),
-        inner: Mutex::new(TableInner::default()),
-    });
+    let table = Arc::new(Table::new(
+        limits.max_connections,
+        per_address_cap(limits.max_connections, limits.max_per_address),
+        limits.trusted.clone(),
+    ));
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     // Tells every connection the server is stopping: idle ones close at
     // once, busy ones after their request.
@@ -294,7 +355,7 @@ pub async fn serve(
                 }
             },
         };
-        let (bucket, entry) = match table.admit(peer.ip()) {
+        let (bucket, entry) = match table.admit(peer.ip(), table.now_ms()) {
             Ok(admitted) => admitted,
             Err(why) => {
                 crate::metrics::global().shed(why.reason());
@@ -423,12 +484,7 @@ mod tests {
     use super::*;
 
     fn table(slots: usize, per_address: usize, trusted: &str) -> Table {
-        Table {
-            slots: Arc::new(Semaphore::new(slots)),
-            per_address,
-            trusted: TrustedProxies::parse(trusted).unwrap(),
-            inner: Mutex::new(TableInner::default()),
-        }
+        Table::new(slots, per_address, TrustedProxies::parse(trusted).unwrap())
     }
 
     fn ip(last: u8) -> IpAddr {
@@ -436,50 +492,70 @@ mod tests {
     }
 
     #[test]
-    fn one_address_gets_its_share_and_no_more() {
+    fn one_address_gets_its_share_and_no_more_at_once() {
         let t = table(10, 2, "192.0.2.9");
-        assert!(t.admit(ip(1)).is_ok());
-        assert!(t.admit(ip(1)).is_ok());
-        assert_eq!(t.admit(ip(1)).err(), Some(Refused::PerAddress));
-        assert!(t.admit(ip(2)).is_ok(), "another address is admitted");
+        assert!(t.admit(ip(1), 0).is_ok());
+        assert!(t.admit(ip(1), 0).is_ok());
+        assert_eq!(t.admit(ip(1), 0).err(), Some(Refused::PerAddress));
+        assert!(t.admit(ip(2), 0).is_ok(), "another address is admitted");
         for _ in 0..3 {
-            assert!(t.admit(ip(9)).is_ok(), "a trusted proxy is exempt");
+            assert!(t.admit(ip(9), 0).is_ok(), "a trusted proxy is exempt");
         }
         let v6a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
         let v6b: IpAddr = "2001:db8:1:2::2".parse().unwrap();
-        assert!(t.admit(v6a).is_ok());
-        assert!(t.admit(v6b).is_ok());
-        assert_eq!(t.admit(v6a).err(), Some(Refused::PerAddress), "one /64");
+        assert!(t.admit(v6a, 0).is_ok());
+        assert!(t.admit(v6b, 0).is_ok());
+        assert_eq!(t.admit(v6a, 0).err(), Some(Refused::PerAddress), "one /64");
+    }
+
+    #[test]
+    fn at_its_cap_an_address_replaces_its_longest_idle_connection() {
+        let t = table(10, 2, "");
+        let (_, old) = t.admit(ip(1), 0).unwrap();
+        let (_, newer) = t.admit(ip(1), 500).unwrap();
+        assert_eq!(
+            t.admit(ip(1), 900).err(),
+            Some(Refused::PerAddress),
+            "none idle long enough"
+        );
+        assert!(
+            t.admit(ip(1), 1_200).is_ok(),
+            "the device behind the NAT gets in"
+        );
+        assert!(!old.live(), "the longest idle gave way");
+        assert!(newer.live());
+        let _busy = Busy::enter(&newer);
+        assert_eq!(t.admit(ip(1), 1_300).err(), Some(Refused::PerAddress));
     }
 
     #[test]
     fn a_full_table_evicts_an_idle_connection_of_the_biggest_holder() {
         let t = table(4, 3, "");
-        let (a, first) = t.admit(ip(1)).unwrap();
-        let (_, busy) = t.admit(ip(1)).unwrap();
+        let (a, first) = t.admit(ip(1), 0).unwrap();
+        let (_, busy) = t.admit(ip(1), 0).unwrap();
         let _busy = Busy::enter(&busy);
-        let (_, third) = t.admit(ip(1)).unwrap();
-        let (b, live) = t.admit(ip(2)).unwrap();
-        // Full. A newcomer from an address with nothing open takes the
-        // oldest idle connection of the address holding three.
-        assert!(t.admit(ip(3)).is_ok());
-        assert!(first.slot.lock().unwrap().is_none(), "evicted");
-        assert!(busy.slot.lock().unwrap().is_some(), "busy ones are kept");
+        let (_, third) = t.admit(ip(1), 0).unwrap();
+        let (b, live) = t.admit(ip(2), 0).unwrap();
+        let later = MIN_IDLE_MS;
+        // Full. A fresh connection is never evicted.
+        assert_eq!(t.admit(ip(3), later - 1).err(), Some(Refused::Full));
+        // A newcomer from an address with nothing open takes an idle
+        // connection of the address holding three.
+        assert!(t.admit(ip(3), later).is_ok());
+        assert!(!first.live(), "evicted");
+        assert!(busy.live(), "busy ones are kept");
         // Address 1 now holds two live connections, one busy, the newcomer's
         // address one: the next newcomer takes the idle one left there.
-        assert!(t.admit(ip(4)).is_ok());
-        assert!(third.slot.lock().unwrap().is_none());
+        assert!(t.admit(ip(4), later).is_ok());
+        assert!(!third.live());
         // Only a busy one is left at address 1; the live device at address
         // 2 holds one, like every newcomer would: refused.
-        assert_eq!(t.admit(ip(5)).err(), Some(Refused::Full));
-        assert!(
-            live.slot.lock().unwrap().is_some(),
-            "never the live device's"
-        );
+        assert_eq!(t.admit(ip(5), later).err(), Some(Refused::Full));
+        assert!(live.live(), "never the live device's");
         // Closing connections frees their slots for anyone.
         t.remove(a, &first);
         t.remove(b, &live);
-        assert!(t.admit(ip(5)).is_ok());
+        assert!(t.admit(ip(5), later).is_ok());
     }
 
     #[test]
