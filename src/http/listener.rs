@@ -11,10 +11,12 @@
 //!   backlog;
 //! - but first a newcomer may take the slot of an *idle* connection (no
 //!   request in progress for [`MIN_IDLE_MS`]): at its address's cap, that
-//!   address's longest-idle one; on a full server, one of the address
-//!   holding the most connections, provided it would still hold more than
-//!   the newcomer's. So sockets parked by one or a few addresses give way
-//!   to other clients and to devices behind the same NAT, while a live
+//!   address's longest-idle one (however briefly idle, if the newcomer
+//!   starts sending a request within [`PROBATION`], as a device does and a
+//!   parked socket does not); on a full server, one of the address holding
+//!   the most connections, provided it would still hold more than the
+//!   newcomer's. So sockets parked by one or a few addresses give way to
+//!   other clients and to devices behind the same NAT, while a live
 //!   device's own keep-alive connection (one of few from its address) is
 //!   never the one closed on a full server;
 //! - request headers must arrive within `client_timeout_seconds` and be at
@@ -141,10 +143,10 @@ impl Conn {
         self.slot.lock().is_ok_and(|s| s.is_some())
     }
 
-    /// Idle for at least [`MIN_IDLE_MS`] at `now_ms`, and not evicted yet.
-    fn evictable(&self, now_ms: u64) -> bool {
+    /// Idle for at least `min_idle_ms` at `now_ms`, and not evicted yet.
+    fn evictable(&self, now_ms: u64, min_idle_ms: u64) -> bool {
         self.busy.load(Ordering::SeqCst) == 0
-            && now_ms.saturating_sub(self.idle_since_ms.load(Ordering::SeqCst)) >= MIN_IDLE_MS
+            && now_ms.saturating_sub(self.idle_since_ms.load(Ordering::SeqCst)) >= min_idle_ms
             && self.live()
     }
 }
@@ -229,8 +231,9 @@ impl Table {
     /// Synchronous and short: the accept loop calls it for every connection.
     ///
     /// - An address at its cap may only replace one of its own connections
-    ///   that has been idle a while: a device behind the same NAT as a
-    ///   socket-parker still gets in, a burst of new sockets does not.
+    ///   that has been idle a while; a burst of new sockets does not get
+    ///   in, and one that sends a request at once gets a second chance in
+    ///   [`Self::admit_sending`].
     /// - A full server replaces an idle connection of the address holding
     ///   the most, if it holds at least two more than the newcomer's (so
     ///   after the swap it still holds more): parked sockets give way, a
@@ -247,17 +250,22 @@ impl Table {
                 Err(_) => inner.evict_for(bucket, mine, now_ms).ok_or(Refused::Full)?,
             }
         };
-        inner.next_id += 1;
-        let conn = Arc::new(Conn {
-            id: inner.next_id,
-            busy: AtomicUsize::new(0),
-            idle_since_ms: AtomicU64::new(now_ms),
-            epoch: self.epoch,
-            close: Notify::new(),
-            slot: Mutex::new(Some(slot)),
-        });
-        inner.by_addr.entry(bucket).or_default().push(conn.clone());
-        Ok((bucket, conn))
+        Ok((bucket, inner.insert(bucket, slot, now_ms, self.epoch)))
+    }
+
+    /// Admits a connection from an address at its cap that has already
+    /// started sending a request, in place of that address's longest-idle
+    /// connection however briefly idle: a device behind the same NAT as a
+    /// socket-parker (whose sockets never send anything) gets in, however
+    /// fast the parker reconnects.
+    fn admit_sending(&self, peer: IpAddr) -> Result<(IpAddr, Arc<Conn>), Refused> {
+        let bucket = bucket_of(peer);
+        let now_ms = self.now_ms();
+        let mut inner = self.inner();
+        let slot = inner
+            .take_idle_for(bucket, now_ms, 0)
+            .ok_or(Refused::PerAddress)?;
+        Ok((bucket, inner.insert(bucket, slot, now_ms, self.epoch)))
     }
 
     /// Forgets a closed connection (its slot is freed by dropping it).
@@ -276,14 +284,44 @@ impl Table {
 }
 
 impl TableInner {
+    fn insert(
+        &mut self,
+        bucket: IpAddr,
+        slot: OwnedSemaphorePermit,
+        now_ms: u64,
+        epoch: Instant,
+    ) -> Arc<Conn> {
+        self.next_id += 1;
+        let conn = Arc::new(Conn {
+            id: self.next_id,
+            busy: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(now_ms),
+            epoch,
+            close: Notify::new(),
+            slot: Mutex::new(Some(slot)),
+        });
+        self.by_addr.entry(bucket).or_default().push(conn.clone());
+        conn
+    }
+
     /// Asks the longest-idle evictable connection of `addr` to close and
     /// hands over its slot.
     fn take_idle(&mut self, addr: IpAddr, now_ms: u64) -> Option<OwnedSemaphorePermit> {
+        self.take_idle_for(addr, now_ms, MIN_IDLE_MS)
+    }
+
+    /// As [`Self::take_idle`], for connections idle at least `min_idle_ms`.
+    fn take_idle_for(
+        &mut self,
+        addr: IpAddr,
+        now_ms: u64,
+        min_idle_ms: u64,
+    ) -> Option<OwnedSemaphorePermit> {
         let victim = self
             .by_addr
             .get(&addr)?
             .iter()
-            .filter(|c| c.evictable(now_ms))
+            .filter(|c| c.evictable(now_ms, min_idle_ms))
             .min_by_key(|c| c.idle_since_ms.load(Ordering::SeqCst))?;
         let slot = victim.slot.lock().ok()?.take()?;
         victim.close.notify_one();
@@ -341,32 +379,45 @@ pub async fn serve(
         .max_headers(MAX_HEADERS)
         .keep_alive(true);
 
+    // Connections over their address's cap that sent a request within
+    // [`PROBATION`] and took the place of an idle one, back to be served.
+    let (probation_tx, mut passed) = tokio::sync::mpsc::channel(MAX_REFUSALS);
+
     tokio::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
+        let (stream, peer, (bucket, entry)) = tokio::select! {
             biased;
             _ = &mut shutdown => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            Some(admitted) = passed.recv() => admitted,
             accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
+                Ok((stream, peer)) => match table.admit(peer.ip(), table.now_ms()) {
+                    Ok(admitted) => (stream, peer, admitted),
+                    Err(why) => {
+                        let Ok(permit) = refusals.clone().try_acquire_owned() else {
+                            crate::metrics::global().shed(why.reason());
+                            continue;
+                        };
+                        let (table, back) = (table.clone(), probation_tx.clone());
+                        tokio::spawn(async move {
+                            if why == Refused::PerAddress && sends_a_request(&stream).await {
+                                if let Ok(admitted) = table.admit_sending(peer.ip()) {
+                                    let _ = back.send((stream, peer, admitted)).await;
+                                    return;
+                                }
+                            }
+                            crate::metrics::global().shed(why.reason());
+                            refuse(stream, why).await;
+                            drop(permit);
+                        });
+                        continue;
+                    }
+                },
                 Err(e) => {
                     accept_failed(e).await;
                     continue;
                 }
             },
-        };
-        let (bucket, entry) = match table.admit(peer.ip(), table.now_ms()) {
-            Ok(admitted) => admitted,
-            Err(why) => {
-                crate::metrics::global().shed(why.reason());
-                if let Ok(permit) = refusals.clone().try_acquire_owned() {
-                    tokio::spawn(async move {
-                        refuse(stream, why).await;
-                        drop(permit);
-                    });
-                }
-                continue;
-            }
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
@@ -435,6 +486,20 @@ async fn accept_failed(e: std::io::Error) {
     }
     tracing::warn!(error = %e, "accepting a connection failed; pausing 100 ms");
     tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// How long a connection over its address's cap has to start sending a
+/// request to be served in place of an idle connection of that address.
+const PROBATION: Duration = Duration::from_millis(200);
+
+/// Whether a client starts sending within [`PROBATION`] (peeked, so the
+/// bytes stay for hyper).
+async fn sends_a_request(stream: &TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    matches!(
+        tokio::time::timeout(PROBATION, stream.peek(&mut first)).await,
+        Ok(Ok(n)) if n > 0
+    )
 }
 
 /// The whole answer to a connection over the cap.
@@ -526,6 +591,30 @@ mod tests {
         assert!(newer.live());
         let _busy = Busy::enter(&newer);
         assert_eq!(t.admit(ip(1), 1_300).err(), Some(Refused::PerAddress));
+    }
+
+    #[test]
+    fn a_sender_over_the_cap_replaces_its_address_longest_idle_connection() {
+        let t = table(10, 2, "");
+        let (_, old) = t.admit(ip(1), 0).unwrap();
+        let (_, newer) = t.admit(ip(1), 0).unwrap();
+        newer.idle_since_ms.store(1, Ordering::SeqCst);
+        assert_eq!(t.admit(ip(1), 0).err(), Some(Refused::PerAddress));
+        assert!(t.admit_sending(ip(1)).is_ok());
+        assert!(!old.live() && newer.live(), "the longest idle gave way");
+        let _busy = Busy::enter(&newer);
+        let (_, third) = t.admit_sending(ip(1)).unwrap();
+        let _busy_too = Busy::enter(&third);
+        assert_eq!(
+            t.admit_sending(ip(1)).err(),
+            Some(Refused::PerAddress),
+            "busy connections never give way"
+        );
+        assert_eq!(
+            t.admit_sending(ip(2)).err(),
+            Some(Refused::PerAddress),
+            "nothing to replace at an address with none open"
+        );
     }
 
     #[test]
