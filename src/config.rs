@@ -69,6 +69,9 @@ pub struct Settings {
     pub trusted_proxies: TrustedProxies,
     /// Open connections served at once; more are answered 503 and closed.
     pub max_connections: usize,
+    /// Open connections served at once from one client address (at most a
+    /// quarter of `max_connections`), so one address cannot fill the server.
+    pub max_connections_per_address: usize,
     /// Requests that write to the database (starts, ends, admin changes)
     /// allowed in flight; more are shed with 503 `overloaded` at once
     /// instead of queueing until clients time out.
@@ -109,6 +112,7 @@ impl Default for Settings {
             starts_per_key_per_minute: 20,
             trusted_proxies: TrustedProxies::default(),
             max_connections: 10_000,
+            max_connections_per_address: 256,
             max_pending_writes: 1_024,
             client_timeout_seconds: 10,
             metrics: MetricsMode::Main,
@@ -163,6 +167,7 @@ impl FileKind {
             | "heartbeat_persist_seconds"
             | "starts_per_key_per_minute"
             | "max_connections"
+            | "max_connections_per_address"
             | "max_pending_writes"
             | "client_timeout_seconds" => FileKind::Number,
             "trusted_proxies" => FileKind::List,
@@ -247,7 +252,7 @@ fn file_value_as_text(name: &str, value: toml::Value, from: &str) -> Result<Stri
 /// characters are far beyond online guessing; fewer are not.
 pub const MIN_ADMIN_TOKEN: usize = 16;
 
-pub const SETTING_NAMES: [&str; 19] = [
+pub const SETTING_NAMES: [&str; 20] = [
     "listen",
     "database",
     "admin_token",
@@ -264,6 +269,7 @@ pub const SETTING_NAMES: [&str; 19] = [
     "starts_per_key_per_minute",
     "trusted_proxies",
     "max_connections",
+    "max_connections_per_address",
     "max_pending_writes",
     "client_timeout_seconds",
     "metrics",
@@ -442,6 +448,9 @@ fn apply_text(s: &mut Settings, name: &str, value: &str, from: &str) -> Result<(
             })?
         }
         "max_connections" => s.max_connections = number(name, value, from)?,
+        "max_connections_per_address" => {
+            s.max_connections_per_address = number(name, value, from)?
+        }
         "max_pending_writes" => s.max_pending_writes = number(name, value, from)?,
         "client_timeout_seconds" => s.client_timeout_seconds = number(name, value, from)?,
         "metrics" => {
@@ -503,6 +512,12 @@ fn validate(s: &Settings) -> Result<(), ConfigError> {
         return fail(format!(
             "max_connections = {} must be between 1 and 1000000",
             s.max_connections
+        ));
+    }
+    if !(1..=1_000_000).contains(&s.max_connections_per_address) {
+        return fail(format!(
+            "max_connections_per_address = {} must be between 1 and 1000000",
+            s.max_connections_per_address
         ));
     }
     if !(1..=1_000_000).contains(&s.max_pending_writes) {
@@ -797,6 +812,11 @@ mod tests {
         let o = Overrides::default();
         for (var, value, needle) in [
             ("KEYSEAT_MAX_CONNECTIONS", "0", "max_connections = 0"),
+            (
+                "KEYSEAT_MAX_CONNECTIONS_PER_ADDRESS",
+                "0",
+                "max_connections_per_address = 0",
+            ),
             ("KEYSEAT_MAX_PENDING_WRITES", "0", "max_pending_writes = 0"),
             (
                 "KEYSEAT_CLIENT_TIMEOUT_SECONDS",

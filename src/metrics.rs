@@ -149,7 +149,7 @@ impl Metrics {
         );
         registry.register(
             "keyseat_shed",
-            "Requests or connections shed with 503 overloaded, by reason",
+            "Requests or connections shed with 503 overloaded, or idle connections closed to make room, by reason",
             m.shed.clone(),
         );
         registry.register(

@@ -6,6 +6,20 @@
 //! A fixed one-minute window per address is enough to make guessing a
 //! 190-bit key hopeless and costs one map entry per recent offender; the map
 //! is pruned of stale windows when it grows.
+//!
+//! The limit slows guessing; it must not lock out the devices that share an
+//! address with a guesser (an office behind one NAT). So the limiter also
+//! remembers which keys each address has *proven*: a key whose lookup from
+//! that address found it (any answer but `invalid_key`). An address over its
+//! limit is still served for those keys, and for no others: a key it has not
+//! proven gets the same 429, with no lookup, whether it exists or not, so a
+//! guesser learns nothing and is slowed exactly as before.
+//!
+//! Why not `governor`: its keyed limiters consume a cell on every check,
+//! with no way to ask "is this address over?" without spending, while this
+//! limit counts only failures (checked before the lookup, charged after it
+//! fails); and it runs on its own clock, while every limit here takes the
+//! server's injected clock so tests move time instead of sleeping.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -27,7 +41,7 @@ struct Window {
 /// The address a failure is counted against: IPv6 clients by their /64
 /// (one subscriber's block, which they can cycle through freely), IPv4
 /// addresses as they are.
-fn bucket_of(addr: IpAddr) -> IpAddr {
+pub(crate) fn bucket_of(addr: IpAddr) -> IpAddr {
     match addr {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),
@@ -37,13 +51,40 @@ fn bucket_of(addr: IpAddr) -> IpAddr {
     }
 }
 
-/// Counts failures per address in one-minute windows.
+/// How long a key stays proven for an address after its last successful
+/// lookup from there. Far longer than any heartbeat interval a live device
+/// uses, so a device heartbeating keeps its key proven for as long as it
+/// runs, and one that restarts its app after lunch is still known.
+const PROVEN_FOR_MS: i64 = 6 * 3_600_000;
+/// Proven (address, key) pairs kept at most; past it, new pairs are not
+/// remembered (those devices fall back to the plain limit) until old ones
+/// age out. About 40 bytes each: 40 MB at the cap.
+const MAX_PROVEN: usize = 1_000_000;
+/// A proven pair is rewritten at most this often (the map is touched on
+/// every heartbeat, so most touches only read).
+const PROVEN_REFRESH_MS: i64 = 60_000;
+
+/// Counts failures per address in one-minute windows, and remembers the
+/// keys each address has proven.
 #[derive(Debug)]
 pub struct FailureLimiter {
     enabled: bool,
     per_minute: u32,
     windows: Mutex<HashMap<IpAddr, Window>>,
+    proven: Mutex<Proven>,
 }
+
+/// (address bucket, key tag) -> when the key last passed a lookup from there.
+#[derive(Debug)]
+struct Proven {
+    at: HashMap<(IpAddr, u64), i64>,
+    /// Size at which stale pairs are next dropped (doubles with the live
+    /// set, so pruning costs amortised O(1) per insert).
+    prune_at: usize,
+}
+
+/// The smallest size at which proven pairs are pruned.
+const PRUNE_PROVEN_AT: usize = 10_000;
 
 impl FailureLimiter {
     /// A limiter allowing `per_minute` failures; `enabled = false` allows all.
@@ -52,6 +93,53 @@ impl FailureLimiter {
             enabled,
             per_minute: per_minute.max(1),
             windows: Mutex::new(HashMap::new()),
+            proven: Mutex::new(Proven {
+                at: HashMap::new(),
+                prune_at: PRUNE_PROVEN_AT,
+            }),
+        }
+    }
+
+    fn proven(&self) -> std::sync::MutexGuard<'_, Proven> {
+        self.proven.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Refuses an address over its limit unless it has proven this key
+    /// (`tag`, a stable 64-bit digest of it). Costs the same whether the
+    /// key exists or not: no lookup happens here.
+    pub fn check_key(&self, addr: Option<IpAddr>, tag: u64, now: Timestamp) -> Result<()> {
+        let refused = self.check(addr, now);
+        if refused.is_ok() {
+            return refused;
+        }
+        let Some(bucket) = addr.map(bucket_of) else {
+            return refused;
+        };
+        match self.proven().at.get(&(bucket, tag)) {
+            Some(&at) if now.0 - at < PROVEN_FOR_MS => Ok(()),
+            _ => refused,
+        }
+    }
+
+    /// Records that a lookup of key `tag` from `addr` found the key, so the
+    /// failure limit never refuses it from there.
+    pub fn key_proven(&self, addr: Option<IpAddr>, tag: u64, now: Timestamp) {
+        let Some(bucket) = addr.filter(|_| self.enabled).map(bucket_of) else {
+            return;
+        };
+        let mut proven = self.proven();
+        if let Some(at) = proven.at.get_mut(&(bucket, tag)) {
+            if now.0 - *at >= PROVEN_REFRESH_MS {
+                *at = now.0;
+            }
+            return;
+        }
+        if proven.at.len() >= proven.prune_at {
+            proven.at.retain(|_, at| now.0 - *at < PROVEN_FOR_MS);
+            proven.prune_at = (proven.at.len() * 2).max(PRUNE_PROVEN_AT);
+        }
+        if proven.at.len() < MAX_PROVEN {
+            proven.at.insert((bucket, tag), now.0);
         }
     }
 
@@ -245,6 +333,39 @@ mod tests {
         l.record_failure(Some(b), t);
         assert!(l.check(Some(a), t).is_err(), "same /64");
         assert!(l.check(Some(other), t).is_ok(), "another /64");
+    }
+
+    #[test]
+    fn an_address_over_the_limit_keeps_the_keys_it_proved_and_no_others() {
+        let l = FailureLimiter::new(true, 2);
+        let t = Timestamp(1_000_000);
+        l.key_proven(ip(1), 42, t);
+        for _ in 0..2 {
+            l.record_failure(ip(1), t);
+        }
+        assert!(l.check_key(ip(1), 42, t).is_ok(), "the proven key passes");
+        assert!(
+            l.check_key(ip(1), 43, t).is_err(),
+            "any other key is refused"
+        );
+        assert!(
+            l.check_key(ip(2), 43, t).is_ok(),
+            "other addresses are unaffected"
+        );
+        assert!(
+            l.check_key(ip(3), 42, t).is_ok(),
+            "not over the limit: nothing to prove"
+        );
+        l.record_failure(ip(3), t);
+        l.record_failure(ip(3), t);
+        assert!(
+            l.check_key(ip(3), 42, t).is_err(),
+            "proven from one address is not proven from another"
+        );
+        let later = Timestamp(t.0 + PROVEN_FOR_MS + 1);
+        l.record_failure(ip(1), later);
+        l.record_failure(ip(1), later);
+        assert!(l.check_key(ip(1), 42, later).is_err(), "proof ages out");
     }
 
     #[test]

@@ -88,6 +88,8 @@ impl Server {
         }
         let limits = listener::ConnLimits {
             max_connections,
+            max_per_address: settings.max_connections_per_address,
+            trusted: settings.trusted_proxies.clone(),
             header_timeout: Duration::from_secs(settings.client_timeout_seconds),
             drain: DRAIN_TIMEOUT,
         };
@@ -103,6 +105,8 @@ impl Server {
                     crate::http::metrics::router_alone(state.clone()),
                     listener::ConnLimits {
                         max_connections: 64,
+                        max_per_address: 64,
+                        trusted: crate::proxy::TrustedProxies::default(),
                         header_timeout: Duration::from_secs(settings.client_timeout_seconds),
                         drain: Duration::from_secs(1),
                     },

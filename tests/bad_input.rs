@@ -544,8 +544,8 @@ async fn admin_input_errors() {
 }
 
 /// Rate limits: after the configured number of failed key lookups a client
-/// address gets 429 rate_limited with Retry-After, even with a valid key,
-/// while another address is unaffected.
+/// address gets 429 rate_limited with Retry-After, even with a valid key it
+/// has not used before, while another address is unaffected.
 #[tokio::test]
 async fn failed_key_lookups_are_rate_limited_per_address() {
     let s = TestServer::start_with(|c| {

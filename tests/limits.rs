@@ -167,8 +167,9 @@ async fn forwarded_for_is_ignored_from_an_untrusted_peer() {
 async fn connections_over_the_cap_get_a_json_503_and_the_server_recovers() {
     let server = TestServer::start_with(|s| s.max_connections = 2).await;
     let mut held = Vec::new();
-    for _ in 0..2 {
-        let mut c = TcpStream::connect(host(&server)).await.unwrap();
+    // From two addresses: one address alone gets only a quarter of the cap.
+    for last in [1, 2] {
+        let mut c = connect_from(&server, last).await;
         // A request in progress keeps the connection (and its slot) busy.
         c.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
             .await
@@ -176,7 +177,7 @@ async fn connections_over_the_cap_get_a_json_503_and_the_server_recovers() {
         held.push(c);
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let mut third = TcpStream::connect(host(&server)).await.unwrap();
+    let mut third = connect_from(&server, 3).await;
     third
         .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -321,4 +322,251 @@ async fn a_slow_body_does_not_hold_a_writer_slot() {
     let (status, body) = server.start_session(&key, "A").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     drop(slow);
+}
+
+/// Item 5 of issue 11: a guesser on the same address (an office behind one
+/// NAT) must not take a live device's seat. With the default limits, 31 bad
+/// keys put the address over its limit; the device that was already using
+/// its key there keeps heartbeating (and can check its status and restart)
+/// for the whole window, while the guesser gets 429 for every key the
+/// address has not proven, existing or not, with identical answers.
+#[tokio::test]
+async fn bad_keys_from_an_address_do_not_stop_a_valid_device_there() {
+    let server = TestServer::start_with(|s| s.rate_limits = true).await;
+    assert_eq!(server.settings.failed_key_lookups_per_minute, 30);
+    let (key, _) = server.create_key(json!({})).await;
+    let (unused, _) = server.create_key(json!({})).await;
+    let session = server.started(&key, "office-pc").await;
+
+    let unknown = keyseat::keys::AccessKey::generate();
+    let mut last = (StatusCode::OK, Value::Null);
+    for i in 0..31 {
+        let bad = if i % 2 == 0 {
+            unknown.expose_secret().to_owned()
+        } else {
+            "ks_typo".to_owned()
+        };
+        last = server.status(&bad).await;
+    }
+    common::assert_error(last.0, &last.1, 429, "rate_limited");
+
+    // Heartbeats at 0, 25 and 50 s of the 60 s window.
+    for i in 0..3 {
+        if i > 0 {
+            server.clock.advance_secs(25);
+        }
+        let (status, body) = server.heartbeat(&key, &session).await;
+        assert_eq!(status, StatusCode::OK, "the device keeps its seat: {body}");
+        // The guesser goes on meanwhile.
+        let (status, _) = server.status(unknown.expose_secret()).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    }
+    let (status, body) = server.status(&key).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // A key this address never used is refused exactly like a guess: the
+    // answer says nothing about whether it exists.
+    let unused_answer = server.status(&unused).await;
+    let guess_answer = server.status(unknown.expose_secret()).await;
+    common::assert_error(unused_answer.0, &unused_answer.1, 429, "rate_limited");
+    assert_eq!(unused_answer, guess_answer);
+
+    let (status, body) = server.end(&key, &session).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["ended"], true);
+}
+
+/// A TCP connection to the server from a chosen loopback address (any of
+/// 127.0.0.0/8 reaches the server on Linux), as a different client would.
+async fn connect_from(server: &TestServer, last: u8) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, last], 0)))
+        .unwrap();
+    socket.connect(host(server).parse().unwrap()).await.unwrap()
+}
+
+/// One request on a kept-alive connection: status and JSON body.
+async fn request_on(stream: &mut TcpStream, path: &str, body: Option<Value>) -> (u16, Value) {
+    let request = match &body {
+        Some(b) => {
+            let b = b.to_string();
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+                b.len()
+            )
+        }
+        None => format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"),
+    };
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut chunk))
+            .await
+            .expect("an answer within 3 s")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before a complete answer: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if rest.len() >= length {
+                let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+                return (status, serde_json::from_str(rest).unwrap_or(Value::Null));
+            }
+        }
+    }
+}
+
+/// Item 5 of issue 11: idle sockets parked by one address take only that
+/// address's share of the connections. A burst past
+/// `max_connections_per_address` gets JSON 503s and is closed; a device on
+/// another address is served, although the sockets would have filled the
+/// whole server; and so is a device on the same address, in place of a
+/// socket that sat idle.
+#[tokio::test]
+async fn idle_sockets_from_one_address_are_capped_and_others_are_served() {
+    let server = TestServer::start_with(|s| {
+        s.max_connections = 12;
+        s.max_connections_per_address = 3;
+    })
+    .await;
+    let (key, _) = server.create_key(json!({})).await;
+    let mut parked = Vec::new();
+    for _ in 0..3 {
+        parked.push(connect_from(&server, 5).await);
+    }
+    // Accepted in order: these come after the three above.
+    let mut refused = Vec::new();
+    for _ in 0..17 {
+        refused.push(connect_from(&server, 5).await);
+    }
+    for c in &mut refused {
+        let answer = read_all(c, Duration::from_secs(3)).await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        let body = json_body(&answer);
+        assert_eq!(body["error"]["code"], "overloaded");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("this address"),
+            "{body}"
+        );
+    }
+
+    let mut device = connect_from(&server, 2).await;
+    let (status, body) = request_on(
+        &mut device,
+        "/api/session/start",
+        Some(json!({ "access_key": key, "device": { "name": "B" } })),
+    )
+    .await;
+    assert_eq!(status, 200, "another address is served: {body}");
+
+    // A device behind the same address (one NAT) gets in too: it sends its
+    // request at once, as the silent burst above did not, and takes the
+    // place of a parked socket.
+    let mut neighbour = connect_from(&server, 5).await;
+    let (status, body) = request_on(
+        &mut neighbour,
+        "/api/session/status",
+        Some(json!({ "access_key": key })),
+    )
+    .await;
+    assert_eq!(
+        status, 200,
+        "a device on the parking address is served: {body}"
+    );
+
+    let mut operator = connect_from(&server, 3).await;
+    operator
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let metrics = read_all(&mut operator, Duration::from_secs(3)).await;
+    let refusals: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"keyseat_shed_total{reason="connections_per_address"} "#))
+        .unwrap_or_else(|| panic!("no per-address refusals counted: {metrics}"))
+        .parse()
+        .unwrap();
+    assert!(refusals >= 17.0, "{refusals}");
+    drop(parked);
+}
+
+/// Item 5 of issue 11: when the server is full, a new client takes the slot
+/// of an idle connection of the address holding the most, while a live
+/// device's own keep-alive connection is never the one closed.
+#[tokio::test]
+async fn a_full_server_gives_way_to_new_clients_but_keeps_live_connections() {
+    let server = TestServer::start_with(|s| {
+        s.max_connections = 16;
+        s.max_connections_per_address = 4;
+    })
+    .await;
+    let (key, _) = server.create_key(json!({ "max_sessions": 2 })).await;
+
+    // A live device with its keep-alive connection.
+    let mut live = connect_from(&server, 10).await;
+    let (status, body) = request_on(
+        &mut live,
+        "/api/session/start",
+        Some(json!({ "access_key": key, "device": { "name": "live" } })),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let session = body["session_id"].as_str().unwrap().to_owned();
+
+    // Four addresses park idle sockets until the server is full: 4 + 4 + 4
+    // + 3, the live device's one, and the test client's kept-alive one from
+    // 127.0.0.1 (if it has closed, the last parked socket filled the server
+    // without taking anyone's place).
+    let mut parked = Vec::new();
+    for last in 21..=24u8 {
+        for _ in 0..4 {
+            if parked.len() == 15 {
+                break;
+            }
+            parked.push(connect_from(&server, last).await);
+        }
+    }
+
+    // Only a connection idle for a second gives way (a fresh one is about
+    // to be used), so the parked sockets must age first.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    // A new device from elsewhere is served: a parked socket gave way.
+    let mut newcomer = connect_from(&server, 11).await;
+    let (status, body) = request_on(
+        &mut newcomer,
+        "/api/session/start",
+        Some(json!({ "access_key": key, "device": { "name": "new" } })),
+    )
+    .await;
+    assert_eq!(
+        status, 200,
+        "a new client is served on a full server: {body}"
+    );
+
+    // And the live device's connection is still there and served.
+    let (status, body) = request_on(
+        &mut live,
+        "/api/session/heartbeat",
+        Some(json!({ "access_key": key, "session_id": session })),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    drop(parked);
 }

@@ -106,6 +106,9 @@ struct SettingFlags {
     /// Connections served at once [default: 10000] [env: KEYSEAT_MAX_CONNECTIONS]
     #[arg(long, global = true, value_name = "N")]
     max_connections: Option<String>,
+    /// Connections from one address at once [default: 256, at most a quarter of max_connections] [env: KEYSEAT_MAX_CONNECTIONS_PER_ADDRESS]
+    #[arg(long, global = true, value_name = "N")]
+    max_connections_per_address: Option<String>,
     /// Database writes in flight before shedding with 503 [default: 1024] [env: KEYSEAT_MAX_PENDING_WRITES]
     #[arg(long, global = true, value_name = "N")]
     max_pending_writes: Option<String>,
@@ -123,7 +126,7 @@ impl SettingFlags {
             config: self.config.clone(),
             ..Default::default()
         };
-        let pairs: [(&'static str, &Option<String>); 19] = [
+        let pairs: [(&'static str, &Option<String>); 20] = [
             ("listen", &self.listen),
             ("database", &self.database),
             ("admin_token", &self.admin_token),
@@ -149,6 +152,10 @@ impl SettingFlags {
             ("starts_per_key_per_minute", &self.starts_per_key_per_minute),
             ("trusted_proxies", &self.trusted_proxies),
             ("max_connections", &self.max_connections),
+            (
+                "max_connections_per_address",
+                &self.max_connections_per_address,
+            ),
             ("max_pending_writes", &self.max_pending_writes),
             ("client_timeout_seconds", &self.client_timeout_seconds),
             ("metrics", &self.metrics),

@@ -93,34 +93,71 @@ struct StatusBody {
     access_key: String,
 }
 
-/// Guards every session endpoint: an address that keeps failing key
-/// lookups is refused before any work, the key's checksum is checked before
-/// any database lookup, and every `invalid_key` counts as a failure.
+/// Guards every session endpoint against key guessing, in this order:
+///
+/// 1. the key's shape and checksum, before any lookup: a malformed key is a
+///    failure (401 `invalid_key`, or 429 once the address is over its limit);
+/// 2. the failure limit, which an address over it passes only with a key it
+///    has already proven (see [`crate::ratelimit`]): a live device behind the
+///    same NAT as a guesser keeps its seat, while the guesser gets the same
+///    429, with no lookup, for keys that exist and keys that do not;
+/// 3. the lookup itself: `invalid_key` counts as a failure, any answer that
+///    shows the key exists (success, `key_revoked`, `seats_full`, a session
+///    that is over, ...) proves the key for this address.
 struct KeyGuard {
     state: AppState,
     addr: ClientAddr,
+    /// The key's tag, once parsed.
+    tag: Option<u64>,
 }
 
 impl KeyGuard {
-    fn new(state: &AppState, addr: ClientAddr) -> Result<Self> {
-        state.inner.key_failures.check(addr.0, state.now())?;
-        Ok(KeyGuard {
+    fn new(state: &AppState, addr: ClientAddr) -> Self {
+        KeyGuard {
             state: state.clone(),
             addr,
-        })
+            tag: None,
+        }
     }
 
-    fn parse(&self, text: &str) -> Result<AccessKey> {
+    fn limiter(&self) -> &crate::ratelimit::FailureLimiter {
+        &self.state.inner.key_failures
+    }
+
+    /// Parses the key and applies the failure limit to it.
+    fn parse(&mut self, text: &str) -> Result<AccessKey> {
         if text.chars().count() > MAX_KEY_CHARS {
             return Err(Error::InvalidRequest(format!(
                 "access_key must be at most {MAX_KEY_CHARS} characters"
             )));
         }
-        AccessKey::parse(text.trim()).map_err(|_| self.failed(Error::InvalidKey))
+        let now = self.state.now();
+        let Ok(key) = AccessKey::parse(text.trim()) else {
+            // A malformed key cannot be anyone's; an address over the limit
+            // is answered as for any key it has not proven.
+            self.limiter().check(self.addr.0, now)?;
+            return Err(self.failed(Error::InvalidKey));
+        };
+        let tag = key_tag(&key);
+        self.limiter().check_key(self.addr.0, tag, now)?;
+        self.tag = Some(tag);
+        Ok(key)
     }
 
-    /// Passes a result through, counting `invalid_key` against the address.
+    /// Passes a lookup's result through: `invalid_key` counts against the
+    /// address, an answer that shows the key exists proves it.
     fn check<T>(&self, result: Result<T>) -> Result<T> {
+        let found = match &result {
+            Ok(_) => true,
+            Err(Error::InvalidKey) => false,
+            Err(e) => key_was_found(e),
+        };
+        if found {
+            if let Some(tag) = self.tag {
+                self.limiter()
+                    .key_proven(self.addr.0, tag, self.state.now());
+            }
+        }
         result.map_err(|e| match e {
             Error::InvalidKey => self.failed(e),
             other => other,
@@ -128,16 +165,31 @@ impl KeyGuard {
     }
 
     fn failed(&self, e: Error) -> Error {
-        self.state
-            .inner
-            .key_failures
-            .record_failure(self.addr.0, self.state.now());
+        self.limiter().record_failure(self.addr.0, self.state.now());
         e
     }
 }
 
-/// The per-key start limiter's name for a key: 64 bits of its hash.
-fn start_limit_tag(key: &AccessKey) -> u64 {
+/// Whether a storage error could only be answered after finding the key.
+/// A revoked, suspended or expired key counts: it is a real key, its holder
+/// is not guessing, and its answer (403) tells nothing the holder does not
+/// know. Errors of the server itself (busy, unavailable) prove nothing.
+fn key_was_found(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::KeyRevoked
+            | Error::KeySuspended
+            | Error::KeyExpired
+            | Error::SessionIdTaken(_)
+            | Error::SeatsFull { .. }
+            | Error::SessionSuperseded { .. }
+            | Error::SessionOver(_)
+            | Error::SessionNotFound
+    )
+}
+
+/// The limiters' name for a key: 64 bits of its hash.
+fn key_tag(key: &AccessKey) -> u64 {
     let hash = key.hash();
     let mut tag = [0u8; 8];
     tag.copy_from_slice(&hash[..8]);
@@ -169,7 +221,7 @@ async fn start(
     addr: ClientAddr,
     ApiJson(body): ApiJson<StartBody>,
 ) -> Result<Json<Value>> {
-    let guard = KeyGuard::new(&state, addr)?;
+    let mut guard = KeyGuard::new(&state, addr);
     let key = guard.parse(&body.access_key)?;
     if let Some(id) = &body.session_id {
         input::session_id(id)?;
@@ -177,7 +229,7 @@ async fn start(
     state
         .inner
         .starts_per_key
-        .take(start_limit_tag(&key), state.now())?;
+        .take(key_tag(&key), state.now())?;
     let device = body.device.unwrap_or_default();
     let req = StartRequest {
         key,
@@ -252,7 +304,7 @@ async fn heartbeat(
     addr: ClientAddr,
     ApiJson(body): ApiJson<SessionBody>,
 ) -> Result<Json<Value>> {
-    let guard = KeyGuard::new(&state, addr)?;
+    let mut guard = KeyGuard::new(&state, addr);
     let key = guard.parse(&body.access_key)?;
     input::session_id(&body.session_id)?;
     let store = state.store()?;
@@ -299,7 +351,7 @@ async fn end(
     addr: ClientAddr,
     ApiJson(body): ApiJson<SessionBody>,
 ) -> Result<Json<Value>> {
-    let guard = KeyGuard::new(&state, addr)?;
+    let mut guard = KeyGuard::new(&state, addr);
     let key = guard.parse(&body.access_key)?;
     input::session_id(&body.session_id)?;
     let store = state.store()?;
@@ -334,7 +386,7 @@ async fn status(
     addr: ClientAddr,
     ApiJson(body): ApiJson<StatusBody>,
 ) -> Result<Json<Value>> {
-    let guard = KeyGuard::new(&state, addr)?;
+    let mut guard = KeyGuard::new(&state, addr);
     let key = guard.parse(&body.access_key)?;
     let store = state.store()?;
     let clock = state.clock();
