@@ -177,7 +177,14 @@ struct Progress {
     last_slew: i64,
     /// A gap seen and not yet taken.
     pending: Option<Gap>,
+    /// When a far-off wall clock was last warned about.
+    last_warned: Option<i64>,
 }
+
+/// A wall clock further than this from the timeline is warned about.
+const FAR_DRIFT_US: i64 = 60_000_000;
+/// At most one such warning an hour.
+const WARN_EVERY_US: i64 = 3_600_000_000;
 
 fn wall_micros() -> i64 {
     let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos();
@@ -230,6 +237,7 @@ fn progress() -> MutexGuard<'static, Progress> {
                 last_note: mono,
                 last_slew: mono,
                 pending: None,
+                last_warned: None,
             })
         })
         .lock()
@@ -253,9 +261,20 @@ fn note_progress(tick: bool) -> MutexGuard<'static, Progress> {
     }
     p.last_note = p.last_note.max(mono);
     if tick {
-        let step = slew_step(wall_micros().saturating_sub(time), mono - p.last_slew);
+        let drift = wall_micros().saturating_sub(time);
+        let step = slew_step(drift, mono - p.last_slew);
         SLEW_US.fetch_add(step, Ordering::AcqRel);
         p.last_slew = mono;
+        if drift.abs() > FAR_DRIFT_US && p.last_warned.is_none_or(|at| mono - at > WARN_EVERY_US) {
+            p.last_warned = Some(mono);
+            tracing::warn!(
+                drift_ms = drift / 1000,
+                "the wall clock is {:.0} s from keyseat's clock (it was stepped); leases are \
+                 unaffected, and keyseat's clock follows it by 0.5% of elapsed time; restart \
+                 keyseat to follow it at once (a restart ends no session)",
+                drift as f64 / 1e6
+            );
+        }
     }
     p
 }

@@ -86,6 +86,20 @@ pub fn holds_access_key(text: &str) -> bool {
     })
 }
 
+/// A key reference from a URL (a path or a query): a key id or display
+/// prefix. The full access key is refused here, though the CLI accepts it:
+/// in a URL it would be kept by proxies, access logs and browser history.
+pub fn key_ref_in_url(key_ref: String) -> Result<String> {
+    if holds_access_key(&key_ref) {
+        return Err(Error::KeyNotFound(format!(
+            "{} (an access key is not accepted in a URL, where proxies and logs keep it; use \
+             the key id or the prefix)",
+            crate::keys::redact_secret(key_ref.trim())
+        )));
+    }
+    Ok(key_ref)
+}
+
 fn refuse_secret(field: &str, text: &str) -> Result<()> {
     if holds_access_key(text) {
         return Err(Error::InvalidRequest(format!(

@@ -1095,9 +1095,10 @@ fn the_access_key_is_never_shown_again() {
             assert!(text.contains(&prefix), "{args:?} lacks the prefix: {text}");
         }
     }
-    // Pasting the secret never acts on the key: it is still active.
+    // Pasting the secret finds the key (issue 12): the commands above acted
+    // on it, the last of them a revoke, without ever printing it.
     let shown = ok_json(&run(db.path(), &["keys", "show", &id, "--json"]));
-    assert_eq!(field(&shown, "status"), "active");
+    assert_eq!(field(&shown, "status"), "revoked");
 }
 
 // Regression (fixed): `sessions kick <access key>` echoes the whole secret on stderr

@@ -339,8 +339,14 @@ impl Load {
             return false;
         };
         let mut m = lock(&self.model);
+        // Another worker may have revoked the key since this one picked it.
+        let revoked = m
+            .sessions
+            .get(&id)
+            .is_some_and(|s| m.keys[s.key].revoke_sent);
         match (status, reason_of(code(&body))) {
             (200, _) | (503, _) => {}
+            (403, _) if revoked && code(&body) == "key_revoked" => {}
             (409 | 410, Some(reason)) => m.told_ended(&id, reason),
             _ => m.errors.push(format!("heartbeat {id}: {status} {body}")),
         }
@@ -367,7 +373,13 @@ impl Load {
             return false;
         };
         let mut m = lock(&self.model);
+        // Another worker may have revoked the key since this one picked it.
+        let revoked = m
+            .sessions
+            .get(&id)
+            .is_some_and(|s| m.keys[s.key].revoke_sent);
         match status {
+            403 if revoked && code(&body) == "key_revoked" => {}
             200 if body["ended"] == json!(true) => {
                 m.told_ended(&id, "ended");
                 m.ack("end", id);
@@ -490,7 +502,13 @@ impl Load {
             return false;
         };
         let mut m = lock(&self.model);
+        // Another worker may have revoked the key since this one picked it.
+        let revoked = m
+            .sessions
+            .get(&id)
+            .is_some_and(|s| m.keys[s.key].revoke_sent);
         match status {
+            403 if revoked && code(&body) == "key_revoked" => {}
             200 if body["ended"] == json!(true) => {
                 m.told_ended(&id, "revoked");
                 m.ack("kick", id);

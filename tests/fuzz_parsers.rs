@@ -613,11 +613,11 @@ fn json_bodies_parse_or_name_the_field() {
     });
 }
 
-/// The key-id/prefix lookup of the admin API and the CLI (`keys show`,
-/// `update`, `revoke`, events `key_id`): finds a key only by its exact id
-/// or display prefix (with or without `ks_`), never by a pattern, never
-/// by the secret, and answers anything else `key_not_found` without
-/// echoing a full key.
+/// The key lookup of the admin API and the CLI (`keys show`, `update`,
+/// `revoke`, events `key_id`): finds a key only by its exact id, display
+/// prefix (with or without `ks_`) or the whole, exact access key (which
+/// the HTTP layer refuses in URLs), never by a pattern or a near-miss, and
+/// answers anything else `key_not_found` without echoing a full key.
 #[test]
 fn key_references_resolve_exactly() {
     let dir = tempfile::tempdir().unwrap();
@@ -656,7 +656,10 @@ fn key_references_resolve_exactly() {
         let t = r.trim();
         let exact = created.iter().find(|c| {
             let k = &c.key;
-            t == k.key_id || t == k.prefix || format!("ks_{t}") == k.prefix
+            t == k.key_id
+                || t == k.prefix
+                || format!("ks_{t}") == k.prefix
+                || t == c.access_key.expose_secret()
         });
         match (&got, exact) {
             (Ok(k), Some(c)) => prop_assert_eq!(&k.key_id, &c.key.key_id),

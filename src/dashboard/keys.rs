@@ -392,6 +392,7 @@ pub struct DoneQuery {
 }
 
 async fn load_key(state: &AppState, key_ref: String) -> Result<Key> {
+    let key_ref = crate::input::key_ref_in_url(key_ref)?;
     let store = state.store()?;
     let now = state.now();
     blocking(move || store.get_key(&key_ref, now)).await

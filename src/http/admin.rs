@@ -261,6 +261,7 @@ async fn get_key(
     State(state): State<AppState>,
     ApiPath(key_id): ApiPath<String>,
 ) -> Result<Json<Key>> {
+    let key_id = input::key_ref_in_url(key_id)?;
     let store = state.store()?;
     let clock = state.clock();
     Ok(Json(
@@ -290,6 +291,7 @@ async fn update_key(
     ApiPath(key_id): ApiPath<String>,
     ApiJson(body): ApiJson<PatchKeyBody>,
 ) -> Result<Json<Key>> {
+    let key_id = input::key_ref_in_url(key_id)?;
     let patch = KeyPatch {
         label: body.label.map(input::label).transpose()?,
         max_sessions: body.max_sessions.map(input::max_sessions).transpose()?,
@@ -354,6 +356,7 @@ async fn revoke_key(
     addr: ClientAddr,
     ApiPath(key_id): ApiPath<String>,
 ) -> Result<Json<Key>> {
+    let key_id = input::key_ref_in_url(key_id)?;
     let store = state.store()?;
     let clock = state.clock();
     let actor = Actor(addr.label());
@@ -409,7 +412,11 @@ async fn list_sessions(
 ) -> Result<Json<Value>> {
     let store = state.store()?;
     let now = state.now();
-    let key = q.key_id.filter(|k| !k.is_empty());
+    let key = q
+        .key_id
+        .filter(|k| !k.is_empty())
+        .map(input::key_ref_in_url)
+        .transpose()?;
     let sessions = blocking(move || store.live_sessions(key.as_deref(), now)).await?;
     Ok(Json(json!({
         "sessions": sessions.iter().map(|s| admin_session_json(s, now)).collect::<Vec<_>>(),
@@ -490,7 +497,12 @@ async fn list_events(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<EventQuery>,
 ) -> Result<Json<Value>> {
-    let key_id = match q.key_id.filter(|k| !k.is_empty()) {
+    let key_id = match q
+        .key_id
+        .filter(|k| !k.is_empty())
+        .map(input::key_ref_in_url)
+        .transpose()?
+    {
         // Accept a key id or a display prefix, as the other admin routes do.
         Some(r) => {
             let store = state.store()?;
