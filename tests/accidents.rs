@@ -12,7 +12,7 @@ mod common;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,20 +42,13 @@ enum Wall<'a> {
 
 async fn serve(db: &Path, log: &Path, wall: Wall<'_>) -> Proc {
     let port = common::free_port();
-    let mut cmd = common::keyseat_command();
-    cmd.arg("serve")
-        .arg("--database")
-        .arg(db)
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .env("KEYSEAT_ADMIN_TOKEN", ADMIN_TOKEN)
+    let mut cmd = common::serve_command(db, port);
+    cmd.env("KEYSEAT_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("KEYSEAT_RATE_LIMITS", "off")
         .env("KEYSEAT_HEARTBEAT_INTERVAL_SECONDS", "1")
         .env("KEYSEAT_SESSION_TIMEOUT_SECONDS", TIMEOUT_SECS.to_string())
         .env("KEYSEAT_SWEEP_INTERVAL_SECONDS", "1")
         .env("KEYSEAT_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
         .stderr(File::create(log).unwrap());
     if let Wall::Faked(offset_file) = wall {
         cmd.env("LD_PRELOAD", LIBFAKETIME)
@@ -65,28 +58,12 @@ async fn serve(db: &Path, log: &Path, wall: Wall<'_>) -> Proc {
     }
     let mut child = cmd.spawn().expect("spawn keyseat serve");
     let url = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!(
-                "server exited ({status}):\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        assert!(Instant::now() < deadline, "server never became ready");
-        if let Ok(resp) = client.get(format!("{url}/health")).send().await {
-            if resp.status() == 200 {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    common::wait_healthy(&mut child, &url, log).await;
     Proc {
         child,
         url,
         log: log.to_owned(),
-        client,
+        client: reqwest::Client::new(),
     }
 }
 
@@ -362,22 +339,28 @@ async fn server_date(proc: &Proc) -> String {
     resp.headers()["date"].to_str().unwrap().to_owned()
 }
 
-/// A wall clock stepped 30 s ahead does not end the lease of a device
-/// heartbeating every half second.
-#[tokio::test]
-async fn a_wall_clock_stepped_forward_ends_no_lease() {
+/// A server under libfaketime, its wall clock's offset 0 in the returned
+/// file; `None` (after saying why) where libfaketime is missing.
+async fn faked_server() -> Option<(Proc, PathBuf, tempfile::TempDir)> {
     if !faketime_available() {
-        return;
+        return None;
     }
     let dir = tempfile::tempdir().unwrap();
     let offset = dir.path().join("offset");
     set_offset(&offset, 0);
-    let server = serve(
-        &dir.path().join("k.db"),
-        &dir.path().join("log"),
-        Wall::Faked(&offset),
-    )
-    .await;
+    let log = dir.path().join("log");
+    let server = serve(&dir.path().join("k.db"), &log, Wall::Faked(&offset)).await;
+    // The server first: it is stopped before its directory goes.
+    Some((server, offset, dir))
+}
+
+/// A wall clock stepped 30 s ahead does not end the lease of a device
+/// heartbeating every half second.
+#[tokio::test]
+async fn a_wall_clock_stepped_forward_ends_no_lease() {
+    let Some((server, offset, _dir)) = faked_server().await else {
+        return;
+    };
     let key = server.create_key(json!({})).await;
     let id = server.started(&key, "laptop").await;
     let device = Device::heartbeat_every(&server, &key, &id, Duration::from_millis(500));
@@ -395,18 +378,9 @@ async fn a_wall_clock_stepped_forward_ends_no_lease() {
 /// seat past its timeout.
 #[tokio::test]
 async fn a_wall_clock_stepped_back_keeps_time_moving_and_ghosts_die_on_time() {
-    if !faketime_available() {
+    let Some((server, offset, _dir)) = faked_server().await else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let offset = dir.path().join("offset");
-    set_offset(&offset, 0);
-    let server = serve(
-        &dir.path().join("k.db"),
-        &dir.path().join("log"),
-        Wall::Faked(&offset),
-    )
-    .await;
+    };
     let key = server.create_key(json!({"on_conflict": "reject"})).await;
     server.started(&key, "ghost").await;
     let ghost_seen = Instant::now();

@@ -39,7 +39,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -63,13 +63,8 @@ struct Proc {
 /// Spawns `keyseat serve` on `db` at a fresh port; does not wait for it.
 fn spawn(db: &Path, log: &Path) -> Proc {
     let port = common::free_port();
-    let mut cmd = common::keyseat_command();
-    cmd.arg("serve")
-        .arg("--database")
-        .arg(db)
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .env("KEYSEAT_ADMIN_TOKEN", ADMIN_TOKEN)
+    let mut cmd = common::serve_command(db, port);
+    cmd.env("KEYSEAT_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("KEYSEAT_RATE_LIMITS", "off")
         // Long enough that nothing expires during the run: every answer
         // can be predicted from acknowledged operations alone.
@@ -80,8 +75,6 @@ fn spawn(db: &Path, log: &Path) -> Proc {
         .env("KEYSEAT_SWEEP_INTERVAL_SECONDS", "1")
         .env("KEYSEAT_HEARTBEAT_PERSIST_SECONDS", "1")
         .env("KEYSEAT_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
         .stderr(File::create(log).unwrap());
     Proc {
         child: cmd.spawn().expect("spawn keyseat serve"),

@@ -10,15 +10,8 @@ use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn serve_command(db: &Path, port: u16) -> std::process::Command {
-    let mut cmd = common::keyseat_command();
-    cmd.arg("serve")
-        .arg("--database")
-        .arg(db)
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    let mut cmd = common::serve_command(db, port);
+    cmd.stderr(Stdio::piped());
     cmd
 }
 

@@ -17,8 +17,8 @@ mod common;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::process::Child;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
@@ -52,41 +52,18 @@ async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
 /// Starts `keyseat serve` on `db` and waits until `/health` answers 200.
 async fn serve(db: &Path, log: &Path) -> Proc {
     let port = common::free_port();
-    let mut cmd = common::keyseat_command();
-    cmd.arg("serve")
-        .arg("--database")
-        .arg(db)
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .env("KEYSEAT_ADMIN_TOKEN", ADMIN_TOKEN)
+    let mut cmd = common::serve_command(db, port);
+    cmd.env("KEYSEAT_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("KEYSEAT_RATE_LIMITS", "off")
         .env("KEYSEAT_HEARTBEAT_INTERVAL_SECONDS", "1")
         .env("KEYSEAT_SESSION_TIMEOUT_SECONDS", TIMEOUT_SECS.to_string())
         .env("KEYSEAT_SWEEP_INTERVAL_SECONDS", "1")
         .env("KEYSEAT_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
         .stderr(File::create(log).unwrap());
     let spawned_ms = unix_ms();
     let mut child = cmd.spawn().expect("spawn keyseat serve");
     let url = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!(
-                "server exited ({status}):\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        assert!(Instant::now() < deadline, "server never became ready");
-        if let Ok(resp) = client.get(format!("{url}/health")).send().await {
-            if resp.status() == 200 {
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    common::wait_healthy(&mut child, &url, log).await;
     Proc {
         child,
         url,

@@ -33,6 +33,46 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `keyseat serve` on `db` at `127.0.0.1:port` (the real binary, via
+/// [`keyseat_command`]), with standard input and output closed; callers add
+/// their settings (`KEYSEAT_*`) and where its log goes.
+pub fn serve_command(db: &std::path::Path, port: u16) -> std::process::Command {
+    let mut cmd = keyseat_command();
+    cmd.arg("serve")
+        .arg("--database")
+        .arg(db)
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    cmd
+}
+
+/// Waits until the server at `url` answers `/health` with 200; panics with
+/// its log if it exits first or is not ready within a minute.
+pub async fn wait_healthy(child: &mut std::process::Child, url: &str, log: &std::path::Path) {
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "server exited ({status}):\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server never became ready"
+        );
+        if let Ok(resp) = client.get(format!("{url}/health")).send().await {
+            if resp.status() == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
