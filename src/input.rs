@@ -54,22 +54,76 @@ pub fn is_invisible(c: char) -> bool {
     )
 }
 
-/// `text` with every invisible character (see [`is_invisible`]) written as
-/// its code point, `\u{202e}`, so stored names show what they hold.
-pub fn escape_invisible(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(is_invisible) {
-        return std::borrow::Cow::Borrowed(text);
+/// Joiners and selectors (ZWNJ, ZWJ, variation selectors) shape the
+/// visible character before them: emoji sequences (`👩\u{200d}💻`, `❤\u{fe0f}`)
+/// and Persian or Indic words need them. So they are allowed right after a
+/// visible non-ASCII character (or another such joiner), and hidden
+/// anywhere else, where they would only make `laptop` and `lap\u{200d}top`
+/// look alike.
+fn is_joiner(c: char) -> bool {
+    matches!(c, '\u{200C}' | '\u{200D}' | '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}')
+}
+
+/// Whether `c`, coming after `prev`, is hidden from a reader: an invisible
+/// or direction-changing character ([`is_invisible`]), except a joiner
+/// where it shapes the character before it ([`is_joiner`]).
+pub fn hides(prev: Option<char>, c: char) -> bool {
+    if is_joiner(c) {
+        !prev.is_some_and(|p| !p.is_ascii() && (is_joiner(p) || !is_invisible(p)))
+    } else {
+        is_invisible(c)
     }
-    text.chars()
-        .map(|c| {
-            if is_invisible(c) {
-                c.escape_unicode().to_string()
+}
+
+/// The first hidden character of `text` (see [`hides`]) with its position
+/// (in characters, from 0).
+fn first_hidden(text: &str) -> Option<(usize, char)> {
+    let mut prev = None;
+    for (at, c) in text.chars().enumerate() {
+        if hides(prev, c) {
+            return Some((at, c));
+        }
+        prev = Some(c);
+    }
+    None
+}
+
+/// `text` with every hidden character (see [`hides`]) written as its code
+/// point, `\u{202e}`, so stored names show what they hold.
+pub fn escape_invisible(text: &str) -> std::borrow::Cow<'_, str> {
+    escape_where(text, hides)
+}
+
+/// `text` with control characters (`\n`, `\u{1b}`…) and hidden ones
+/// escaped: for terminals and logs, where input refuses both but a database
+/// from an earlier release may hold them.
+pub fn printable(text: &str) -> String {
+    escape_where(text, |prev, c| c.is_control() || hides(prev, c)).into_owned()
+}
+
+fn escape_where(
+    text: &str,
+    escaped: impl Fn(Option<char>, char) -> bool,
+) -> std::borrow::Cow<'_, str> {
+    let mut prev = None;
+    let mut out: Option<String> = None;
+    for (i, c) in text.char_indices() {
+        if escaped(prev, c) {
+            let o = out.get_or_insert_with(|| text[..i].to_owned());
+            if c.is_control() {
+                o.extend(c.escape_default());
             } else {
-                c.to_string()
+                o.extend(c.escape_unicode());
             }
-        })
-        .collect::<String>()
-        .into()
+        } else if let Some(o) = out.as_mut() {
+            o.push(c);
+        }
+        prev = Some(c);
+    }
+    match out {
+        Some(o) => o.into(),
+        None => text.into(),
+    }
 }
 
 /// Whether `text` holds something shaped like an access key (`ks_` and
@@ -123,7 +177,7 @@ pub fn optional_text(
             "{field} must not contain control characters (newlines, tabs, escapes)"
         )));
     }
-    if let Some((at, c)) = value.chars().enumerate().find(|(_, c)| is_invisible(*c)) {
+    if let Some((at, c)) = first_hidden(&value) {
         return Err(Error::InvalidRequest(format!(
             "{field} must not contain invisible or direction-changing characters \
              (found {} at character {})",
@@ -218,6 +272,32 @@ pub fn event_type(text: &str) -> Result<EventType> {
 
 #[cfg(test)]
 mod tests {
+    /// Emoji sequences and joined scripts keep their joiners; a joiner
+    /// between ASCII letters, which only makes two names look alike, is
+    /// refused.
+    #[test]
+    fn joiners_are_allowed_where_they_shape_the_character_before_them() {
+        for ok in [
+            "👩\u{200d}💻 laptop",
+            "❤\u{fe0f}",
+            "🏳\u{fe0f}\u{200d}🌈",
+            "می\u{200c}خواهم",
+        ] {
+            assert_eq!(
+                label(Some(ok.into())).unwrap().as_deref(),
+                Some(ok),
+                "{ok:?}"
+            );
+            assert_eq!(printable(ok), ok);
+        }
+        for bad in ["lap\u{200d}top", "\u{200d}x", "a\u{fe0f}", " \u{200c}"] {
+            let err = label(Some(bad.into())).unwrap_err().to_string();
+            assert!(err.contains("invisible"), "{bad:?}: {err}");
+        }
+        assert_eq!(printable("lap\u{200d}top\n"), "lap\\u{200d}top\\n");
+        assert_eq!(escape_invisible("a\u{202e}b"), "a\\u{202e}b");
+    }
+
     use super::*;
 
     #[test]

@@ -80,6 +80,22 @@ pub fn check_not_lost(database: &Path) -> Result<()> {
     )))
 }
 
+/// Who serves `database` right now (the lock file's record), or `None`
+/// when no server holds its lock. Probes with a shared lock taken and let
+/// go at once; a server starting in that instant retries (see
+/// [`InstanceLock::acquire`]).
+pub fn holder(database: &Path) -> Option<String> {
+    let mut file = File::open(lock_path(database)).ok()?;
+    match flock(&file, FlockOperation::NonBlockingLockShared) {
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            let mut record = String::new();
+            let _ = file.read_to_string(&mut record);
+            Some(record.trim().to_owned())
+        }
+        _ => None,
+    }
+}
+
 /// Copies saved by a server whose database file was deleted under it.
 fn rescued_copies(database: &Path) -> Vec<String> {
     let real = real_path(database);
@@ -118,7 +134,18 @@ impl InstanceLock {
                     path.display()
                 ))
             })?;
-        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        // A CLI's probe (`holder`) holds a shared lock for an instant.
+        let mut tries = 0;
+        let locked = loop {
+            match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                Err(rustix::io::Errno::WOULDBLOCK) if tries < 10 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other,
+            }
+        };
+        match locked {
             Ok(()) => {}
             Err(rustix::io::Errno::WOULDBLOCK) => {
                 let mut holder = String::new();
@@ -183,7 +210,9 @@ mod tests {
         assert!(message.contains("http://127.0.0.1:8080"), "{message}");
         assert!(message.contains("k.db"), "{message}");
         assert!(message.contains("PostgreSQL"), "{message}");
+        assert!(holder(&db).unwrap().contains("http://127.0.0.1:8080"));
         drop(first);
+        assert_eq!(holder(&db), None);
         InstanceLock::acquire(&db, addr()).expect("free again once dropped");
     }
 

@@ -79,8 +79,12 @@ pub struct FailureLimiter {
 struct Proven {
     at: HashMap<(IpAddr, u64), i64>,
     /// Size at which stale pairs are next dropped (doubles with the live
-    /// set, so pruning costs amortised O(1) per insert).
+    /// set, so pruning costs amortised O(1) per insert; never above the
+    /// cap, so a full map is still pruned).
     prune_at: usize,
+    /// When it was last pruned: a map full of live pairs is pruned at most
+    /// once a minute, not on every insert.
+    pruned_at: i64,
 }
 
 /// The smallest size at which proven pairs are pruned.
@@ -96,6 +100,7 @@ impl FailureLimiter {
             proven: Mutex::new(Proven {
                 at: HashMap::new(),
                 prune_at: PRUNE_PROVEN_AT,
+                pruned_at: i64::MIN,
             }),
         }
     }
@@ -134,9 +139,10 @@ impl FailureLimiter {
             }
             return;
         }
-        if proven.at.len() >= proven.prune_at {
+        if proven.at.len() >= proven.prune_at && now.0.saturating_sub(proven.pruned_at) >= 60_000 {
             proven.at.retain(|_, at| now.0 - *at < PROVEN_FOR_MS);
-            proven.prune_at = (proven.at.len() * 2).max(PRUNE_PROVEN_AT);
+            proven.prune_at = (proven.at.len() * 2).clamp(PRUNE_PROVEN_AT, MAX_PROVEN);
+            proven.pruned_at = now.0;
         }
         if proven.at.len() < MAX_PROVEN {
             proven.at.insert((bucket, tag), now.0);
@@ -366,6 +372,27 @@ mod tests {
         l.record_failure(ip(1), later);
         l.record_failure(ip(1), later);
         assert!(l.check_key(ip(1), 42, later).is_err(), "proof ages out");
+    }
+
+    /// A map filled to its cap is still pruned (at most once a minute), so
+    /// pairs proven after the old ones aged out are remembered again.
+    #[test]
+    fn a_full_proven_map_is_pruned_and_keeps_learning() {
+        let l = FailureLimiter::new(true, 2);
+        let t = Timestamp(1_000_000);
+        for tag in 0..MAX_PROVEN as u64 {
+            l.key_proven(ip(1), tag, t);
+        }
+        assert_eq!(l.proven().at.len(), MAX_PROVEN);
+        let later = Timestamp(t.0 + PROVEN_FOR_MS + 1);
+        l.key_proven(ip(2), 7, later);
+        l.record_failure(ip(2), later);
+        l.record_failure(ip(2), later);
+        assert!(
+            l.check_key(ip(2), 7, later).is_ok(),
+            "remembered after the prune"
+        );
+        assert_eq!(l.proven().at.len(), 1);
     }
 
     #[test]

@@ -44,6 +44,9 @@ pub struct Server {
     /// The CLI's way in (see [`crate::control`]).
     #[cfg(unix)]
     control: Option<crate::control::ControlSocket>,
+    /// Stops the control socket, after the HTTP drain: until the store is
+    /// flushed the CLI must keep going through the server.
+    control_stop: watch::Sender<bool>,
 }
 
 /// How often the store's upkeep runs: a CLI change reaches the running
@@ -161,12 +164,13 @@ impl Server {
             settings.history_days,
             stop_rx.clone(),
         ));
+        let (control_stop, _control_rx) = watch::channel(false);
         #[cfg(unix)]
         let control = crate::control::ControlSocket::start(
             &settings.database,
             store.clone(),
             clock.clone(),
-            stop_rx.clone(),
+            _control_rx,
         )
         .await;
         let upkeep = tokio::spawn(maintain(store.clone(), stop_rx));
@@ -194,6 +198,7 @@ impl Server {
             _lock: lock,
             #[cfg(unix)]
             control,
+            control_stop,
         })
     }
 
@@ -234,6 +239,7 @@ impl Server {
         }
         let _ = self.sweep.await;
         let _ = self.upkeep.await;
+        let _ = self.control_stop.send(true);
         #[cfg(unix)]
         if let Some(control) = self.control {
             control.stopped().await;

@@ -44,7 +44,7 @@ pub fn log_report(report: &SweepReport) {
                 "  - Key: {}..., Session: {}, Device: {}",
                 s.key_prefix,
                 s.session_id,
-                s.device_name.as_deref().unwrap_or("-")
+                crate::input::printable(s.device_name.as_deref().unwrap_or("-"))
             );
         }
     }

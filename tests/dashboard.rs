@@ -160,6 +160,33 @@ async fn the_dashboard_is_off_without_an_admin_token() {
     assert_eq!(r.status, 404);
 }
 
+/// Without an admin token, the 404 of the admin API and the dashboard names
+/// the path that was asked for (not a nested router's remainder) and says
+/// how to turn them on; a key pasted into the path is cut to its prefix.
+#[tokio::test]
+async fn the_admin_routes_404_says_they_are_off_and_names_the_whole_path() {
+    let s = TestServer::start_with(|c| c.admin_token = None).await;
+    for path in ["/admin", "/admin/keys", "/api/admin/keys"] {
+        let (status, body) = s.get(path).await;
+        assert_eq!(status, 404, "{path}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert_eq!(
+            message,
+            format!(
+                "no route for {path} (the admin API and the dashboard are off: no admin_token is set)"
+            )
+        );
+    }
+    let secret = keyseat::keys::AccessKey::generate();
+    let (status, body) = s
+        .get(&format!("/api/nothing/{}", secret.expose_secret()))
+        .await;
+    assert_eq!(status, 404);
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(!message.contains(secret.expose_secret()), "{message}");
+    assert!(message.contains(&secret.prefix()), "{message}");
+}
+
 #[tokio::test]
 async fn signed_out_browsers_are_sent_to_sign_in() {
     let s = TestServer::start().await;

@@ -128,12 +128,35 @@ fn reference_invisible(c: char) -> bool {
     .any(|&(lo, hi)| (lo..=hi).contains(&n))
 }
 
+/// Joiners and selectors, allowed right after a visible non-ASCII
+/// character or another joiner (emoji sequences, joined scripts).
+fn reference_joiner(c: char) -> bool {
+    let n = c as u32;
+    n == 0x200C || n == 0x200D || (0xFE00..=0xFE0F).contains(&n) || (0xE0100..=0xE01EF).contains(&n)
+}
+
+/// Whether `c` after `prev` is refused as hidden.
+fn reference_hidden(prev: Option<char>, c: char) -> bool {
+    if reference_joiner(c) {
+        !prev.is_some_and(|p| !p.is_ascii() && (reference_joiner(p) || !reference_invisible(p)))
+    } else {
+        reference_invisible(c)
+    }
+}
+
 /// What an optional text field must become: trimmed, empty = absent; `Err`
 /// when it has control characters, invisible or direction-changing ones,
 /// an access key, or is over `max` characters.
 fn reference_text(value: &str, max: usize) -> Result<Option<String>, ()> {
     let t = value.trim();
-    if t.chars().any(|c| c.is_control() || reference_invisible(c))
+    let mut prev = None;
+    let hidden = t.chars().any(|c| {
+        let h = reference_hidden(prev, c);
+        prev = Some(c);
+        h
+    });
+    if t.chars().any(char::is_control)
+        || hidden
         || reference_holds_key(t)
         || t.chars().count() > max
     {

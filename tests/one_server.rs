@@ -113,3 +113,45 @@ fn a_busy_port_asks_whether_another_keyseat_runs() {
         lines[0]
     );
 }
+
+/// The CLI never answers from the file behind a running server's back: a
+/// server that holds the database but does not answer on its socket (here
+/// the socket was removed) is refused after a short wait, with one line.
+#[test]
+fn the_cli_refuses_to_work_on_the_file_behind_a_server_it_cannot_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("k.db");
+    let (mut server, _) = serve(&db);
+    let socket = dir.path().join("k.db.sock");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "no control socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::remove_file(&socket).unwrap();
+    let out = common::keyseat_command()
+        .arg("--database")
+        .arg(&db)
+        .args(["keys", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let lines = stderr_lines(&out);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("does not answer on"), "{}", lines[0]);
+    assert!(
+        lines[0].contains(&format!("pid {}", server.id())),
+        "{}",
+        lines[0]
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+    // No server: the file, as always.
+    let out = common::keyseat_command()
+        .arg("--database")
+        .arg(&db)
+        .args(["keys", "list"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}

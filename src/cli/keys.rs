@@ -293,7 +293,7 @@ fn print_change(verb: &str, change: &KeyChange, json: bool) {
         outln!(
             "Ended session {} ({})",
             s.session_id,
-            s.device_name.as_deref().unwrap_or("unnamed device")
+            super::table::printable(s.device_name.as_deref().unwrap_or("unnamed device"))
         );
     }
 }

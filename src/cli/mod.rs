@@ -357,7 +357,7 @@ fn sweep(settings: &Settings, json: bool) -> Result<()> {
                 "  - Key: {}..., Session: {}, Device: {}",
                 s.key_prefix,
                 s.session_id,
-                s.device_name.as_deref().unwrap_or("-")
+                table::printable(s.device_name.as_deref().unwrap_or("-"))
             );
         }
         for s in &report.revoked {
@@ -388,10 +388,44 @@ fn with_store(
 /// The store a command runs on: the running server's, when one answers on
 /// the database's control socket (the file alone holds stale heartbeat
 /// times, and the server's writer holds its lock); else the file itself.
+///
+/// A server that holds the file but does not answer on its socket (it is
+/// starting or stopping, or the socket is not this user's) is waited for
+/// briefly, then refused: the file alone would give stale answers. Only
+/// where the socket cannot exist (a path too long for one) does the
+/// command fall back to the file, with a warning.
 fn open_store(settings: &Settings) -> Result<Box<dyn Storage>> {
     #[cfg(unix)]
-    if let Some(remote) = crate::control::RemoteStore::connect(&settings.database) {
-        return Ok(Box::new(remote));
+    {
+        let db = &settings.database;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            if let Some(remote) = crate::control::RemoteStore::connect(db) {
+                return Ok(Box::new(remote));
+            }
+            let Some(holder) = crate::instance_lock::holder(db) else {
+                break;
+            };
+            let socket = crate::control::socket_path(db);
+            if socket.as_os_str().len() >= 100 {
+                tracing::warn!(
+                    "the server ({holder}) cannot offer a control socket at {} (the path is too \
+                     long for one); working on the database file directly, where heartbeat \
+                     times may be stale",
+                    socket.display()
+                );
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::Unavailable(format!(
+                    "a keyseat server ({holder}) is serving {} but does not answer on {}; retry \
+                     when it has started, or run this command as the user the server runs as",
+                    db.display(),
+                    socket.display()
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
     Ok(Box::new(SqliteStore::open(
         &settings.database,

@@ -105,7 +105,7 @@ pub fn run(cmd: SessionsCommand, store: &dyn Storage, now: Timestamp) -> Result<
                 }
                 (EndOutcome::Ended(s), false) => outln!(
                     "Ended session {session_id} ({}) of key {}",
-                    s.device_name.as_deref().unwrap_or("unnamed device"),
+                    super::table::printable(s.device_name.as_deref().unwrap_or("unnamed device")),
                     s.key_prefix
                 ),
                 (EndOutcome::AlreadyEnded(r), true) => outln!(

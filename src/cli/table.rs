@@ -34,26 +34,10 @@ pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// Escapes control characters (`\n`, `\u{1b}`…) and invisible or
-/// direction-changing ones (`\u{202e}`, see [`crate::input::is_invisible`]),
+/// Escapes control characters and hidden ones ([`crate::input::printable`]),
 /// which input refuses but a database from an earlier release may hold.
 pub fn printable(text: &str) -> String {
-    let hidden = |c: char| c.is_control() || crate::input::is_invisible(c);
-    if text.chars().any(hidden) {
-        text.chars()
-            .map(|c| {
-                if c.is_control() {
-                    c.escape_default().to_string()
-                } else if hidden(c) {
-                    c.escape_unicode().to_string()
-                } else {
-                    c.to_string()
-                }
-            })
-            .collect()
-    } else {
-        text.to_owned()
-    }
+    crate::input::printable(text)
 }
 
 /// A cell for an optional value.

@@ -30,23 +30,18 @@ pub struct ControlSocket {
 
 impl ControlSocket {
     /// Listens on the socket of `database` until `stop`. `None` (with a
-    /// warning saying so) when it cannot, or when another server already
-    /// answers there: the CLI then works on the file, as it always could.
+    /// warning saying so) when it cannot.
     pub async fn start(
         database: &Path,
         store: Arc<dyn Storage>,
         clock: Arc<dyn Clock>,
         stop: watch::Receiver<bool>,
     ) -> Option<ControlSocket> {
+        // The server holds the database's lock (crate::instance_lock), so
+        // no other server can be serving it: whatever is at the socket's
+        // path (a crashed server's socket, or something planted) is
+        // replaced.
         let path = socket_path(database);
-        if UnixStream::connect(&path).await.is_ok() {
-            tracing::warn!(
-                socket = %path.display(),
-                "another keyseat server answers on this database's control socket; \
-                 CLI commands will go to that one (two servers on one file is a mistake)"
-            );
-            return None;
-        }
         let listener = match bind_private(&path) {
             Ok(l) => l,
             Err(e) => {
@@ -78,9 +73,10 @@ impl ControlSocket {
 /// restricts it to the owner, then renames it into place (replacing a
 /// stale socket left by a crash): at no moment can anyone else connect.
 fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
-    let mut dir = path.as_os_str().to_owned();
-    dir.push(format!(".{}", std::process::id()));
-    let dir = PathBuf::from(dir);
+    // Beside the socket and no longer than its path (a socket path is
+    // limited to about 107 bytes): `<dir>/.ks<pid>/s`.
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let dir = parent.join(format!(".ks{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
     let inner = dir.join("s");

@@ -210,14 +210,16 @@ fn key_fields(f: &KeyForm) -> Markup {
         f.on_conflict.as_str()
     };
     let seats = if f.max_sessions.is_empty() {
-        "1"
+        "1".to_owned()
     } else {
-        f.max_sessions.as_str()
+        super::page::typed(&f.max_sessions)
     };
     html! {
         div class="field" {
             label for="label" { "Label" }
-            input type="text" id="label" name="label" value=(f.label) maxlength="200"
+            // Refilled after a refusal: a pasted key comes back as its
+            // prefix only (as in every other refilled field).
+            input type="text" id="label" name="label" value=(super::page::typed(&f.label)) maxlength="200"
                 aria-describedby="label-hint";
             small id="label-hint" { "A note for you: customer, order number. Empty for none." }
         }
@@ -235,7 +237,7 @@ fn key_fields(f: &KeyForm) -> Markup {
         }
         div class="field" {
             label for="expires_at" { "Expires (UTC)" }
-            input type="text" id="expires_at" name="expires_at" value=(f.expires_at)
+            input type="text" id="expires_at" name="expires_at" value=(super::page::typed(&f.expires_at))
                 placeholder="2027-01-31 or 2027-01-31T12:00:00Z" aria-describedby="expires-hint";
             small id="expires-hint" { "Empty: never expires." }
         }

@@ -52,7 +52,7 @@ async fn admin_enabled(
     next: Next,
 ) -> Result<Response> {
     if state.inner.admin_token_digest.is_none() {
-        return Err(Error::NotFound(req.uri().path().to_owned()));
+        return Err(super::admin_off(&req));
     }
     Ok(next.run(req).await)
 }
@@ -66,7 +66,7 @@ async fn require_admin(
     next: Next,
 ) -> Result<Response> {
     if !state.admin_enabled() {
-        return Err(Error::NotFound(req.uri().path().to_owned()));
+        return Err(super::admin_off(&req));
     }
     let limiter = &state.inner.admin_failures;
     limiter.check(addr.0, state.now())?;

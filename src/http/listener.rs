@@ -189,6 +189,19 @@ impl Refused {
 
 /// The open connections by client address: decides who is admitted, and
 /// whose idle connection gives way to a newcomer.
+/// Removes a connection from the table when dropped.
+struct LeaveTable<'a> {
+    table: &'a Table,
+    bucket: IpAddr,
+    entry: &'a Conn,
+}
+
+impl Drop for LeaveTable<'_> {
+    fn drop(&mut self) {
+        self.table.remove(self.bucket, self.entry);
+    }
+}
+
 struct Table {
     slots: Arc<Semaphore>,
     per_address: usize,
@@ -438,6 +451,13 @@ pub async fn serve(
         let conn = http.serve_connection(TokioIo::new(stream), service);
         let (table, mut stop_rx) = (table.clone(), stop_rx.clone());
         connections.spawn(async move {
+            // However the task ends (done, panicked, aborted after the
+            // drain), the connection leaves the table and frees its slot.
+            let _leave = LeaveTable {
+                table: &table,
+                bucket,
+                entry: &entry,
+            };
             tokio::pin!(conn);
             let result = tokio::select! {
                 result = conn.as_mut() => result,
@@ -455,7 +475,6 @@ pub async fn serve(
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection closed with an error");
             }
-            table.remove(bucket, &entry);
         });
     }
     drop(listener);

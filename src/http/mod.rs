@@ -195,7 +195,27 @@ async fn date_header(
 }
 
 async fn not_found(OriginalUri(uri): OriginalUri) -> Error {
-    Error::NotFound(uri.path().to_owned())
+    Error::NotFound(shown_path(uri.path()))
+}
+
+/// A requested path as a 404 names it: the whole path the client asked for
+/// (not a nested router's remainder), a key pasted into it cut to its
+/// prefix.
+fn shown_path(path: &str) -> String {
+    crate::keys::redact_secret(path)
+}
+
+/// The 404 of the admin API and the dashboard when no admin token is set:
+/// still 404 and nothing else about them, but it says how to turn them on.
+pub(crate) fn admin_off(req: &axum::extract::Request) -> Error {
+    let path = req
+        .extensions()
+        .get::<OriginalUri>()
+        .map_or_else(|| req.uri().path(), |o| o.0.path());
+    Error::NotFound(format!(
+        "{} (the admin API and the dashboard are off: no admin_token is set)",
+        shown_path(path)
+    ))
 }
 
 async fn method_not_allowed() -> Error {

@@ -315,7 +315,7 @@ pub fn log_session_end(session: &Session, reason: EndReason) {
     tracing::info!(
         key = %session.key_prefix,
         session = %session.session_id,
-        device = session.device_name.as_deref().unwrap_or("-"),
+        device = %crate::input::printable(session.device_name.as_deref().unwrap_or("-")),
         reason = reason.as_str(),
         "session {}",
         match reason {
