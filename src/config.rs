@@ -313,7 +313,10 @@ pub fn load_with_env(
         }
     }
     for var in env_present {
-        let known = var == "KEYSEAT_CONFIG" || SETTING_NAMES.iter().any(|n| env_var_name(n) == var);
+        // KEYSEAT_KEY is the device-side commands' access key.
+        let known = var == "KEYSEAT_CONFIG"
+            || var == "KEYSEAT_KEY"
+            || SETTING_NAMES.iter().any(|n| env_var_name(n) == var);
         if !known {
             warnings.push(format!("ignoring unknown environment variable {var}"));
         }

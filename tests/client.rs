@@ -345,6 +345,47 @@ fn check_passes_on_a_correct_server_and_names_a_failure() {
     );
 }
 
+/// The key can stay out of `ps`: `check` (like `client`) takes it from
+/// KEYSEAT_KEY or from standard input (`--key -`); with none of the three
+/// it says how to give one and exits 2.
+#[test]
+fn the_key_can_come_from_the_environment_or_standard_input() {
+    let bg = Bg::start(|_| {});
+    let key = bg.key(NewKey::default());
+    let out = keyseat_bin()
+        .args(["check", "--server", &bg.url()])
+        .env("KEYSEAT_KEY", &key)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("6/6 checks passed"), "{text}");
+
+    let mut child = keyseat_bin()
+        .args(["check", "--server", &bg.url(), "--key", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        writeln!(child.stdin.take().unwrap(), "{key}").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+
+    for command in ["check", "client"] {
+        let out = keyseat_bin()
+            .args([command, "--server", &bg.url()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{command}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("KEYSEAT_KEY"), "{command}: {err}");
+    }
+}
+
 fn spawn_client(url: &str, key: &str, device: &str) -> std::process::Child {
     keyseat_bin()
         .args([

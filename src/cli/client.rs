@@ -16,6 +16,8 @@ pub mod exit {
     pub const ENDED_BY_USER: u8 = 0;
     /// Something else went wrong (bad URL, unexpected answer).
     pub const ERROR: u8 = 1;
+    /// Bad usage: no access key given.
+    pub const USAGE: u8 = 2;
     /// Another device started with the same key and took the seat.
     pub const SUPERSEDED: u8 = 3;
     /// The server expired the session (missed heartbeats).
@@ -35,15 +37,38 @@ pub struct ClientArgs {
     /// Server URL, e.g. http://127.0.0.1:8080
     #[arg(long)]
     server: String,
-    /// The access key (ks_…).
+    /// The access key (ks_…); `-` reads it from standard input. Without the
+    /// flag it comes from KEYSEAT_KEY, which, unlike the flag, other users
+    /// cannot see in `ps`.
     #[arg(long)]
-    key: String,
+    key: Option<String>,
     /// The name other devices are shown when this one takes over.
     #[arg(long)]
     device_name: Option<String>,
     /// A device fingerprint, or `machine` for this machine's (hashed) id.
     #[arg(long)]
     fingerprint: Option<String>,
+}
+
+/// The access key from `--key KEY`, `--key -` (a line of standard input)
+/// or the KEYSEAT_KEY environment variable, in that order.
+fn access_key(flag: Option<&str>) -> Result<String, String> {
+    let key = match flag {
+        Some("-") => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|e| format!("cannot read the access key from standard input: {e}"))?;
+            line
+        }
+        Some(key) => key.to_owned(),
+        None => std::env::var("KEYSEAT_KEY").map_err(|_| {
+            "no access key: give it with --key KEY, --key - (standard input) or the KEYSEAT_KEY \
+             environment variable"
+                .to_owned()
+        })?,
+    };
+    Ok(key.trim().to_owned())
 }
 
 fn print_line(text: &str) {
@@ -57,7 +82,14 @@ pub fn run_client(args: ClientArgs) -> ExitCode {
         .clone()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "keyseat client".into());
-    let mut client = match Client::new(&args.server, &args.key) {
+    let key = match access_key(args.key.as_deref()) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("keyseat: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let mut client = match Client::new(&args.server, &key) {
         Ok(c) => c.device_name(device.clone()),
         Err(e) => return fail(&e),
     };
@@ -163,10 +195,11 @@ pub struct CheckArgs {
     /// Server URL, e.g. https://licenses.example.com
     #[arg(long)]
     server: String,
-    /// An access key to test with. Use a test key: the checks take over
-    /// its seat, so a real user of it would be disconnected.
+    /// An access key to test with (`-`: from standard input; without the
+    /// flag: KEYSEAT_KEY). Use a test key: the checks take over its seat,
+    /// so a real user of it would be disconnected.
     #[arg(long)]
-    key: String,
+    key: Option<String>,
     /// Also check that a silent session expires (waits for the server's
     /// advertised timeout).
     #[arg(long)]
@@ -175,7 +208,14 @@ pub struct CheckArgs {
 
 /// Runs the checks; exit 0 only when every check passes.
 pub fn run_check(args: CheckArgs) -> ExitCode {
-    if let Err(e) = crate::keys::AccessKey::parse(args.key.trim()) {
+    let key = match access_key(args.key.as_deref()) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("keyseat: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    if let Err(e) = crate::keys::AccessKey::parse(&key) {
         eprintln!("keyseat: the access key is not valid: {e}");
         return ExitCode::from(exit::KEY_REFUSED);
     }
@@ -188,7 +228,7 @@ pub fn run_check(args: CheckArgs) -> ExitCode {
     };
     let mut check = Check {
         api,
-        key: args.key.trim().to_owned(),
+        key,
         passed: 0,
         total: 0,
         opened: Vec::new(),

@@ -51,7 +51,7 @@ Message = Tuple[str, Any]
 
 
 class LicensedApp:
-    """One window: key, device name, Start/Stop, and what the licence is
+    """One window: key, device name, Start/Stop, and what the license is
     doing."""
 
     def __init__(self, root: tk.Tk, server: str, key: str, device: str) -> None:
@@ -145,27 +145,27 @@ class LicensedApp:
         if session.previous_session_terminated:
             names = ", ".join(f'"{t.device_name or "unnamed device"}"' for t in session.terminated)
             messagebox.showinfo(
-                "Licence",
+                "License",
                 f"The previous session on another device ({names}) was disconnected.",
             )
 
     def _on_start_failed(self, error: KeyseatError) -> None:
         self.start_button.config(state="normal")
         if isinstance(error, SeatsFull):
-            text = "Every seat of this licence is in use on other devices."
+            text = "Every seat of this license is in use on other devices."
         else:
             text = f"Could not start: {error}"
         self.status.set(text)
-        messagebox.showerror("Licence", text)
+        messagebox.showerror("License", text)
 
     def _on_event(self, event: SessionEvent) -> None:
         if isinstance(event, HeartbeatFailed):
             self.status.set(
-                f"Licence server unreachable (attempt {event.attempt}); "
+                f"License server unreachable (attempt {event.attempt}); "
                 f"still licensed for {int(event.lease_left)} s."
             )
         elif isinstance(event, HeartbeatRecovered):
-            self.status.set("Licensed (connection to the licence server restored).")
+            self.status.set("Licensed (connection to the license server restored).")
 
     def _on_lost(self, payload: Tuple[LostReason, Optional[str]]) -> None:
         reason, other = payload
@@ -174,11 +174,11 @@ class LicensedApp:
         self.stop_button.config(state="disabled")
         self.start_button.config(state="normal")
         if reason is LostReason.SUPERSEDED:
-            text = f'Device "{other or "another device"}" started with your licence; this window stopped.'
+            text = f'Device "{other or "another device"}" started with your license; this window stopped.'
         else:
-            text = f"Licence lost: {lost or reason}"
+            text = f"License lost: {lost or reason}"
         self.status.set(text)
-        messagebox.showwarning("Licence", text)
+        messagebox.showwarning("License", text)
 
     def stop(self) -> None:
         session, self.session = self.session, None

@@ -98,7 +98,7 @@ def test_the_example_reports_a_takeover(server, key, display, measure):
             "after B's start (interval 1 s)"
         )
         assert shown == [
-            ("showwarning", 'Device "Laptop B" started with your licence; this window stopped.')
+            ("showwarning", 'Device "Laptop B" started with your license; this window stopped.')
         ]
         assert "Laptop B" in app.status.get()
         assert app.session is None and str(app.start_button.cget("state")) == "normal"

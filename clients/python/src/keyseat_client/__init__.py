@@ -8,7 +8,7 @@
     session = client.start()          # raises InvalidKey, SeatsFull, ...
     if session.previous_session_terminated:
         print("Previous session on another device was disconnected")
-    session.on_lost(lambda reason, other_device: print("licence lost:", reason, other_device))
+    session.on_lost(lambda reason, other_device: print("License lost:", reason, other_device))
     ...                                # the app runs; heartbeats run on a daemon thread
     session.end()
 
