@@ -6,7 +6,7 @@
 //! sleeping through a 60 s timeout.
 
 use std::fmt;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -125,6 +125,14 @@ pub trait Clock: Send + Sync + 'static {
     fn take_gap(&self) -> Option<Gap> {
         None
     }
+
+    /// How many gaps this clock has seen so far, checking for one first.
+    /// Cheap (no lock unless a gap is suspected), so a caller can compare
+    /// it with the count it has applied on every request and take the gap
+    /// (under its own lock) only when they differ.
+    fn gaps_seen(&self) -> u64 {
+        0
+    }
 }
 
 /// The server's clock: a timeline that measures durations with the
@@ -169,6 +177,12 @@ static SLEW_US: AtomicI64 = AtomicI64::new(0);
 /// The latest time read, so the timeline never runs backwards (a slew back
 /// holds it for at most a fraction of a millisecond).
 static LATEST_US: AtomicI64 = AtomicI64::new(i64::MIN);
+
+/// Microseconds since the origin at the last progress note (a copy of
+/// `Progress::last_note`, readable without the lock).
+static LAST_NOTE_US: AtomicI64 = AtomicI64::new(0);
+/// Gaps recorded so far.
+static GAPS_SEEN: AtomicU64 = AtomicU64::new(0);
 
 struct Progress {
     /// Microseconds since the origin at the last note.
@@ -258,8 +272,12 @@ fn note_progress(tick: bool) -> MutexGuard<'static, Progress> {
         // Two gaps not yet taken are one outage from the first's start.
         let from = p.pending.map_or(from, |g| g.from.min(from));
         p.pending = Some(Gap { from, to });
+        // Counted before the note moves on: a reader that sees the new
+        // note sees the count too.
+        GAPS_SEEN.fetch_add(1, Ordering::SeqCst);
     }
     p.last_note = p.last_note.max(mono);
+    LAST_NOTE_US.store(p.last_note, Ordering::SeqCst);
     if tick {
         let drift = wall_micros().saturating_sub(time);
         let step = slew_step(drift, mono - p.last_slew);
@@ -286,6 +304,18 @@ impl Clock for SystemClock {
 
     fn take_gap(&self) -> Option<Gap> {
         note_progress(false).pending.take()
+    }
+
+    fn gaps_seen(&self) -> u64 {
+        // The first call starts the progress thread.
+        static WATCHING: std::sync::Once = std::sync::Once::new();
+        WATCHING.call_once(|| drop(note_progress(false)));
+        let (mono, _) = read_timeline();
+        let threshold = i64::try_from(GAP_THRESHOLD.as_micros()).unwrap_or(i64::MAX);
+        if mono - LAST_NOTE_US.load(Ordering::SeqCst) > threshold {
+            drop(note_progress(false));
+        }
+        GAPS_SEEN.load(Ordering::SeqCst)
     }
 }
 

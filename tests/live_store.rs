@@ -227,3 +227,112 @@ async fn key_expiry_changes_reach_live_sessions() {
         "the key works again"
     );
 }
+
+/// A clock that has seen one gap (a freeze from `from` to `to`) and is slow
+/// to hand it over, as a thread preempted right after taking it would be.
+struct SlowGapClock {
+    now: keyseat::clock::ManualClock,
+    gap: std::sync::Mutex<Option<keyseat::clock::Gap>>,
+    seen: std::sync::atomic::AtomicU64,
+}
+
+impl keyseat::clock::Clock for SlowGapClock {
+    fn now(&self) -> keyseat::clock::Timestamp {
+        self.now.now()
+    }
+    fn take_gap(&self) -> Option<keyseat::clock::Gap> {
+        let gap = self.gap.lock().unwrap().take();
+        if gap.is_some() {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        gap
+    }
+    fn gaps_seen(&self) -> u64 {
+        self.seen.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// After a freeze, no decision runs on the leases the freeze has not yet
+/// extended: while one request applies the gap, another waits for it, and
+/// both sessions live when the freeze began keep their seats.
+#[test]
+fn no_decision_runs_between_taking_a_gap_and_applying_it() {
+    use keyseat::clock::{Gap, ManualClock};
+    use keyseat::rules::Timing;
+    use keyseat::store::{LiveOptions, LiveStore, NewKey, StartRequest};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = keyseat::clock::Timestamp(1_800_000_000_000);
+    let clock = Arc::new(SlowGapClock {
+        now: ManualClock::new(t0),
+        gap: std::sync::Mutex::new(None),
+        seen: std::sync::atomic::AtomicU64::new(0),
+    });
+    let timing = Timing {
+        heartbeat_interval_secs: 1,
+        session_timeout_secs: 3,
+    };
+    let opts = LiveOptions {
+        timing,
+        persist_secs: 1,
+        durability: Default::default(),
+    };
+    let (store, _) = LiveStore::open(&dir.path().join("k.db"), opts, clock.clone(), t0).unwrap();
+    let store = Arc::new(store);
+    let created = store
+        .create_key(
+            &NewKey {
+                max_sessions: Some(2),
+                ..Default::default()
+            },
+            t0,
+            &Actor::cli(),
+        )
+        .unwrap();
+    let mut ids = Vec::new();
+    for device in ["a", "b"] {
+        let req = StartRequest {
+            key: created.access_key.clone(),
+            session_id: None,
+            device_name: Some(device.into()),
+            fingerprint: None,
+            actor: Actor::cli(),
+        };
+        ids.push(
+            store
+                .start_session(&req, t0, timing)
+                .unwrap()
+                .session
+                .session_id,
+        );
+    }
+    // Frozen from 1 s to 7 s: both leases (3 s) ran out during the freeze.
+    *clock.gap.lock().unwrap() = Some(Gap {
+        from: keyseat::clock::Timestamp(t0.0 + 1_000),
+        to: keyseat::clock::Timestamp(t0.0 + 7_000),
+    });
+    let after = keyseat::clock::Timestamp(t0.0 + 7_000);
+    clock.now.set(after);
+    clock.seen.store(1, std::sync::atomic::Ordering::SeqCst);
+
+    let beats: Vec<_> = ids
+        .into_iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let (store, key) = (store.clone(), created.access_key.clone());
+            std::thread::spawn(move || {
+                // The second one arrives while the first holds the gap.
+                std::thread::sleep(Duration::from_millis(50 * i as u64));
+                match store.heartbeat_fast(&key, &id) {
+                    Some(answer) => answer.map(|_| ()),
+                    None => store.heartbeat(&key, &id, after, timing).map(|_| ()),
+                }
+            })
+        })
+        .collect();
+    for (i, beat) in beats.into_iter().enumerate() {
+        let answer = beat.join().unwrap();
+        assert!(answer.is_ok(), "session {i} after the freeze: {answer:?}");
+    }
+}

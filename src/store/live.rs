@@ -68,6 +68,8 @@ pub struct LiveStore {
     /// Held while a gap in progress is taken and applied, so no decision
     /// runs between the two on leases the gap has not yet extended.
     gap_lock: Mutex<()>,
+    /// How many of the clock's gaps have been applied.
+    gaps_applied: std::sync::atomic::AtomicU64,
     /// A lease floor for the disk after a gap, written by the next upkeep
     /// (never by the request that noticed the gap: it may be on an async
     /// worker, and a failed write must not fail it).
@@ -131,6 +133,7 @@ impl LiveStore {
                 guard,
                 rescued: std::sync::atomic::AtomicBool::new(false),
                 gap_lock: Mutex::new(()),
+                gaps_applied: std::sync::atomic::AtomicU64::new(0),
                 pending_floor: AtomicI64::new(i64::MIN),
             },
             report,
@@ -145,12 +148,18 @@ impl LiveStore {
     /// and treats a gap in the server's own progress as an outage.
     fn prepare(&self) -> Result<()> {
         self.guard.ensure_intact()?;
-        // Taking the gap and extending the leases is one step: a thread
-        // that finds no gap to take waits here until the leases are
-        // extended, so no decision after a freeze sees the old ones.
-        let _one = self.gap_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(gap) = self.clock.take_gap() {
-            self.outage(gap);
+        // Lock-free unless the clock has seen a gap this store has not
+        // applied. Taking the gap and extending the leases is then one
+        // step under the lock: a thread that finds the gap already taken
+        // waits here until the leases are extended, so no decision after
+        // a freeze sees the old ones.
+        let seen = self.clock.gaps_seen();
+        if seen != self.gaps_applied.load(Ordering::SeqCst) {
+            let _one = self.gap_lock.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(gap) = self.clock.take_gap() {
+                self.outage(gap);
+            }
+            self.gaps_applied.fetch_max(seen, Ordering::SeqCst);
         }
         Ok(())
     }
