@@ -182,7 +182,8 @@ impl Server {
         );
         if first_run {
             tracing::info!(
-                "no access keys yet; create the first one with: keyseat --database {} keys create --label \"first customer\"",
+                "no access keys yet; create the first one with: {} --database {} keys create --label \"first customer\"",
+                how_it_was_started(),
                 settings.database.display()
             );
         }
@@ -249,6 +250,20 @@ impl Server {
         blocking(move || store.mark_stopped(now)).await?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// The command that runs this keyseat the way it was started, for hints:
+/// `cargo run --release --` under cargo (which sets CARGO_MANIFEST_DIR for
+/// what it runs), the path it was started by when that was a path, else
+/// `keyseat` (found on PATH).
+fn how_it_was_started() -> String {
+    if std::env::var_os("CARGO_MANIFEST_DIR").is_some() {
+        return "cargo run --release --".into();
+    }
+    match std::env::args().next() {
+        Some(arg0) if arg0.contains('/') => arg0,
+        _ => "keyseat".into(),
     }
 }
 

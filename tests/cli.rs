@@ -259,6 +259,24 @@ fn commands_on_a_missing_database_fail_without_creating_it() {
     }
 }
 
+/// Run from the wrong directory, a relative database path that does not
+/// exist is shown as the absolute path that was looked for.
+#[test]
+fn a_missing_relative_database_names_the_absolute_path() {
+    let dir = TempDir::new().unwrap();
+    let out = keyseat()
+        .current_dir(dir.path())
+        .args(["--database", "keyseat.db", "keys", "list"])
+        .output()
+        .unwrap();
+    let line = fails(&out);
+    let abs = dir.path().canonicalize().unwrap().join("keyseat.db");
+    assert!(
+        line.contains(&format!("(looked for {})", abs.display())),
+        "{line}"
+    );
+}
+
 /// A file that is not SQLite, passed as --database, gives one clear line
 /// ("not a SQLite database", naming the file) and a non-zero exit, for
 /// every command including `migrate`, and is left byte-for-byte untouched

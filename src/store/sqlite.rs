@@ -127,8 +127,14 @@ impl SqliteStore {
             }
             OpenMode::Existing => {
                 if !path.is_file() {
+                    // Relative to where the command ran, which is what a
+                    // user in the wrong directory needs to see.
+                    let looked = match std::path::absolute(path) {
+                        Ok(abs) if abs != path => format!(" (looked for {})", abs.display()),
+                        _ => String::new(),
+                    };
                     return Err(Error::Database(format!(
-                        "database file {shown} does not exist; check --database or \
+                        "database file {shown} does not exist{looked}; check --database or \
                          KEYSEAT_DATABASE, or create it with `keyseat migrate`"
                     )));
                 }
