@@ -186,12 +186,33 @@ async fn date_header(
     next: axum::middleware::Next,
 ) -> Response<axum::body::Body> {
     let mut response = next.run(request).await;
-    if let Ok(value) = axum::http::HeaderValue::from_str(&state.now().to_http_date()) {
+    if let Some(value) = http_date(state.now()) {
         response
             .headers_mut()
             .insert(axum::http::header::DATE, value);
     }
     response
+}
+
+/// The `Date` value for `now`, formatted once a second per worker thread
+/// (every answer carries one).
+fn http_date(now: Timestamp) -> Option<axum::http::HeaderValue> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(i64, axum::http::HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let second = now.0.div_euclid(1000);
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((at, value)) = last.as_ref() {
+            if *at == second {
+                return Some(value.clone());
+            }
+        }
+        let value = axum::http::HeaderValue::from_str(&now.to_http_date()).ok()?;
+        *last = Some((second, value.clone()));
+        Some(value)
+    })
 }
 
 async fn not_found(OriginalUri(uri): OriginalUri) -> Error {
