@@ -64,6 +64,16 @@ fn second(db: &Path, port: u16) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// `keyseat --database DB keys list`, run to its end.
+fn keys_list(db: &Path) -> Output {
+    common::keyseat_command()
+        .arg("--database")
+        .arg(db)
+        .args(["keys", "list"])
+        .output()
+        .unwrap()
+}
+
 fn stderr_lines(out: &Output) -> Vec<String> {
     String::from_utf8_lossy(&out.stderr)
         .lines()
@@ -129,12 +139,7 @@ fn the_cli_refuses_to_work_on_the_file_behind_a_server_it_cannot_reach() {
         std::thread::sleep(Duration::from_millis(20));
     }
     std::fs::remove_file(&socket).unwrap();
-    let out = common::keyseat_command()
-        .arg("--database")
-        .arg(&db)
-        .args(["keys", "list"])
-        .output()
-        .unwrap();
+    let out = keys_list(&db);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let lines = stderr_lines(&out);
     assert_eq!(lines.len(), 1, "{lines:?}");
@@ -147,11 +152,6 @@ fn the_cli_refuses_to_work_on_the_file_behind_a_server_it_cannot_reach() {
     server.kill().unwrap();
     server.wait().unwrap();
     // No server: the file, as always.
-    let out = common::keyseat_command()
-        .arg("--database")
-        .arg(&db)
-        .args(["keys", "list"])
-        .output()
-        .unwrap();
+    let out = keys_list(&db);
     assert!(out.status.success(), "{out:?}");
 }

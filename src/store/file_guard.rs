@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
+use super::writer::Writer;
+use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 
 /// The files that make up an open database in WAL mode.
@@ -45,6 +47,8 @@ pub struct FileGuard {
     files: Vec<(PathBuf, (u64, u64))>,
     tripped: AtomicBool,
     reason: Mutex<(String, Option<Damage>)>,
+    /// Whether what the server holds was saved after the trip.
+    rescued: AtomicBool,
 }
 
 fn identity(path: &Path) -> std::io::Result<(u64, u64)> {
@@ -75,6 +79,7 @@ impl FileGuard {
             files,
             tripped: AtomicBool::new(false),
             reason: Mutex::new((String::new(), None)),
+            rescued: AtomicBool::new(false),
         })
     }
 
@@ -124,9 +129,67 @@ impl FileGuard {
         self.reason.lock().unwrap_or_else(|p| p.into_inner()).1
     }
 
-    /// The database's real path.
-    pub fn database(&self) -> &Path {
-        &self.database
+    /// Once tripped: saves what the server holds, once, on the writer's
+    /// connection.
+    /// Side files gone: a checkpoint on the writer's connection (which still
+    /// has the old log open) copies every committed write into the database
+    /// file, which is still the one opened. The database file gone or
+    /// replaced: `VACUUM INTO` copies the whole database, as this server
+    /// sees it, to a new file beside it.
+    pub fn rescue(&self, writer: &Writer, now: Timestamp) {
+        if self.rescued.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let db = self.database.clone();
+        match self.damage() {
+            Some(Damage::SideFile) => {
+                let saved = writer.between(|c| {
+                    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                        r.get::<_, i64>(0)
+                    })?;
+                    Ok(())
+                });
+                match saved {
+                    Ok(()) => tracing::error!(
+                        "every write this server acknowledged was copied into {} (a checkpoint \
+                         from the log it still had open); stop the server with SIGTERM (not \
+                         kill -9) and start it again",
+                        db.display()
+                    ),
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "could not copy the deleted log into {}; stop the server with SIGTERM \
+                         (not kill -9): closing the database copies it if anything can",
+                        db.display()
+                    ),
+                }
+            }
+            Some(Damage::DatabaseFile) => {
+                let target = with_suffix(&db, &format!(".rescued-{}", now.0));
+                let to = target.to_string_lossy().into_owned();
+                let saved = writer.between(move |c| {
+                    c.execute("VACUUM INTO ?1", [to])?;
+                    Ok(())
+                });
+                match saved {
+                    Ok(()) => tracing::error!(
+                        "a copy of everything this server had was saved to {}: stop the server, \
+                         move whatever is now at {} aside, move the copy to that name, and start \
+                         the server again",
+                        target.display(),
+                        db.display()
+                    ),
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "could not save a copy of the database to {}; stop the server and \
+                         restore {} from a backup",
+                        target.display(),
+                        db.display()
+                    ),
+                }
+            }
+            None => {}
+        }
     }
 
     fn trip(&self, file: &Path, what: &str, damage: Damage) {

@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::file_guard::{Damage, FileGuard};
+use super::file_guard::FileGuard;
 use super::memory::{key_tag, Answer, Change, Memory};
 use super::sqlite::{self, Durability, Tx};
 use super::writer::Writer;
@@ -63,8 +63,6 @@ pub struct LiveStore {
     last_flush: Mutex<Timestamp>,
     /// Whether the database file is still the one opened.
     guard: Arc<FileGuard>,
-    /// Whether what the server holds was saved after the guard tripped.
-    rescued: std::sync::atomic::AtomicBool,
     /// Held while a gap in progress is taken and applied, so no decision
     /// runs between the two on leases the gap has not yet extended.
     gap_lock: Mutex<()>,
@@ -131,7 +129,6 @@ impl LiveStore {
                 last_event: Arc::new(AtomicI64::new(last_event)),
                 last_flush: Mutex::new(ready_at),
                 guard,
-                rescued: std::sync::atomic::AtomicBool::new(false),
                 gap_lock: Mutex::new(()),
                 gaps_applied: std::sync::atomic::AtomicU64::new(0),
                 pending_floor: AtomicI64::new(i64::MIN),
@@ -208,73 +205,6 @@ impl LiveStore {
             self.pending_floor.fetch_max(floor, Ordering::SeqCst);
         }
         written
-    }
-
-    /// Once the file guard has tripped: saves what this server holds, once.
-    /// Side files gone: a checkpoint on the writer's connection (which still
-    /// has the old log open) copies every committed write into the database
-    /// file, which is still the one opened. The database file gone or
-    /// replaced: `VACUUM INTO` copies the whole database, as this server
-    /// sees it, to a new file beside it.
-    fn rescue(&self) {
-        if self.rescued.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let db = self.guard.database().to_owned();
-        match self.guard.damage() {
-            Some(Damage::SideFile) => {
-                let saved = self.writer.between(|c| {
-                    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                        r.get::<_, i64>(0)
-                    })?;
-                    Ok(())
-                });
-                match saved {
-                    Ok(()) => tracing::error!(
-                        "every write this server acknowledged was copied into {} (a checkpoint \
-                         from the log it still had open); stop the server with SIGTERM (not \
-                         kill -9) and start it again",
-                        db.display()
-                    ),
-                    Err(e) => tracing::error!(
-                        error = %e,
-                        "could not copy the deleted log into {}; stop the server with SIGTERM \
-                         (not kill -9): closing the database copies it if anything can",
-                        db.display()
-                    ),
-                }
-            }
-            Some(Damage::DatabaseFile) => {
-                let stamp = self.clock.now().0;
-                let target = {
-                    let mut p = db.as_os_str().to_owned();
-                    p.push(format!(".rescued-{stamp}"));
-                    std::path::PathBuf::from(p)
-                };
-                let to = target.to_string_lossy().into_owned();
-                let saved = self.writer.between(move |c| {
-                    c.execute("VACUUM INTO ?1", [to])?;
-                    Ok(())
-                });
-                match saved {
-                    Ok(()) => tracing::error!(
-                        "a copy of everything this server had was saved to {}: stop the server, \
-                         move whatever is now at {} aside, move the copy to that name, and start \
-                         the server again",
-                        target.display(),
-                        db.display()
-                    ),
-                    Err(e) => tracing::error!(
-                        error = %e,
-                        "could not save a copy of the database to {}; stop the server and \
-                         restore {} from a backup",
-                        target.display(),
-                        db.display()
-                    ),
-                }
-            }
-            None => {}
-        }
     }
 
     /// Runs `f` in the writer's next batch; memory changes apply after
@@ -610,7 +540,7 @@ impl Storage for LiveStore {
     fn maintain(&self) -> Result<()> {
         if self.guard.check().is_err() {
             // Logged when it tripped; /health and every answer say so.
-            self.rescue();
+            self.guard.rescue(&self.writer, self.clock.now());
             return Ok(());
         }
         self.prepare()?;
@@ -638,7 +568,7 @@ impl Storage for LiveStore {
 
     fn mark_stopped(&self, now: Timestamp) -> Result<()> {
         if let Err(e) = self.guard.check() {
-            self.rescue();
+            self.guard.rescue(&self.writer, self.clock.now());
             return Err(e);
         }
         // A last sweep, so a clean restart resumes exactly the sessions
