@@ -180,6 +180,7 @@ impl Server {
             env!("CARGO_PKG_VERSION"),
             settings.database.display()
         );
+        tracing::info!("{}", admin_line(addr, settings.admin_token.is_some()));
         if first_run {
             tracing::info!(
                 "no access keys yet; create the first one with: {} --database {} keys create --label \"first customer\"",
@@ -250,6 +251,25 @@ impl Server {
         blocking(move || store.mark_stopped(now)).await?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Whether the admin API and the dashboard are on, and where, said once at
+/// start-up: an operator who has not read docs/dashboard.md learns from the
+/// log how to turn them on, and one who has sees where to go.
+fn admin_line(addr: SocketAddr, on: bool) -> String {
+    if on {
+        format!(
+            "admin API on http://{addr}/api/admin/ and dashboard on http://{addr}/admin \
+             (sign in with the admin token)"
+        )
+    } else {
+        format!(
+            "admin API and dashboard off (no admin_token is set); to turn them on: \
+             KEYSEAT_ADMIN_TOKEN=\"$(openssl rand -hex 32)\" {} serve, then open \
+             http://{addr}/admin",
+            how_it_was_started()
+        )
     }
 }
 

@@ -48,11 +48,14 @@ use crate::store::{OpenMode, SqliteStore, Storage};
 pub struct Cli {
     #[command(flatten)]
     settings: SettingFlags,
+    #[command(flatten)]
+    server: ServerFlags,
     #[command(subcommand)]
     command: Command,
 }
 
-/// Settings flags; each overrides the config file and `KEYSEAT_*`.
+/// Settings every command reads; each overrides the config file and
+/// `KEYSEAT_*`. They go before or after any subcommand.
 #[derive(Debug, Args)]
 struct SettingFlags {
     /// Config file (TOML); see config.example.toml [env: KEYSEAT_CONFIG]
@@ -61,74 +64,102 @@ struct SettingFlags {
     /// SQLite database file [default: keyseat.db] [env: KEYSEAT_DATABASE]
     #[arg(long, global = true, value_name = "PATH")]
     database: Option<String>,
-    /// Address to listen on [default: 127.0.0.1:8080] [env: KEYSEAT_LISTEN]
-    #[arg(long, global = true, value_name = "ADDR")]
-    listen: Option<String>,
-    /// Admin API bearer token; unset turns the admin API off [env: KEYSEAT_ADMIN_TOKEN]
-    #[arg(long, global = true, value_name = "TOKEN")]
-    admin_token: Option<String>,
-    /// [default: 30] [env: KEYSEAT_HEARTBEAT_INTERVAL_SECONDS]
-    #[arg(long, global = true, value_name = "SECS")]
-    heartbeat_interval_seconds: Option<String>,
-    /// [default: 60] [env: KEYSEAT_SESSION_TIMEOUT_SECONDS]
-    #[arg(long, global = true, value_name = "SECS")]
-    session_timeout_seconds: Option<String>,
-    /// [default: 10] [env: KEYSEAT_SWEEP_INTERVAL_SECONDS]
-    #[arg(long, global = true, value_name = "SECS")]
-    sweep_interval_seconds: Option<String>,
-    /// Days of history kept [default: 30] [env: KEYSEAT_HISTORY_DAYS]
-    #[arg(long, global = true, value_name = "DAYS")]
-    history_days: Option<String>,
-    /// on | off [default: on] [env: KEYSEAT_RATE_LIMITS]
-    #[arg(long, global = true, value_name = "ON|OFF")]
-    rate_limits: Option<String>,
-    /// [default: 30] [env: KEYSEAT_FAILED_KEY_LOOKUPS_PER_MINUTE]
-    #[arg(long, global = true, value_name = "N")]
-    failed_key_lookups_per_minute: Option<String>,
-    /// [default: 10] [env: KEYSEAT_ADMIN_AUTH_FAILURES_PER_MINUTE]
-    #[arg(long, global = true, value_name = "N")]
-    admin_auth_failures_per_minute: Option<String>,
     /// Log filter such as info or debug [default: info] [env: KEYSEAT_LOG]
     #[arg(long, global = true, value_name = "FILTER")]
     log: Option<String>,
+}
+
+/// The server's settings: only `serve` reads them (and `sweep` its
+/// `--history-days`), so they are not global and do not clutter the help
+/// of every other subcommand. They go before `serve` (`keyseat
+/// --listen ADDR serve`, as the README has long shown) or after it; after
+/// wins.
+#[derive(Debug, Default, Args)]
+#[command(next_help_heading = "Server settings")]
+struct ServerFlags {
+    /// Address to listen on [default: 127.0.0.1:8080] [env: KEYSEAT_LISTEN]
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// Admin API bearer token; unset turns the admin API off [env: KEYSEAT_ADMIN_TOKEN]
+    #[arg(long, value_name = "TOKEN")]
+    admin_token: Option<String>,
+    /// [default: 30] [env: KEYSEAT_HEARTBEAT_INTERVAL_SECONDS]
+    #[arg(long, value_name = "SECS")]
+    heartbeat_interval_seconds: Option<String>,
+    /// [default: 60] [env: KEYSEAT_SESSION_TIMEOUT_SECONDS]
+    #[arg(long, value_name = "SECS")]
+    session_timeout_seconds: Option<String>,
+    /// [default: 10] [env: KEYSEAT_SWEEP_INTERVAL_SECONDS]
+    #[arg(long, value_name = "SECS")]
+    sweep_interval_seconds: Option<String>,
+    /// Days of history kept [default: 30] [env: KEYSEAT_HISTORY_DAYS]
+    #[arg(long, value_name = "DAYS")]
+    history_days: Option<String>,
+    /// on | off [default: on] [env: KEYSEAT_RATE_LIMITS]
+    #[arg(long, value_name = "ON|OFF")]
+    rate_limits: Option<String>,
+    /// [default: 30] [env: KEYSEAT_FAILED_KEY_LOOKUPS_PER_MINUTE]
+    #[arg(long, value_name = "N")]
+    failed_key_lookups_per_minute: Option<String>,
+    /// [default: 10] [env: KEYSEAT_ADMIN_AUTH_FAILURES_PER_MINUTE]
+    #[arg(long, value_name = "N")]
+    admin_auth_failures_per_minute: Option<String>,
     /// Staleness of heartbeat times on disk [default: 300] [env: KEYSEAT_HEARTBEAT_PERSIST_SECONDS]
-    #[arg(long, global = true, value_name = "SECS")]
+    #[arg(long, value_name = "SECS")]
     heartbeat_persist_seconds: Option<String>,
     /// full | normal [default: full] [env: KEYSEAT_SYNCHRONOUS]
-    #[arg(long, global = true, value_name = "FULL|NORMAL")]
+    #[arg(long, value_name = "FULL|NORMAL")]
     synchronous: Option<String>,
     /// Starts per access key per minute [default: 20] [env: KEYSEAT_STARTS_PER_KEY_PER_MINUTE]
-    #[arg(long, global = true, value_name = "N")]
+    #[arg(long, value_name = "N")]
     starts_per_key_per_minute: Option<String>,
     /// Proxies whose X-Forwarded-For is believed, e.g. 10.0.0.0/8,::1 [default: none] [env: KEYSEAT_TRUSTED_PROXIES]
-    #[arg(long, global = true, value_name = "LIST")]
+    #[arg(long, value_name = "LIST")]
     trusted_proxies: Option<String>,
     /// Connections served at once [default: 10000] [env: KEYSEAT_MAX_CONNECTIONS]
-    #[arg(long, global = true, value_name = "N")]
+    #[arg(long, value_name = "N")]
     max_connections: Option<String>,
     /// Connections from one address at once [default: 256, at most a quarter of max_connections] [env: KEYSEAT_MAX_CONNECTIONS_PER_ADDRESS]
-    #[arg(long, global = true, value_name = "N")]
+    #[arg(long, value_name = "N")]
     max_connections_per_address: Option<String>,
     /// Database writes in flight before shedding with 503 [default: 1024] [env: KEYSEAT_MAX_PENDING_WRITES]
-    #[arg(long, global = true, value_name = "N")]
+    #[arg(long, value_name = "N")]
     max_pending_writes: Option<String>,
     /// Time a client has to send headers or a body [default: 10] [env: KEYSEAT_CLIENT_TIMEOUT_SECONDS]
-    #[arg(long, global = true, value_name = "SECS")]
+    #[arg(long, value_name = "SECS")]
     client_timeout_seconds: Option<String>,
     /// on | off | ADDR (own listener) [default: on] [env: KEYSEAT_METRICS]
-    #[arg(long, global = true, value_name = "ON|OFF|ADDR")]
+    #[arg(long, value_name = "ON|OFF|ADDR")]
     metrics: Option<String>,
 }
 
 impl SettingFlags {
-    fn overrides(&self) -> Overrides {
+    fn overrides(&self, server: &[&ServerFlags]) -> Overrides {
         let mut o = Overrides {
             config: self.config.clone(),
             ..Default::default()
         };
-        let pairs: [(&'static str, &Option<String>); 20] = [
+        for (name, value) in [("database", &self.database), ("log", &self.log)] {
+            if let Some(v) = value {
+                o.values.insert(name, v.clone());
+            }
+        }
+        for flags in server {
+            for (name, value) in flags.pairs() {
+                if let Some(v) = value {
+                    o.values.insert(name, v.clone());
+                }
+            }
+        }
+        o
+    }
+}
+
+impl ServerFlags {
+    /// Each flag with the setting it overrides.
+    fn pairs(&self) -> [(&'static str, &Option<String>); 18] {
+        [
             ("listen", &self.listen),
-            ("database", &self.database),
             ("admin_token", &self.admin_token),
             (
                 "heartbeat_interval_seconds",
@@ -146,7 +177,6 @@ impl SettingFlags {
                 "admin_auth_failures_per_minute",
                 &self.admin_auth_failures_per_minute,
             ),
-            ("log", &self.log),
             ("heartbeat_persist_seconds", &self.heartbeat_persist_seconds),
             ("synchronous", &self.synchronous),
             ("starts_per_key_per_minute", &self.starts_per_key_per_minute),
@@ -159,20 +189,14 @@ impl SettingFlags {
             ("max_pending_writes", &self.max_pending_writes),
             ("client_timeout_seconds", &self.client_timeout_seconds),
             ("metrics", &self.metrics),
-        ];
-        for (name, value) in pairs {
-            if let Some(v) = value {
-                o.values.insert(name, v.clone());
-            }
-        }
-        o
+        ]
     }
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server (creates and migrates the database if needed).
-    Serve,
+    Serve(Box<ServerFlags>),
     /// Create the database if needed and apply pending migrations.
     Migrate {
         /// Print JSON.
@@ -184,6 +208,9 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Days of history kept [default: 30] [env: KEYSEAT_HISTORY_DAYS]
+        #[arg(long, value_name = "DAYS")]
+        history_days: Option<String>,
     },
     /// Manage access keys.
     #[command(subcommand)]
@@ -226,22 +253,33 @@ pub fn main() -> ExitCode {
         Command::Check(args) => return client::run_check(args),
         _ => {}
     }
-    let (settings, warnings) = match config::load(&cli.settings.overrides()) {
+    // Flags after the subcommand win over the same flags before it.
+    let after = match &cli.command {
+        Command::Serve(flags) => Some(&**flags),
+        Command::Sweep { history_days, .. } => Some(&ServerFlags {
+            history_days: history_days.clone(),
+            ..Default::default()
+        }),
+        _ => None,
+    };
+    let mut server = vec![&cli.server];
+    server.extend(after);
+    let (settings, warnings) = match config::load(&cli.settings.overrides(&server)) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("keyseat: invalid configuration: {e}");
             return ExitCode::from(2);
         }
     };
-    let serving = matches!(cli.command, Command::Serve);
+    let serving = matches!(cli.command, Command::Serve(_));
     init_tracing(&settings, serving);
     for w in warnings {
         tracing::warn!("{w}");
     }
     let result = match cli.command {
-        Command::Serve => serve(settings),
+        Command::Serve(_) => serve(settings),
         Command::Migrate { json } => migrate(&settings, json),
-        Command::Sweep { json } => sweep(&settings, json),
+        Command::Sweep { json, .. } => sweep(&settings, json),
         Command::Keys(cmd) => with_store(&settings, |s, now| keys::run(cmd, s, now)),
         Command::Sessions(cmd) => with_store(&settings, |s, now| sessions::run(cmd, s, now)),
         Command::Events(args) => with_store(&settings, |s, now| sessions::events(args, s, now)),
