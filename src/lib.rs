@@ -45,3 +45,4 @@ pub mod rules;
 pub mod server;
 pub mod store;
 pub mod sweep;
+pub mod wire;

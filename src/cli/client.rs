@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use super::outln;
 use clap::Args;
-use serde_json::Value;
 
 use crate::client::{Api, ApiError, Client, ClientError, LostReason, SessionEvent};
+use crate::wire::StartAnswer;
 
 /// Exit codes of `keyseat client`, one per way of ending.
 pub mod exit {
@@ -276,7 +276,7 @@ impl Check {
         }
     }
 
-    fn start(&mut self, device: &str) -> Result<Value, ApiError> {
+    fn start(&mut self, device: &str) -> Result<StartAnswer, ApiError> {
         let id = format!("keyseat-check-{}", uuid::Uuid::new_v4());
         self.opened.push(id.clone());
         self.api.start(&self.key, Some(&id), Some(device), None)
@@ -284,34 +284,20 @@ impl Check {
 
     fn run(&mut self, with_expiry: bool) {
         let health = self.api.health().map_err(|e| e.to_string()).and_then(|h| {
-            if h["status"] == "ok" && h["database"] == "ok" {
-                Ok(format!(
-                    "server {} is up, database ok",
-                    h["version"].as_str().unwrap_or("?")
-                ))
+            if h.is_ok() {
+                Ok(format!("server {} is up, database ok", h.version))
             } else {
-                Err(format!("unexpected health answer {h}"))
+                Err(format!("unexpected health answer {}", json_text(&h)))
             }
         });
         self.report("health", health);
 
         let a = self.start(DEVICE_A);
-        let a_id = a
-            .as_ref()
-            .ok()
-            .and_then(|b| b["session_id"].as_str())
-            .map(str::to_owned);
-        let timeout = a
-            .as_ref()
-            .ok()
-            .and_then(|b| b["session_timeout_seconds"].as_u64())
-            .unwrap_or(60);
+        let a_id = a.as_ref().ok().map(|b| b.session_id.clone());
+        let timeout = a.as_ref().map_or(60, |b| b.session_timeout_seconds);
         let started = a
             .map_err(|e| e.to_string())
-            .and_then(|b| match b["session_id"].as_str() {
-                Some(id) => Ok(format!("session {id}, fence {}", b["fence"])),
-                None => Err(format!("no session_id in {b}")),
-            });
+            .map(|b| format!("session {}, fence {}", b.session_id, b.fence));
         let skipped = || Err::<String, String>("skipped: no session was started".into());
         self.report("start", started);
 
@@ -329,12 +315,7 @@ impl Check {
             .api
             .heartbeat(&self.key, &a_id, None)
             .map_err(|e| e.to_string())
-            .map(|b| {
-                format!(
-                    "lease extended to {}",
-                    b["expires_at"].as_str().unwrap_or("?")
-                )
-            });
+            .map(|b| format!("lease extended to {}", b.expires_at));
         self.report("heartbeat", hb);
 
         let status = self
@@ -342,17 +323,17 @@ impl Check {
             .status(&self.key)
             .map_err(|e| e.to_string())
             .and_then(|b| {
-                let listed = b["sessions"]
-                    .as_array()
-                    .is_some_and(|l| l.iter().any(|s| s["session_id"] == a_id.as_str()));
-                if listed {
+                if b.sessions.iter().any(|s| s.session_id == a_id) {
                     Ok(format!(
                         "session listed as live ({} of {} seat(s))",
-                        b["sessions"].as_array().map_or(0, Vec::len),
-                        b["max_sessions"]
+                        b.sessions.len(),
+                        b.max_sessions
                     ))
                 } else {
-                    Err(format!("the live session is missing from {b}"))
+                    Err(format!(
+                        "the live session is missing from {}",
+                        json_text(&b)
+                    ))
                 }
             });
         self.report("status", status);
@@ -381,12 +362,10 @@ impl Check {
                 return (Err(reason), Err("skipped: no second session".into()));
             }
         };
-        let b_id = b["session_id"].as_str().unwrap_or_default().to_owned();
+        let b_id = b.session_id.clone();
         let result = (|| {
-            let terminated = b["terminated_sessions"]
-                .as_array()
-                .is_some_and(|l| l.iter().any(|t| t["session_id"] == a_id));
-            if !terminated || b["previous_session_terminated"] != true {
+            let terminated = b.terminated_sessions.iter().any(|t| t.session_id == a_id);
+            if !terminated || !b.previous_session_terminated {
                 return Err("a second device started without ending the first: the key allows more than one device at a time".to_owned());
             }
             match self.api.heartbeat(&self.key, a_id, None) {
@@ -423,8 +402,13 @@ impl Check {
 
     fn end_check(&mut self, id: &str) -> Result<String, String> {
         match self.api.end(&self.key, id, None) {
-            Ok(b) if b["ended"] == true => {}
-            Ok(b) => return Err(format!("end answered {b}, expected ended: true")),
+            Ok(b) if b.ended => {}
+            Ok(b) => {
+                return Err(format!(
+                    "end answered {}, expected ended: true",
+                    json_text(&b)
+                ))
+            }
             Err(e) => return Err(e.to_string()),
         }
         match self.api.heartbeat(&self.key, id, None) {
@@ -444,7 +428,7 @@ impl Check {
         let c = self
             .start(DEVICE_C)
             .map_err(|e| format!("starting failed: {e}"))?;
-        let id = c["session_id"].as_str().unwrap_or_default().to_owned();
+        let id = c.session_id;
         let wait = timeout + 2;
         outln!("     waiting {wait} s for the session to expire (server timeout {timeout} s)…");
         std::thread::sleep(Duration::from_secs(wait));
@@ -467,4 +451,9 @@ impl Check {
             let _ = self.api.end(&self.key, &id, Some(Duration::from_secs(5)));
         }
     }
+}
+
+/// An answer as the JSON the server sent, for messages.
+fn json_text(answer: &impl serde::Serialize) -> String {
+    serde_json::to_string(answer).unwrap_or_default()
 }

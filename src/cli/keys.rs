@@ -118,9 +118,12 @@ pub fn run(cmd: KeysCommand, store: &dyn Storage, now: Timestamp) -> Result<()> 
             let created = store.create_key(&new, now, &cli)?;
             let secret = created.access_key.expose_secret();
             if a.json {
-                let mut v = serde_json::to_value(&created.key).unwrap_or_default();
-                v["access_key"] = json!(secret);
-                outln!("{v}");
+                // The admin API's answer to a creation, secret included.
+                let answer = crate::wire::CreatedKey {
+                    key: created.key.clone(),
+                    access_key: secret.to_owned(),
+                };
+                outln!("{}", json!(answer));
             } else {
                 outln!(
                     "Created key {} ({})",

@@ -6,10 +6,10 @@ use serde_json::json;
 use super::table::{self, opt};
 use crate::clock::Timestamp;
 use crate::error::Result;
-use crate::http::admin_session_json;
 use crate::input;
 use crate::model::{Actor, Session};
 use crate::store::{EndOutcome, EventFilter, Storage};
+use crate::wire::AdminSession;
 
 #[derive(Debug, Subcommand)]
 pub enum SessionsCommand {
@@ -86,10 +86,7 @@ pub fn run(cmd: SessionsCommand, store: &dyn Storage, now: Timestamp) -> Result<
         SessionsCommand::List { key, json } => {
             let sessions = store.live_sessions(key.as_deref(), now)?;
             if json {
-                let list: Vec<_> = sessions
-                    .iter()
-                    .map(|s| admin_session_json(s, now))
-                    .collect();
+                let list: Vec<_> = sessions.iter().map(|s| AdminSession::new(s, now)).collect();
                 outln!("{}", json!(list));
             } else if sessions.is_empty() {
                 outln!("No live sessions.");

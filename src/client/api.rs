@@ -3,7 +3,14 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::wire::{
+    DeviceBody, EndAnswer, HealthAnswer, HeartbeatAnswer, SessionBody, StartAnswer, StartBody,
+    StatusAnswer, StatusBody,
+};
 
 /// A failed call: either no HTTP answer at all, or an answer that is not
 /// 2xx (with the contract's error code when the server sent one).
@@ -108,14 +115,14 @@ impl Api {
         &self.base
     }
 
-    /// `GET /health`; the body on 200.
-    pub fn health(&self) -> Result<Value, ApiError> {
+    /// `GET /health`; the answer on 200.
+    pub fn health(&self) -> Result<HealthAnswer, ApiError> {
         let resp = self
             .agent
             .get(format!("{}/health", self.base))
             .call()
             .map_err(transport)?;
-        read(resp)
+        read(resp).and_then(|body| typed("/health", body))
     }
 
     /// POSTs JSON to a path; the body on 2xx. `timeout` shortens the call's
@@ -123,7 +130,7 @@ impl Api {
     pub fn post(
         &self,
         path: &str,
-        body: &Value,
+        body: &impl Serialize,
         timeout: Option<Duration>,
     ) -> Result<Value, ApiError> {
         let budget = timeout.map_or(self.timeout, |t| t.min(self.timeout));
@@ -138,6 +145,17 @@ impl Api {
         read(resp)
     }
 
+    /// `post`, with the answer read as the contract's shape for the route.
+    fn call<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+        timeout: Option<Duration>,
+    ) -> Result<T, ApiError> {
+        self.post(path, body, timeout)
+            .and_then(|answer| typed(path, answer))
+    }
+
     /// `POST /api/session/start`.
     pub fn start(
         &self,
@@ -145,13 +163,16 @@ impl Api {
         session_id: Option<&str>,
         device_name: Option<&str>,
         fingerprint: Option<&str>,
-    ) -> Result<Value, ApiError> {
-        let mut body = json!({ "access_key": access_key });
-        if let Some(id) = session_id {
-            body["session_id"] = json!(id);
-        }
-        body["device"] = json!({ "name": device_name, "fingerprint": fingerprint });
-        self.post("/api/session/start", &body, None)
+    ) -> Result<StartAnswer, ApiError> {
+        let body = StartBody {
+            access_key: access_key.into(),
+            session_id: session_id.map(str::to_owned),
+            device: Some(DeviceBody {
+                name: device_name.map(str::to_owned),
+                fingerprint: fingerprint.map(str::to_owned),
+            }),
+        };
+        self.call("/api/session/start", &body, None)
     }
 
     /// `POST /api/session/heartbeat`.
@@ -160,10 +181,10 @@ impl Api {
         access_key: &str,
         session_id: &str,
         timeout: Option<Duration>,
-    ) -> Result<Value, ApiError> {
-        self.post(
+    ) -> Result<HeartbeatAnswer, ApiError> {
+        self.call(
             "/api/session/heartbeat",
-            &json!({ "access_key": access_key, "session_id": session_id }),
+            &session_body(access_key, session_id),
             timeout,
         )
     }
@@ -174,22 +195,39 @@ impl Api {
         access_key: &str,
         session_id: &str,
         timeout: Option<Duration>,
-    ) -> Result<Value, ApiError> {
-        self.post(
+    ) -> Result<EndAnswer, ApiError> {
+        self.call(
             "/api/session/end",
-            &json!({ "access_key": access_key, "session_id": session_id }),
+            &session_body(access_key, session_id),
             timeout,
         )
     }
 
     /// `POST /api/session/status`.
-    pub fn status(&self, access_key: &str) -> Result<Value, ApiError> {
-        self.post(
-            "/api/session/status",
-            &json!({ "access_key": access_key }),
-            None,
-        )
+    pub fn status(&self, access_key: &str) -> Result<StatusAnswer, ApiError> {
+        let body = StatusBody {
+            access_key: access_key.into(),
+        };
+        self.call("/api/session/status", &body, None)
     }
+}
+
+fn session_body(access_key: &str, session_id: &str) -> SessionBody {
+    SessionBody {
+        access_key: access_key.into(),
+        session_id: session_id.into(),
+    }
+}
+
+/// A 2xx answer read as the route's shape. One that does not fit (a proxy's
+/// page, another program on the port) is no answer from a keyseat server:
+/// a transport failure, retried like one while the lease lasts.
+fn typed<T: DeserializeOwned>(path: &str, answer: Value) -> Result<T, ApiError> {
+    serde_json::from_value(answer).map_err(|e| {
+        ApiError::Transport(format!(
+            "the answer to {path} does not fit the contract: {e}"
+        ))
+    })
 }
 
 fn transport(e: ureq::Error) -> ApiError {

@@ -45,6 +45,7 @@ use rand::Rng;
 use serde_json::Value;
 
 use crate::keys::AccessKey;
+use crate::wire::StartAnswer;
 
 /// Default time budget of one HTTP call.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -376,7 +377,7 @@ impl Client {
                 Err(e) => return Err(e.into()),
             }
         };
-        let info = parse_start(&body)?;
+        let info = parse_start(body);
         let shared = Arc::new(Shared {
             api: self.api.clone(),
             access_key: self.access_key.clone(),
@@ -403,39 +404,23 @@ impl Client {
     }
 }
 
-fn parse_start(body: &Value) -> Result<StartInfo, ClientError> {
-    let bad =
-        |field: &str| ClientError::Unreachable(format!("the server's start answer lacks {field}"));
-    let secs = |field: &str| {
-        body[field]
-            .as_u64()
-            .map(Duration::from_secs)
-            .ok_or_else(|| bad(field))
-    };
-    Ok(StartInfo {
-        session_id: body["session_id"]
-            .as_str()
-            .ok_or_else(|| bad("session_id"))?
-            .to_owned(),
-        fence: body["fence"].as_i64().ok_or_else(|| bad("fence"))?,
-        previous_session_terminated: body["previous_session_terminated"]
-            .as_bool()
-            .unwrap_or(false),
-        terminated: body["terminated_sessions"]
-            .as_array()
-            .map(|list| {
-                list.iter()
-                    .map(|t| TerminatedDevice {
-                        session_id: t["session_id"].as_str().unwrap_or_default().to_owned(),
-                        device_name: t["device_name"].as_str().map(str::to_owned),
-                        last_heartbeat: t["last_heartbeat"].as_str().map(str::to_owned),
-                    })
-                    .collect()
+fn parse_start(answer: StartAnswer) -> StartInfo {
+    StartInfo {
+        session_id: answer.session_id,
+        fence: answer.fence,
+        previous_session_terminated: answer.previous_session_terminated,
+        terminated: answer
+            .terminated_sessions
+            .into_iter()
+            .map(|t| TerminatedDevice {
+                session_id: t.session_id,
+                device_name: t.device_name,
+                last_heartbeat: Some(t.last_heartbeat.to_string()),
             })
-            .unwrap_or_default(),
-        heartbeat_interval: secs("heartbeat_interval_seconds")?.max(Duration::from_secs(1)),
-        session_timeout: secs("session_timeout_seconds")?,
-    })
+            .collect(),
+        heartbeat_interval: Duration::from_secs(answer.heartbeat_interval_seconds.max(1)),
+        session_timeout: Duration::from_secs(answer.session_timeout_seconds),
+    }
 }
 
 fn retry_after(e: &ApiError) -> Option<Duration> {
@@ -541,10 +526,7 @@ fn heartbeat_loop(shared: Arc<Shared>) {
             .heartbeat(&shared.access_key, &shared.info.session_id, Some(budget))
         {
             Ok(body) => {
-                let interval = body["heartbeat_interval_seconds"]
-                    .as_u64()
-                    .map(|s| Duration::from_secs(s.max(1)))
-                    .unwrap_or(shared.info.heartbeat_interval);
+                let interval = Duration::from_secs(body.heartbeat_interval_seconds.max(1));
                 {
                     let mut inner = shared.lock();
                     if inner.stop {
@@ -727,7 +709,7 @@ impl Session {
             timeout,
         );
         match result {
-            Ok(body) => Ok(body["ended"].as_bool().unwrap_or(false)),
+            Ok(body) => Ok(body.ended),
             Err(_) if was_lost => Ok(false),
             Err(ApiError::Server { code, .. })
                 if code.starts_with("key_")

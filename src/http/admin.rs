@@ -9,20 +9,19 @@ use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Deserializer};
-use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{ApiJson, ApiPath, ApiQuery, ClientAddr};
 use super::AppState;
-use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::input;
-use crate::model::{Actor, ConflictPolicy, EndReason, Key, KeyStatus, Session};
+use crate::model::{Actor, ConflictPolicy, EndReason, Key, KeyStatus};
 use crate::store::{
     blocking, log_session_end, EndOutcome, EventFilter, KeyChange, KeyPatch, NewKey,
 };
+use crate::wire::{AdminSession, CreatedKey, EventPage, KeyPage, KickAnswer, SessionList};
 
 /// Largest page the list endpoints return.
 const MAX_PAGE: u32 = 1000;
@@ -141,7 +140,7 @@ struct PatchKeyBody {
     #[schema(value_type = Option<String>, format = DateTime)]
     expires_at: Option<Option<String>>,
     /// `suspended` ends the live sessions; `active` resumes the key.
-    #[schema(value_type = Option<crate::http::openapi::PatchStatus>)]
+    #[schema(value_type = Option<crate::wire::PatchStatus>)]
     status: Option<String>,
 }
 
@@ -170,7 +169,7 @@ fn log_key_change(change: &KeyChange) {
     security(("admin_token" = [])),
     request_body = Option<CreateKeyBody>,
     responses(
-        (status = 201, description = "The key, with its secret `access_key` (shown only this once).", body = crate::http::openapi::CreatedKey),
+        (status = 201, description = "The key, with its secret `access_key` (shown only this once).", body = crate::wire::CreatedKey),
         crate::http::openapi::CreateKeyErrors,
     )
 )]
@@ -178,7 +177,7 @@ async fn create_key(
     State(state): State<AppState>,
     addr: ClientAddr,
     ApiJson(body): ApiJson<CreateKeyBody>,
-) -> Result<(StatusCode, Json<Value>)> {
+) -> Result<(StatusCode, Json<CreatedKey>)> {
     let new = NewKey {
         label: input::label(body.label)?,
         max_sessions: body.max_sessions.map(input::max_sessions).transpose()?,
@@ -194,10 +193,13 @@ async fn create_key(
     let actor = Actor(addr.label());
     let created = blocking(move || store.create_key(&new, clock.now(), &actor)).await?;
     tracing::info!(key = %created.key.prefix, key_id = %created.key.key_id, "key created");
-    let mut body =
-        serde_json::to_value(&created.key).map_err(|e| Error::Internal(e.to_string()))?;
-    body["access_key"] = json!(created.access_key.expose_secret());
-    Ok((StatusCode::CREATED, Json(body)))
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedKey {
+            access_key: created.access_key.expose_secret().to_owned(),
+            key: created.key,
+        }),
+    ))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -221,14 +223,14 @@ struct KeyListQuery {
         KeyListQuery,
     ),
     responses(
-        (status = 200, description = "A page of keys in creation order.", body = crate::http::openapi::KeyPage),
+        (status = 200, description = "A page of keys in creation order.", body = crate::wire::KeyPage),
         crate::http::openapi::ListKeysErrors,
     )
 )]
 async fn list_keys(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<KeyListQuery>,
-) -> Result<Json<Value>> {
+) -> Result<Json<KeyPage>> {
     let limit = page_limit(q.limit)?;
     let store = state.store()?;
     let clock = state.clock();
@@ -237,9 +239,10 @@ async fn list_keys(
         crate::input::key_id_cursor("after", a)?;
     }
     let page = blocking(move || store.list_keys(limit, after.as_deref(), clock.now())).await?;
-    Ok(Json(
-        json!({ "keys": page.keys, "next_after": page.next_after }),
-    ))
+    Ok(Json(KeyPage {
+        keys: page.keys,
+        next_after: page.next_after,
+    }))
 }
 
 #[utoipa::path(
@@ -373,24 +376,6 @@ struct SessionListQuery {
     key_id: Option<String>,
 }
 
-/// A live session as the admin list shows it (what the old admin SQL
-/// showed, plus the fence and device details).
-pub fn admin_session_json(s: &Session, now: Timestamp) -> Value {
-    json!({
-        "key_id": s.key_id,
-        "key_prefix": s.key_prefix,
-        "session_id": s.session_id,
-        "device_name": s.device_name,
-        "fingerprint": s.fingerprint,
-        "client_addr": s.client_addr,
-        "fence": s.fence,
-        "started_at": s.started_at,
-        "last_heartbeat": s.last_heartbeat,
-        "seconds_since_heartbeat": now.secs_since(s.last_heartbeat),
-        "expires_at": s.expires_at,
-    })
-}
-
 #[utoipa::path(
     get,
     path = "/api/admin/sessions",
@@ -402,14 +387,14 @@ pub fn admin_session_json(s: &Session, now: Timestamp) -> Value {
         SessionListQuery,
     ),
     responses(
-        (status = 200, description = "Live sessions, most recent heartbeat first.", body = crate::http::openapi::SessionList),
+        (status = 200, description = "Live sessions, most recent heartbeat first.", body = crate::wire::SessionList),
         crate::http::openapi::ListSessionsErrors,
     )
 )]
 async fn list_sessions(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<SessionListQuery>,
-) -> Result<Json<Value>> {
+) -> Result<Json<SessionList>> {
     let store = state.store()?;
     let now = state.now();
     let key = q
@@ -418,9 +403,9 @@ async fn list_sessions(
         .map(input::key_ref_in_url)
         .transpose()?;
     let sessions = blocking(move || store.live_sessions(key.as_deref(), now)).await?;
-    Ok(Json(json!({
-        "sessions": sessions.iter().map(|s| admin_session_json(s, now)).collect::<Vec<_>>(),
-    })))
+    Ok(Json(SessionList {
+        sessions: sessions.iter().map(|s| AdminSession::new(s, now)).collect(),
+    }))
 }
 
 #[utoipa::path(
@@ -434,7 +419,7 @@ async fn list_sessions(
         ("session_id" = String, Path, description = "The session's id.", example = "3f1c9a7e-office-pc"),
     ),
     responses(
-        (status = 200, description = "`ended` is true when it was live; false, with the `reason`, when it had already ended.", body = crate::http::openapi::KickAnswer),
+        (status = 200, description = "`ended` is true when it was live; false, with the `reason`, when it had already ended.", body = crate::wire::KickAnswer),
         crate::http::openapi::KickErrors,
     )
 )]
@@ -442,7 +427,7 @@ async fn kick_session(
     State(state): State<AppState>,
     addr: ClientAddr,
     ApiPath(session_id): ApiPath<String>,
-) -> Result<Json<Value>> {
+) -> Result<Json<KickAnswer>> {
     let store = state.store()?;
     let clock = state.clock();
     let actor = Actor(addr.label());
@@ -451,11 +436,17 @@ async fn kick_session(
     Ok(Json(match outcome {
         EndOutcome::Ended(s) => {
             log_session_end(&s, EndReason::Revoked);
-            json!({ "session_id": session_id, "ended": true })
+            KickAnswer {
+                session_id,
+                ended: true,
+                reason: None,
+            }
         }
-        EndOutcome::AlreadyEnded(reason) => {
-            json!({ "session_id": session_id, "ended": false, "reason": reason })
-        }
+        EndOutcome::AlreadyEnded(reason) => KickAnswer {
+            session_id,
+            ended: false,
+            reason: Some(reason),
+        },
     }))
 }
 
@@ -489,14 +480,14 @@ struct EventQuery {
         EventQuery,
     ),
     responses(
-        (status = 200, description = "A page of events, newest first.", body = crate::http::openapi::EventPage),
+        (status = 200, description = "A page of events, newest first.", body = crate::wire::EventPage),
         crate::http::openapi::EventsErrors,
     )
 )]
 async fn list_events(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<EventQuery>,
-) -> Result<Json<Value>> {
+) -> Result<Json<EventPage>> {
     let key_id = match q
         .key_id
         .filter(|k| !k.is_empty())
@@ -533,7 +524,8 @@ async fn list_events(
     let next_before = (events.len() == limit as usize)
         .then(|| events.last().map(|e| e.id))
         .flatten();
-    Ok(Json(
-        json!({ "events": events, "next_before": next_before }),
-    ))
+    Ok(Json(EventPage {
+        events,
+        next_before,
+    }))
 }

@@ -76,7 +76,10 @@ impl IntoResponse for Error {
             } => {
                 extra.insert(
                     "superseded_by".into(),
-                    json!({ "device_name": device_name, "started_at": started_at }),
+                    json!(crate::wire::SupersededBy {
+                        device_name: device_name.clone(),
+                        started_at: *started_at,
+                    }),
                 );
                 match device_name {
                     Some(name) => format!(

@@ -103,47 +103,6 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, Error> {
     Ok(value)
 }
 
-/// For `#[serde(default, deserialize_with = "object_or_null")]` on an
-/// optional nested struct: serde's derive would also read a struct from an
-/// array of its fields (`"device": ["phone", "fp"]`); the contract's nested
-/// values are objects, so only an object (or null) is accepted.
-pub fn object_or_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: serde::Deserialize<'de>,
-{
-    struct ObjectOrNull<T>(std::marker::PhantomData<T>);
-
-    impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for ObjectOrNull<T> {
-        type Value = Option<T>;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("an object or null")
-        }
-
-        fn visit_none<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_unit<E>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-
-        fn visit_some<D2: serde::Deserializer<'de>>(
-            self,
-            deserializer: D2,
-        ) -> Result<Self::Value, D2::Error> {
-            deserializer.deserialize_any(self)
-        }
-
-        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-            T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
-        }
-    }
-
-    deserializer.deserialize_option(ObjectOrNull(std::marker::PhantomData))
-}
-
 /// serde_json appends " at line 1 column 17"; the field path says more.
 fn strip_position(message: &str) -> String {
     match message.rfind(" at line ") {

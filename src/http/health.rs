@@ -3,10 +3,10 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use serde_json::{json, Value};
 
 use super::AppState;
 use crate::store::blocking;
+use crate::wire::{DatabaseHealth, HealthAnswer, HealthStatus};
 
 /// 200 with `"database": "ok"`, or 503 with `"database": "error"` while
 /// starting or when the database cannot be read.
@@ -17,29 +17,34 @@ use crate::store::blocking;
     operation_id = "health",
     summary = "Is the server up and can it read its database",
     responses(
-        (status = 200, description = "Serving; the database answers.", body = crate::http::openapi::HealthAnswer),
-        (status = 503, description = "Starting (`status`: `starting`), or the database cannot be read (`status`: `error`).", body = crate::http::openapi::HealthAnswer),
+        (status = 200, description = "Serving; the database answers.", body = HealthAnswer),
+        (status = 503, description = "Starting (`status`: `starting`), or the database cannot be read (`status`: `error`).", body = HealthAnswer),
         crate::http::openapi::GuardErrors,
     )
 )]
-pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let version = env!("CARGO_PKG_VERSION");
+pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthAnswer>) {
     let Ok(store) = state.store() else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "starting", "version": version, "database": "error"})),
+            Json(HealthAnswer::new(
+                HealthStatus::Starting,
+                DatabaseHealth::Error,
+            )),
         );
     };
     match blocking(move || store.check_health()).await {
         Ok(()) => (
             StatusCode::OK,
-            Json(json!({"status": "ok", "version": version, "database": "ok"})),
+            Json(HealthAnswer::new(HealthStatus::Ok, DatabaseHealth::Ok)),
         ),
         Err(e) => {
             tracing::warn!(error = %e, "health check: database unreadable");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "error", "version": version, "database": "error"})),
+                Json(HealthAnswer::new(
+                    HealthStatus::Error,
+                    DatabaseHealth::Error,
+                )),
             )
         }
     }

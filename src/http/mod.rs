@@ -8,7 +8,6 @@
 //! [`crate::store::blocking`]; they never build SQL and never decide policy.
 
 mod admin;
-pub use admin::admin_session_json;
 pub mod error;
 pub mod extract;
 mod health;

@@ -4,17 +4,18 @@
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
-use utoipa::ToSchema;
 
 use super::extract::{ApiJson, ClientAddr};
 use super::AppState;
 use crate::error::{Error, Result};
 use crate::input;
 use crate::keys::AccessKey;
-use crate::model::{Actor, EndReason, Session};
+use crate::model::{Actor, EndReason};
 use crate::store::{blocking, log_session_end, EndOutcome, StartRequest};
+use crate::wire::{
+    EndAnswer, HeartbeatAnswer, SessionBody, StartAnswer, StartBody, StatusAnswer, StatusBody,
+    StatusSession, TerminatedSession,
+};
 
 /// Longest access key string looked at; anything longer is a malformed
 /// request, not a guess.
@@ -30,67 +31,6 @@ pub fn router() -> Router<AppState> {
         .route("/api/session/heartbeat", post(heartbeat))
         .route("/api/session/end", post(end))
         .route("/api/session/status", post(status))
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-struct StartBody {
-    /// The access key (the secret).
-    #[schema(
-        max_length = 256,
-        pattern = "^ks_[0-9A-Za-z]{38}$",
-        example = "ks_Rp7Jc4afS8V51Ng4i88Z0Msy6bpALhDm2k5E6F"
-    )]
-    access_key: String,
-    /// The client's own id, for idempotent retries; a UUID without it.
-    #[schema(
-        min_length = 8,
-        max_length = 128,
-        pattern = "^[A-Za-z0-9._-]{8,128}$",
-        example = "3f1c9a7e-office-pc"
-    )]
-    session_id: Option<String>,
-    #[serde(default, deserialize_with = "super::extract::object_or_null")]
-    device: Option<DeviceBody>,
-}
-
-#[derive(Debug, Default, Deserialize, ToSchema)]
-struct DeviceBody {
-    /// Shown to the device it supersedes, and in logs and the audit log.
-    #[schema(max_length = 128, example = "office-pc")]
-    name: Option<String>,
-    /// A stable id of the device, for the same-device rules.
-    #[schema(max_length = 256, example = "a1b2c3d4")]
-    fingerprint: Option<String>,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-struct SessionBody {
-    /// The access key (the secret).
-    #[schema(
-        max_length = 256,
-        pattern = "^ks_[0-9A-Za-z]{38}$",
-        example = "ks_Rp7Jc4afS8V51Ng4i88Z0Msy6bpALhDm2k5E6F"
-    )]
-    access_key: String,
-    /// The session's id.
-    #[schema(
-        min_length = 8,
-        max_length = 128,
-        pattern = "^[A-Za-z0-9._-]{8,128}$",
-        example = "3f1c9a7e-office-pc"
-    )]
-    session_id: String,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-struct StatusBody {
-    /// The access key (the secret).
-    #[schema(
-        max_length = 256,
-        pattern = "^ks_[0-9A-Za-z]{38}$",
-        example = "ks_Rp7Jc4afS8V51Ng4i88Z0Msy6bpALhDm2k5E6F"
-    )]
-    access_key: String,
 }
 
 /// Guards every session endpoint against key guessing, in this order:
@@ -196,14 +136,6 @@ fn key_tag(key: &AccessKey) -> u64 {
     u64::from_le_bytes(tag)
 }
 
-fn terminated_json(s: &Session) -> Value {
-    json!({
-        "session_id": s.session_id,
-        "device_name": s.device_name,
-        "last_heartbeat": s.last_heartbeat,
-    })
-}
-
 #[utoipa::path(
     post,
     path = "/api/session/start",
@@ -212,7 +144,7 @@ fn terminated_json(s: &Session) -> Value {
     summary = "Take a seat",
     request_body = StartBody,
     responses(
-        (status = 200, description = "The session started (or, for a retry of a live start, resumed).", body = crate::http::openapi::StartAnswer),
+        (status = 200, description = "The session started (or, for a retry of a live start, resumed).", body = StartAnswer),
         crate::http::openapi::StartErrors,
     )
 )]
@@ -220,7 +152,7 @@ async fn start(
     State(state): State<AppState>,
     addr: ClientAddr,
     ApiJson(body): ApiJson<StartBody>,
-) -> Result<Json<Value>> {
+) -> Result<Json<StartAnswer>> {
     let mut guard = KeyGuard::new(&state, addr);
     let key = guard.parse(&body.access_key)?;
     if let Some(id) = &body.session_id {
@@ -274,17 +206,21 @@ async fn start(
         "session {}",
         if outcome.resumed { "start retried (same session)" } else { "started" }
     );
-    Ok(Json(json!({
-        "session_id": s.session_id,
-        "fence": s.fence,
-        "started_at": s.started_at,
-        "expires_at": s.expires_at,
-        "heartbeat_interval_seconds": timing.heartbeat_interval_secs,
-        "session_timeout_seconds": timing.session_timeout_secs,
-        "previous_session_terminated": !outcome.terminated.is_empty(),
-        "terminated_sessions": outcome.terminated.iter().map(terminated_json).collect::<Vec<_>>(),
-        "resumed": outcome.resumed,
-    })))
+    Ok(Json(StartAnswer {
+        session_id: s.session_id.clone(),
+        fence: s.fence,
+        started_at: s.started_at,
+        expires_at: s.expires_at,
+        heartbeat_interval_seconds: timing.heartbeat_interval_secs,
+        session_timeout_seconds: timing.session_timeout_secs,
+        previous_session_terminated: !outcome.terminated.is_empty(),
+        terminated_sessions: outcome
+            .terminated
+            .iter()
+            .map(TerminatedSession::from)
+            .collect(),
+        resumed: outcome.resumed,
+    }))
 }
 
 #[utoipa::path(
@@ -295,7 +231,7 @@ async fn start(
     summary = "Keep a session alive",
     request_body = SessionBody,
     responses(
-        (status = 200, description = "The lease is renewed.", body = crate::http::openapi::HeartbeatAnswer),
+        (status = 200, description = "The lease is renewed.", body = HeartbeatAnswer),
         crate::http::openapi::HeartbeatErrors,
     )
 )]
@@ -303,7 +239,7 @@ async fn heartbeat(
     State(state): State<AppState>,
     addr: ClientAddr,
     ApiJson(body): ApiJson<SessionBody>,
-) -> Result<Json<Value>> {
+) -> Result<Json<HeartbeatAnswer>> {
     let mut guard = KeyGuard::new(&state, addr);
     let key = guard.parse(&body.access_key)?;
     input::session_id(&body.session_id)?;
@@ -325,13 +261,13 @@ async fn heartbeat(
             (s.fence, s.last_heartbeat, s.expires_at)
         }
     };
-    Ok(Json(json!({
-        "session_id": session_id,
-        "fence": fence,
-        "last_heartbeat": at,
-        "expires_at": expires_at,
-        "heartbeat_interval_seconds": timing.heartbeat_interval_secs,
-    })))
+    Ok(Json(HeartbeatAnswer {
+        session_id,
+        fence,
+        last_heartbeat: at,
+        expires_at,
+        heartbeat_interval_seconds: timing.heartbeat_interval_secs,
+    }))
 }
 
 #[utoipa::path(
@@ -342,7 +278,7 @@ async fn heartbeat(
     summary = "Give the seat back",
     request_body = SessionBody,
     responses(
-        (status = 200, description = "`ended` is true when the session was live and is now ended; false, with the `reason`, when it had already ended.", body = crate::http::openapi::EndAnswer),
+        (status = 200, description = "`ended` is true when the session was live and is now ended; false, with the `reason`, when it had already ended.", body = EndAnswer),
         crate::http::openapi::EndErrors,
     )
 )]
@@ -350,7 +286,7 @@ async fn end(
     State(state): State<AppState>,
     addr: ClientAddr,
     ApiJson(body): ApiJson<SessionBody>,
-) -> Result<Json<Value>> {
+) -> Result<Json<EndAnswer>> {
     let mut guard = KeyGuard::new(&state, addr);
     let key = guard.parse(&body.access_key)?;
     input::session_id(&body.session_id)?;
@@ -363,9 +299,15 @@ async fn end(
     Ok(Json(match outcome {
         EndOutcome::Ended(s) => {
             log_session_end(&s, EndReason::Ended);
-            json!({ "ended": true })
+            EndAnswer {
+                ended: true,
+                reason: None,
+            }
         }
-        EndOutcome::AlreadyEnded(reason) => json!({ "ended": false, "reason": reason }),
+        EndOutcome::AlreadyEnded(reason) => EndAnswer {
+            ended: false,
+            reason: Some(reason),
+        },
     }))
 }
 
@@ -377,7 +319,7 @@ async fn end(
     summary = "The key's live sessions",
     request_body = StatusBody,
     responses(
-        (status = 200, description = "The key's seat limit, policy and live sessions.", body = crate::http::openapi::StatusAnswer),
+        (status = 200, description = "The key's seat limit, policy and live sessions.", body = StatusAnswer),
         crate::http::openapi::StatusErrors,
     )
 )]
@@ -385,23 +327,16 @@ async fn status(
     State(state): State<AppState>,
     addr: ClientAddr,
     ApiJson(body): ApiJson<StatusBody>,
-) -> Result<Json<Value>> {
+) -> Result<Json<StatusAnswer>> {
     let mut guard = KeyGuard::new(&state, addr);
     let key = guard.parse(&body.access_key)?;
     let store = state.store()?;
     let clock = state.clock();
     let (k, live) = guard.check(blocking(move || store.key_status(&key, clock.now())).await)?;
-    Ok(Json(json!({
-        "active": !live.is_empty(),
-        "max_sessions": k.max_sessions,
-        "on_conflict": k.on_conflict,
-        "sessions": live.iter().map(|s| json!({
-            "session_id": s.session_id,
-            "device_name": s.device_name,
-            "started_at": s.started_at,
-            "last_heartbeat": s.last_heartbeat,
-            "expires_at": s.expires_at,
-            "fence": s.fence,
-        })).collect::<Vec<_>>(),
-    })))
+    Ok(Json(StatusAnswer {
+        active: !live.is_empty(),
+        max_sessions: k.max_sessions,
+        on_conflict: k.on_conflict,
+        sessions: live.iter().map(StatusSession::from).collect(),
+    }))
 }
