@@ -43,6 +43,7 @@ pub mod ratelimit;
 pub mod report;
 pub mod rules;
 pub mod server;
+pub mod state;
 pub mod store;
 pub mod sweep;
 pub mod wire;

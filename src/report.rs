@@ -264,27 +264,6 @@ pub fn sharing(input: &SharingInput, opts: SharingOptions) -> SharingReport {
     }
 }
 
-/// The sharing report for the last `since_secs` before `now`, read from a
-/// store (the CLI and the dashboard both call this; the analysis itself is
-/// [`sharing`]).
-pub fn sharing_since(
-    store: &dyn crate::store::Storage,
-    now: Timestamp,
-    since_secs: u64,
-    ping_pong_secs: u64,
-) -> Result<SharingReport> {
-    let since = now.minus_secs(since_secs);
-    let input = store.sharing_input(since)?;
-    Ok(sharing(
-        &input,
-        SharingOptions {
-            since,
-            until: now,
-            ping_pong_secs,
-        },
-    ))
-}
-
 #[derive(Default)]
 struct Acc {
     sessions: u64,

@@ -42,7 +42,7 @@ pub fn run(cmd: ReportCommand, store: &dyn Storage, now: Timestamp) -> Result<()
 fn sharing(a: SharingArgs, store: &dyn Storage, now: Timestamp) -> Result<()> {
     let since = report::parse_duration("--since", &a.since)?;
     let within = report::parse_duration("--within", &a.within)?;
-    let mut r = report::sharing_since(store, now, since, within)?;
+    let mut r = store.sharing_report(now, since, within)?;
     if a.top > 0 {
         r.keys.truncate(a.top);
     }

@@ -35,7 +35,7 @@ use super::page::{self, Page};
 use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::http::extract::ClientAddr;
-use crate::http::AppState;
+use crate::state::AppState;
 
 /// Name of the session cookie.
 pub const COOKIE: &str = "keyseat_session";

@@ -10,9 +10,9 @@ use serde::Deserialize;
 
 use super::auth::Signed;
 use super::page::{enc, text_opt, when, Page, PageResult};
-use crate::http::AppState;
 use crate::input;
 use crate::model::{Event, EventType};
+use crate::state::AppState;
 use crate::store::{blocking, EventFilter};
 
 /// Events per page.

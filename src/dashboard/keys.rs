@@ -19,9 +19,9 @@ use super::page::{
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::http::extract::ClientAddr;
-use crate::http::AppState;
 use crate::input;
 use crate::model::{Actor, ConflictPolicy, Key, KeyStatus};
+use crate::state::AppState;
 use crate::store::{blocking, log_session_end, KeyChange, KeyPatch, NewKey};
 
 /// Keys per page of the list.

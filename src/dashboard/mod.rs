@@ -29,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 
-use crate::http::AppState;
+use crate::state::AppState;
 
 const STYLE: &str = include_str!("style.css");
 const SCRIPT: &str = include_str!("app.js");
@@ -71,7 +71,7 @@ pub fn router(state: AppState) -> Router<AppState> {
 /// With no admin token configured the dashboard does not exist (404).
 async fn enabled(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if !state.admin_enabled() {
-        return crate::http::admin_off(&req).into_response();
+        return crate::state::admin_off(&req).into_response();
     }
     next.run(req).await
 }

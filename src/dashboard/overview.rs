@@ -7,8 +7,8 @@ use maud::{html, Markup};
 
 use super::auth::Signed;
 use super::page::{raw, when, Page, PageResult};
-use crate::http::AppState;
 use crate::report::Activity;
+use crate::state::AppState;
 use crate::store::blocking;
 
 /// Hours the chart covers.

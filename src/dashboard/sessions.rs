@@ -14,8 +14,8 @@ use super::auth::Signed;
 use super::page::{csrf_field, enc, flash, see_other, text_opt, when, Page, PageResult};
 use crate::clock::Timestamp;
 use crate::http::extract::ClientAddr;
-use crate::http::AppState;
 use crate::model::{Actor, EndReason, Session};
+use crate::state::AppState;
 use crate::store::{blocking, log_session_end, EndOutcome};
 
 /// Rows the live-sessions page shows at most (a big deployment has far

@@ -11,8 +11,8 @@ use serde::Deserialize;
 
 use super::auth::Signed;
 use super::page::{text_opt, when, Page, PageResult};
-use crate::http::AppState;
 use crate::report;
+use crate::state::AppState;
 use crate::store::blocking;
 
 /// Keys shown at most.
@@ -47,8 +47,7 @@ pub async fn page(
         Ok((since, within)) => {
             let store = state.store()?;
             let now = state.now();
-            let r =
-                blocking(move || report::sharing_since(store.as_ref(), now, since, within)).await?;
+            let r = blocking(move || store.sharing_report(now, since, within)).await?;
             (Some(r), None)
         }
         Err(e) => (None, Some(super::page::sentence(&e.to_string()))),

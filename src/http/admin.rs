@@ -9,8 +9,6 @@ use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Deserializer};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use utoipa::{IntoParams, ToSchema};
 
 use super::extract::{ApiJson, ApiPath, ApiQuery, ClientAddr};
@@ -50,8 +48,8 @@ async fn admin_enabled(
     req: Request,
     next: Next,
 ) -> Result<Response> {
-    if state.inner.admin_token_digest.is_none() {
-        return Err(super::admin_off(&req));
+    if !state.admin_enabled() {
+        return Err(crate::state::admin_off(&req));
     }
     Ok(next.run(req).await)
 }
@@ -65,9 +63,9 @@ async fn require_admin(
     next: Next,
 ) -> Result<Response> {
     if !state.admin_enabled() {
-        return Err(super::admin_off(&req));
+        return Err(crate::state::admin_off(&req));
     }
-    let limiter = &state.inner.admin_failures;
+    let limiter = &state.admin_failures();
     limiter.check(addr.0, state.now())?;
     let presented = req
         .headers()
@@ -84,19 +82,6 @@ async fn require_admin(
         return Err(Error::Unauthorized);
     }
     Ok(next.run(req).await)
-}
-
-impl AppState {
-    /// Whether `token` is the admin token: SHA-256 digests compared in
-    /// constant time, so neither length nor content leaks through timing.
-    /// Shared by the API's bearer check and the dashboard's sign-in.
-    pub(crate) fn admin_token_matches(&self, token: &str) -> bool {
-        let Some(expected) = self.inner.admin_token_digest else {
-            return false;
-        };
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        bool::from(digest.ct_eq(&expected))
-    }
 }
 
 /// Distinguishes a field that is absent (outer `None`) from one set to
@@ -170,7 +155,7 @@ fn log_key_change(change: &KeyChange) {
     request_body = Option<CreateKeyBody>,
     responses(
         (status = 201, description = "The key, with its secret `access_key` (shown only this once).", body = crate::wire::CreatedKey),
-        crate::http::openapi::CreateKeyErrors,
+        crate::http::openapi::errors::CreateKeyErrors,
     )
 )]
 async fn create_key(
@@ -224,7 +209,7 @@ struct KeyListQuery {
     ),
     responses(
         (status = 200, description = "A page of keys in creation order.", body = crate::wire::KeyPage),
-        crate::http::openapi::ListKeysErrors,
+        crate::http::openapi::errors::ListKeysErrors,
     )
 )]
 async fn list_keys(
@@ -257,7 +242,7 @@ async fn list_keys(
     ),
     responses(
         (status = 200, description = "The key.", body = Key),
-        crate::http::openapi::GetKeyErrors,
+        crate::http::openapi::errors::GetKeyErrors,
     )
 )]
 async fn get_key(
@@ -285,7 +270,7 @@ async fn get_key(
     request_body = Option<PatchKeyBody>,
     responses(
         (status = 200, description = "The key as it now is (unchanged for an empty body).", body = Key),
-        crate::http::openapi::UpdateKeyErrors,
+        crate::http::openapi::errors::UpdateKeyErrors,
     )
 )]
 async fn update_key(
@@ -351,7 +336,7 @@ async fn update_key(
     ),
     responses(
         (status = 200, description = "The revoked key; its live sessions ended with reason `revoked`.", body = Key),
-        crate::http::openapi::RevokeKeyErrors,
+        crate::http::openapi::errors::RevokeKeyErrors,
     )
 )]
 async fn revoke_key(
@@ -388,7 +373,7 @@ struct SessionListQuery {
     ),
     responses(
         (status = 200, description = "Live sessions, most recent heartbeat first.", body = crate::wire::SessionList),
-        crate::http::openapi::ListSessionsErrors,
+        crate::http::openapi::errors::ListSessionsErrors,
     )
 )]
 async fn list_sessions(
@@ -420,7 +405,7 @@ async fn list_sessions(
     ),
     responses(
         (status = 200, description = "`ended` is true when it was live; false, with the `reason`, when it had already ended.", body = crate::wire::KickAnswer),
-        crate::http::openapi::KickErrors,
+        crate::http::openapi::errors::KickErrors,
     )
 )]
 async fn kick_session(
@@ -481,7 +466,7 @@ struct EventQuery {
     ),
     responses(
         (status = 200, description = "A page of events, newest first.", body = crate::wire::EventPage),
-        crate::http::openapi::EventsErrors,
+        crate::http::openapi::errors::EventsErrors,
     )
 )]
 async fn list_events(

@@ -36,7 +36,7 @@ fn needs_writer(method: &Method, path: &str) -> bool {
 /// Reads the whole body (bounded in size and time), then runs the route.
 pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
-    let timeout = state.inner.client_timeout;
+    let timeout = state.client_timeout();
     // The body first: a client sending it slowly must not hold a writer
     // slot meanwhile (a thousand slow senders would otherwise shut every
     // device out of starting for the whole timeout).
@@ -45,7 +45,7 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
         Err(e) => return e.into_response(),
     };
     let _slot = if needs_writer(&parts.method, parts.uri.path()) {
-        match state.inner.write_slots.clone().try_acquire_owned() {
+        match state.write_slots().clone().try_acquire_owned() {
             Ok(permit) => Some(permit),
             Err(_) => {
                 crate::metrics::global().shed("writes");

@@ -61,7 +61,7 @@ impl KeyGuard {
     }
 
     fn limiter(&self) -> &crate::ratelimit::FailureLimiter {
-        &self.state.inner.key_failures
+        self.state.key_failures()
     }
 
     /// Parses the key and applies the failure limit to it.
@@ -145,7 +145,7 @@ fn key_tag(key: &AccessKey) -> u64 {
     request_body = StartBody,
     responses(
         (status = 200, description = "The session started (or, for a retry of a live start, resumed).", body = StartAnswer),
-        crate::http::openapi::StartErrors,
+        crate::http::openapi::errors::StartErrors,
     )
 )]
 async fn start(
@@ -158,10 +158,7 @@ async fn start(
     if let Some(id) = &body.session_id {
         input::session_id(id)?;
     }
-    state
-        .inner
-        .starts_per_key
-        .take(key_tag(&key), state.now())?;
+    state.starts_per_key().take(key_tag(&key), state.now())?;
     let device = body.device.unwrap_or_default();
     let req = StartRequest {
         key,
@@ -232,7 +229,7 @@ async fn start(
     request_body = SessionBody,
     responses(
         (status = 200, description = "The lease is renewed.", body = HeartbeatAnswer),
-        crate::http::openapi::HeartbeatErrors,
+        crate::http::openapi::errors::HeartbeatErrors,
     )
 )]
 async fn heartbeat(
@@ -279,7 +276,7 @@ async fn heartbeat(
     request_body = SessionBody,
     responses(
         (status = 200, description = "`ended` is true when the session was live and is now ended; false, with the `reason`, when it had already ended.", body = EndAnswer),
-        crate::http::openapi::EndErrors,
+        crate::http::openapi::errors::EndErrors,
     )
 )]
 async fn end(
@@ -320,7 +317,7 @@ async fn end(
     request_body = StatusBody,
     responses(
         (status = 200, description = "The key's seat limit, policy and live sessions.", body = StatusAnswer),
-        crate::http::openapi::StatusErrors,
+        crate::http::openapi::errors::StatusErrors,
     )
 )]
 async fn status(

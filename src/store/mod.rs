@@ -281,6 +281,27 @@ pub trait Storage: Send + Sync + 'static {
     /// key and device, and the takeovers since then.
     fn sharing_input(&self, since: Timestamp) -> Result<crate::report::SharingInput>;
 
+    /// The sharing report for the last `since_secs` before `now` (the CLI
+    /// and the dashboard both ask for it): this store's input, analysed by
+    /// [`crate::report::sharing`].
+    fn sharing_report(
+        &self,
+        now: Timestamp,
+        since_secs: u64,
+        ping_pong_secs: u64,
+    ) -> Result<crate::report::SharingReport> {
+        let since = now.minus_secs(since_secs);
+        let input = self.sharing_input(since)?;
+        Ok(crate::report::sharing(
+            &input,
+            crate::report::SharingOptions {
+                since,
+                until: now,
+                ping_pong_secs,
+            },
+        ))
+    }
+
     /// Records expired sessions, ends sessions of expired keys, prunes
     /// history older than `history_days`; with `mark_alive`, notes that the
     /// server was up at `now` (for restart recovery).

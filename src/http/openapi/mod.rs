@@ -12,9 +12,9 @@
 //! `openapi` integration test and the schemathesis run in CI hold the
 //! document to what the server really sends.
 
-mod errors;
+pub mod errors;
 
-pub use errors::*;
+use errors::{ErrorBodies, MetricsErrors};
 
 use axum::http::header;
 use axum::response::IntoResponse;
