@@ -3,8 +3,8 @@
 //!
 //! - the **sharing report**: keys ranked by takeovers per day, with the
 //!   distinct devices seen on each and the "ping-pong" pattern of two
-//!   devices taking the seat from each other again and again — what the
-//!   old operators were told to "check for" with no tool to do it;
+//!   devices taking the seat from each other again and again, the sign
+//!   of one key shared between people rather than moved between devices;
 //! - the **activity** summary behind the dashboard's overview: starts,
 //!   takeovers and expiries per hour.
 //!

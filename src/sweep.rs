@@ -30,9 +30,9 @@ pub async fn pass(
     Ok(report)
 }
 
-/// Logs a pass in the shape the old cron job's operators grep for:
-/// `Cleaned up N stale session(s)` and one line per session with its key
-/// prefix and session id.
+/// Logs a pass as lines operators grep for and alert on, so their shape
+/// stays fixed (README, "Logs"): `Cleaned up N stale session(s)` and one
+/// line per session with its key prefix and session id.
 pub fn log_report(report: &SweepReport) {
     for _ in &report.expired {
         crate::metrics::global().session_ended(EndReason::Expired);

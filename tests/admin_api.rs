@@ -183,8 +183,8 @@ async fn revoke_key_ends_sessions_for_good() {
     assert_eq!(sessions["sessions"], json!([]));
 }
 
-/// The live session list shows what the old admin SQL showed, newest
-/// heartbeat first, and can be filtered by key.
+/// The live session list shows each session's key, device and heartbeat
+/// age, newest heartbeat first, and can be filtered by key.
 #[tokio::test]
 async fn live_sessions_list() {
     let s = TestServer::start().await;

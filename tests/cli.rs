@@ -1,6 +1,6 @@
 //! The command line as an operator uses it: the real `keyseat` binary run
 //! against a temporary database, checked against the "Running" section of
-//! the wire contract (spec/api.md).
+//! the wire contract (docs/api.md).
 //!
 //! Every child process starts with no `KEYSEAT_*` variable from the
 //! developer's environment, so only what a test sets reaches it. Only one

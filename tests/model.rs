@@ -1,8 +1,8 @@
 //! Model-based test: random sequences of session and admin operations run
 //! against the real server (HTTP, `LiveStore`, SQLite, the session rules),
 //! and every answer is compared with a small in-memory model of the wire
-//! contract (`shared/spec/api.md`) and of the choices `docs/api.md` makes
-//! where the contract is silent.
+//! contract (`docs/api.md`), including the choices it makes where the
+//! protocol leaves room.
 //!
 //! Why a model: the example tests check the cases someone thought of; the
 //! model is the contract written once as plain code (a `Vec` of sessions and

@@ -1,4 +1,4 @@
-//! The session API as a device sees it: the old system's seven checks
+//! The session API as a device sees it: the seven checks of a deployment
 //! (health, start, heartbeat, status, one device at a time, end, expiry)
 //! and the contract's rules around them.
 

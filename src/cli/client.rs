@@ -1,5 +1,6 @@
 //! `keyseat client` (the reference client: the library in a terminal) and
-//! `keyseat check` (the old deployment test script, built in).
+//! `keyseat check` (a deployment's smoke test: health, start, heartbeat,
+//! status, one device at a time, end and, optionally, expiry).
 
 use std::process::ExitCode;
 use std::time::Duration;

@@ -52,8 +52,9 @@ pub struct EventsArgs {
     json: bool,
 }
 
-/// The table the old admin SQL gave: key prefix, session id, device,
-/// started, last heartbeat, seconds since.
+/// Live sessions as an operator reads them: key prefix, session id,
+/// device, started, last heartbeat, seconds since (the newest heartbeat
+/// first, as the store lists them).
 pub fn session_table(sessions: &[Session], now: Timestamp) -> String {
     let rows: Vec<Vec<String>> = sessions
         .iter()
