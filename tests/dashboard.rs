@@ -1016,6 +1016,77 @@ async fn the_overview_counts_the_last_hour_and_day() {
     assert!(r.body.contains("active keys of 3"));
 }
 
+/// Every overview card's caption is a link to the page that lists what it
+/// counts (events by type and window), and each of those pages answers.
+#[tokio::test]
+async fn every_overview_card_links_to_what_it_counts() {
+    let s = TestServer::start().await;
+    let (mut b, _) = Browser::signed_in(&s).await;
+    let home = b.get("/admin").await;
+    for (id, href) in [
+        ("stat-live", "/admin/sessions"),
+        ("stat-active-keys", "/admin/keys"),
+        (
+            "stat-starts-hour",
+            "/admin/events?type=session_started&since=1h",
+        ),
+        (
+            "stat-starts-day",
+            "/admin/events?type=session_started&since=24h",
+        ),
+        (
+            "stat-takeovers-hour",
+            "/admin/events?type=session_superseded&since=1h",
+        ),
+        (
+            "stat-takeovers-day",
+            "/admin/events?type=session_superseded&since=24h",
+        ),
+        (
+            "stat-expiries-hour",
+            "/admin/events?type=session_expired&since=1h",
+        ),
+        (
+            "stat-expiries-day",
+            "/admin/events?type=session_expired&since=24h",
+        ),
+    ] {
+        let at = home.body.find(&format!("id=\"{id}\"")).expect(id);
+        let card = &home.body[at..];
+        let card = &card[..card.find("</div>").unwrap()];
+        let link = format!("<a class=\"l\" href=\"{}\">", href.replace('&', "&amp;"));
+        assert!(card.contains(&link), "{id}: {card}");
+        assert_eq!(b.get(href).await.status, 200, "{href}");
+    }
+}
+
+/// An event's detail reads as `name: value` lines, escaped, with the stored
+/// JSON behind a `<details>` toggle.
+#[tokio::test]
+async fn event_details_read_as_name_value_lines() {
+    let s = TestServer::start().await;
+    s.create_key(serde_json::json!({"label": "Acme <b>Ltd</b>", "max_sessions": 2}))
+        .await;
+    let (mut b, _) = Browser::signed_in(&s).await;
+    let r = b.get("/admin/events?type=key_created").await;
+    assert_eq!(r.status, 200);
+    for line in [
+        "<span class=\"k\">label:</span> <span class=\"v\">Acme &lt;b&gt;Ltd&lt;/b&gt;</span>",
+        "<span class=\"k\">max_sessions:</span> <span class=\"v\">2</span>",
+        "<span class=\"k\">expires_at:</span> <span class=\"v\">none</span>",
+    ] {
+        assert!(r.body.contains(line), "{line}: {}", r.body);
+    }
+    assert!(
+        r.body
+            .contains("<details class=\"raw\"><summary>JSON</summary>"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("&quot;max_sessions&quot;:2"), "{}", r.body);
+    assert!(!r.body.contains("<b>Ltd"), "markup is escaped");
+}
+
 #[tokio::test]
 async fn the_events_page_filters_and_pages() {
     let s = long_lease_server().await;

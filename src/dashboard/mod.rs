@@ -13,6 +13,7 @@
 //! a readable page ([`page::Failure`]).
 
 pub mod auth;
+mod detail;
 mod events;
 mod keys;
 mod overview;
