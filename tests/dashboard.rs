@@ -523,6 +523,171 @@ async fn search_keys_by_label_or_prefix() {
     assert!(r.body.contains("50%_off") && !r.body.contains("Acme Ltd"));
 }
 
+/// A whole access key changed in its last character: its checksum fails.
+fn mistyped(secret: &str) -> String {
+    let last = if secret.ends_with('a') { 'b' } else { 'a' };
+    format!("{}{last}", &secret[..secret.len() - 1])
+}
+
+/// The value the keys page's search box is filled in with.
+fn search_box(body: &str) -> String {
+    let at = body.find("id=\"q\"").expect("the search box");
+    attr_after(&body[at..], "value=\"").unwrap_or_default()
+}
+
+/// The search form posts: a whole access key pasted into it leads to its
+/// key's page by a redirect, and neither that address nor any page on the
+/// way holds the secret.
+#[tokio::test]
+async fn a_pasted_access_key_finds_its_key_without_entering_an_address() {
+    let s = TestServer::start().await;
+    let (secret, key) = s.create_key(serde_json::json!({"label": "Acme Ltd"})).await;
+    s.create_key(serde_json::json!({"label": "Globex"})).await;
+    let key_id = key["key_id"].as_str().unwrap();
+    let (mut b, csrf) = Browser::signed_in(&s).await;
+    let list = b.get("/admin/keys").await;
+    assert!(
+        list.body
+            .contains("method=\"post\" action=\"/admin/keys/search\""),
+        "{}",
+        list.body
+    );
+    let r = b
+        .post(
+            "/admin/keys/search",
+            &[("csrf", &csrf), ("q", &format!(" {secret}\n"))],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(r.location(), format!("/admin/keys/{key_id}"));
+    assert!(!r.body.contains(&secret));
+    let page = b.follow(&r).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("Acme Ltd"), "{}", page.body);
+    assert!(!page.body.contains(&secret));
+}
+
+/// A mistyped key and a well-formed key from elsewhere are a sentence in
+/// `#error` naming only the prefix, with the box holding just the prefix.
+#[tokio::test]
+async fn a_mistyped_or_unknown_access_key_is_named_only_by_its_prefix() {
+    let s = TestServer::start().await;
+    let (secret, key) = s.create_key(serde_json::json!({"label": "Acme Ltd"})).await;
+    let prefix = key["prefix"].as_str().unwrap();
+    let (mut b, csrf) = Browser::signed_in(&s).await;
+
+    let typo = mistyped(&secret);
+    let r = b
+        .post("/admin/keys/search", &[("csrf", &csrf), ("q", &typo)])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("id=\"error\""), "{}", r.body);
+    assert!(r.body.contains("mistyped character"), "{}", r.body);
+    assert!(r.body.contains(&format!("{prefix}…")), "{}", r.body);
+    assert!(!r.body.contains(&typo) && !r.body.contains(&secret[11..30]));
+    assert_eq!(search_box(&r.body), prefix, "the box holds the prefix only");
+    assert!(r.body.contains("Acme Ltd"), "the keys with that prefix");
+
+    let elsewhere = keyseat::keys::AccessKey::generate();
+    let other = elsewhere.expose_secret();
+    let r = b
+        .post("/admin/keys/search", &[("csrf", &csrf), ("q", other)])
+        .await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    assert!(r.body.contains("No key in this database"), "{}", r.body);
+    assert!(r.body.contains(&elsewhere.prefix()), "{}", r.body);
+    assert!(!r.body.contains(other));
+    assert_eq!(search_box(&r.body), elsewhere.prefix());
+
+    // Cut short, it is not a key either, and is not put in an address.
+    let r = b
+        .post(
+            "/admin/keys/search",
+            &[("csrf", &csrf), ("q", &secret[..30])],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("not a whole access key"), "{}", r.body);
+    assert!(!r.body.contains(&secret[11..30]));
+}
+
+/// Any other text is an ordinary, bookmarkable GET search.
+#[tokio::test]
+async fn other_search_text_redirects_to_the_get_search() {
+    let s = TestServer::start().await;
+    s.create_key(serde_json::json!({"label": "Acme Ltd"})).await;
+    let (mut b, csrf) = Browser::signed_in(&s).await;
+    let r = b
+        .post("/admin/keys/search", &[("csrf", &csrf), ("q", "Acme Ltd")])
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(r.location(), "/admin/keys?q=Acme%20Ltd&page=1");
+    let found = b.follow(&r).await;
+    assert!(found.body.contains("1 of 1 key(s)"), "{}", found.body);
+    assert_eq!(search_box(&found.body), "Acme Ltd");
+    let r = b
+        .post("/admin/keys/search", &[("csrf", &csrf), ("q", "ks_3f9a")])
+        .await;
+    assert_eq!(r.location(), "/admin/keys?q=ks_3f9a&page=1");
+    let r = b
+        .post("/admin/keys/search", &[("csrf", &csrf), ("q", "  ")])
+        .await;
+    assert_eq!(r.location(), "/admin/keys", "an empty search is the list");
+}
+
+/// The search is a POST like the others: without the session's CSRF
+/// token it is refused before anything is looked up.
+#[tokio::test]
+async fn the_search_post_needs_the_csrf_token() {
+    let s = TestServer::start().await;
+    let (secret, _) = s.create_key(serde_json::json!({"label": "Acme Ltd"})).await;
+    let (mut b, csrf) = Browser::signed_in(&s).await;
+    let r = b.post("/admin/keys/search", &[("q", &secret)]).await;
+    assert_eq!(r.status, 403);
+    assert!(r.body.contains("CSRF") && !r.body.contains(&secret));
+    let wrong = "0".repeat(csrf.len());
+    let r = b
+        .post("/admin/keys/search", &[("csrf", &wrong), ("q", &secret)])
+        .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.location(), "");
+    let mut signed_out = Browser::new(&s);
+    let r = signed_out
+        .post("/admin/keys/search", &[("csrf", &csrf), ("q", &secret)])
+        .await;
+    assert_eq!(r.status, 401, "signed out: refused, nothing looked up");
+    assert!(!r.body.contains(&secret));
+}
+
+/// A whole key typed into the address (`?q=`) still searches by its
+/// prefix, and no link the page emits carries it: not the box, not the
+/// pager, not any other address.
+#[tokio::test]
+async fn a_key_in_the_search_address_is_never_shown_or_linked_back() {
+    let s = TestServer::start().await;
+    let (secret, _) = s.create_key(serde_json::json!({"label": "Acme Ltd"})).await;
+    for i in 0..3 {
+        s.create_key(serde_json::json!({"label": format!("Bulk {i}")}))
+            .await;
+    }
+    let (mut b, _) = Browser::signed_in(&s).await;
+    for path in [
+        format!("/admin/keys?q={secret}"),
+        format!("/admin/keys?q={secret}&page=2"),
+        format!("/admin/keys?q={}", mistyped(&secret)),
+    ] {
+        let r = b.get(&path).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert!(r.body.contains("Acme Ltd"), "{path}: {}", r.body);
+        assert!(!r.body.contains(&secret[11..]), "{path}: {}", r.body);
+        assert_eq!(search_box(&r.body), &secret[..11]);
+        for href in r.body.split("href=\"").skip(1) {
+            let href = href.split('"').next().unwrap();
+            assert!(!href.contains(&secret[11..20]), "{path}: a link {href}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn edit_suspend_resume_and_revoke_a_key() {
     let s = TestServer::start().await;
@@ -849,6 +1014,77 @@ async fn the_overview_counts_the_last_hour_and_day() {
     let r = b.get("/admin").await;
     assert_eq!(stat(&r.body, "stat-active-keys"), 1);
     assert!(r.body.contains("active keys of 3"));
+}
+
+/// Every overview card's caption is a link to the page that lists what it
+/// counts (events by type and window), and each of those pages answers.
+#[tokio::test]
+async fn every_overview_card_links_to_what_it_counts() {
+    let s = TestServer::start().await;
+    let (mut b, _) = Browser::signed_in(&s).await;
+    let home = b.get("/admin").await;
+    for (id, href) in [
+        ("stat-live", "/admin/sessions"),
+        ("stat-active-keys", "/admin/keys"),
+        (
+            "stat-starts-hour",
+            "/admin/events?type=session_started&since=1h",
+        ),
+        (
+            "stat-starts-day",
+            "/admin/events?type=session_started&since=24h",
+        ),
+        (
+            "stat-takeovers-hour",
+            "/admin/events?type=session_superseded&since=1h",
+        ),
+        (
+            "stat-takeovers-day",
+            "/admin/events?type=session_superseded&since=24h",
+        ),
+        (
+            "stat-expiries-hour",
+            "/admin/events?type=session_expired&since=1h",
+        ),
+        (
+            "stat-expiries-day",
+            "/admin/events?type=session_expired&since=24h",
+        ),
+    ] {
+        let at = home.body.find(&format!("id=\"{id}\"")).expect(id);
+        let card = &home.body[at..];
+        let card = &card[..card.find("</div>").unwrap()];
+        let link = format!("<a class=\"l\" href=\"{}\">", href.replace('&', "&amp;"));
+        assert!(card.contains(&link), "{id}: {card}");
+        assert_eq!(b.get(href).await.status, 200, "{href}");
+    }
+}
+
+/// An event's detail reads as `name: value` lines, escaped, with the stored
+/// JSON behind a `<details>` toggle.
+#[tokio::test]
+async fn event_details_read_as_name_value_lines() {
+    let s = TestServer::start().await;
+    s.create_key(serde_json::json!({"label": "Acme <b>Ltd</b>", "max_sessions": 2}))
+        .await;
+    let (mut b, _) = Browser::signed_in(&s).await;
+    let r = b.get("/admin/events?type=key_created").await;
+    assert_eq!(r.status, 200);
+    for line in [
+        "<span class=\"k\">label:</span> <span class=\"v\">Acme &lt;b&gt;Ltd&lt;/b&gt;</span>",
+        "<span class=\"k\">max_sessions:</span> <span class=\"v\">2</span>",
+        "<span class=\"k\">expires_at:</span> <span class=\"v\">none</span>",
+    ] {
+        assert!(r.body.contains(line), "{line}: {}", r.body);
+    }
+    assert!(
+        r.body
+            .contains("<details class=\"raw\"><summary>JSON</summary>"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("&quot;max_sessions&quot;:2"), "{}", r.body);
+    assert!(!r.body.contains("<b>Ltd"), "markup is escaped");
 }
 
 #[tokio::test]

@@ -154,14 +154,17 @@ pub async fn list(
             }
             div class="field" {
                 label for="since" { "Since" }
-                input type="text" id="since" name="since" value=(val(&q.since)) placeholder="24h or 2026-11-30T08:00Z";
+                input type="text" id="since" name="since" value=(val(&q.since)) placeholder="24h, 2026-11-30" aria-describedby="time-hint";
             }
             div class="field" {
                 label for="until" { "Until" }
-                input type="text" id="until" name="until" value=(val(&q.until)) placeholder="1h or 2026-11-30T09:00Z";
+                input type="text" id="until" name="until" value=(val(&q.until)) placeholder="1h, 2026-11-30" aria-describedby="time-hint";
             }
-            button type="submit" id="apply-filters" { "Show events" }
-            a href="/admin/events" id="clear-filters" { "Clear" }
+            div class="actions" {
+                button type="submit" id="apply-filters" { "Show events" }
+                a href="/admin/events" id="clear-filters" { "Clear" }
+            }
+            small id="time-hint" class="muted hint" { "Since and until: an age (30m, 24h, 7d) or a UTC time (2026-11-30, 2026-11-30T08:00Z)." }
         }
         @if let Some(e) = &error {
             p class="flash error" role="alert" id="error" { (e) }
@@ -190,9 +193,9 @@ pub async fn list(
                                     _ => span class="muted" { "–" },
                                 } }
                                 td data-label="Device" { (text_opt(e.device_name.as_deref())) }
-                                td data-label="Session" { @if let Some(s) = &e.session_id { code class="small" { (s) } } @else { span class="muted" { "–" } } }
+                                td data-label="Session" { @if let Some(s) = &e.session_id { code class="small id" { (s) } } @else { span class="muted" { "–" } } }
                                 td data-label="By" { (text_opt(e.client_addr.as_deref())) }
-                                td data-label="Detail" { @if let Some(d) = &e.detail { code class="small" { (d.to_string()) } } }
+                                td data-label="Detail" class="detail" { @if let Some(d) = &e.detail { (super::detail::cell(d)) } }
                             }
                         }
                     }

@@ -95,21 +95,50 @@ pub struct ListQuery {
 }
 
 /// `GET /admin/keys`: all keys or those matching `q` (label text, prefix
-/// or key id), 50 a page.
+/// or key id), 50 a page. The search form itself posts to
+/// [`super::search`], which keeps a pasted access key out of the address;
+/// this GET is what its ordinary searches (and bookmarks) land on.
 pub async fn list(
     State(state): State<AppState>,
     Extension(me): Extension<Signed>,
     q: std::result::Result<Query<ListQuery>, QueryRejection>,
 ) -> PageResult {
     let q = super::page::query(q)?;
+    // Someone may type a whole access key into the address bar, or one
+    // with a wrong character: search by its prefix. Any other key-like run
+    // is cut to its prefix too, so the secret is never shown back, neither
+    // in the box nor in the page links.
+    let search = q.q.as_deref().map(super::page::typed).unwrap_or_default();
+    let listing = Listing {
+        search,
+        page: q.page.unwrap_or(1),
+        done: q.done,
+        error: None,
+    };
+    list_page(&state, &me, listing).await
+}
+
+/// What a keys page shows: a search (already cut to what may be shown),
+/// a page number, and a note or a problem at the top.
+pub struct Listing {
+    /// The search text, never holding more of an access key than its
+    /// prefix: it goes into the box and into every page link.
+    pub search: String,
+    /// The page asked for (1-based; past the end shows the last page).
+    pub page: usize,
+    /// A confirmation for `#flash`.
+    pub done: Option<String>,
+    /// A readable sentence for `#error`.
+    pub error: Option<String>,
+}
+
+/// The keys page for `listing`: the search form, the matching keys, pager.
+pub async fn list_page(state: &AppState, me: &Signed, listing: Listing) -> PageResult {
     let store = state.store()?;
     let now = state.now();
-    // Someone may paste a whole access key, or one with a wrong
-    // character: search by its prefix. Any other key-like run is cut to
-    // its prefix too, so the secret is never shown back.
-    let search = q.q.as_deref().map(super::page::typed).unwrap_or_default();
+    let search = listing.search;
     let s2 = search.clone();
-    let asked = q.page.unwrap_or(1).max(1);
+    let asked = listing.page.max(1);
     let (found, page_no) = blocking(move || {
         let offset = |page: usize| ((page - 1) * PER_PAGE) as u64;
         let found = store.search_keys(&s2, PER_PAGE as u32, offset(asked), now)?;
@@ -131,11 +160,16 @@ pub async fn list(
             h1 { "Keys" }
             a class="button" href="/admin/keys/new" id="new-key" { "Create key" }
         }
-        (flash(q.done.as_deref()))
-        form method="get" action="/admin/keys" class="search" role="search" {
-            label for="q" { "Search by label, prefix or key id" }
+        (flash(listing.done.as_deref()))
+        @if let Some(e) = &listing.error { p class="flash error" role="alert" id="error" { (e) } }
+        // A POST, so that a pasted access key never lands in the address
+        // bar, the history or a proxy's log; the answer is a redirect to
+        // the key's page or to the GET search below.
+        form method="post" action="/admin/keys/search" class="search" role="search" id="search-form" {
+            (csrf_field(&me.csrf))
+            label for="q" { "Search by label, prefix, key id or the whole access key" }
             div class="row" {
-                input type="search" id="q" name="q" value=(search) placeholder="Acme, ks_3f9a…";
+                input type="search" id="q" name="q" value=(search) placeholder="Acme, ks_3f9a…" autocomplete="off";
                 button type="submit" id="search" { "Search" }
             }
         }

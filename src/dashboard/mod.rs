@@ -13,10 +13,12 @@
 //! a readable page ([`page::Failure`]).
 
 pub mod auth;
+mod detail;
 mod events;
 mod keys;
 mod overview;
 pub mod page;
+mod search;
 mod sessions;
 mod sharing;
 
@@ -41,6 +43,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/", get(overview::page))
         .route("/keys", get(keys::list).post(keys::create))
         .route("/keys/new", get(keys::new_form))
+        .route("/keys/search", post(search::search))
         .route("/keys/{key_id}", get(keys::show).post(keys::update))
         .route("/keys/{key_id}/suspend", post(keys::suspend))
         .route("/keys/{key_id}/resume", post(keys::resume))

@@ -60,14 +60,14 @@ pub async fn page(State(state): State<AppState>, Extension(me): Extension<Signed
         h1 { "Overview" }
         p class="muted" { "As of " (when(now)) " (UTC)." }
         div class="stats" id="stats" {
-            (stat("stat-live", n.live as u64, "live sessions", Some("/admin/sessions")))
-            (stat("stat-active-keys", n.active_keys as u64, &format!("active keys of {}", n.keys), Some("/admin/keys")))
-            (stat("stat-starts-hour", s1, "starts, last hour", None))
-            (stat("stat-starts-day", s24, "starts, last 24 h", None))
-            (stat("stat-takeovers-hour", t1, "takeovers, last hour", None))
-            (stat("stat-takeovers-day", t24, "takeovers, last 24 h", Some("/admin/sharing?since=24h")))
-            (stat("stat-expiries-hour", e1, "expiries, last hour", None))
-            (stat("stat-expiries-day", e24, "expiries, last 24 h", None))
+            (stat("stat-live", n.live as u64, "live sessions", "/admin/sessions"))
+            (stat("stat-active-keys", n.active_keys as u64, &format!("active keys of {}", n.keys), "/admin/keys"))
+            (stat("stat-starts-hour", s1, "starts, last hour", &events("session_started", "1h")))
+            (stat("stat-starts-day", s24, "starts, last 24 h", &events("session_started", "24h")))
+            (stat("stat-takeovers-hour", t1, "takeovers, last hour", &events("session_superseded", "1h")))
+            (stat("stat-takeovers-day", t24, "takeovers, last 24 h", &events("session_superseded", "24h")))
+            (stat("stat-expiries-hour", e1, "expiries, last hour", &events("session_expired", "1h")))
+            (stat("stat-expiries-day", e24, "expiries, last 24 h", &events("session_expired", "24h")))
         }
         section class="card chart" aria-labelledby="chart-h" {
             h2 id="chart-h" { "Starts and takeovers per hour, last 24 hours" }
@@ -100,19 +100,32 @@ pub async fn page(State(state): State<AppState>, Extension(me): Extension<Signed
         .into_response())
 }
 
-fn stat(id: &str, n: u64, label: &str, link: Option<&str>) -> Markup {
+/// A figure and its caption; the caption links to the page that lists
+/// what was counted, so every number can be looked into.
+fn stat(id: &str, n: u64, label: &str, href: &str) -> Markup {
     html! {
         div class="stat" id=(id) {
             span class="n" { (n) }
-            @if let Some(href) = link { a class="l" href=(href) { (label) } } @else { span class="l" { (label) } }
+            a class="l" href=(href) { (label) }
         }
     }
+}
+
+/// The events page filtered to what a card counts: the overview's starts,
+/// takeovers (every superseded session) and expiries are these event types.
+fn events(event_type: &str, since: &str) -> String {
+    format!("/admin/events?type={event_type}&since={since}")
 }
 
 /// Bars per hour (starts, with takeovers in front), oldest on the left:
 /// inline SVG so it needs no script and no request.
 pub fn chart_svg(a: &Activity) -> String {
-    let (w, h, pad_l, pad_b) = (720.0_f64, 160.0_f64, 34.0_f64, 18.0_f64);
+    // The bars stand on a baseline `pad_b` above the bottom. Every label
+    // hangs from its top (`dominant-baseline="hanging"`) with room below it
+    // for a phone's larger lettering (style.css), so none is cut at the
+    // edge of the picture.
+    let (w, h, pad_l, pad_b) = (720.0_f64, 172.0_f64, 40.0_f64, 30.0_f64);
+    let label_y = h - pad_b + 4.0;
     let n = a.starts.len().max(1);
     let max = a
         .starts
@@ -134,7 +147,7 @@ pub fn chart_svg(a: &Activity) -> String {
         y = h - pad_b
     ));
     s.push_str(&format!(
-        r#"<text x="0" y="12">{max}</text><text x="0" y="{y}">0</text>"#,
+        r#"<text x="0" y="6" dominant-baseline="hanging">{max}</text><text x="0" y="{y}">0</text>"#,
         y = h - pad_b
     ));
     for (i, (&st, &tk)) in a.starts.iter().zip(&a.takeovers).enumerate() {
@@ -160,8 +173,7 @@ pub fn chart_svg(a: &Activity) -> String {
         }
     }
     s.push_str(&format!(
-        r#"<text x="{pad_l}" y="{h}">24 h ago</text><text x="{}" y="{h}" text-anchor="end">now</text></svg>"#,
-        w
+        r#"<text x="{pad_l}" y="{label_y}" dominant-baseline="hanging">24 h ago</text><text x="{w}" y="{label_y}" dominant-baseline="hanging" text-anchor="end">now</text></svg>"#
     ));
     s
 }

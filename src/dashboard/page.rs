@@ -206,14 +206,17 @@ pub fn csrf_field(csrf: &str) -> Markup {
 }
 
 /// A time for a table cell: a `<time>` element with the exact instant.
+/// In a narrow column it may break between the date and the clock time,
+/// never inside either (`2026-11-` / `30` reads as two wrong things).
 pub fn when(t: Timestamp) -> Markup {
     let full = t.to_rfc3339();
     // 2026-11-30T09:30:00Z -> 2026-11-30 09:30:00
-    let short = full
-        .get(..19)
-        .map(|s| s.replace('T', " "))
-        .unwrap_or_else(|| full.clone());
-    html! { time datetime=(full) { (short) } }
+    match (full.get(..10), full.get(11..19)) {
+        (Some(date), Some(clock)) => html! {
+            time datetime=(full) { span class="nb" { (date) } " " span class="nb" { (clock) } }
+        },
+        _ => html! { time datetime=(full) { (full) } },
+    }
 }
 
 /// An optional time, `–` when absent.

@@ -52,7 +52,7 @@ pub fn table(
                                     @if let Some(l) = labels.get(&s.key_id) { " " span class="muted" { (l) } }
                                 }
                                 td data-label="Device" class="device" { (text_opt(s.device_name.as_deref())) }
-                                td data-label="Session" { code class="small" { (s.session_id) } }
+                                td data-label="Session" { code class="small id" { (s.session_id) } }
                                 td data-label="Started" { (when(s.started_at)) }
                                 td data-label="Last heartbeat" { (when(s.last_heartbeat)) }
                                 td data-label="Seconds since" class="num" { (now.secs_since(s.last_heartbeat)) }

@@ -304,6 +304,99 @@ async function text(page, selector) {
   return (await page.locator(selector).innerText()).trim();
 }
 
+// ------------------------------------------------------- layout checks
+
+// The chart's labels lie wholly inside the SVG's box (none clipped) and
+// clear of the "As a table" toggle below it.
+async function checkChartLabels(page) {
+  const r = await page.evaluate(() => {
+    const box = (el) => { const b = el.getBoundingClientRect(); return { l: b.left, t: b.top, r: b.right, b: b.bottom }; };
+    const svg = document.getElementById("chart");
+    const toggle = svg.closest("section").querySelector("details summary");
+    return {
+      svg: box(svg),
+      toggle: box(toggle),
+      texts: [...svg.querySelectorAll("text")].map((t) => ({ text: t.textContent, ...box(t) })),
+    };
+  });
+  assert.ok(r.texts.length >= 4, `chart labels: ${JSON.stringify(r.texts)}`);
+  for (const t of r.texts) {
+    assert.ok(t.l >= r.svg.l - 0.5 && t.r <= r.svg.r + 0.5 && t.t >= r.svg.t - 0.5 && t.b <= r.svg.b + 0.5,
+      `chart label "${t.text}" ${JSON.stringify(t)} lies inside the chart ${JSON.stringify(r.svg)}`);
+    const apart = t.b <= r.toggle.t || t.t >= r.toggle.b || t.r <= r.toggle.l || t.l >= r.toggle.r;
+    assert.ok(apart, `chart label "${t.text}" overlaps the table toggle ${JSON.stringify(r.toggle)}`);
+  }
+  assert.ok(r.toggle.t - r.svg.b >= 8, `room between the chart and its toggle: ${r.toggle.t - r.svg.b} px`);
+}
+
+// The overview's eight cards in rows of `perRow`, every row full.
+async function checkCardRows(page, perRow) {
+  const tops = await page.locator("#stats .stat").evaluateAll((cards) => cards.map((c) => Math.round(c.getBoundingClientRect().top)));
+  assert.equal(tops.length, 8, "eight cards");
+  const rows = new Map();
+  for (const t of tops) rows.set(t, (rows.get(t) || 0) + 1);
+  assert.deepEqual([...rows.values()], Array(8 / perRow).fill(perRow), `cards per row at ${page.viewportSize().width} px`);
+}
+
+// Every id cell (session UUIDs) is on one line: one line box, one line high.
+async function checkIdsOnOneLine(page) {
+  const ids = await page.locator("code.id").evaluateAll((els) => els.map((el) => {
+    const st = getComputedStyle(el);
+    const line = parseFloat(st.lineHeight) || parseFloat(st.fontSize) * 1.5;
+    return { text: el.textContent, lines: el.getClientRects().length, height: el.getBoundingClientRect().height, line };
+  }));
+  assert.ok(ids.length > 0, `ids on ${page.url()}`);
+  for (const id of ids) {
+    assert.equal(id.lines, 1, `${id.text} on one line at ${page.viewportSize().width} px`);
+    assert.ok(id.height <= id.line * 1.2, `${id.text} is one line high (${id.height} px, line ${id.line} px)`);
+  }
+}
+
+// Each events filter box is wide enough to show its placeholder whole
+// (measured with the box's own font).
+async function checkFilterPlaceholders(page) {
+  const fields = await page.locator("#event-filters input[placeholder]").evaluateAll((els) => els.map((el) => {
+    const st = getComputedStyle(el);
+    const ctx = document.createElement("canvas").getContext("2d");
+    ctx.font = `${st.fontStyle} ${st.fontWeight} ${st.fontSize} ${st.fontFamily}`;
+    const room = el.clientWidth - parseFloat(st.paddingLeft) - parseFloat(st.paddingRight);
+    return { id: el.id, placeholder: el.placeholder, need: ctx.measureText(el.placeholder).width, room, scroll: el.scrollWidth, client: el.clientWidth };
+  }));
+  assert.deepEqual(fields.map((f) => f.id), ["since", "until"]);
+  for (const f of fields) {
+    assert.ok(f.need <= f.room, `#${f.id}'s placeholder "${f.placeholder}" needs ${f.need.toFixed(1)} px, has ${f.room} px`);
+    assert.ok(f.scroll <= f.client, `#${f.id} scrolls: ${f.scroll} > ${f.client}`);
+  }
+}
+
+// Every URL in this tab's history (playwright has no API for it; CDP has).
+async function historyUrls(page) {
+  const cdp = await page.context().newCDPSession(page);
+  try {
+    const { entries } = await cdp.send("Page.getNavigationHistory");
+    return entries.map((e) => e.url);
+  } finally {
+    await cdp.detach();
+  }
+}
+
+// Pastes a whole access key into the keys search and submits: the answer
+// must end on the key's page, with the secret in no address.
+async function searchForPastedKey(page, key) {
+  await goto(page, "/admin/keys");
+  assert.equal(await page.getAttribute("#search-form", "method"), "post");
+  await page.fill("#q", key.secret);
+  await clickAndWait(page, "#search");
+  assert.equal(pathOf(page), `/admin/keys/${key.keyId}`, "the pasted key leads to its page");
+  assert.ok(!page.url().includes(key.secret), `no secret in ${page.url()}`);
+  assert.ok(!(await page.content()).includes(key.secret), "the key's page does not show it");
+  const history = await historyUrls(page);
+  assert.ok(history.length > 1, "a history to look through");
+  for (const url of history) {
+    assert.ok(!url.includes(key.secret) && !url.includes(key.secret.slice(11)), `the secret in the history: ${url}`);
+  }
+}
+
 async function shot(page, name, opts = {}) {
   if (!SHOTS) return;
   await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true, ...opts });
@@ -448,7 +541,30 @@ async function withJavaScript(browser, seeded) {
     assert.match(await text(page, "#stat-active-keys"), /\b3\b/, "3 active keys");
     assert.match(await text(page, "#stat-takeovers-hour"), /\b4\b/, "4 takeovers in the hour");
     assert.equal(await page.getAttribute("#nav-overview", "aria-current"), "page");
+    // Every caption links to the list of what it counts.
+    const captions = {
+      "#stat-live": "/admin/sessions",
+      "#stat-active-keys": "/admin/keys",
+      "#stat-starts-hour": "/admin/events?type=session_started&since=1h",
+      "#stat-starts-day": "/admin/events?type=session_started&since=24h",
+      "#stat-takeovers-hour": "/admin/events?type=session_superseded&since=1h",
+      "#stat-takeovers-day": "/admin/events?type=session_superseded&since=24h",
+      "#stat-expiries-hour": "/admin/events?type=session_expired&since=1h",
+      "#stat-expiries-day": "/admin/events?type=session_expired&since=24h",
+    };
+    for (const [id, href] of Object.entries(captions)) {
+      const caption = page.locator(`${id} .l`);
+      assert.equal(await caption.evaluate((el) => el.tagName), "A", `${id}'s caption is a link`);
+      assert.equal(await caption.getAttribute("href"), href, `${id}'s caption`);
+    }
+    await checkCardRows(page, 4);
+    await checkChartLabels(page);
     await shot(page, "overview");
+    // A card's link lands on a page that lists what it counted.
+    await clickAndWait(page, "#stat-takeovers-hour .l");
+    assert.equal(await page.locator("#events tbody tr").count(), 4, "the hour's 4 takeovers are listed");
+    assert.equal(await page.inputValue("#since"), "1h");
+    await goto(page, "/admin");
   });
 
   await step("keys: the list, and a search by label", async () => {
@@ -458,6 +574,7 @@ async function withJavaScript(browser, seeded) {
     await shot(page, "keys");
     await page.fill("#q", "globex");
     await clickAndWait(page, "#search");
+    assert.equal(pathOf(page), "/admin/keys?q=globex&page=1", "a plain search is a bookmarkable address");
     assert.equal(await page.locator("#keys tbody tr").count(), 1);
     assert.match(await text(page, "#keys tbody tr"), /Globex/);
   });
@@ -511,6 +628,25 @@ async function withJavaScript(browser, seeded) {
     }
   });
 
+  await step("paste the whole secret into the key search: the key's page, with the secret in no address or history", async () => {
+    // A fresh tab: this one's history holds the secret on purpose (typed
+    // into the address bar above).
+    const tab = await context.newPage();
+    watchConsole(tab, "[js search tab]");
+    await searchForPastedKey(tab, key);
+    // A typo in it: a message naming the prefix only, the box holding the prefix.
+    await goto(tab, "/admin/keys");
+    const typo = key.secret.slice(0, -1) + (key.secret.endsWith("a") ? "b" : "a");
+    await tab.fill("#q", typo);
+    await clickAndWait(tab, "#search");
+    assert.match(await text(tab, "#error"), new RegExp(`${key.prefix}…`));
+    assert.match(await text(tab, "#error"), /mistyped/);
+    assert.equal(await tab.inputValue("#q"), key.prefix);
+    assert.ok(!(await tab.content()).includes(typo.slice(11)), "the typed text is not shown back");
+    for (const url of await historyUrls(tab)) assert.ok(!url.includes(key.secret.slice(11, 30)), `history: ${url}`);
+    await tab.close();
+  });
+
   await step("a device starts a session with the new key, and it appears on the live sessions page", async () => {
     const r = await startSession(key.secret, { name: "e2e-workstation", fingerprint: "fp-e2e-workstation" });
     assert.equal(r.status, 200, r.text);
@@ -522,6 +658,7 @@ async function withJavaScript(browser, seeded) {
     const row = page.locator(`#sessions tr[data-session-id="${session}"]`);
     assert.match(await row.innerText(), /e2e-workstation/);
     assert.match(await row.innerText(), new RegExp(key.prefix));
+    await checkIdsOnOneLine(page);
     await shot(page, "sessions");
   });
 
@@ -540,6 +677,8 @@ async function withJavaScript(browser, seeded) {
 
   await step("events: the kick is in the audit log, filtered by key and type", async () => {
     await clickAndWait(page, "#nav-events");
+    await checkFilterPlaceholders(page);
+    await checkIdsOnOneLine(page);
     await shot(page, "events");
     await page.fill("#key", key.prefix);
     await page.selectOption("#type", "session_revoked");
@@ -550,6 +689,14 @@ async function withJavaScript(browser, seeded) {
     assert.match(row, /session_revoked/);
     assert.ok(row.includes(session), "the kicked session's id");
     assert.match(row, /e2e-workstation/);
+    // The detail reads as name: value, with the raw JSON behind a toggle.
+    const detail = rows.first().locator("td.detail");
+    assert.equal(await detail.locator("ul li").first().innerText(), "cause: kicked");
+    const raw = detail.locator("details");
+    assert.equal(await raw.getAttribute("open"), null, "the JSON is folded away");
+    assert.equal(await raw.locator("code").isVisible(), false);
+    await raw.locator("summary").click();
+    assert.deepEqual(JSON.parse(await raw.locator("code").innerText()), { cause: "kicked" });
     const u = new URL(page.url());
     assert.equal(u.searchParams.get("type"), "session_revoked");
     assert.equal(u.searchParams.get("key"), key.prefix);
@@ -657,12 +804,20 @@ async function withJavaScript(browser, seeded) {
     assert.deepEqual(problems, [], "text below AA contrast");
   });
 
-  await step("phone width (390 px): overview, keys and live sessions do not scroll sideways", async () => {
+  await step("phone width (390 px): no page scrolls sideways; cards two a row, ids on one line, whole placeholders", async () => {
     await page.setViewportSize(PHONE);
-    for (const [route, name] of [["/admin", "overview-phone"], ["/admin/keys", "keys-phone"], ["/admin/sessions", "sessions-phone"]]) {
+    const routes = [["/admin", "overview-phone"], ["/admin/keys", "keys-phone"], ["/admin/sessions", "sessions-phone"],
+      ["/admin/events", "events-phone"], [`/admin/keys/${seeded.team.key_id}`, "key-phone"], ["/admin/sharing", "sharing-phone"]];
+    for (const [route, name] of routes) {
       await goto(page, route);
       const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
       assert.ok(overflow <= 0, `${route} scrolls sideways by ${overflow} px on a phone`);
+      if (route === "/admin") {
+        await checkCardRows(page, 2);
+        await checkChartLabels(page);
+      }
+      if (route === "/admin/sessions" || route === "/admin/events" || route.startsWith("/admin/keys/")) await checkIdsOnOneLine(page);
+      if (route === "/admin/events") await checkFilterPlaceholders(page);
       await shot(page, name);
     }
     await page.setViewportSize(DESKTOP);
@@ -771,6 +926,10 @@ async function withoutJavaScript(browser) {
     await known("copy-visible-without-js", async () => {
       assert.equal(await page.locator("#copy").isVisible(), false, "no Copy button without the script");
     });
+  });
+
+  await step("no JavaScript: paste the whole secret into the key search, land on the key's page", async () => {
+    await searchForPastedKey(page, key);
   });
 
   await step("no JavaScript: kick a device's session from the key's page", async () => {
