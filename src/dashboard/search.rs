@@ -28,8 +28,8 @@ use super::auth::Signed;
 use super::keys::{list_page, Listing};
 use super::page::{enc, key_as_prefix, see_other, typed, PageResult};
 use crate::error::Error;
-use crate::http::AppState;
 use crate::keys::{AccessKey, KeyFormatError};
+use crate::state::AppState;
 use crate::store::blocking;
 
 /// What the search form sends (its `csrf` field is read by
