@@ -242,17 +242,8 @@ pub fn time(field: &str, text: &str) -> Result<Timestamp> {
 /// `30m`, `12h` or `7d` (for `--since`).
 pub fn time_or_age(field: &str, text: &str, now: Timestamp) -> Result<Timestamp> {
     let t = text.trim();
-    let unit_secs = match t.chars().last() {
-        Some('s') => Some(1),
-        Some('m') => Some(60),
-        Some('h') => Some(3_600),
-        Some('d') => Some(86_400),
-        _ => None,
-    };
-    if let Some(unit) = unit_secs {
-        if let Ok(n) = t[..t.len() - 1].parse::<u64>() {
-            return Ok(now.minus_secs(n.saturating_mul(unit)));
-        }
+    if let Some(secs) = duration_secs(t) {
+        return Ok(now.minus_secs(secs));
     }
     time(field, t).map_err(|_| {
         Error::InvalidRequest(format!(
@@ -260,6 +251,37 @@ pub fn time_or_age(field: &str, text: &str, now: Timestamp) -> Result<Timestamp>
             crate::keys::redact_secret(text)
         ))
     })
+}
+
+/// The one grammar of durations and ages, everywhere one is typed (report
+/// windows, event filters): digits then a unit, `s`, `m` or `min`, `h`,
+/// `d`, `w` (`90s`, `30m`, `24h`, `7d`, `2w`). Saturates rather than
+/// overflows; callers bound the result.
+fn duration_secs(text: &str) -> Option<u64> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let unit_secs = match unit {
+        "s" => 1,
+        "m" | "min" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return None,
+    };
+    Some(n.saturating_mul(unit_secs))
+}
+
+/// A window's length such as `30m`, `24h` or `7d`, in seconds: more than
+/// zero and at most ten years (`flag` names the option in the error).
+pub fn duration(flag: &str, text: &str) -> Result<u64> {
+    match duration_secs(text.trim()) {
+        Some(secs) if secs > 0 && secs <= 10 * 365 * 86_400 => Ok(secs),
+        _ => Err(Error::InvalidRequest(format!(
+            "{flag} must be a duration such as 30m, 24h or 7d (got `{}`)",
+            crate::keys::redact_secret(text)
+        ))),
+    }
 }
 
 /// An event type name, listing the valid ones when it is wrong.
@@ -272,6 +294,19 @@ pub fn event_type(text: &str) -> Result<EventType> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn durations() {
+        assert_eq!(super::duration("--since", "30m").unwrap(), 1_800);
+        assert_eq!(super::duration("--since", "24h").unwrap(), 86_400);
+        assert_eq!(super::duration("--since", " 7d ").unwrap(), 604_800);
+        assert_eq!(super::duration("--since", "2w").unwrap(), 1_209_600);
+        for bad in ["", "7", "d", "0d", "-1d", "7x", "1.5h", "99999999999d"] {
+            let e = super::duration("--since", bad).unwrap_err().to_string();
+            assert!(e.starts_with("--since must be a duration"), "{bad}: {e}");
+            assert!(!e.contains('\n'));
+        }
+    }
+
     /// Emoji sequences and joined scripts keep their joiners; a joiner
     /// between ASCII letters, which only makes two names look alike, is
     /// refused.

@@ -42,6 +42,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod report;
 pub mod rules;
+pub mod seats;
 pub mod server;
 pub mod state;
 pub mod store;

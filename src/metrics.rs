@@ -202,13 +202,11 @@ impl Metrics {
 
     /// A session ended.
     pub fn session_ended(&self, reason: EndReason) {
-        let reason = match reason {
-            EndReason::Ended => "ended",
-            EndReason::Superseded => "superseded",
-            EndReason::Expired => "expired",
-            EndReason::Revoked => "revoked",
-        };
-        self.sessions_ended.get_or_create(&Reason { reason }).inc();
+        self.sessions_ended
+            .get_or_create(&Reason {
+                reason: reason.as_str(),
+            })
+            .inc();
     }
 
     /// A start was refused with this error code.

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
-use crate::error::{Error, Result};
+
 use crate::model::EventType;
 
 /// A device as sessions describe it.
@@ -278,33 +278,6 @@ struct Acc {
 
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
-}
-
-/// Parses a duration such as `90s`, `30m`, `24h`, `7d` or `2w` into
-/// seconds (`flag` names the option in the error).
-pub fn parse_duration(flag: &str, text: &str) -> Result<u64> {
-    let t = text.trim();
-    let bad = || {
-        Error::InvalidRequest(format!(
-            "{flag} must be a duration such as 30m, 24h or 7d (got `{}`)",
-            crate::keys::redact_secret(text)
-        ))
-    };
-    let split = t.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let (n, unit) = t.split_at(split);
-    let n: u64 = n.parse().map_err(|_| bad())?;
-    let unit_secs = match unit {
-        "s" => 1,
-        "m" | "min" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        _ => return Err(bad()),
-    };
-    match n.checked_mul(unit_secs) {
-        Some(secs) if secs > 0 && secs <= 10 * 365 * 86_400 => Ok(secs),
-        _ => Err(bad()),
-    }
 }
 
 /// Events of one type in one bucket of time (what the store counts).
@@ -607,19 +580,6 @@ mod tests {
             let mut reversed = input.clone();
             reversed.takeovers.reverse();
             proptest::prop_assert_eq!(sharing(&reversed, opts(1)), r);
-        }
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("--since", "30m").unwrap(), 1_800);
-        assert_eq!(parse_duration("--since", "24h").unwrap(), 86_400);
-        assert_eq!(parse_duration("--since", " 7d ").unwrap(), 604_800);
-        assert_eq!(parse_duration("--since", "2w").unwrap(), 1_209_600);
-        for bad in ["", "7", "d", "0d", "-1d", "7x", "1.5h", "99999999999d"] {
-            let e = parse_duration("--since", bad).unwrap_err().to_string();
-            assert!(e.starts_with("--since must be a duration"), "{bad}: {e}");
-            assert!(!e.contains('\n'));
         }
     }
 

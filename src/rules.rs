@@ -44,6 +44,18 @@ pub fn check_key(key: &Key, now: Timestamp) -> Result<()> {
     }
 }
 
+/// The status a person is shown for a key at `now`, in the CLI and the
+/// dashboard: what [`check_key`] would answer a device, so a suspended key
+/// past its expiry reads `suspended`, and an active one past it `expired`.
+pub fn shown_status(key: &Key, now: Timestamp) -> &'static str {
+    match check_key(key, now) {
+        Ok(()) => "active",
+        Err(Error::KeyRevoked) => "revoked",
+        Err(Error::KeySuspended) => "suspended",
+        Err(_) => "expired",
+    }
+}
+
 /// What a start request turns into.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartDecision {

@@ -92,6 +92,12 @@ impl AppState {
             .ok_or_else(|| Error::Unavailable("the server is starting; retry shortly".into()))
     }
 
+    /// The seat service over the store (503 while starting): changes with
+    /// their log lines and counts.
+    pub(crate) fn seats(&self) -> Result<crate::seats::Seats> {
+        Ok(crate::seats::Seats::new(self.store()?, self.clock()))
+    }
+
     pub(crate) fn clock(&self) -> Arc<dyn Clock> {
         self.inner.clock.clone()
     }

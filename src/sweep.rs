@@ -13,7 +13,8 @@ use tokio::sync::watch;
 use crate::clock::Clock;
 use crate::error::Result;
 use crate::model::EndReason;
-use crate::store::{blocking, log_session_end, Storage, SweepReport};
+use crate::seats::record_session_end;
+use crate::store::{blocking, Storage, SweepReport};
 
 /// One pass. `mark_alive` is true only for the server's own sweep: the CLI's
 /// `keyseat sweep` says nothing about whether the server is up.
@@ -49,7 +50,7 @@ pub fn log_report(report: &SweepReport) {
         }
     }
     for s in &report.revoked {
-        log_session_end(s, EndReason::Revoked);
+        record_session_end(s, EndReason::Revoked);
     }
     if report.pruned_sessions + report.pruned_events > 0 {
         tracing::info!(

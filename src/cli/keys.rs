@@ -130,7 +130,7 @@ pub fn run(cmd: KeysCommand, store: &dyn Storage, now: Timestamp) -> Result<()> 
                     created.key.key_id,
                     created.key.prefix
                 );
-                outln!("{}", describe(&created.key));
+                outln!("{}", describe(&created.key, now));
                 outln!();
                 outln!("Access key (shown only this once; give it to the customer):");
                 outln!("  {secret}");
@@ -161,7 +161,7 @@ pub fn run(cmd: KeysCommand, store: &dyn Storage, now: Timestamp) -> Result<()> 
                             opt(k.label.as_deref()),
                             format!("{}/{}", k.live_sessions, k.max_sessions),
                             k.on_conflict.as_str().into(),
-                            status_text(k, now),
+                            crate::rules::shown_status(k, now).into(),
                             opt(k.expires_at),
                             k.created_at.to_string(),
                         ]
@@ -193,7 +193,7 @@ pub fn run(cmd: KeysCommand, store: &dyn Storage, now: Timestamp) -> Result<()> 
                 v["sessions"] = json!(sessions);
                 outln!("{v}");
             } else {
-                outln!("{}", describe(&key));
+                outln!("{}", describe(&key, now));
                 outln!();
                 if sessions.is_empty() {
                     outln!("No live sessions.");
@@ -223,7 +223,7 @@ pub fn run(cmd: KeysCommand, store: &dyn Storage, now: Timestamp) -> Result<()> 
                 ));
             }
             let change = store.update_key(&a.key, &patch, now, &cli)?;
-            print_change("Updated", &change, a.json);
+            print_change("Updated", &change, a.json, now);
         }
         KeysCommand::Suspend(a) => {
             let patch = KeyPatch {
@@ -231,7 +231,7 @@ pub fn run(cmd: KeysCommand, store: &dyn Storage, now: Timestamp) -> Result<()> 
                 ..Default::default()
             };
             let change = store.update_key(&a.key, &patch, now, &cli)?;
-            print_change("Suspended", &change, a.json);
+            print_change("Suspended", &change, a.json, now);
         }
         KeysCommand::Resume(a) => {
             let patch = KeyPatch {
@@ -239,30 +239,22 @@ pub fn run(cmd: KeysCommand, store: &dyn Storage, now: Timestamp) -> Result<()> 
                 ..Default::default()
             };
             let change = store.update_key(&a.key, &patch, now, &cli)?;
-            print_change("Resumed", &change, a.json);
+            print_change("Resumed", &change, a.json, now);
         }
         KeysCommand::Revoke(a) => {
             let change = store.revoke_key(&a.key, now, &cli)?;
-            print_change("Revoked", &change, a.json);
+            print_change("Revoked", &change, a.json, now);
         }
     }
     Ok(())
 }
 
-fn status_text(k: &Key, now: Timestamp) -> String {
-    if k.status == KeyStatus::Active && k.is_expired_at(now) {
-        "expired".into()
-    } else {
-        k.status.as_str().into()
-    }
-}
-
-fn describe(k: &Key) -> String {
+fn describe(k: &Key, now: Timestamp) -> String {
     let rows = [
         ("key id", k.key_id.clone()),
         ("prefix", k.prefix.clone()),
         ("label", opt(k.label.as_deref())),
-        ("status", k.status.as_str().into()),
+        ("status", crate::rules::shown_status(k, now).into()),
         (
             "seats",
             format!("{} live of {}", k.live_sessions, k.max_sessions),
@@ -279,7 +271,7 @@ fn describe(k: &Key) -> String {
         .join("\n")
 }
 
-fn print_change(verb: &str, change: &KeyChange, json: bool) {
+fn print_change(verb: &str, change: &KeyChange, json: bool, now: Timestamp) {
     if json {
         let mut v = serde_json::to_value(&change.key).unwrap_or_default();
         v["ended_sessions"] = json!(change
@@ -291,7 +283,7 @@ fn print_change(verb: &str, change: &KeyChange, json: bool) {
         return;
     }
     outln!("{verb} key {} ({})", change.key.key_id, change.key.prefix);
-    outln!("{}", describe(&change.key));
+    outln!("{}", describe(&change.key, now));
     for s in &change.ended {
         outln!(
             "Ended session {} ({})",

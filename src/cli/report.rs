@@ -7,7 +7,6 @@ use serde_json::json;
 use super::table;
 use crate::clock::Timestamp;
 use crate::error::Result;
-use crate::report;
 use crate::store::Storage;
 
 #[derive(Debug, Subcommand)]
@@ -40,8 +39,8 @@ pub fn run(cmd: ReportCommand, store: &dyn Storage, now: Timestamp) -> Result<()
 }
 
 fn sharing(a: SharingArgs, store: &dyn Storage, now: Timestamp) -> Result<()> {
-    let since = report::parse_duration("--since", &a.since)?;
-    let within = report::parse_duration("--within", &a.within)?;
+    let since = crate::input::duration("--since", &a.since)?;
+    let within = crate::input::duration("--within", &a.within)?;
     let mut r = store.sharing_report(now, since, within)?;
     if a.top > 0 {
         r.keys.truncate(a.top);

@@ -17,7 +17,8 @@ use super::{socket_path, Call, Reply, WireError, MAX_CALL_BYTES};
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::model::{Actor, EndReason};
-use crate::store::{blocking, log_session_end, EndOutcome, Storage};
+use crate::seats::{self, Via};
+use crate::store::{blocking, Storage};
 
 /// How long calls in progress get to finish once the server stops.
 const DRAIN: Duration = Duration::from_secs(5);
@@ -231,6 +232,7 @@ fn dispatch(store: &dyn Storage, clock: &dyn Clock, call: Call) -> Result<Value>
                 expires_at,
             };
             let created = store.create_key(&new, now, &cli)?;
+            seats::record_created(&created, Via::Cli);
             json!({
                 "key": value(&created.key)?,
                 "access_key": created.access_key.expose_secret(),
@@ -246,25 +248,20 @@ fn dispatch(store: &dyn Storage, clock: &dyn Clock, call: Call) -> Result<Value>
         } => value(&store.search_keys(&query, limit, offset, now)?)?,
         Call::GetKey { key_ref } => value(&store.get_key(&key_ref, now)?)?,
         Call::UpdateKey { key_ref, patch } => {
-            let change = store.update_key(&key_ref, &patch.into(), now, &cli)?;
-            for s in &change.ended {
-                log_session_end(s, EndReason::Revoked);
-            }
+            let patch = patch.into();
+            let change = store.update_key(&key_ref, &patch, now, &cli)?;
+            seats::record_key_change(&change, seats::change_verb(&patch), Via::Cli);
             value(&change)?
         }
         Call::RevokeKey { key_ref } => {
             let change = store.revoke_key(&key_ref, now, &cli)?;
-            for s in &change.ended {
-                log_session_end(s, EndReason::Revoked);
-            }
+            seats::record_key_change(&change, "revoked", Via::Cli);
             value(&change)?
         }
         Call::LiveSessions { key_ref } => value(&store.live_sessions(key_ref.as_deref(), now)?)?,
         Call::KickSession { session_id } => {
             let outcome = store.kick_session(&session_id, now, &cli)?;
-            if let EndOutcome::Ended(s) = &outcome {
-                log_session_end(s, EndReason::Revoked);
-            }
+            seats::record_end(&outcome, EndReason::Revoked);
             value(&outcome)?
         }
         Call::Events {

@@ -21,8 +21,9 @@ use crate::error::{Error, Result};
 use crate::http::extract::ClientAddr;
 use crate::input;
 use crate::model::{Actor, ConflictPolicy, Key, KeyStatus};
+use crate::seats::Via;
 use crate::state::AppState;
-use crate::store::{blocking, log_session_end, KeyChange, KeyPatch, NewKey};
+use crate::store::{blocking, KeyChange, KeyPatch, NewKey};
 
 /// Keys per page of the list.
 const PER_PAGE: usize = 50;
@@ -74,16 +75,8 @@ pub fn time_or_age(field: &str, text: &str, now: Timestamp) -> Result<Timestamp>
     }
 }
 
-fn status_text(k: &Key, now: Timestamp) -> &'static str {
-    if k.status == KeyStatus::Active && k.is_expired_at(now) {
-        "expired"
-    } else {
-        k.status.as_str()
-    }
-}
-
 fn status_badge(k: &Key, now: Timestamp) -> Markup {
-    let s = status_text(k, now);
+    let s = crate::rules::shown_status(k, now);
     html! { span class={ "badge " (s) } { (s) } }
 }
 
@@ -372,10 +365,9 @@ pub async fn create(
             return Ok((StatusCode::BAD_REQUEST, create_page(&me, &f, Some(&msg))).into_response());
         }
     };
-    let store = state.store()?;
-    let clock = state.clock();
     let actor = Actor(addr.label());
-    let created = match blocking(move || store.create_key(&new, clock.now(), &actor)).await {
+    let created = match async { state.seats()?.create_key(new, actor, Via::Dashboard).await }.await
+    {
         Ok(c) => c,
         Err(e) => {
             release(&sessions);
@@ -385,7 +377,6 @@ pub async fn create(
     if let Some(id) = &once {
         sessions.forms.finish(id, &created.key.key_id);
     }
-    tracing::info!(key = %created.key.prefix, key_id = %created.key.key_id, "key created (dashboard)");
     let k = &created.key;
     let body = Page::new("Key created").nav("keys", &me.csrf).render(html! {
         h1 { "Key created" }
@@ -539,13 +530,6 @@ fn done_url(k: &Key, what: &str) -> String {
     format!("/admin/keys/{}?done={}", k.key_id, enc(what))
 }
 
-fn log_change(change: &KeyChange, verb: &str) {
-    tracing::info!(key = %change.key.prefix, key_id = %change.key.key_id, "key {verb} (dashboard)");
-    for s in &change.ended {
-        log_session_end(s, crate::model::EndReason::Revoked);
-    }
-}
-
 fn ended_note(change: &KeyChange) -> String {
     match change.ended.len() {
         0 => String::new(),
@@ -580,7 +564,6 @@ pub async fn update(
         return Ok(see_other(&done_url(&k, "Nothing changed.")));
     }
     let change = apply(&state, &addr, &k.key_id, patch).await?;
-    log_change(&change, "updated");
     let msg = format!("Changes saved.{}", ended_note(&change));
     Ok(see_other(&done_url(&change.key, &msg)))
 }
@@ -591,11 +574,11 @@ async fn apply(
     key_id: &str,
     patch: KeyPatch,
 ) -> Result<KeyChange> {
-    let store = state.store()?;
-    let clock = state.clock();
     let actor = Actor(addr.label());
-    let id = key_id.to_owned();
-    blocking(move || store.update_key(&id, &patch, clock.now(), &actor)).await
+    state
+        .seats()?
+        .update_key(key_id.to_owned(), patch, actor, Via::Dashboard)
+        .await
 }
 
 async fn set_status(
@@ -614,7 +597,6 @@ async fn set_status(
     } else {
         "resumed"
     };
-    log_change(&change, verb);
     let msg = format!("Key {verb}.{}", ended_note(&change));
     Ok(see_other(&done_url(&change.key, &msg)))
 }
@@ -675,11 +657,11 @@ pub async fn revoke(
     addr: ClientAddr,
     Path(key_id): Path<String>,
 ) -> PageResult {
-    let store = state.store()?;
-    let clock = state.clock();
     let actor = Actor(addr.label());
-    let change = blocking(move || store.revoke_key(&key_id, clock.now(), &actor)).await?;
-    log_change(&change, "revoked");
+    let change = state
+        .seats()?
+        .revoke_key(key_id, actor, Via::Dashboard)
+        .await?;
     let msg = format!("Key revoked.{}", ended_note(&change));
     Ok(see_other(&done_url(&change.key, &msg)))
 }

@@ -14,9 +14,9 @@ use super::auth::Signed;
 use super::page::{csrf_field, enc, flash, see_other, text_opt, when, Page, PageResult};
 use crate::clock::Timestamp;
 use crate::http::extract::ClientAddr;
-use crate::model::{Actor, EndReason, Session};
+use crate::model::{Actor, Session};
 use crate::state::AppState;
-use crate::store::{blocking, log_session_end, EndOutcome};
+use crate::store::{blocking, EndOutcome};
 
 /// Rows the live-sessions page shows at most (a big deployment has far
 /// more live sessions than a page can usefully hold).
@@ -160,14 +160,10 @@ pub async fn kick(
     let back = super::page::dashboard_path(&f.back)
         .unwrap_or("/admin/sessions")
         .to_owned();
-    let store = state.store()?;
-    let clock = state.clock();
     let actor = Actor(addr.label());
-    let id = session_id.clone();
-    let outcome = blocking(move || store.kick_session(&id, clock.now(), &actor)).await?;
+    let outcome = state.seats()?.kick(session_id, actor).await?;
     let msg = match outcome {
         EndOutcome::Ended(s) => {
-            log_session_end(&s, EndReason::Revoked);
             format!(
                 "Session of {} ended.",
                 s.device_name.as_deref().unwrap_or("an unnamed device")

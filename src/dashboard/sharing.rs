@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::auth::Signed;
 use super::page::{text_opt, when, Page, PageResult};
-use crate::report;
+use crate::input;
 use crate::state::AppState;
 use crate::store::blocking;
 
@@ -41,8 +41,8 @@ pub async fn page(
         .clone()
         .filter(|s| !s.trim().is_empty())
         .unwrap_or_else(|| "10m".into());
-    let parsed = report::parse_duration("since", &since_text)
-        .and_then(|s| report::parse_duration("within", &within_text).map(|w| (s, w)));
+    let parsed = input::duration("since", &since_text)
+        .and_then(|s| input::duration("within", &within_text).map(|w| (s, w)));
     let (result, error) = match parsed {
         Ok((since, within)) => {
             let store = state.store()?;

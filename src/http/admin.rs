@@ -15,10 +15,9 @@ use super::extract::{ApiJson, ApiPath, ApiQuery, ClientAddr};
 use super::AppState;
 use crate::error::{Error, Result};
 use crate::input;
-use crate::model::{Actor, ConflictPolicy, EndReason, Key, KeyStatus};
-use crate::store::{
-    blocking, log_session_end, EndOutcome, EventFilter, KeyChange, KeyPatch, NewKey,
-};
+use crate::model::{Actor, ConflictPolicy, Key, KeyStatus};
+use crate::seats::Via;
+use crate::store::{blocking, EndOutcome, EventFilter, KeyPatch, NewKey};
 use crate::wire::{AdminSession, CreatedKey, EventPage, KeyPage, KickAnswer, SessionList};
 
 /// Largest page the list endpoints return.
@@ -139,12 +138,6 @@ fn page_limit(limit: Option<u32>) -> Result<u32> {
     }
 }
 
-fn log_key_change(change: &KeyChange) {
-    for s in &change.ended {
-        log_session_end(s, EndReason::Revoked);
-    }
-}
-
 #[utoipa::path(
     post,
     path = "/api/admin/keys",
@@ -155,7 +148,6 @@ fn log_key_change(change: &KeyChange) {
     request_body = Option<CreateKeyBody>,
     responses(
         (status = 201, description = "The key, with its secret `access_key` (shown only this once).", body = crate::wire::CreatedKey),
-        crate::http::openapi::errors::CreateKeyErrors,
     )
 )]
 async fn create_key(
@@ -173,11 +165,8 @@ async fn create_key(
             .map(|t| input::time("expires_at", t))
             .transpose()?,
     };
-    let store = state.store()?;
-    let clock = state.clock();
     let actor = Actor(addr.label());
-    let created = blocking(move || store.create_key(&new, clock.now(), &actor)).await?;
-    tracing::info!(key = %created.key.prefix, key_id = %created.key.key_id, "key created");
+    let created = state.seats()?.create_key(new, actor, Via::Api).await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedKey {
@@ -209,7 +198,6 @@ struct KeyListQuery {
     ),
     responses(
         (status = 200, description = "A page of keys in creation order.", body = crate::wire::KeyPage),
-        crate::http::openapi::errors::ListKeysErrors,
     )
 )]
 async fn list_keys(
@@ -242,7 +230,6 @@ async fn list_keys(
     ),
     responses(
         (status = 200, description = "The key.", body = Key),
-        crate::http::openapi::errors::GetKeyErrors,
     )
 )]
 async fn get_key(
@@ -270,7 +257,6 @@ async fn get_key(
     request_body = Option<PatchKeyBody>,
     responses(
         (status = 200, description = "The key as it now is (unchanged for an empty body).", body = Key),
-        crate::http::openapi::errors::UpdateKeyErrors,
     )
 )]
 async fn update_key(
@@ -318,9 +304,10 @@ async fn update_key(
         ));
     }
     let actor = Actor(addr.label());
-    let change = blocking(move || store.update_key(&key_id, &patch, clock.now(), &actor)).await?;
-    tracing::info!(key = %change.key.prefix, key_id = %change.key.key_id, "key updated");
-    log_key_change(&change);
+    let change = state
+        .seats()?
+        .update_key(key_id, patch, actor, Via::Api)
+        .await?;
     Ok(Json(change.key))
 }
 
@@ -336,7 +323,6 @@ async fn update_key(
     ),
     responses(
         (status = 200, description = "The revoked key; its live sessions ended with reason `revoked`.", body = Key),
-        crate::http::openapi::errors::RevokeKeyErrors,
     )
 )]
 async fn revoke_key(
@@ -345,12 +331,8 @@ async fn revoke_key(
     ApiPath(key_id): ApiPath<String>,
 ) -> Result<Json<Key>> {
     let key_id = input::key_ref_in_url(key_id)?;
-    let store = state.store()?;
-    let clock = state.clock();
     let actor = Actor(addr.label());
-    let change = blocking(move || store.revoke_key(&key_id, clock.now(), &actor)).await?;
-    tracing::info!(key = %change.key.prefix, key_id = %change.key.key_id, "key revoked");
-    log_key_change(&change);
+    let change = state.seats()?.revoke_key(key_id, actor, Via::Api).await?;
     Ok(Json(change.key))
 }
 
@@ -373,7 +355,6 @@ struct SessionListQuery {
     ),
     responses(
         (status = 200, description = "Live sessions, most recent heartbeat first.", body = crate::wire::SessionList),
-        crate::http::openapi::errors::ListSessionsErrors,
     )
 )]
 async fn list_sessions(
@@ -405,7 +386,6 @@ async fn list_sessions(
     ),
     responses(
         (status = 200, description = "`ended` is true when it was live; false, with the `reason`, when it had already ended.", body = crate::wire::KickAnswer),
-        crate::http::openapi::errors::KickErrors,
     )
 )]
 async fn kick_session(
@@ -413,20 +393,14 @@ async fn kick_session(
     addr: ClientAddr,
     ApiPath(session_id): ApiPath<String>,
 ) -> Result<Json<KickAnswer>> {
-    let store = state.store()?;
-    let clock = state.clock();
     let actor = Actor(addr.label());
-    let id = session_id.clone();
-    let outcome = blocking(move || store.kick_session(&id, clock.now(), &actor)).await?;
+    let outcome = state.seats()?.kick(session_id.clone(), actor).await?;
     Ok(Json(match outcome {
-        EndOutcome::Ended(s) => {
-            log_session_end(&s, EndReason::Revoked);
-            KickAnswer {
-                session_id,
-                ended: true,
-                reason: None,
-            }
-        }
+        EndOutcome::Ended(_) => KickAnswer {
+            session_id,
+            ended: true,
+            reason: None,
+        },
         EndOutcome::AlreadyEnded(reason) => KickAnswer {
             session_id,
             ended: false,
@@ -466,7 +440,6 @@ struct EventQuery {
     ),
     responses(
         (status = 200, description = "A page of events, newest first.", body = crate::wire::EventPage),
-        crate::http::openapi::errors::EventsErrors,
     )
 )]
 async fn list_events(

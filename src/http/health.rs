@@ -19,7 +19,6 @@ use crate::wire::{DatabaseHealth, HealthAnswer, HealthStatus};
     responses(
         (status = 200, description = "Serving; the database answers.", body = HealthAnswer),
         (status = 503, description = "Starting (`status`: `starting`), or the database cannot be read (`status`: `error`).", body = HealthAnswer),
-        crate::http::openapi::errors::GuardErrors,
     )
 )]
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthAnswer>) {

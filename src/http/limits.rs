@@ -23,8 +23,11 @@ use super::extract::MAX_BODY_BYTES;
 use super::AppState;
 use crate::error::Error;
 
-/// Whether a request goes through the database writer.
-fn needs_writer(method: &Method, path: &str) -> bool {
+/// Whether a request goes through the database writer: the one list of
+/// write routes. The guard below sheds them when the writer is saturated,
+/// and the OpenAPI document lists 503 `overloaded` for the same routes
+/// (it passes path templates such as `/api/admin/keys/{key_id}`).
+pub(crate) fn needs_writer(method: &Method, path: &str) -> bool {
     if *method == Method::GET || *method == Method::HEAD {
         return false;
     }

@@ -10,8 +10,8 @@ use super::AppState;
 use crate::error::{Error, Result};
 use crate::input;
 use crate::keys::AccessKey;
-use crate::model::{Actor, EndReason};
-use crate::store::{blocking, log_session_end, EndOutcome, StartRequest};
+use crate::model::Actor;
+use crate::store::{blocking, EndOutcome, StartRequest};
 use crate::wire::{
     EndAnswer, HeartbeatAnswer, SessionBody, StartAnswer, StartBody, StatusAnswer, StatusBody,
     StatusSession, TerminatedSession,
@@ -145,7 +145,6 @@ fn key_tag(key: &AccessKey) -> u64 {
     request_body = StartBody,
     responses(
         (status = 200, description = "The session started (or, for a retry of a live start, resumed).", body = StartAnswer),
-        crate::http::openapi::errors::StartErrors,
     )
 )]
 async fn start(
@@ -171,38 +170,9 @@ async fn start(
         )?,
         actor: Actor(addr.label()),
     };
-    let store = state.store()?;
-    let (clock, timing) = (state.clock(), state.timing());
-    let outcome = guard.check(
-        blocking(move || {
-            let result = store.start_session(&req, clock.now(), timing);
-            if let Err(Error::SeatsFull { .. }) = &result {
-                tracing::info!(key = %req.key.prefix(), device = req.device_name.as_deref().unwrap_or("-"),
-                    "start rejected: all seats in use");
-            }
-            result
-        })
-        .await,
-    )?;
-
+    let timing = state.timing();
+    let outcome = guard.check(state.seats()?.start(req, timing).await)?;
     let s = &outcome.session;
-    if !outcome.resumed {
-        crate::metrics::global().session_started();
-    }
-    for ended in &outcome.expired {
-        log_session_end(ended, EndReason::Expired);
-    }
-    for ended in &outcome.terminated {
-        log_session_end(ended, EndReason::Superseded);
-    }
-    tracing::info!(
-        key = %s.key_prefix,
-        session = %s.session_id,
-        device = s.device_name.as_deref().unwrap_or("-"),
-        fence = s.fence,
-        "session {}",
-        if outcome.resumed { "start retried (same session)" } else { "started" }
-    );
     Ok(Json(StartAnswer {
         session_id: s.session_id.clone(),
         fence: s.fence,
@@ -229,7 +199,6 @@ async fn start(
     request_body = SessionBody,
     responses(
         (status = 200, description = "The lease is renewed.", body = HeartbeatAnswer),
-        crate::http::openapi::errors::HeartbeatErrors,
     )
 )]
 async fn heartbeat(
@@ -276,7 +245,6 @@ async fn heartbeat(
     request_body = SessionBody,
     responses(
         (status = 200, description = "`ended` is true when the session was live and is now ended; false, with the `reason`, when it had already ended.", body = EndAnswer),
-        crate::http::openapi::errors::EndErrors,
     )
 )]
 async fn end(
@@ -287,20 +255,13 @@ async fn end(
     let mut guard = KeyGuard::new(&state, addr);
     let key = guard.parse(&body.access_key)?;
     input::session_id(&body.session_id)?;
-    let store = state.store()?;
-    let clock = state.clock();
-    let session_id = body.session_id;
     let actor = Actor(addr.label());
-    let outcome = guard
-        .check(blocking(move || store.end_session(&key, &session_id, clock.now(), &actor)).await)?;
+    let outcome = guard.check(state.seats()?.end(key, body.session_id, actor).await)?;
     Ok(Json(match outcome {
-        EndOutcome::Ended(s) => {
-            log_session_end(&s, EndReason::Ended);
-            EndAnswer {
-                ended: true,
-                reason: None,
-            }
-        }
+        EndOutcome::Ended(_) => EndAnswer {
+            ended: true,
+            reason: None,
+        },
         EndOutcome::AlreadyEnded(reason) => EndAnswer {
             ended: false,
             reason: Some(reason),
@@ -317,7 +278,6 @@ async fn end(
     request_body = StatusBody,
     responses(
         (status = 200, description = "The key's seat limit, policy and live sessions.", body = StatusAnswer),
-        crate::http::openapi::errors::StatusErrors,
     )
 )]
 async fn status(

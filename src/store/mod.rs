@@ -329,21 +329,3 @@ where
         Err(join) => Err(Error::Internal(format!("storage task cancelled: {join}"))),
     }
 }
-
-/// The log line for a session that ended, in the shape operators grep for.
-pub fn log_session_end(session: &Session, reason: EndReason) {
-    crate::metrics::global().session_ended(reason);
-    tracing::info!(
-        key = %session.key_prefix,
-        session = %session.session_id,
-        device = %crate::input::printable(session.device_name.as_deref().unwrap_or("-")),
-        reason = reason.as_str(),
-        "session {}",
-        match reason {
-            EndReason::Ended => "ended",
-            EndReason::Superseded => "superseded",
-            EndReason::Expired => "expired",
-            EndReason::Revoked => "revoked",
-        }
-    );
-}

@@ -247,18 +247,36 @@ pub fn error_responses(errors: &[Error]) -> BTreeMap<String, RefOr<Response>> {
         .collect()
 }
 
-/// Declares a unit type whose `IntoResponses` are these errors' responses,
-/// for `responses(...)` in a handler's `#[utoipa::path]`.
-macro_rules! route_errors {
-    ($($(#[$doc:meta])* $name:ident = $errors:expr;)*) => {$(
-        $(#[$doc])*
-        pub struct $name;
-        impl utoipa::IntoResponses for $name {
-            fn responses() -> BTreeMap<String, RefOr<Response>> {
-                error_responses(&$errors)
+/// Adds to every operation of the document the responses of the errors
+/// it can answer: [`route_errors`] by its operation id, and 503
+/// `overloaded` where [`crate::http::limits::needs_writer`] (the one list
+/// of write routes, which the server itself sheds by) says the route goes
+/// through the database writer.
+pub struct RouteErrors;
+
+impl Modify for RouteErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use axum::http::Method;
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [
+                (Method::GET, &mut item.get),
+                (Method::POST, &mut item.post),
+                (Method::PATCH, &mut item.patch),
+                (Method::DELETE, &mut item.delete),
+            ];
+            for (method, operation) in operations {
+                let Some(op) = operation.as_mut() else {
+                    continue;
+                };
+                let id = op.operation_id.as_deref().unwrap_or_default();
+                let mut errors = route_errors(id);
+                if crate::http::limits::needs_writer(&method, path) {
+                    errors.push(Error::Overloaded(String::new()));
+                }
+                op.responses.responses.extend(error_responses(&errors));
             }
         }
-    )*};
+    }
 }
 
 /// What every route can answer: `http::limits` reads each body within a
@@ -269,13 +287,6 @@ fn any_route(mut errors: Vec<Error>) -> Vec<Error> {
         Error::PayloadTooLarge(0),
         Error::Internal(String::new()),
     ]);
-    errors
-}
-
-/// Routes that change the database: shed with 503 `overloaded` when the
-/// writer is saturated (`http::limits`).
-fn writes(mut errors: Vec<Error>) -> Vec<Error> {
-    errors.push(Error::Overloaded(String::new()));
     errors
 }
 
@@ -325,42 +336,43 @@ fn key_ref(mut errors: Vec<Error>) -> Vec<Error> {
     errors
 }
 
-route_errors! {
-    /// `/health` and `/openapi.json`: only the request guards.
-    GuardErrors = any_route(vec![]);
-    /// `/metrics`: the guards, and the store (503 while starting or busy).
-    MetricsErrors = any_route(vec![Error::Unavailable(String::new())]);
-    /// Start: the key, then the session id and the seats.
-    StartErrors = writes(session_route(vec![
-        Error::SessionIdTaken(String::new()),
-        Error::SeatsFull { max_sessions: 1 },
-    ]));
-    /// Heartbeat: the key, then why the session is no longer live.
-    HeartbeatErrors = session_route(vec![
-        Error::SessionOver(EndReason::Superseded),
-        Error::SessionOver(EndReason::Expired),
-        Error::SessionOver(EndReason::Ended),
-        Error::SessionOver(EndReason::Revoked),
-        Error::SessionNotFound,
-    ]);
-    /// End: an already ended session is a 200, an unknown one a 404.
-    EndErrors = writes(session_route(vec![Error::SessionNotFound]));
-    /// Status: the key only.
-    StatusErrors = session_route(vec![]);
-    /// Creating a key.
-    CreateKeyErrors = writes(admin_route(json_body(vec![])));
-    /// Listing keys: the query string, `after` naming no key.
-    ListKeysErrors = admin_route(vec![Error::InvalidRequest(String::new())]);
-    /// Reading a key.
-    GetKeyErrors = admin_route(key_ref(vec![]));
-    /// Changing a key.
-    UpdateKeyErrors = writes(admin_route(key_ref(json_body(vec![]))));
-    /// Revoking a key.
-    RevokeKeyErrors = writes(admin_route(key_ref(vec![])));
-    /// Listing live sessions, optionally of one key.
-    ListSessionsErrors = admin_route(key_ref(vec![Error::InvalidRequest(String::new())]));
-    /// Kicking a session.
-    KickErrors = writes(admin_route(vec![Error::AdminSessionNotFound(String::new())]));
-    /// The audit log, optionally of one key.
-    EventsErrors = admin_route(key_ref(vec![Error::InvalidRequest(String::new())]));
+/// The errors an operation can answer, by its operation id, apart from
+/// the writer's 503 (added by [`RouteErrors`]).
+fn route_errors(operation_id: &str) -> Vec<Error> {
+    let text = || String::new();
+    match operation_id {
+        // `/health` and `/openapi.json`: only the request guards.
+        "health" | "openapi" => any_route(vec![]),
+        // `/metrics`: the guards, and the store (503 while starting or busy).
+        "metrics" => any_route(vec![Error::Unavailable(text())]),
+        // Start: the key, then the session id and the seats.
+        "start_session" => session_route(vec![
+            Error::SessionIdTaken(text()),
+            Error::SeatsFull { max_sessions: 1 },
+        ]),
+        // Heartbeat: the key, then why the session is no longer live.
+        "heartbeat" => session_route(vec![
+            Error::SessionOver(EndReason::Superseded),
+            Error::SessionOver(EndReason::Expired),
+            Error::SessionOver(EndReason::Ended),
+            Error::SessionOver(EndReason::Revoked),
+            Error::SessionNotFound,
+        ]),
+        // End: an already ended session is a 200, an unknown one a 404.
+        "end_session" => session_route(vec![Error::SessionNotFound]),
+        // Status: the key only.
+        "session_status" => session_route(vec![]),
+        "create_key" => admin_route(json_body(vec![])),
+        // Listing keys: the query string, `after` naming no key.
+        "list_keys" => admin_route(vec![Error::InvalidRequest(text())]),
+        "get_key" => admin_route(key_ref(vec![])),
+        "update_key" => admin_route(key_ref(json_body(vec![]))),
+        "revoke_key" => admin_route(key_ref(vec![])),
+        // Live sessions, optionally of one key.
+        "list_sessions" => admin_route(key_ref(vec![Error::InvalidRequest(text())])),
+        "kick_session" => admin_route(vec![Error::AdminSessionNotFound(text())]),
+        // The audit log, optionally of one key.
+        "list_events" => admin_route(key_ref(vec![Error::InvalidRequest(text())])),
+        other => unreachable!("operation `{other}` has no error list in route_errors"),
+    }
 }

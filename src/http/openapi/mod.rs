@@ -14,7 +14,7 @@
 
 pub mod errors;
 
-use errors::{ErrorBodies, MetricsErrors};
+use errors::{ErrorBodies, RouteErrors};
 
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -52,7 +52,7 @@ use crate::clock::Timestamp;
         super::admin::list_events,
     ),
     components(schemas(Timestamp)),
-    modifiers(&AdminToken, &ErrorBodies),
+    modifiers(&AdminToken, &ErrorBodies, &RouteErrors),
     tags(
         (name = "session", description = "What the app on a device calls; authenticated by the access key in the body."),
         (name = "admin", description = "Keys, live sessions and the audit log; `Authorization: Bearer <admin token>`. \
@@ -186,7 +186,6 @@ pub async fn openapi_json() -> impl IntoResponse {
     description = "Served on this listener with `metrics = \"on\"` (the default); with `metrics = \"ADDR\"` on its own listener instead, with `off` not at all.",
     responses(
         (status = 200, description = "The Prometheus text exposition format (`text/plain; version=0.0.4`).", content_type = "text/plain", body = String),
-        MetricsErrors,
     )
 )]
 #[allow(dead_code)]
