@@ -47,10 +47,10 @@ pub async fn list(
     let parsed = (|| -> crate::error::Result<_> {
         let event_type = nonempty(&q.event_type).map(input::event_type).transpose()?;
         let since = nonempty(&q.since)
-            .map(|t| super::keys::time_or_age("since", t, now))
+            .map(|t| super::page::time_or_age("since", t, now))
             .transpose()?;
         let until = nonempty(&q.until)
-            .map(|t| super::keys::time_or_age("until", t, now))
+            .map(|t| super::page::time_or_age("until", t, now))
             .transpose()?;
         let before = nonempty(&q.before)
             .map(|b| {

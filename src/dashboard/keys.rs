@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use super::auth::{OnceForms, Sessions, Signed};
 use super::page::{
-    csrf_field, enc, flash, see_other, text_opt, when, when_opt, Failure, Page, PageResult,
+    csrf_field, enc, flash, form, parse_expiry, see_other, text_opt, when, when_opt, Page,
+    PageResult,
 };
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
@@ -27,53 +28,6 @@ use crate::store::{blocking, KeyChange, KeyPatch, NewKey};
 
 /// Keys per page of the list.
 const PER_PAGE: usize = 50;
-
-/// Reads a form, turning a malformed one into a readable page.
-pub fn form<T>(f: std::result::Result<Form<T>, FormRejection>) -> std::result::Result<T, Failure> {
-    f.map(|Form(v)| v).map_err(|e| {
-        Failure::new(
-            StatusCode::BAD_REQUEST,
-            format!("The form could not be read: {}", e.body_text()),
-        )
-    })
-}
-
-/// A time as typed: RFC 3339, or a UTC date (`2027-01-31`) or date and
-/// time (`2027-01-31T12:00`, `2027-01-31 12:00`).
-pub fn loose_time(text: &str) -> Option<Timestamp> {
-    let t = text.trim().replacen(' ', "T", 1);
-    [
-        t.clone(),
-        format!("{t}Z"),
-        format!("{t}:00Z"),
-        format!("{t}T00:00:00Z"),
-    ]
-    .iter()
-    .find_map(|c| Timestamp::parse_rfc3339(c))
-}
-
-/// An expiry as typed: empty or `never` for none, else a [`loose_time`].
-pub fn parse_expiry(text: &str) -> Result<Option<Timestamp>> {
-    let t = text.trim();
-    if t.is_empty() || t.eq_ignore_ascii_case("never") {
-        return Ok(None);
-    }
-    loose_time(t).map(Some).ok_or_else(|| {
-        Error::InvalidRequest(format!(
-            "expiry must be a UTC date such as 2027-01-31, a time such as \
-             2027-01-31T12:00:00Z, or empty for never (got `{}`)",
-            crate::keys::redact_secret(text)
-        ))
-    })
-}
-
-/// A filter time: a [`loose_time`] or an age before `now` (`24h`).
-pub fn time_or_age(field: &str, text: &str, now: Timestamp) -> Result<Timestamp> {
-    match loose_time(text) {
-        Some(t) => Ok(t),
-        None => input::time_or_age(field, text, now),
-    }
-}
 
 fn status_badge(k: &Key, now: Timestamp) -> Markup {
     let s = crate::rules::shown_status(k, now);

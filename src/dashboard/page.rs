@@ -1,12 +1,15 @@
 //! The page frame every dashboard page shares (head, navigation, sign-out
 //! form), error pages, and small rendering helpers.
 
+use axum::extract::rejection::FormRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::Form;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 
 use crate::clock::Timestamp;
-use crate::error::Error;
+use crate::error::{Error, Result};
+use crate::input;
 
 /// The sections in the navigation: (id, path, text).
 const NAV: [(&str, &str, &str); 5] = [
@@ -180,6 +183,53 @@ pub fn sentence(text: &str) -> String {
         out.push('.');
     }
     out
+}
+
+/// Reads a form, turning a malformed one into a readable page.
+pub fn form<T>(f: std::result::Result<Form<T>, FormRejection>) -> std::result::Result<T, Failure> {
+    f.map(|Form(v)| v).map_err(|e| {
+        Failure::new(
+            StatusCode::BAD_REQUEST,
+            format!("The form could not be read: {}", e.body_text()),
+        )
+    })
+}
+
+/// A time as typed: RFC 3339, or a UTC date (`2027-01-31`) or date and
+/// time (`2027-01-31T12:00`, `2027-01-31 12:00`).
+pub fn loose_time(text: &str) -> Option<Timestamp> {
+    let t = text.trim().replacen(' ', "T", 1);
+    [
+        t.clone(),
+        format!("{t}Z"),
+        format!("{t}:00Z"),
+        format!("{t}T00:00:00Z"),
+    ]
+    .iter()
+    .find_map(|c| Timestamp::parse_rfc3339(c))
+}
+
+/// An expiry as typed: empty or `never` for none, else a [`loose_time`].
+pub fn parse_expiry(text: &str) -> Result<Option<Timestamp>> {
+    let t = text.trim();
+    if t.is_empty() || t.eq_ignore_ascii_case("never") {
+        return Ok(None);
+    }
+    loose_time(t).map(Some).ok_or_else(|| {
+        Error::InvalidRequest(format!(
+            "expiry must be a UTC date such as 2027-01-31, a time such as \
+             2027-01-31T12:00:00Z, or empty for never (got `{}`)",
+            crate::keys::redact_secret(text)
+        ))
+    })
+}
+
+/// A filter time: a [`loose_time`] or an age before `now` (`24h`).
+pub fn time_or_age(field: &str, text: &str, now: Timestamp) -> Result<Timestamp> {
+    match loose_time(text) {
+        Some(t) => Ok(t),
+        None => input::time_or_age(field, text, now),
+    }
 }
 
 /// Reads a query string, turning a malformed one into a readable page.

@@ -70,7 +70,7 @@ pub async fn search(
     Extension(me): Extension<Signed>,
     f: std::result::Result<Form<SearchForm>, FormRejection>,
 ) -> PageResult {
-    let f = super::keys::form(f)?;
+    let f = super::page::form(f)?;
     let (prefix, error) = match classify(&f.q) {
         Typed::Text(t) if t.is_empty() => return Ok(see_other("/admin/keys")),
         Typed::Text(t) => return Ok(see_other(&format!("/admin/keys?q={}&page=1", enc(&t)))),

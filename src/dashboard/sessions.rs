@@ -153,7 +153,7 @@ pub async fn kick(
     Path(session_id): Path<String>,
     f: Result<Form<KickForm>, FormRejection>,
 ) -> PageResult {
-    let f = super::keys::form(f)?;
+    let f = super::page::form(f)?;
     // The way back is settled before acting, so a bad one (only a tampered
     // form has one) cannot turn a kick that happened into an error page:
     // it is replaced by the sessions page, as an off-dashboard one is.
