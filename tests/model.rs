@@ -30,8 +30,10 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use common::api::{Answered, Api, ApiErr};
 use common::TestServer;
 use keyseat::clock::Timestamp;
+use keyseat::model::Key;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestError, TestRunner};
 use serde_json::{json, Value};
@@ -377,6 +379,11 @@ fn ms(v: &Value) -> Value {
         .unwrap_or_else(|| v.clone())
 }
 
+/// A time from a typed answer, as milliseconds since the case began.
+fn ms_of(t: Timestamp) -> Value {
+    json!(t.millis() - case_t0())
+}
+
 /// The top-level fields where two answers differ, for the failure message.
 fn differing(expected: &Value, got: &Value) -> String {
     let (Some(e), Some(g)) = (expected.as_object(), got.as_object()) else {
@@ -394,9 +401,9 @@ fn differing(expected: &Value, got: &Value) -> String {
 }
 
 /// The parts of an error answer the model predicts.
-fn error_view(status: u16, body: &Value) -> Value {
-    let e = &body["error"];
-    let mut v = json!({"status": status, "code": e["code"]});
+fn error_view(err: &ApiErr) -> Value {
+    let e = err.error();
+    let mut v = json!({"status": err.status, "code": e["code"]});
     if !e["superseded_by"].is_null() {
         v["superseded_by"] = json!({
             "device_name": e["superseded_by"]["device_name"],
@@ -437,6 +444,7 @@ fn tally(op: &Op, got: &Value) {
 /// compared with the model's.
 struct Run<'a> {
     server: &'a TestServer,
+    api: Api,
     key: String,
     key_id: String,
     /// Unique per case, so client-chosen ids never collide across cases.
@@ -489,16 +497,8 @@ impl Run<'_> {
         ))
     }
 
-    async fn patch(&self, body: Value) -> (u16, Value) {
-        let (st, b) = self
-            .server
-            .admin(
-                "PATCH",
-                &format!("/api/admin/keys/{}", self.key_id),
-                Some(body),
-            )
-            .await;
-        (st.as_u16(), b)
+    async fn patch(&self, body: Value) -> Result<Key, ApiErr> {
+        self.api.patch_key(&self.key_id, body).await
     }
 
     /// The admin view of the key the model predicts after a key change.
@@ -517,16 +517,17 @@ impl Run<'_> {
         })
     }
 
-    fn key_view_of(status: u16, body: &Value) -> Value {
-        if status != 200 {
-            return error_view(status, body);
-        }
+    fn key_view_of(answer: &Result<Key, ApiErr>) -> Value {
+        let key = match answer {
+            Ok(key) => key,
+            Err(e) => return error_view(e),
+        };
         json!({
-            "status": status,
-            "key_status": body["status"],
-            "max_sessions": body["max_sessions"],
-            "on_conflict": body["on_conflict"],
-            "live_sessions": body["live_sessions"],
+            "status": 200,
+            "key_status": key.status,
+            "max_sessions": key.max_sessions,
+            "on_conflict": key.on_conflict,
+            "live_sessions": key.live_sessions,
         })
     }
 
@@ -543,18 +544,12 @@ impl Run<'_> {
             Op::Start { device, sid, fp } => return self.start(i, op, device, sid, fp).await,
             Op::StartElsewhere { sid } => {
                 let id = self.client_sid(sid);
-                let (st, body) = self
-                    .server
-                    .post(
-                        "/api/session/start",
-                        json!({"access_key": self.other_key, "session_id": id}),
-                    )
-                    .await;
-                let st = st.as_u16();
-                let got = if st == 200 {
-                    json!({"status": 200, "session_id": body["session_id"], "resumed": body["resumed"]})
-                } else {
-                    error_view(st, &body)
+                let answer = self.api.start(&self.other_key, Some(&id), None, None).await;
+                let got = match answer {
+                    Ok(a) => {
+                        json!({"status": 200, "session_id": a.session_id, "resumed": a.resumed})
+                    }
+                    Err(e) => error_view(&e),
                 };
                 let latest_live = self
                     .elsewhere
@@ -577,84 +572,70 @@ impl Run<'_> {
             }
             Op::Heartbeat { s } => {
                 let sid = self.target(s, true);
-                let (st, body) = self.server.heartbeat(&self.key, &sid).await;
-                let st = st.as_u16();
+                let answer = self.api.heartbeat(&self.key, &sid).await;
                 let expected = self.heartbeat_expect(&sid, now);
-                let got = if st == 200 {
-                    json!({"status": 200, "session_id": body["session_id"], "fence": body["fence"],
-                           "last_heartbeat": ms(&body["last_heartbeat"]),
-                           "expires_at": ms(&body["expires_at"])})
-                } else {
-                    error_view(st, &body)
+                let got = match answer {
+                    Ok(a) => json!({"status": 200, "session_id": a.session_id, "fence": a.fence,
+                           "last_heartbeat": ms_of(a.last_heartbeat),
+                           "expires_at": ms_of(a.expires_at)}),
+                    Err(e) => error_view(&e),
                 };
                 (expected, got, format!(" on {sid}"))
             }
             Op::End { s } => {
                 let sid = self.target(s, true);
-                let (st, body) = self.server.end(&self.key, &sid).await;
-                let st = st.as_u16();
+                let answer = self.api.end(&self.key, &sid).await;
                 let expected = self.end_expect(&sid, EndKind::Ended, false, now);
-                let got = if st == 200 {
-                    json!({"status": 200, "ended": body["ended"], "reason": body["reason"]})
-                } else {
-                    error_view(st, &body)
+                let got = match answer {
+                    Ok(a) => json!({"status": 200, "ended": a.ended, "reason": a.reason}),
+                    Err(e) => error_view(&e),
                 };
                 (expected, got, format!(" on {sid}"))
             }
             Op::Kick { s } => {
                 let sid = self.target(s, false);
-                let (st, body) = self
-                    .server
-                    .admin("DELETE", &format!("/api/admin/sessions/{sid}"), None)
-                    .await;
-                let st = st.as_u16();
+                let answer = self.api.kick(&sid).await;
                 let expected = self.end_expect(&sid, EndKind::Revoked("kicked"), true, now);
-                let got = if st == 200 {
-                    json!({"status": 200, "ended": body["ended"], "reason": body["reason"]})
-                } else {
-                    error_view(st, &body)
+                let got = match answer {
+                    Ok(a) => json!({"status": 200, "ended": a.ended, "reason": a.reason}),
+                    Err(e) => error_view(&e),
                 };
                 (expected, got, format!(" on {sid}"))
             }
             Op::Status => {
-                let (st, body) = self.server.status(&self.key).await;
-                let st = st.as_u16();
+                let answer = self.api.status(&self.key).await;
                 let expected = self.status_expect();
-                let got = if st == 200 {
-                    let mut sessions: Vec<Value> = body["sessions"]
-                        .as_array()
-                        .cloned()
-                        .unwrap_or_default()
-                        .iter()
-                        .map(|s| {
-                            json!({"session_id": s["session_id"], "fence": s["fence"],
-                               "device_name": s["device_name"],
-                               "started_at": ms(&s["started_at"]),
-                               "last_heartbeat": ms(&s["last_heartbeat"]),
-                               "expires_at": ms(&s["expires_at"])})
-                        })
-                        .collect();
-                    // "Oldest start first": a start's fence orders it.
-                    let in_order = sessions.windows(2).all(|w| {
-                        w[0]["started_at"].as_i64() <= w[1]["started_at"].as_i64()
-                            && w[0]["fence"].as_i64() < w[1]["fence"].as_i64()
-                    });
-                    if !in_order {
-                        sessions.push(json!("NOT OLDEST START FIRST"));
+                let got = match &answer {
+                    Ok(a) => {
+                        let mut sessions: Vec<Value> = a
+                            .sessions
+                            .iter()
+                            .map(|s| {
+                                json!({"session_id": s.session_id, "fence": s.fence,
+                               "device_name": s.device_name,
+                               "started_at": ms_of(s.started_at),
+                               "last_heartbeat": ms_of(s.last_heartbeat),
+                               "expires_at": ms_of(s.expires_at)})
+                            })
+                            .collect();
+                        // "Oldest start first": a start's fence orders it.
+                        let in_order = sessions.windows(2).all(|w| {
+                            w[0]["started_at"].as_i64() <= w[1]["started_at"].as_i64()
+                                && w[0]["fence"].as_i64() < w[1]["fence"].as_i64()
+                        });
+                        if !in_order {
+                            sessions.push(json!("NOT OLDEST START FIRST"));
+                        }
+                        json!({"status": 200, "active": a.active,
+                           "max_sessions": a.max_sessions,
+                           "on_conflict": a.on_conflict, "sessions": sessions})
                     }
-                    json!({"status": 200, "active": body["active"],
-                           "max_sessions": body["max_sessions"],
-                           "on_conflict": body["on_conflict"], "sessions": sessions})
-                } else {
-                    error_view(st, &body)
+                    Err(e) => error_view(e),
                 };
                 // The admin view of the key agrees on the live count.
                 if expected == got {
-                    let (kst, kbody) = self
-                        .server
-                        .admin("GET", &format!("/api/admin/keys/{}", self.key_id), None)
-                        .await;
-                    let (kexp, kgot) = (self.key_view(), Self::key_view_of(kst.as_u16(), &kbody));
+                    let key = self.api.get_key(&self.key_id).await;
+                    let (kexp, kgot) = (self.key_view(), Self::key_view_of(&key));
                     if kexp != kgot {
                         return Err(self.fail(i, op, " (GET key after it)", &kexp, &kgot));
                     }
@@ -662,24 +643,13 @@ impl Run<'_> {
                 (expected, got, String::new())
             }
             Op::Revoke => {
-                let (st, body) = self
-                    .server
-                    .admin(
-                        "POST",
-                        &format!("/api/admin/keys/{}/revoke", self.key_id),
-                        None,
-                    )
-                    .await;
+                let key = self.api.revoke_key(&self.key_id).await;
                 self.model.state = KeyState::Revoked;
                 self.end_all_live(EndKind::Revoked("key_revoked"), now);
-                (
-                    self.key_view(),
-                    Self::key_view_of(st.as_u16(), &body),
-                    String::new(),
-                )
+                (self.key_view(), Self::key_view_of(&key), String::new())
             }
             Op::SetSeats(n) => {
-                let (st, body) = self.patch(json!({"max_sessions": n})).await;
+                let key = self.patch(json!({"max_sessions": n})).await;
                 let expected = if self.model.state == KeyState::Revoked {
                     error(409, "conflict")
                 } else {
@@ -692,17 +662,17 @@ impl Run<'_> {
                     }
                     self.key_view()
                 };
-                (expected, Self::key_view_of(st, &body), String::new())
+                (expected, Self::key_view_of(&key), String::new())
             }
             Op::SetPolicy(p) => {
-                let (st, body) = self.patch(json!({"on_conflict": p.as_str()})).await;
+                let key = self.patch(json!({"on_conflict": p.as_str()})).await;
                 let expected = if self.model.state == KeyState::Revoked {
                     error(409, "conflict")
                 } else {
                     self.model.policy = p;
                     self.key_view()
                 };
-                (expected, Self::key_view_of(st, &body), String::new())
+                (expected, Self::key_view_of(&key), String::new())
             }
             Op::ExpireKey { .. } | Op::ClearExpiry => {
                 let at = match *op {
@@ -710,7 +680,7 @@ impl Run<'_> {
                     _ => None,
                 };
                 let wire = at.map(|x| Timestamp(x + case_t0()).to_rfc3339());
-                let (st, body) = self.patch(json!({ "expires_at": wire })).await;
+                let key = self.patch(json!({ "expires_at": wire })).await;
                 let expected = if self.model.state == KeyState::Revoked {
                     error(409, "conflict")
                 } else {
@@ -723,11 +693,11 @@ impl Run<'_> {
                     }
                     self.key_view()
                 };
-                (expected, Self::key_view_of(st, &body), String::new())
+                (expected, Self::key_view_of(&key), String::new())
             }
             Op::Suspend | Op::Resume => {
                 let suspend = matches!(op, Op::Suspend);
-                let (st, body) = self
+                let key = self
                     .patch(json!({"status": if suspend { "suspended" } else { "active" }}))
                     .await;
                 let expected = if self.model.state == KeyState::Revoked {
@@ -741,7 +711,7 @@ impl Run<'_> {
                     }
                     self.key_view()
                 };
-                (expected, Self::key_view_of(st, &body), String::new())
+                (expected, Self::key_view_of(&key), String::new())
             }
         };
         self.log.push(format!("#{i} {op:?}{what} -> {got}"));
@@ -771,28 +741,20 @@ impl Run<'_> {
         keyseat::store::blocking(move || store.sweep(at, 30, false))
             .await
             .map_err(|e| TestCaseError::fail(format!("sweep failed: {e}")))?;
-        let (st, body) = self
-            .server
-            .admin(
-                "GET",
-                &format!("/api/admin/events?key_id={}&limit=1000", self.key_id),
-                None,
-            )
-            .await;
-        if st != 200 {
-            return Err(TestCaseError::fail(format!("events: {st} {body}")));
-        }
-        let mut got: Vec<Value> = body["events"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+        let query = format!("key_id={}&limit=1000", self.key_id);
+        let page = match self.api.events(&query).await {
+            Ok(page) => page,
+            Err(e) => return Err(TestCaseError::fail(format!("events: {e}"))),
+        };
+        let mut got: Vec<Value> = page
+            .events
             .iter()
             .filter_map(|e| {
-                let d = &e["detail"];
-                let (kind, sid, at) = (&e["type"], &e["session_id"], ms(&e["at"]));
+                let d = e.detail.clone().unwrap_or_default();
+                let (kind, sid, at) = (json!(e.event_type), json!(e.session_id), ms_of(e.at));
                 Some(match kind.as_str()? {
                     "session_started" => json!({"type": kind, "session_id": sid, "at": at,
-                        "device_name": e["device_name"], "fence": d["fence"],
+                        "device_name": e.device_name, "fence": d["fence"],
                         "terminated": d["terminated"]}),
                     "session_superseded" => json!({"type": kind, "session_id": sid, "at": at,
                         "superseded_by": d["superseded_by"], "by_device_name": d["by_device_name"]}),
@@ -927,27 +889,27 @@ impl Run<'_> {
     ) -> Result<(), TestCaseError> {
         let now = self.now();
         let client_sid = sid.map(|n| self.client_sid(n));
-        let mut dev = json!({"name": device.name()});
-        if fp {
-            dev["fingerprint"] = json!(format!("fp-{device:?}"));
-        }
-        let mut req = json!({"access_key": self.key, "device": dev});
-        if let Some(id) = &client_sid {
-            req["session_id"] = json!(id);
-        }
-        let (st, body) = self.server.post("/api/session/start", req).await;
-        let st = st.as_u16();
-        let got = if st == 200 {
-            json!({"status": 200, "session_id": body["session_id"], "fence": body["fence"],
-                   "resumed": body["resumed"], "started_at": ms(&body["started_at"]),
-                   "expires_at": ms(&body["expires_at"]),
-                   "previous_session_terminated": body["previous_session_terminated"],
-                   "terminated_sessions": body["terminated_sessions"].as_array().cloned()
-                       .unwrap_or_default().iter().map(|t| json!({
-                           "session_id": t["session_id"], "device_name": t["device_name"],
-                           "last_heartbeat": ms(&t["last_heartbeat"])})).collect::<Vec<_>>()})
-        } else {
-            error_view(st, &body)
+        let fingerprint = fp.then(|| format!("fp-{device:?}"));
+        let answer = self
+            .api
+            .start(
+                &self.key,
+                client_sid.as_deref(),
+                device.name(),
+                fingerprint.as_deref(),
+            )
+            .await;
+        let got = match answer {
+            Ok(a) => {
+                json!({"status": 200, "session_id": a.session_id, "fence": a.fence,
+                   "resumed": a.resumed, "started_at": ms_of(a.started_at),
+                   "expires_at": ms_of(a.expires_at),
+                   "previous_session_terminated": a.previous_session_terminated,
+                   "terminated_sessions": a.terminated_sessions.iter().map(|t| json!({
+                       "session_id": t.session_id, "device_name": t.device_name,
+                       "last_heartbeat": ms_of(t.last_heartbeat)})).collect::<Vec<_>>()})
+            }
+            Err(e) => error_view(&e),
         };
         let expected = self.start_expect(device, client_sid.as_deref(), fp, now, &got);
         self.log.push(format!("#{i} {op:?} -> {got}"));
@@ -1077,16 +1039,17 @@ impl Run<'_> {
 async fn run_case(server: &TestServer, case: &Case) -> Result<(), TestCaseError> {
     let n = CASE_SEQ.fetch_add(1, Ordering::Relaxed);
     CASE_T0.with(|t| t.set(server.now().millis()));
-    let (key, created) = server
-        .create_key(json!({"max_sessions": case.seats, "on_conflict": case.policy.as_str()}))
-        .await;
-    let (other_key, _) = server.create_key(json!({})).await;
+    let api = server.api();
+    let body = json!({"max_sessions": case.seats, "on_conflict": case.policy.as_str()});
+    let created = api.create_key(body).await.answer("create key");
+    let other = api.create_key(json!({})).await.answer("create key");
     let mut run = Run {
-        other_key,
+        other_key: other.access_key,
         elsewhere: Vec::new(),
         server,
-        key,
-        key_id: created["key_id"].as_str().expect("key_id").to_owned(),
+        api,
+        key: created.access_key,
+        key_id: created.key.key_id,
         tag: format!("model-{n:06}"),
         model: Model {
             seats: case.seats,
@@ -1197,25 +1160,25 @@ fn run_model(key_expiry: bool) {
 #[tokio::test]
 async fn a_session_ended_by_its_keys_expiry_stays_ended() {
     let s = TestServer::start().await;
-    let (key, created) = s.create_key(json!({})).await;
-    let key_path = format!("/api/admin/keys/{}", created["key_id"].as_str().unwrap());
+    let api = s.api();
+    let created = api.create_key(json!({})).await.answer("create key");
+    let (key, key_id) = (created.access_key, created.key.key_id);
     let expiry = s.now().plus_secs(1).to_rfc3339();
-    let (st, _) = s
-        .admin("PATCH", &key_path, Some(json!({ "expires_at": expiry })))
+    let patched = api
+        .patch_key(&key_id, json!({ "expires_at": expiry }))
         .await;
-    assert_eq!(st, 200);
-    let sid = s.started(&key, "office-pc").await;
+    patched.answer("set the expiry");
+    let started = api.start(&key, None, Some("office-pc"), None).await;
+    let sid = started.answer("start").session_id;
     s.clock.advance_secs(1);
-    let (st, body) = s.heartbeat(&key, &sid).await;
-    common::assert_error(st, &body, 403, "key_expired");
+    api.heartbeat(&key, &sid).await.refused(403, "key_expired");
 
-    let (st, body) = s
-        .admin("PATCH", &key_path, Some(json!({ "expires_at": null })))
-        .await;
-    assert_eq!(st, 200);
-    let live = body["live_sessions"].clone();
-    let (st, body) = s.heartbeat(&key, &sid).await;
-    let error = common::assert_error(st, &body, 410, "session_revoked");
-    assert_eq!(error["reason"], "revoked");
+    let patched = api.patch_key(&key_id, json!({ "expires_at": null })).await;
+    let live = patched.answer("clear the expiry").live_sessions;
+    let e = api
+        .heartbeat(&key, &sid)
+        .await
+        .refused(410, "session_revoked");
+    assert_eq!(e.error()["reason"], "revoked");
     assert_eq!(live, 0, "the key's live_sessions after clearing the expiry");
 }

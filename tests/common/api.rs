@@ -280,12 +280,28 @@ fn session_body(key: &str, session_id: &str) -> SessionBody {
 /// body that came instead (`unwrap` would show the error's fields).
 pub trait Answered<T> {
     fn answer(self, what: &str) -> T;
+
+    /// The error, asserted to be the contract's shape with `status` and
+    /// `code` and a message (as [`super::assert_error`] checks).
+    fn refused(self, status: u16, code: &str) -> ApiErr;
 }
 
 impl<T> Answered<T> for Result<T, ApiErr> {
     #[track_caller]
     fn answer(self, what: &str) -> T {
         self.unwrap_or_else(|e| panic!("{what}: {e}"))
+    }
+
+    #[track_caller]
+    fn refused(self, status: u16, code: &str) -> ApiErr {
+        let Err(e) = self else {
+            panic!("succeeded; expected {status} {code}");
+        };
+        assert_eq!(e.status, status, "status for {e}");
+        assert_eq!(e.code, code, "code in {e}");
+        assert!(e.error()["message"].is_string(), "message in {e}");
+        assert!(!e.message.is_empty(), "message in {e}");
+        e
     }
 }
 
