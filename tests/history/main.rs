@@ -55,7 +55,6 @@
 //! `HISTORY_SECONDS` (default 4) sets the length of the run.
 
 mod check;
-use check::check;
 mod checker_tests;
 #[path = "../common/mod.rs"]
 mod common;
@@ -65,6 +64,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use check::check;
 use common::api::{Answered, Api, ApiErr};
 use common::TestServer;
 use keyseat::model::Event;
