@@ -30,6 +30,28 @@ fn revoke_sent(m: &Model, id: &str) -> bool {
         .is_some_and(|s| m.keys[s.key].revoke_sent)
 }
 
+/// Records the answer (`ended`, `reason`) to an end or a kick (`kind`),
+/// which ends a live session as `reason`.
+fn record_end(
+    m: &mut Model,
+    kind: &'static str,
+    reason: &str,
+    id: String,
+    answer: Result<(bool, Option<EndReason>), ApiErr>,
+) {
+    let revoked = revoke_sent(m, &id);
+    match answer {
+        Err(e) if revoked && e.status == 403 && e.code == "key_revoked" => {}
+        Ok((true, _)) => {
+            m.told_ended(&id, reason);
+            m.ack(kind, id);
+        }
+        Ok((false, already)) => m.told_ended(&id, &reason_name(already)),
+        Err(e) if e.status == 503 => {}
+        Err(e) => m.errors.push(format!("{kind} {id}: {e}")),
+    }
+}
+
 /// The name of an end reason, as the model records it.
 fn reason_name(reason: Option<EndReason>) -> String {
     reason
@@ -184,18 +206,8 @@ impl Load {
         let Some(answer) = self.go("end", self.api.end(&key, &id)).await else {
             return false;
         };
-        let mut m = lock(&self.model);
-        let revoked = revoke_sent(&m, &id);
-        match answer {
-            Err(e) if revoked && e.status == 403 && e.code == "key_revoked" => {}
-            Ok(a) if a.ended => {
-                m.told_ended(&id, "ended");
-                m.ack("end", id);
-            }
-            Ok(a) => m.told_ended(&id, &reason_name(a.reason)),
-            Err(e) if e.status == 503 => {}
-            Err(e) => m.errors.push(format!("end {id}: {e}")),
-        }
+        let answer = answer.map(|a| (a.ended, a.reason));
+        record_end(&mut lock(&self.model), "end", "ended", id, answer);
         true
     }
 
@@ -285,18 +297,8 @@ impl Load {
         let Some(answer) = self.go("kick", self.api.kick(&id)).await else {
             return false;
         };
-        let mut m = lock(&self.model);
-        let revoked = revoke_sent(&m, &id);
-        match answer {
-            Err(e) if revoked && e.status == 403 && e.code == "key_revoked" => {}
-            Ok(a) if a.ended => {
-                m.told_ended(&id, "revoked");
-                m.ack("kick", id);
-            }
-            Ok(a) => m.told_ended(&id, &reason_name(a.reason)),
-            Err(e) if e.status == 503 => {}
-            Err(e) => m.errors.push(format!("kick {id}: {e}")),
-        }
+        let answer = answer.map(|a| (a.ended, a.reason));
+        record_end(&mut lock(&self.model), "kick", "revoked", id, answer);
         true
     }
 }
