@@ -31,7 +31,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use common::api::{Answered, Api, ApiErr};
+use keyseat::model::Event;
+use keyseat::wire::{HeartbeatAnswer, StartAnswer};
+use serde_json::json;
 
 const ADMIN_TOKEN: &str = "disk-admin-token-0123456789";
 
@@ -54,7 +57,7 @@ fn serve_args(db: &Path, port: u16) -> Vec<String> {
 
 struct Server {
     child: Child,
-    url: String,
+    api: Api,
     log: PathBuf,
 }
 
@@ -74,7 +77,9 @@ fn spawn(program: &str, args: &[String], log: &Path, port: u16) -> Server {
         .expect("spawn");
     Server {
         child,
-        url: format!("http://127.0.0.1:{port}"),
+        api: Api::new(&format!("http://127.0.0.1:{port}"))
+            .with_admin(ADMIN_TOKEN)
+            .with_timeout(Duration::from_secs(60)),
         log: log.to_owned(),
     }
 }
@@ -86,83 +91,49 @@ impl Server {
 
     /// Waits for `/health` 200; `Err(exit code, stderr)` if it exits first.
     async fn ready(&mut self) -> Result<(), (Option<i32>, String)> {
-        let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return Err((status.code(), self.log()));
             }
             assert!(Instant::now() < deadline, "never ready:\n{}", self.log());
-            if let Ok(r) = client.get(format!("{}/health", self.url)).send().await {
-                if r.status() == 200 {
-                    return Ok(());
-                }
+            if self.api.health().await.is_ok() {
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut req = reqwest::Client::new()
-            .request(method, format!("{}{path}", self.url))
-            .timeout(Duration::from_secs(60));
-        if path.starts_with("/api/admin") {
-            req = req.bearer_auth(ADMIN_TOKEN);
-        }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.expect("request");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        assert!(
-            status < 500 || (status == 503 && is_unavailable(&body)),
-            "{path}: {status} {text} (a 5xx must be 503 unavailable)"
-        );
-        (status, body)
-    }
-
+    /// A new key with default settings: (access key, key id).
     async fn create_key(&self) -> (String, String) {
-        let (status, body) = self.call("POST", "/api/admin/keys", Some(json!({}))).await;
-        assert_eq!(status, 201, "{body}");
-        (
-            body["access_key"].as_str().unwrap().to_owned(),
-            body["key_id"].as_str().unwrap().to_owned(),
+        let created = checked(self.api.create_key(json!({})).await).answer("create key");
+        (created.access_key, created.key.key_id)
+    }
+
+    async fn start(&self, key: &str, id: &str, device: &str) -> Result<StartAnswer, ApiErr> {
+        checked(
+            self.api
+                .start(key, Some(id), Some(device), Some(device))
+                .await,
         )
     }
 
-    async fn start(&self, key: &str, id: &str, device: &str) -> (u16, Value) {
-        self.call(
-            "POST",
-            "/api/session/start",
-            Some(json!({"access_key": key, "session_id": id,
-                        "device": {"name": device, "fingerprint": device}})),
-        )
-        .await
-    }
-
-    async fn heartbeat(&self, key: &str, id: &str) -> (u16, Value) {
-        self.call(
-            "POST",
-            "/api/session/heartbeat",
-            Some(json!({"access_key": key, "session_id": id})),
-        )
-        .await
+    async fn heartbeat(&self, key: &str, id: &str) -> Result<HeartbeatAnswer, ApiErr> {
+        checked(self.api.heartbeat(key, id).await)
     }
 
     /// Every event, newest first.
-    async fn events(&self) -> Vec<Value> {
-        let (status, body) = self.call("GET", "/api/admin/events?limit=1000", None).await;
-        assert_eq!(status, 200, "{body}");
-        body["events"].as_array().unwrap().clone()
+    async fn events(&self) -> Vec<Event> {
+        checked(self.api.events("limit=1000").await)
+            .answer("events")
+            .events
     }
 
     async fn key_count(&self) -> usize {
-        let (status, body) = self.call("GET", "/api/admin/keys?limit=1000", None).await;
-        assert_eq!(status, 200, "{body}");
-        body["keys"].as_array().unwrap().len()
+        checked(self.api.list_keys("limit=1000").await)
+            .answer("keys")
+            .keys
+            .len()
     }
 
     fn kill(&mut self) {
@@ -173,8 +144,17 @@ impl Server {
     }
 }
 
-fn is_unavailable(body: &Value) -> bool {
-    body["error"]["code"] == "unavailable" && body["error"]["message"].is_string()
+/// Every answer arrives, and a 5xx is 503 `unavailable`.
+#[track_caller]
+fn checked<T>(answer: Result<T, ApiErr>) -> Result<T, ApiErr> {
+    if let Err(e) = &answer {
+        assert!(!e.no_answer(), "{e}");
+        assert!(
+            e.status < 500 || e.is_unavailable(),
+            "{e} (a 5xx must be 503 unavailable)"
+        );
+    }
+    answer
 }
 
 /// A start-up failure: non-zero exit, one `keyseat: ...` line, no panic.
@@ -242,16 +222,18 @@ async fn locked_database_at_start_up() {
     let args = serve_args(&db, port);
     let mut s = spawn(&args[0], &args[1..], &dir.path().join("1.log"), port);
     // While it waits for the lock, every answer is 503.
-    let client = reqwest::Client::new();
     let mut answered = 0;
     let deadline = Instant::now() + Duration::from_secs(2);
     while Instant::now() < deadline {
-        if let Ok(r) = client.get(format!("{}/health", s.url)).send().await {
-            assert_eq!(r.status(), 503);
-            let (status, body) = s.call("GET", "/api/admin/keys", None).await;
-            assert_eq!(status, 503, "{body}");
-            assert!(is_unavailable(&body), "{body}");
-            answered += 1;
+        match s.api.health().await {
+            Err(e) if e.no_answer() => {} // not listening yet
+            health => {
+                assert_eq!(health.err().map(|e| e.status), Some(503));
+                let e = checked(s.api.list_keys("").await).unwrap_err();
+                assert_eq!(e.status, 503, "{e}");
+                assert!(e.is_unavailable(), "{e}");
+                answered += 1;
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -291,7 +273,7 @@ async fn locked_database_while_running() {
     let mut s = spawn(&args[0], &args[1..], &dir.path().join("1.log"), port);
     s.ready().await.unwrap();
     let (key, key_id) = s.create_key().await;
-    assert_eq!(s.start(&key, "live-before-lock", "a").await.0, 200);
+    s.start(&key, "live-before-lock", "a").await.answer("start");
     let events_before = s.events().await.len();
     let keys_before = s.key_count().await;
 
@@ -299,34 +281,24 @@ async fn locked_database_while_running() {
     lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let (start, create, end, hb, status) = tokio::join!(
         s.start(&key, "started-while-locked", "b"),
-        s.call(
-            "POST",
-            "/api/admin/keys",
-            Some(json!({"label": "while locked"}))
-        ),
-        s.call(
-            "POST",
-            "/api/session/end",
-            Some(json!({"access_key": key, "session_id": "live-before-lock"}))
-        ),
+        s.api.create_key(json!({"label": "while locked"})),
+        s.api.end(&key, "live-before-lock"),
         s.heartbeat(&key, "live-before-lock"),
-        s.call(
-            "POST",
-            "/api/session/status",
-            Some(json!({"access_key": key}))
-        ),
+        s.api.status(&key),
     );
     lock.execute_batch("COMMIT").unwrap();
-    for (what, (code, body)) in [("start", &start), ("create key", &create), ("end", &end)] {
-        assert_eq!(*code, 503, "{what} while locked: {body}");
-        assert!(is_unavailable(body), "{what}: {body}");
+    let (create, end, status) = (checked(create), checked(end), checked(status));
+    for (what, refused) in [
+        ("start", start.err()),
+        ("create key", create.err()),
+        ("end", end.err()),
+    ] {
+        let e = refused.unwrap_or_else(|| panic!("{what} while locked: succeeded"));
+        assert_eq!(e.status, 503, "{what} while locked: {e}");
+        assert!(e.is_unavailable(), "{what}: {e}");
     }
-    assert_eq!(hb.0, 200, "heartbeats are answered from memory: {}", hb.1);
-    assert_eq!(
-        status.0, 200,
-        "reads work while a writer holds the lock: {}",
-        status.1
-    );
+    hb.answer("heartbeats are answered from memory");
+    status.answer("reads work while a writer holds the lock");
 
     // Nothing half-applied.
     assert_eq!(
@@ -335,17 +307,16 @@ async fn locked_database_while_running() {
         "no event was recorded"
     );
     assert_eq!(s.key_count().await, keys_before, "no key was created");
-    let (code, body) = s.heartbeat(&key, "started-while-locked").await;
-    assert_eq!(code, 404, "the refused start left no session: {body}");
-    let (code, body) = s.heartbeat(&key, "live-before-lock").await;
-    assert_eq!(code, 200, "the refused end ended nothing: {body}");
+    let e = s.heartbeat(&key, "started-while-locked").await.unwrap_err();
+    assert_eq!(e.status, 404, "the refused start left no session: {e}");
+    let beat = s.heartbeat(&key, "live-before-lock").await;
+    beat.answer("the refused end ended nothing");
 
     // Recovered, without a restart.
-    assert_eq!(s.start(&key, "started-after-lock", "c").await.0, 200);
-    let (code, body) = s
-        .call("POST", &format!("/api/admin/keys/{key_id}/revoke"), None)
-        .await;
-    assert_eq!(code, 200, "{body}");
+    s.start(&key, "started-after-lock", "c")
+        .await
+        .answer("start");
+    checked(s.api.revoke_key(&key_id).await).answer("revoke");
     s.kill();
 }
 
@@ -387,8 +358,8 @@ async fn read_only_file_system_at_start_up() {
         }
         Ok(()) => {
             // If it serves reads, every write must be 503.
-            let (code, body) = s.call("POST", "/api/admin/keys", Some(json!({}))).await;
-            assert_eq!(code, 503, "{body}");
+            let e = checked(s.api.create_key(json!({})).await).unwrap_err();
+            assert_eq!(e.status, 503, "{e}");
             s.kill();
         }
     }
@@ -406,7 +377,7 @@ async fn files_turning_unwritable_while_running() {
     let mut s = spawn(&args[0], &args[1..], &dir.path().join("1.log"), port);
     s.ready().await.unwrap();
     let (key, _) = s.create_key().await;
-    assert_eq!(s.start(&key, "live-before", "a").await.0, 200);
+    s.start(&key, "live-before", "a").await.answer("start");
     let events_before = s.events().await.len();
     let keys_before = s.key_count().await;
 
@@ -432,12 +403,14 @@ async fn files_turning_unwritable_while_running() {
         guard.0.push(f.clone());
     }
 
-    let (code, body) = s.start(&key, "started-while-readonly", "b").await;
-    assert_eq!(code, 503, "start on an unwritable file: {body}");
-    let (code, body) = s.call("POST", "/api/admin/keys", Some(json!({}))).await;
-    assert_eq!(code, 503, "key creation on an unwritable file: {body}");
-    let (code, body) = s.heartbeat(&key, "live-before").await;
-    assert_eq!(code, 200, "{body}");
+    let e = s
+        .start(&key, "started-while-readonly", "b")
+        .await
+        .unwrap_err();
+    assert_eq!(e.status, 503, "start on an unwritable file: {e}");
+    let e = checked(s.api.create_key(json!({})).await).unwrap_err();
+    assert_eq!(e.status, 503, "key creation on an unwritable file: {e}");
+    s.heartbeat(&key, "live-before").await.answer("heartbeat");
     drop(guard);
 
     // Nothing half-applied, and writes work again.
@@ -447,15 +420,17 @@ async fn files_turning_unwritable_while_running() {
         "no event was recorded"
     );
     assert_eq!(s.key_count().await, keys_before, "no key was created");
-    let (code, body) = s.heartbeat(&key, "started-while-readonly").await;
-    assert_eq!(code, 404, "the refused start left no session: {body}");
+    let e = s
+        .heartbeat(&key, "started-while-readonly")
+        .await
+        .unwrap_err();
+    assert_eq!(e.status, 404, "the refused start left no session: {e}");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (code, body) = s.start(&key, "started-after", "c").await;
-        if code == 200 {
+        let Err(e) = s.start(&key, "started-after", "c").await else {
             break;
-        }
-        assert!(Instant::now() < deadline, "never recovered: {code} {body}");
+        };
+        assert!(Instant::now() < deadline, "never recovered: {e}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     s.kill();
@@ -522,14 +497,12 @@ async fn full_disk_while_running() {
     let (mut s, _) = serve_on_tmpfs(dir.path(), &data, "1m", "1.log");
     s.ready().await.unwrap();
     let (key, key_id) = s.create_key().await;
-    let (status, _) = s
-        .call(
-            "PATCH",
-            &format!("/api/admin/keys/{key_id}"),
-            Some(json!({"max_sessions": 1000})),
-        )
-        .await;
-    assert_eq!(status, 200);
+    let patched = checked(
+        s.api
+            .patch_key(&key_id, json!({"max_sessions": 1000}))
+            .await,
+    );
+    patched.answer("patch");
 
     let pad = "x".repeat(120);
     let mut acked = Vec::new();
@@ -542,20 +515,16 @@ async fn full_disk_while_running() {
         assert!(Instant::now() < deadline, "the disk never filled up");
         n += 1;
         let id = format!("fill-{n:06}");
-        let (code, body) = s.start(&key, &id, &format!("{pad}{n}")).await;
-        match code {
-            200 => acked.push(id),
-            503 => refused.push(id),
-            _ => panic!("start {id}: {code} {body}"),
+        match s.start(&key, &id, &format!("{pad}{n}")).await {
+            Ok(_) => acked.push(id),
+            Err(e) if e.status == 503 => refused.push(id),
+            Err(e) => panic!("start {id}: {e}"),
         }
         if n % 10 == 0 {
-            let (code, body) = s
-                .call("POST", "/api/admin/keys", Some(json!({"label": pad})))
-                .await;
-            match code {
-                201 => keys_acked += 1,
-                503 => keys_refused += 1,
-                _ => panic!("create key: {code} {body}"),
+            match checked(s.api.create_key(json!({"label": pad})).await) {
+                Ok(_) => keys_acked += 1,
+                Err(e) if e.status == 503 => keys_refused += 1,
+                Err(e) => panic!("create key: {e}"),
             }
         }
     }
@@ -573,25 +542,23 @@ async fn full_disk_while_running() {
     );
     let events = s.events().await;
     for id in &refused {
-        let (code, body) = s.heartbeat(&key, id).await;
+        let beat = s.heartbeat(&key, id).await;
+        let e = beat.expect_err("a refused start left no session");
         assert!(
-            code == 404 || (code == 503 && is_unavailable(&body)),
-            "refused start {id}: heartbeat {code} {body}"
+            e.status == 404 || e.is_unavailable(),
+            "refused start {id}: heartbeat {e}"
         );
         assert!(
-            !events.iter().any(|e| e["session_id"] == json!(id)),
+            !events.iter().any(|e| e.session_id.as_ref() == Some(id)),
             "refused start {id} left an event"
         );
     }
-    let (code, body) = s
-        .call("GET", &format!("/api/admin/sessions?key_id={key_id}"), None)
-        .await;
-    assert_eq!(code, 200, "{body}");
-    let live: Vec<&str> = body["sessions"]
-        .as_array()
-        .unwrap()
+    let query = format!("key_id={key_id}");
+    let list = checked(s.api.sessions(&query).await).answer("sessions");
+    let live: Vec<&str> = list
+        .sessions
         .iter()
-        .map(|s| s["session_id"].as_str().unwrap())
+        .map(|s| s.session_id.as_str())
         .collect();
     for id in &acked {
         assert!(
@@ -610,11 +577,10 @@ async fn full_disk_while_running() {
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (code, body) = s.start(&key, "after-more-room", "z").await;
-        if code == 200 {
+        let Err(e) = s.start(&key, "after-more-room", "z").await else {
             break;
-        }
-        assert!(Instant::now() < deadline, "never recovered: {code} {body}");
+        };
+        assert!(Instant::now() < deadline, "never recovered: {e}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // The file as the server sees it is sound.

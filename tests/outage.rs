@@ -20,14 +20,15 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::{json, Value};
+use common::api::{Answered, Api};
+use serde_json::json;
 
 const ADMIN_TOKEN: &str = "outage-admin-token-0123456789";
 const TIMEOUT_SECS: u64 = 3;
 
 struct Proc {
     child: Child,
-    url: String,
+    api: Api,
     log: PathBuf,
     /// Wall-clock time just before the process was spawned (Unix ms).
     spawned_ms: i64,
@@ -40,13 +41,6 @@ fn unix_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
-}
-
-async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
-    let resp = req.send().await.expect("request");
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 /// Starts `keyseat serve` on `db` and waits until `/health` answers 200.
@@ -66,7 +60,7 @@ async fn serve(db: &Path, log: &Path) -> Proc {
     common::wait_healthy(&mut child, &url, log).await;
     Proc {
         child,
-        url,
+        api: Api::new(&url).with_admin(ADMIN_TOKEN),
         log: log.to_owned(),
         spawned_ms,
         ready_seen_ms: unix_ms(),
@@ -81,69 +75,28 @@ impl Proc {
         assert!(!log.contains("panicked"), "server panicked:\n{log}");
     }
 
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        send(
-            reqwest::Client::new()
-                .post(format!("{}{path}", self.url))
-                .json(&body),
-        )
-        .await
-    }
-
-    async fn create_key(&self, body: Value) -> String {
-        let (status, key) = send(
-            reqwest::Client::new()
-                .post(format!("{}/api/admin/keys", self.url))
-                .bearer_auth(ADMIN_TOKEN)
-                .json(&body),
-        )
-        .await;
-        assert_eq!(status, 201, "{key}");
-        key["access_key"].as_str().unwrap().to_owned()
+    async fn create_key(&self, body: serde_json::Value) -> String {
+        self.api
+            .create_key(body)
+            .await
+            .answer("create key")
+            .access_key
     }
 
     async fn start(&self, key: &str, id: &str) {
-        let (status, body) = self
-            .post(
-                "/api/session/start",
-                json!({"access_key": key, "session_id": id, "device": {"name": id}}),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-    }
-
-    async fn heartbeat(&self, key: &str, id: &str) -> (u16, Value) {
-        self.post(
-            "/api/session/heartbeat",
-            json!({"access_key": key, "session_id": id}),
-        )
-        .await
+        let started = self.api.start(key, Some(id), Some(id), None).await;
+        started.answer("start");
     }
 
     /// The key's live session ids with their `expires_at` (Unix ms).
     async fn live(&self, key: &str) -> Vec<(String, i64)> {
-        let (status, body) = self
-            .post("/api/session/status", json!({"access_key": key}))
-            .await;
-        assert_eq!(status, 200, "{body}");
-        body["sessions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| {
-                (
-                    s["session_id"].as_str().unwrap().to_owned(),
-                    rfc3339_ms(s["expires_at"].as_str().unwrap()),
-                )
-            })
+        let status = self.api.status(key).await.answer("status");
+        status
+            .sessions
+            .into_iter()
+            .map(|s| (s.session_id, s.expires_at.0))
             .collect()
     }
-}
-
-fn rfc3339_ms(s: &str) -> i64 {
-    keyseat::clock::Timestamp::parse_rfc3339(s)
-        .unwrap_or_else(|| panic!("not a timestamp: {s}"))
-        .0
 }
 
 async fn sleep_until_ms(t: i64) {
@@ -182,11 +135,15 @@ async fn sessions_live_at_a_crash_get_one_full_timeout_from_readiness() {
     let earliest_deadline = p.spawned_ms + (TIMEOUT_SECS * 1000) as i64;
     let latest_deadline = p.ready_seen_ms + (TIMEOUT_SECS * 1000) as i64;
 
-    let (status, body) = p.heartbeat(&key, "device-that-stays").await;
-    assert_eq!(status, 200, "heartbeating device carries on: {body}");
-    let (status, body) = p.heartbeat(&dead, "dead-before-the-crash").await;
-    assert_eq!(status, 410, "a restart revives nothing: {body}");
-    assert_eq!(body["error"]["code"], "session_expired");
+    let beat = p.api.heartbeat(&key, "device-that-stays").await;
+    beat.answer("heartbeating device carries on");
+    let e = p
+        .api
+        .heartbeat(&dead, "dead-before-the-crash")
+        .await
+        .unwrap_err();
+    assert_eq!(e.status, 410, "a restart revives nothing: {e}");
+    assert_eq!(e.code, "session_expired");
 
     let live = p.live(&key).await;
     let goes = live
@@ -209,17 +166,15 @@ async fn sessions_live_at_a_crash_get_one_full_timeout_from_readiness() {
     let mut probes = 0;
     let probe_at = earliest_deadline - 300;
     while unix_ms() < probe_at {
-        let (status, body) = p.heartbeat(&key, "device-that-stays").await;
-        assert_eq!(status, 200, "{body}");
+        let beat = p.api.heartbeat(&key, "device-that-stays").await;
+        beat.answer("heartbeat");
         sleep_until_ms((unix_ms() + 500).min(probe_at)).await;
     }
     let sent = unix_ms();
     let live = p.live(&key).await;
-    let (status, body) = p
-        .post(
-            "/api/session/start",
-            json!({"access_key": key, "session_id": "newcomer-too-early"}),
-        )
+    let newcomer = p
+        .api
+        .start(&key, Some("newcomer-too-early"), None, None)
         .await;
     let answered = unix_ms();
     if answered < earliest_deadline {
@@ -230,36 +185,30 @@ async fn sessions_live_at_a_crash_get_one_full_timeout_from_readiness() {
             earliest_deadline - sent,
             earliest_deadline - answered
         );
-        assert_eq!(status, 409, "both seats are still held: {body}");
-        assert_eq!(body["error"]["code"], "seats_full");
+        let e = newcomer.expect_err("both seats are still held");
+        assert_eq!(e.status, 409, "both seats are still held: {e}");
+        assert_eq!(e.code, "seats_full");
     } else {
         eprintln!("machine too slow for the early probe (answered after the deadline); skipped");
-        if status == 200 {
+        if newcomer.is_ok() {
             // The newcomer took the seat after the deadline: give it back.
-            let (status, body) = p
-                .post(
-                    "/api/session/end",
-                    json!({"access_key": key, "session_id": "newcomer-too-early"}),
-                )
-                .await;
-            assert_eq!(status, 200, "{body}");
+            let end = p.api.end(&key, "newcomer-too-early").await;
+            end.answer("end");
         }
     }
 
     // Past the latest deadline it is gone, and its seat is free.
-    let (status, body) = p.heartbeat(&key, "device-that-stays").await;
-    assert_eq!(status, 200, "{body}");
+    let beat = p.api.heartbeat(&key, "device-that-stays").await;
+    beat.answer("heartbeat");
     sleep_until_ms(latest_deadline + 200).await;
-    let (status, body) = p.heartbeat(&key, "device-that-goes").await;
-    assert_eq!(status, 410, "expired one timeout after readiness: {body}");
-    assert_eq!(body["error"]["code"], "session_expired");
-    let (status, body) = p
-        .post(
-            "/api/session/start",
-            json!({"access_key": key, "session_id": "newcomer-in-time"}),
-        )
+    let e = p.api.heartbeat(&key, "device-that-goes").await.unwrap_err();
+    assert_eq!(e.status, 410, "expired one timeout after readiness: {e}");
+    assert_eq!(e.code, "session_expired");
+    let newcomer = p
+        .api
+        .start(&key, Some("newcomer-in-time"), None, None)
         .await;
-    assert_eq!(status, 200, "the silent device's seat is free: {body}");
+    newcomer.answer("the silent device's seat is free");
     println!("outage: early probes that bit: {probes}");
     let mut p = p;
     p.sigkill();
@@ -290,8 +239,8 @@ async fn a_session_close_to_its_deadline_at_a_crash_gets_a_full_timeout() {
     // Still live after its original lease would have ended.
     sleep_until_ms(started + (TIMEOUT_SECS * 1000) as i64 + 300).await;
     if unix_ms() < p.spawned_ms + (TIMEOUT_SECS * 1000) as i64 - 100 {
-        let (status, body) = p.heartbeat(&key, "almost-expired").await;
-        assert_eq!(status, 200, "expired on its pre-crash lease: {body}");
+        let beat = p.api.heartbeat(&key, "almost-expired").await;
+        beat.answer("expired on its pre-crash lease");
     }
     let mut p = p;
     p.sigkill();

@@ -1,5 +1,5 @@
 //! What the fuzz targets share (`tests/fuzz_http.rs`,
-//! `tests/fuzz_parsers.rs`): a proptest runner that takes its case count
+//! `tests/fuzz_parsers/`): a proptest runner that takes its case count
 //! from `PROPTEST_CASES` and says how many inputs it ran, and the real
 //! router over a real store, in-process, with no listener in the way.
 

@@ -3,6 +3,7 @@
 //! moving time, not by sleeping.
 #![allow(dead_code)]
 
+pub mod api;
 pub mod fuzz;
 
 /// A command for `program` (the real binary, or a wrapper such as
@@ -138,6 +139,11 @@ impl TestServer {
             server: Some(server),
             _dir: dir,
         }
+    }
+
+    /// The typed client of this server, with its admin token.
+    pub fn api(&self) -> api::Api {
+        api::Api::new(&self.url).with_admin(ADMIN_TOKEN)
     }
 
     pub fn db_path(&self) -> PathBuf {

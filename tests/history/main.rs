@@ -1,0 +1,425 @@
+//! Concurrent history check: many clients hammer three keys over real HTTP
+//! for a few seconds; every request is recorded with the instant it was
+//! sent and the instant its answer arrived (one shared monotonic clock);
+//! then a checker decides whether the recorded history is one the contract
+//! allows. See docs/correctness.md for the same explanation with figures.
+//!
+//! The keys: 1 seat `takeover`, 2 seats `reject`, 3 seats `takeover`. The
+//! server runs with heartbeat 1 s and timeout 2 s (the smallest the config
+//! accepts) on a manual clock that a ticker moves five times faster than
+//! real time, so sessions whose client pauses expire during the run.
+//!
+//! How the checker decides. Each operation took effect at one instant
+//! between its send and its answer (that is all a client can know), and a
+//! session's life is one interval: it starts once, and once it is not live
+//! it never is again.
+//!
+//! (a) Never more live sessions than seats, checked twice:
+//!   1. From the clients' side. A session is *certainly live* from the
+//!      answer to its start until the send of the last request that saw it
+//!      live (a heartbeat or start retry answered 200, an end or kick
+//!      answered `ended: true`, a status listing it): the start took effect
+//!      before its answer, that request took effect after its send, and a
+//!      life has no gaps. If more sessions of a key than it has seats are
+//!      certainly live at one instant, the server broke the invariant,
+//!      whatever the real order was. (Sound but not complete: it can only
+//!      miss violations, never invent one.)
+//!   2. Exactly, from the server's audit log, replayed in commit order
+//!      (event ids). A `session_started` adds a session, an end event
+//!      removes it; an expiry is written by the sweep some time after the
+//!      lease ran out, so at each start the sessions whose lease had run
+//!      out by that start's time (the `session_expired` event's `at`) do not
+//!      count. At every start the count, the new session included, must be
+//!      at most the seats. After the run the clock is moved past every lease
+//!      and the sweep run, so every session must have exactly one end.
+//!
+//! (b) No heartbeat success after the session's end was acknowledged: once
+//!   any client received an answer saying a session is over (its end or
+//!   kick answered, a start answer listing it as terminated, a heartbeat
+//!   answered 409/410, a start retry answered `session_id_taken`, a status
+//!   sent after its start not listing it), no request *sent after that
+//!   answer arrived* may see it live.
+//!
+//! (c) Fences: strictly increasing per key in commit order of the starts,
+//!   hence unique; what each client was told equals the logged fence; and a
+//!   start sent after another start of the key was answered has the higher
+//!   fence (real-time order).
+//!
+//! Also checked: every start answered 200 is in the log; every supersede a
+//! start reported is logged as superseded by that start; every
+//! `seats_full` answer is a `start_rejected` event; an expired session's
+//! expiry is exactly the lease the last successful heartbeat announced
+//! (never early, never late); no 5xx other than 503, no 404 for a session
+//! that was started.
+//!
+//! `HISTORY_SECONDS` (default 4) sets the length of the run.
+
+mod check;
+mod checker_tests;
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use check::check;
+use common::api::{Answered, Api, ApiErr};
+use common::TestServer;
+use keyseat::model::Event;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+const CLIENTS: usize = 24;
+/// The manual clock moves this many milliseconds...
+const TICK_SERVER_MS: i64 = 25;
+/// ...every this many real milliseconds (5x real time).
+const TICK_REAL_MS: u64 = 5;
+const TIMEOUT_MS: i64 = 2_000;
+
+/// (seats, policy) of each key.
+const KEYS: [(usize, &str); 3] = [(1, "takeover"), (2, "reject"), (3, "takeover")];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Start,
+    Heartbeat,
+    End,
+    Kick,
+    Status,
+}
+
+/// One request and its answer. Times are nanoseconds since the run began,
+/// from one monotonic clock shared by all clients.
+#[derive(Debug, Clone)]
+struct Rec {
+    client: usize,
+    key: usize,
+    kind: Kind,
+    /// The session it is about (a start: the id it asked for or was given).
+    sid: Option<String>,
+    send: u64,
+    recv: u64,
+    /// 0 when no answer came (connection error).
+    status: u16,
+    body: Value,
+}
+
+impl Rec {
+    fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+
+    fn short(&self) -> String {
+        format!(
+            "client {} {:?} key {} {} [{:.3}..{:.3} ms] -> {} {}",
+            self.client,
+            self.kind,
+            self.key,
+            self.sid.as_deref().unwrap_or("-"),
+            self.send as f64 / 1e6,
+            self.recv as f64 / 1e6,
+            self.status,
+            self.body
+        )
+    }
+}
+
+/// A client's connection to the server, recording everything it does.
+struct Recorder {
+    client: usize,
+    t0: Instant,
+    recs: Vec<Rec>,
+}
+
+impl Recorder {
+    fn now(&self) -> u64 {
+        self.t0.elapsed().as_nanos() as u64
+    }
+
+    /// Sends `request` (not sent until awaited here) and records it with
+    /// its answer as JSON.
+    async fn call<T: Serialize>(
+        &mut self,
+        key: usize,
+        kind: Kind,
+        sid: Option<String>,
+        request: impl Future<Output = Result<T, ApiErr>>,
+    ) -> Rec {
+        let send = self.now();
+        let (status, body) = match request.await {
+            Ok(answer) => (
+                200,
+                serde_json::to_value(answer).expect("an answer is JSON"),
+            ),
+            Err(e) => (e.status, e.body),
+        };
+        let recv = self.now();
+        let sid = sid.or_else(|| body["session_id"].as_str().map(str::to_owned));
+        let rec = Rec {
+            client: self.client,
+            key,
+            kind,
+            sid,
+            send,
+            recv,
+            status,
+            body,
+        };
+        self.recs.push(rec.clone());
+        rec
+    }
+}
+
+/// One client: starts sessions on random keys, heartbeats them for a while,
+/// then ends them, has them kicked, lets them expire or just abandons them
+/// (a ghost for its next start, which may carry the same fingerprint).
+async fn client(
+    id: usize,
+    seed: u64,
+    api: Api,
+    keys: Arc<Vec<String>>,
+    known: Arc<Mutex<Vec<(usize, String)>>>,
+    t0: Instant,
+    until: Instant,
+) -> Vec<Rec> {
+    let mut rng = StdRng::seed_from_u64(seed ^ (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut r = Recorder {
+        client: id,
+        t0,
+        recs: Vec::new(),
+    };
+    let mut n = 0;
+    let pause = |rng: &mut StdRng, max: u64| Duration::from_millis(rng.gen_range(0..=max));
+    while Instant::now() < until {
+        let k = rng.gen_range(0..keys.len());
+        let access_key = keys[k].clone();
+        let device = format!("dev-{id}");
+        let fingerprint = rng.gen_bool(0.3).then(|| format!("fp-{id}"));
+        let own_sid = rng.gen_bool(0.5).then(|| {
+            n += 1;
+            format!("hist-{id}-{n}")
+        });
+        let start_it = || {
+            api.start(
+                &access_key,
+                own_sid.as_deref(),
+                Some(&device),
+                fingerprint.as_deref(),
+            )
+        };
+        let start = r.call(k, Kind::Start, own_sid.clone(), start_it()).await;
+        if start.status != 200 {
+            tokio::time::sleep(pause(&mut rng, 20)).await;
+            continue;
+        }
+        let sid = start.sid.clone().expect("a started session has an id");
+        known.lock().unwrap().push((k, sid.clone()));
+        let mut over = false;
+        for _ in 0..rng.gen_range(1..8) {
+            // Now and then a pause near the timeout (400 ms real): the
+            // heartbeat races the lease running out and the sweep.
+            let wait = if rng.gen_bool(0.1) {
+                Duration::from_millis(rng.gen_range(300..500))
+            } else {
+                pause(&mut rng, 20)
+            };
+            tokio::time::sleep(wait).await;
+            let roll = rng.gen_range(0..100);
+            if roll < 75 {
+                let beat = api.heartbeat(&access_key, &sid);
+                let hb = r.call(k, Kind::Heartbeat, Some(sid.clone()), beat).await;
+                if hb.status != 200 {
+                    over = true;
+                    break;
+                }
+            } else if roll < 85 && own_sid.is_some() {
+                // A retry of the start with the same id.
+                let again = r.call(k, Kind::Start, own_sid.clone(), start_it()).await;
+                if again.status != 200 {
+                    over = true;
+                    break;
+                }
+            } else if roll < 92 {
+                r.call(k, Kind::Status, None, api.status(&access_key)).await;
+            } else {
+                // An admin kicks someone's session on this key.
+                let victim = {
+                    let known = known.lock().unwrap();
+                    let of_key: Vec<&String> = known
+                        .iter()
+                        .filter(|(kk, _)| *kk == k)
+                        .map(|(_, s)| s)
+                        .collect();
+                    of_key[rng.gen_range(0..of_key.len())].clone()
+                };
+                r.call(k, Kind::Kick, Some(victim.clone()), api.kick(&victim))
+                    .await;
+            }
+        }
+        if over {
+            continue;
+        }
+        match rng.gen_range(0..100) {
+            0..=49 => {
+                let end = api.end(&access_key, &sid);
+                r.call(k, Kind::End, Some(sid.clone()), end).await;
+            }
+            50..=64 => {
+                r.call(k, Kind::Kick, Some(sid.clone()), api.kick(&sid))
+                    .await;
+            }
+            65..=84 => {
+                // Goes quiet around the timeout (400 ms real), then asks.
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(300..900))).await;
+                let beat = api.heartbeat(&access_key, &sid);
+                r.call(k, Kind::Heartbeat, Some(sid.clone()), beat).await;
+            }
+            _ => {} // abandons it: a ghost
+        }
+    }
+    r.recs
+}
+
+/// Every event, oldest first (commit order), through the paged admin API.
+async fn all_events(api: &Api) -> Vec<Value> {
+    let mut out: Vec<Event> = Vec::new();
+    let mut before: Option<i64> = None;
+    loop {
+        let query = match before {
+            Some(b) => format!("limit=1000&before={b}"),
+            None => "limit=1000".to_owned(),
+        };
+        let page = api.events(&query).await.answer("events");
+        out.extend(page.events);
+        match page.next_before {
+            Some(b) => before = Some(b),
+            None => break,
+        }
+    }
+    out.reverse();
+    assert!(
+        out.windows(2).all(|w| w[0].id < w[1].id),
+        "event ids in commit order"
+    );
+    let json = out.iter().map(serde_json::to_value);
+    json.collect::<Result<_, _>>().expect("events are JSON")
+}
+
+/// Many clients on three keys for a few seconds; the recorded history must
+/// never show more live sessions than seats, a heartbeat success after an
+/// acknowledged end, or a fence out of order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_history_keeps_the_seat_invariant() {
+    let secs: f64 = std::env::var("HISTORY_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4.0);
+    let seed: u64 = std::env::var("HISTORY_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(rand::random);
+    let s = TestServer::start_with(|c| {
+        c.heartbeat_interval_seconds = 1;
+        c.session_timeout_seconds = (TIMEOUT_MS / 1000) as u64;
+        c.sweep_interval_seconds = 1;
+    })
+    .await;
+    let api = s.api();
+    let mut keys = Vec::new();
+    let mut key_ids = Vec::new();
+    for (seats, policy) in KEYS {
+        let body = json!({"max_sessions": seats, "on_conflict": policy});
+        let created = api.create_key(body).await.answer("create key");
+        keys.push(created.access_key);
+        key_ids.push(created.key.key_id);
+    }
+
+    // The server's clock runs 5x faster than real time.
+    let ticking = Arc::new(AtomicBool::new(true));
+    let ticker = {
+        let (clock, ticking) = (s.clock.clone(), ticking.clone());
+        std::thread::spawn(move || {
+            while ticking.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(TICK_REAL_MS));
+                clock.advance_millis(TICK_SERVER_MS);
+            }
+        })
+    };
+
+    let began = Instant::now();
+    let server_began = s.now();
+    let until = began + Duration::from_secs_f64(secs);
+    let keys = Arc::new(keys);
+    let known = Arc::new(Mutex::new(Vec::new()));
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|id| {
+            tokio::spawn(client(
+                id,
+                seed,
+                s.api(),
+                keys.clone(),
+                known.clone(),
+                began,
+                until,
+            ))
+        })
+        .collect();
+    let mut recs = Vec::new();
+    for t in tasks {
+        recs.extend(t.await.expect("client task"));
+    }
+    ticking.store(false, Ordering::Relaxed);
+    ticker.join().unwrap();
+    let server_secs = (s.now().millis() - server_began.millis()) as f64 / 1e3;
+    let real_secs = began.elapsed().as_secs_f64();
+
+    // Every lease runs out; the sweep records each expiry.
+    s.clock.advance_millis(TIMEOUT_MS + 1_000);
+    let store = s.store();
+    let now = s.now();
+    keyseat::store::blocking(move || store.sweep(now, 30, false))
+        .await
+        .expect("sweep");
+    let events = all_events(&api).await;
+
+    let mut violations = Vec::new();
+    let stats = check(&recs, &events, &key_ids, &mut violations);
+    eprintln!(
+        "history: {} ops by {CLIENTS} clients in {real_secs:.1} s (server clock: \
+         {server_secs:.1} s) checked against {} events (seed {seed}); {} starts ok, {} rejected, {} superseded, {} expired, {} shed; \
+         max live per key: certain {:?}, in log {:?}, seats {:?}",
+        stats.ops,
+        stats.events,
+        stats.starts_ok,
+        stats.rejected,
+        stats.superseded,
+        stats.expired,
+        stats.shed,
+        stats.max_certainly_live,
+        stats.max_live_in_log,
+        KEYS.map(|(n, _)| n),
+    );
+    for (k, types) in stats.by_type.iter().enumerate() {
+        eprintln!("  key {k} {:?}: {types:?}", KEYS[k]);
+    }
+    assert!(
+        violations.is_empty(),
+        "{} violation(s) (HISTORY_SEED={seed} to rerun the same clients):\n{}",
+        violations.len(),
+        violations
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // The run must have exercised what it checks.
+    assert!(
+        stats.starts_ok > 50 && stats.superseded > 5 && stats.rejected > 5 && stats.expired > 0,
+        "too little happened to prove anything: {stats:?}"
+    );
+}
