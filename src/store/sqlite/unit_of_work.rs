@@ -1,0 +1,298 @@
+//! [`UnitOfWork`]: what every operation reads and writes through. Not a
+//! transaction (the caller opens and commits that) but a view and a change
+//! log: reads of open sessions carry memory's exact leases, writes of
+//! leases carry the slack that keeps the disk's lease an upper bound, and
+//! what memory must learn is collected until the commit. So an operation
+//! is written once and runs the same for the CLI (disk only) and the
+//! server (disk and memory).
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::json;
+
+use super::rows::{key_by_hash, open_session_rows, session_row};
+use crate::clock::Timestamp;
+use crate::error::{Error, Result};
+use crate::keys::AccessKey;
+use crate::model::{Actor, EndReason, EventType, Key, Session};
+use crate::rules;
+use crate::store::memory::{Change, Memory};
+
+/// One unit of work on a connection. With `mem` (the server), the exact
+/// heartbeat and lease of each open session come from memory, disk leases
+/// get `slack` added (heartbeats reach the disk lazily, so the disk's lease
+/// must stay an upper bound of the true one), and what changes is collected
+/// in `changes` for memory to apply after the commit.
+pub struct UnitOfWork<'a> {
+    pub(in crate::store) conn: &'a Connection,
+    pub(in crate::store) mem: Option<&'a Memory>,
+    pub(in crate::store) slack_secs: u64,
+    pub(in crate::store) timeout_secs: u64,
+    pub(in crate::store) changes: Vec<Change>,
+}
+
+impl<'a> UnitOfWork<'a> {
+    /// Straight on the database (the CLI).
+    pub(in crate::store) fn on_disk(conn: &'a Connection) -> Self {
+        UnitOfWork {
+            conn,
+            mem: None,
+            slack_secs: 0,
+            timeout_secs: 0,
+            changes: Vec::new(),
+        }
+    }
+
+    /// With the server's memory.
+    pub(in crate::store) fn with_memory(
+        conn: &'a Connection,
+        mem: &'a Memory,
+        slack_secs: u64,
+        timeout_secs: u64,
+    ) -> Self {
+        UnitOfWork {
+            conn,
+            mem: Some(mem),
+            slack_secs,
+            timeout_secs,
+            changes: Vec::new(),
+        }
+    }
+
+    /// The exact lease of an open session: memory's, unless a write
+    /// earlier in this same batch (not yet applied to memory) extended it
+    /// on disk, e.g. a start retry.
+    pub(in crate::store) fn overlay(&self, mut s: Session) -> Session {
+        if s.ended_at.is_none() {
+            if let Some((hb, exp)) = self.mem.and_then(|m| m.lease_of(&s.session_id)) {
+                let row_heartbeat = s.last_heartbeat;
+                s.last_heartbeat = Timestamp(hb).max(row_heartbeat);
+                s.expires_at = Timestamp(exp).max(row_heartbeat.plus_secs(self.timeout_secs));
+            }
+        }
+        s
+    }
+
+    pub(in crate::store) fn session(&self, id: &str) -> Result<Option<Session>> {
+        Ok(session_row(self.conn, id)?.map(|s| self.overlay(s)))
+    }
+
+    pub(in crate::store) fn open_sessions_of(&self, key_id: &str) -> Result<Vec<Session>> {
+        Ok(open_session_rows(self.conn, key_id)?
+            .into_iter()
+            .map(|s| self.overlay(s))
+            .collect())
+    }
+
+    /// The lease end written to disk for a lease ending at `exact`.
+    pub(in crate::store) fn disk_lease(&self, exact: Timestamp) -> i64 {
+        exact.plus_secs(self.slack_secs.saturating_mul(2)).0
+    }
+
+    pub(in crate::store) fn record(&self, e: EventRecord<'_>) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO events (at, type, key_id, session_id, device_name, client_addr, detail) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                e.at.0,
+                e.event_type.as_str(),
+                e.key_id,
+                e.session_id,
+                e.device_name,
+                e.actor.0,
+                e.detail.map(|d| d.to_string()),
+            ])?;
+        Ok(())
+    }
+
+    /// Ends a session that is still open, records the event, returns the
+    /// session as it is now. `at` is when it ended (for expiry, the moment
+    /// its lease ran out, not the moment the sweep noticed).
+    #[allow(clippy::too_many_arguments)]
+    pub(in crate::store) fn end_open_session(
+        &mut self,
+        mut session: Session,
+        reason: EndReason,
+        at: Timestamp,
+        superseded_by: Option<&str>,
+        actor: &Actor,
+        detail: Option<serde_json::Value>,
+    ) -> Result<Session> {
+        let changed = self
+            .conn
+            .prepare_cached(
+                "UPDATE sessions SET ended_at = ?2, end_reason = ?3, superseded_by = ?4, \
+                 last_heartbeat = MAX(last_heartbeat, ?5) \
+                 WHERE session_id = ?1 AND ended_at IS NULL",
+            )?
+            .execute(params![
+                session.session_id,
+                at.0,
+                reason.as_str(),
+                superseded_by,
+                session.last_heartbeat.0,
+            ])?;
+        if changed == 1 {
+            self.record(EventRecord {
+                at,
+                event_type: EventType::for_end(reason),
+                key_id: Some(&session.key_id),
+                session_id: Some(&session.session_id),
+                device_name: session.device_name.as_deref(),
+                actor,
+                detail,
+            })?;
+            self.changes.push(Change::Ended {
+                id: session.session_id.clone(),
+            });
+        }
+        session.ended_at = Some(at);
+        session.end_reason = Some(reason);
+        session.superseded_by = superseded_by.map(str::to_owned);
+        Ok(session)
+    }
+
+    /// Records an open session whose lease has run out as expired.
+    /// The `expires_at` of a key, if it has one.
+    pub(in crate::store) fn key_expiry(&self, key_id: &str) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT expires_at FROM keys WHERE key_id = ?1")?
+            .query_row([key_id], |r| r.get(0))
+            .optional()?
+            .flatten())
+    }
+
+    /// Records how a session that is no longer live ended on its own: at
+    /// its key's expiry (revoked, cause `key_expired`) if the key expired
+    /// while the lease still ran, else at its lease end (expired). Every
+    /// path that finds a dead open session (sweep, key changes, starts,
+    /// heartbeats) comes here, so they agree on the reason whichever runs
+    /// first.
+    pub(in crate::store) fn record_expiry(&mut self, session: Session) -> Result<Session> {
+        match self
+            .key_expiry(&session.key_id)?
+            .filter(|k| *k < session.expires_at.0)
+        {
+            Some(k) => self.end_open_session(
+                session,
+                EndReason::Revoked,
+                Timestamp(k),
+                None,
+                &Actor::server(),
+                Some(json!({ "cause": "key_expired" })),
+            ),
+            None => {
+                let at = session.expires_at;
+                self.end_open_session(
+                    session,
+                    EndReason::Expired,
+                    at,
+                    None,
+                    &Actor::server(),
+                    None,
+                )
+            }
+        }
+    }
+
+    /// Ends the given live sessions with reason `revoked`.
+    pub(in crate::store) fn revoke_sessions(
+        &mut self,
+        sessions: Vec<Session>,
+        now: Timestamp,
+        actor: &Actor,
+        cause: &str,
+    ) -> Result<Vec<Session>> {
+        sessions
+            .into_iter()
+            .map(|s| {
+                self.end_open_session(
+                    s,
+                    EndReason::Revoked,
+                    now,
+                    None,
+                    actor,
+                    Some(json!({ "cause": cause })),
+                )
+            })
+            .collect()
+    }
+
+    /// Open sessions of a key split into (dead ones, now recorded as
+    /// expired; live ones).
+    pub(in crate::store) fn settle_open_sessions(
+        &mut self,
+        key_id: &str,
+        now: Timestamp,
+    ) -> Result<(Vec<Session>, Vec<Session>)> {
+        let (live, dead): (Vec<_>, Vec<_>) = self
+            .open_sessions_of(key_id)?
+            .into_iter()
+            .partition(|s| s.is_live_at(now));
+        let expired = dead
+            .into_iter()
+            .map(|s| self.record_expiry(s))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((expired, live))
+    }
+
+    pub(in crate::store) fn explain_not_live(&self, session: &Session, now: Timestamp) -> Error {
+        match rules::end_reason_at(session, now) {
+            Some(EndReason::Superseded) => {
+                let by = session
+                    .superseded_by
+                    .as_deref()
+                    .and_then(|id| session_row(self.conn, id).ok().flatten());
+                Error::SessionSuperseded {
+                    device_name: by.as_ref().and_then(|s| s.device_name.clone()),
+                    started_at: by.map(|s| s.started_at).or(session.ended_at).unwrap_or(now),
+                }
+            }
+            Some(reason) => Error::SessionOver(reason),
+            None => Error::Internal("session is live but was explained as ended".into()),
+        }
+    }
+
+    pub(in crate::store) fn set_server_state(&self, name: &str, value: i64) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO server_state (name, value) VALUES (?1, ?2) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            params![name, value],
+        )?;
+        Ok(())
+    }
+
+    pub(in crate::store) fn server_state(&self, name: &str) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT value FROM server_state WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// The key behind an access key, checked like on every session endpoint.
+    pub(in crate::store) fn usable_key(&self, key: &AccessKey, now: Timestamp) -> Result<Key> {
+        let found = key_by_hash(self.conn, &key.hash(), now)?.ok_or(Error::InvalidKey)?;
+        rules::check_key(&found, now)?;
+        Ok(found)
+    }
+}
+
+pub(in crate::store) struct EventRecord<'a> {
+    pub(in crate::store) at: Timestamp,
+    pub(in crate::store) event_type: EventType,
+    pub(in crate::store) key_id: Option<&'a str>,
+    pub(in crate::store) session_id: Option<&'a str>,
+    pub(in crate::store) device_name: Option<&'a str>,
+    pub(in crate::store) actor: &'a Actor,
+    pub(in crate::store) detail: Option<serde_json::Value>,
+}
+
+pub(in crate::store) const LAST_ALIVE: &str = "last_alive";
+pub(in crate::store) const LEASE_FLOOR: &str = "lease_floor";
+pub(in crate::store) const LEASE_SPAN: &str = "lease_span";
