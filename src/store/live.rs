@@ -522,14 +522,12 @@ impl Storage for LiveStore {
                 }
             }
         }
+        // One chunk per write, so the starts queued behind it wait little.
         loop {
-            let (revoked, sessions, events, more) = self.write(move |work| {
+            let step = self.write(move |work| {
                 sqlite::upkeep::end_expired_keys_and_prune(work, now, history_days, mark_alive)
             })?;
-            report.revoked.extend(revoked);
-            report.pruned_sessions += sessions;
-            report.pruned_events += events;
-            if !more {
+            if !step.add_to(&mut report) {
                 return Ok(report);
             }
         }

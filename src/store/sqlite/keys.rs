@@ -11,7 +11,7 @@ use super::unit_of_work::{EventRecord, UnitOfWork};
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::keys::{AccessKey, KeyHash};
-use crate::model::{Actor, ConflictPolicy, EventType, Key, KeyStatus, Session};
+use crate::model::{Actor, ConflictPolicy, EventType, Key, Session};
 use crate::rules;
 use crate::store::memory::{key_tag, Change, NEVER};
 use crate::store::{KeyChange, KeyPage, KeyPatch, KeySearch, NewKey};
@@ -57,21 +57,13 @@ pub(in crate::store) fn create(
     Ok(key)
 }
 
-/// The key as the caller should see it: live count from memory when the
-/// server holds it.
+/// The key as the caller should see it: seats in use counted by the rules
+/// over the sessions as the unit of work sees them (with memory's exact
+/// leases when the server holds them).
 fn fresh_key(work: &UnitOfWork<'_>, key_id: &str, now: Timestamp) -> Result<Key> {
     let mut key =
         key_by_id(work.conn, key_id, now)?.ok_or_else(|| Error::Internal("key vanished".into()))?;
-    if key.is_expired_at(now) {
-        // Its sessions ended when it expired, recorded or not yet.
-        key.live_sessions = 0;
-    } else if work.mem.is_some() {
-        key.live_sessions = work
-            .open_sessions_of(key_id)?
-            .iter()
-            .filter(|s| s.is_live_at(now))
-            .count() as u32;
-    }
+    key.live_sessions = rules::seats_in_use(&key, &work.open_sessions_of(key_id)?, now);
     Ok(key)
 }
 
@@ -83,17 +75,7 @@ pub(in crate::store) fn update(
     actor: &Actor,
 ) -> Result<KeyChange> {
     let before = resolve_key(work.conn, key_ref, now)?;
-    if before.status == KeyStatus::Revoked {
-        return Err(Error::Conflict(format!(
-            "key {} is revoked; revocation is final",
-            before.key_id
-        )));
-    }
-    if patch.status == Some(KeyStatus::Revoked) {
-        return Err(Error::InvalidRequest(
-            "status: use the revoke action to revoke a key".into(),
-        ));
-    }
+    rules::check_key_change(&before, patch.status)?;
     // Record how the key's sessions stood before this change: a new expiry
     // or a resume must neither revive nor re-explain them.
     let mut ended = settle_before_change(work, &before, now)?;
@@ -163,21 +145,7 @@ pub(in crate::store) fn update(
         detail: Some(serde_json::Value::Object(changes)),
     })?;
 
-    // Sessions that no longer fit the key as it now is.
-    let (_, live) = work.settle_open_sessions(&key.key_id, now)?;
-    let (cause, victims): (&str, Vec<Session>) = if key.status == KeyStatus::Suspended {
-        ("key_suspended", live)
-    } else if key.is_expired_at(now) {
-        ("key_expired", live)
-    } else {
-        let excess = rules::excess_after_limit_change(&live, key.max_sessions, now);
-        let victims = live
-            .into_iter()
-            .filter(|s| excess.contains(&s.session_id))
-            .collect();
-        ("seat_limit_lowered", victims)
-    };
-    ended.extend(work.revoke_sessions(victims, now, actor, cause)?);
+    ended.extend(end_what_no_longer_fits(work, &key, now, actor)?);
     let key = fresh_key(work, &key.key_id, now)?;
     Ok(KeyChange { key, ended })
 }
@@ -193,10 +161,23 @@ fn settle_before_change(
     now: Timestamp,
 ) -> Result<Vec<Session>> {
     let (_, live) = work.settle_open_sessions(&key.key_id, now)?;
-    if !key.is_expired_at(now) {
-        return Ok(Vec::new());
+    match rules::ended_before_change(key, &live, now) {
+        Some(revocation) => work.apply_revocation(live, &revocation, &Actor::server()),
+        None => Ok(Vec::new()),
     }
-    work.revoke_sessions(live, now, &Actor::server(), "key_expired")
+}
+
+/// Ends the live sessions that no longer fit `key` as a change left it
+/// ([`rules::ended_by_change`]).
+fn end_what_no_longer_fits(
+    work: &mut UnitOfWork<'_>,
+    key: &Key,
+    now: Timestamp,
+    actor: &Actor,
+) -> Result<Vec<Session>> {
+    let (_, live) = work.settle_open_sessions(&key.key_id, now)?;
+    let revocation = rules::ended_by_change(key, &live, now);
+    work.apply_revocation(live, &revocation, actor)
 }
 
 pub(in crate::store) fn revoke(
@@ -206,7 +187,7 @@ pub(in crate::store) fn revoke(
     actor: &Actor,
 ) -> Result<KeyChange> {
     let before = resolve_key(work.conn, key_ref, now)?;
-    if before.status == KeyStatus::Revoked {
+    if !rules::revoke_needed(&before) {
         return Ok(KeyChange {
             key: before,
             ended: vec![],
@@ -226,8 +207,9 @@ pub(in crate::store) fn revoke(
         actor,
         detail: None,
     })?;
-    let (_, live) = work.settle_open_sessions(&before.key_id, now)?;
-    ended.extend(work.revoke_sessions(live, now, actor, "key_revoked")?);
+    let revoked = key_by_id(work.conn, &before.key_id, now)?
+        .ok_or_else(|| Error::Internal("revoked key vanished".into()))?;
+    ended.extend(end_what_no_longer_fits(work, &revoked, now, actor)?);
     let key = fresh_key(work, &before.key_id, now)?;
     Ok(KeyChange { key, ended })
 }

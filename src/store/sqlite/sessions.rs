@@ -12,7 +12,7 @@ use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::keys::AccessKey;
 use crate::model::{Actor, EndReason, EventType, Key, Session};
-use crate::rules::{self, StartDecision, Timing};
+use crate::rules::{self, EndPlan, StartDecision, Timing};
 use crate::store::memory::{key_tag, Change, LiveSession, NEVER};
 use crate::store::{EndOutcome, StartOutcome, StartRequest};
 
@@ -66,7 +66,7 @@ pub(in crate::store) fn start(
         .expire
         .iter()
         .filter_map(|id| by_id.remove(id))
-        .map(|s| work.record_expiry(s))
+        .map(|s| work.record_dead_session(s))
         .collect::<Result<Vec<_>>>()?;
     let lease = timing.lease_until(now);
 
@@ -310,8 +310,8 @@ pub(in crate::store) fn kick(
     end_if_live(work, session, EndReason::Revoked, now, actor)
 }
 
-/// Ends a session for `reason` if it is live; otherwise says how it ended
-/// (recording an unrecorded expiry on the way).
+/// Ends a session for `reason` if it is live; otherwise says how it ended,
+/// recording an end not yet recorded (as [`rules::plan_end`] decides).
 fn end_if_live(
     work: &mut UnitOfWork<'_>,
     session: Session,
@@ -319,27 +319,17 @@ fn end_if_live(
     now: Timestamp,
     actor: &Actor,
 ) -> Result<EndOutcome> {
-    // A session of a key past its expiry ended then, recorded or not.
-    let key_expired = work
-        .key_expiry(&session.key_id)?
-        .is_some_and(|k| k <= now.0);
-    if session.is_live_at(now) && !key_expired {
-        let detail = (reason == EndReason::Revoked).then(|| json!({ "cause": "kicked" }));
-        let ended = work.end_open_session(session, reason, now, None, actor, detail)?;
-        return Ok(EndOutcome::Ended(Box::new(ended)));
-    }
-    if session.ended_at.is_none() {
-        let ended = if session.is_live_at(now) {
-            work.revoke_sessions(vec![session], now, &Actor::server(), "key_expired")?
-                .remove(0)
-        } else {
-            work.record_expiry(session)?
-        };
-        return Ok(EndOutcome::AlreadyEnded(
-            ended.end_reason.unwrap_or(EndReason::Expired),
-        ));
-    }
-    Ok(EndOutcome::AlreadyEnded(
-        session.end_reason.unwrap_or(EndReason::Expired),
-    ))
+    let key_expires_at = work.key_expiry(&session.key_id)?;
+    Ok(
+        match rules::plan_end(&session, key_expires_at, reason, now) {
+            EndPlan::End(ending) => {
+                EndOutcome::Ended(Box::new(work.apply_ending(session, &ending, actor)?))
+            }
+            EndPlan::AlreadyOver(ending) => {
+                work.apply_ending(session, &ending, actor)?;
+                EndOutcome::AlreadyEnded(ending.reason)
+            }
+            EndPlan::AlreadyEnded(reason) => EndOutcome::AlreadyEnded(reason),
+        },
+    )
 }

@@ -14,7 +14,7 @@ use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::keys::AccessKey;
 use crate::model::{Actor, EndReason, EventType, Key, Session};
-use crate::rules;
+use crate::rules::{self, EndedBy, Ending, Revocation};
 use crate::store::memory::{Change, Memory};
 
 /// One unit of work on a connection. With `mem` (the server), the exact
@@ -153,75 +153,58 @@ impl<'a> UnitOfWork<'a> {
         Ok(session)
     }
 
-    /// Records an open session whose lease has run out as expired.
     /// The `expires_at` of a key, if it has one.
-    pub(in crate::store) fn key_expiry(&self, key_id: &str) -> Result<Option<i64>> {
+    pub(in crate::store) fn key_expiry(&self, key_id: &str) -> Result<Option<Timestamp>> {
         Ok(self
             .conn
             .prepare_cached("SELECT expires_at FROM keys WHERE key_id = ?1")?
-            .query_row([key_id], |r| r.get(0))
+            .query_row([key_id], |r| r.get::<_, Option<i64>>(0))
             .optional()?
-            .flatten())
+            .flatten()
+            .map(Timestamp))
     }
 
-    /// Records how a session that is no longer live ended on its own: at
-    /// its key's expiry (revoked, cause `key_expired`) if the key expired
-    /// while the lease still ran, else at its lease end (expired). Every
-    /// path that finds a dead open session (sweep, key changes, starts,
-    /// heartbeats) comes here, so they agree on the reason whichever runs
-    /// first.
-    pub(in crate::store) fn record_expiry(&mut self, session: Session) -> Result<Session> {
-        match self
-            .key_expiry(&session.key_id)?
-            .filter(|k| *k < session.expires_at.0)
-        {
-            Some(k) => self.end_open_session(
-                session,
-                EndReason::Revoked,
-                Timestamp(k),
-                None,
-                &Actor::server(),
-                Some(json!({ "cause": "key_expired" })),
-            ),
-            None => {
-                let at = session.expires_at;
-                self.end_open_session(
-                    session,
-                    EndReason::Expired,
-                    at,
-                    None,
-                    &Actor::server(),
-                    None,
-                )
-            }
-        }
-    }
-
-    /// Ends the given live sessions with reason `revoked`.
-    pub(in crate::store) fn revoke_sessions(
+    /// Records an ending the rules decided; `requester` is named when the
+    /// ending is by the requester, the server otherwise.
+    pub(in crate::store) fn apply_ending(
         &mut self,
-        sessions: Vec<Session>,
-        now: Timestamp,
-        actor: &Actor,
-        cause: &str,
+        session: Session,
+        ending: &Ending,
+        requester: &Actor,
+    ) -> Result<Session> {
+        let server = Actor::server();
+        let actor = match ending.by {
+            EndedBy::Requester => requester,
+            EndedBy::Server => &server,
+        };
+        let detail = ending.cause.map(|c| json!({ "cause": c.as_str() }));
+        self.end_open_session(session, ending.reason, ending.at, None, actor, detail)
+    }
+
+    /// Records the sessions of `live` that a revocation names, in `live`'s
+    /// order.
+    pub(in crate::store) fn apply_revocation(
+        &mut self,
+        live: Vec<Session>,
+        revocation: &Revocation,
+        requester: &Actor,
     ) -> Result<Vec<Session>> {
-        sessions
-            .into_iter()
-            .map(|s| {
-                self.end_open_session(
-                    s,
-                    EndReason::Revoked,
-                    now,
-                    None,
-                    actor,
-                    Some(json!({ "cause": cause })),
-                )
-            })
+        live.into_iter()
+            .filter(|s| revocation.sessions.contains(&s.session_id))
+            .map(|s| self.apply_ending(s, &revocation.ending, requester))
             .collect()
     }
 
+    /// Records how a session that is no longer live ended on its own, as
+    /// [`rules::ending_of_dead_session`] says.
+    pub(in crate::store) fn record_dead_session(&mut self, session: Session) -> Result<Session> {
+        let key_expires_at = self.key_expiry(&session.key_id)?;
+        let ending = rules::ending_of_dead_session(&session, key_expires_at);
+        self.apply_ending(session, &ending, &Actor::server())
+    }
+
     /// Open sessions of a key split into (dead ones, now recorded as
-    /// expired; live ones).
+    /// ended; live ones).
     pub(in crate::store) fn settle_open_sessions(
         &mut self,
         key_id: &str,
@@ -233,26 +216,15 @@ impl<'a> UnitOfWork<'a> {
             .partition(|s| s.is_live_at(now));
         let expired = dead
             .into_iter()
-            .map(|s| self.record_expiry(s))
+            .map(|s| self.record_dead_session(s))
             .collect::<Result<Vec<_>>>()?;
         Ok((expired, live))
     }
 
+    /// The contract's error for a session that is not live (see
+    /// [`rules::not_live_error`]).
     pub(in crate::store) fn explain_not_live(&self, session: &Session, now: Timestamp) -> Error {
-        match rules::end_reason_at(session, now) {
-            Some(EndReason::Superseded) => {
-                let by = session
-                    .superseded_by
-                    .as_deref()
-                    .and_then(|id| session_row(self.conn, id).ok().flatten());
-                Error::SessionSuperseded {
-                    device_name: by.as_ref().and_then(|s| s.device_name.clone()),
-                    started_at: by.map(|s| s.started_at).or(session.ended_at).unwrap_or(now),
-                }
-            }
-            Some(reason) => Error::SessionOver(reason),
-            None => Error::Internal("session is live but was explained as ended".into()),
-        }
+        rules::not_live_error(session, now, |id| session_row(self.conn, id).ok().flatten())
     }
 
     pub(in crate::store) fn set_server_state(&self, name: &str, value: i64) -> Result<()> {

@@ -26,7 +26,7 @@ pub(in crate::store) fn record_expired(
     for (id, _seen_end) in due {
         if let Some(s) = work.session(id)? {
             if s.ended_at.is_none() && !s.is_live_at(now) {
-                out.push(work.record_expiry(s)?);
+                out.push(work.record_dead_session(s)?);
             }
         }
     }
@@ -37,15 +37,37 @@ pub(in crate::store) fn record_expired(
 /// writer for long.
 const PRUNE_CHUNK: i64 = 2_000;
 
-/// The rest of a sweep: ends live sessions of keys whose expiry passed,
-/// prunes (a chunk of) history older than `history_days`, notes the server
-/// alive. Returns (revoked, pruned sessions, pruned events, more to prune).
+/// What one [`end_expired_keys_and_prune`] did.
+pub(in crate::store) struct SweepStep {
+    /// Sessions of keys past their expiry, now revoked.
+    pub revoked: Vec<Session>,
+    /// Ended sessions deleted.
+    pub pruned_sessions: usize,
+    /// Events deleted.
+    pub pruned_events: usize,
+    /// Whether a chunk was full, so more history may be left to prune.
+    pub more: bool,
+}
+
+impl SweepStep {
+    /// Adds this step to a sweep's report; true while more is left to do.
+    pub(in crate::store) fn add_to(self, report: &mut SweepReport) -> bool {
+        report.revoked.extend(self.revoked);
+        report.pruned_sessions += self.pruned_sessions;
+        report.pruned_events += self.pruned_events;
+        self.more
+    }
+}
+
+/// The rest of a sweep, after the expiries: ends the open sessions of keys
+/// whose expiry passed, prunes (a chunk of) history older than
+/// `history_days`, notes the server alive.
 pub(in crate::store) fn end_expired_keys_and_prune(
     work: &mut UnitOfWork<'_>,
     now: Timestamp,
     history_days: u32,
     mark_alive: bool,
-) -> Result<(Vec<Session>, usize, usize, bool)> {
+) -> Result<SweepStep> {
     let sql = format!(
         "SELECT {} FROM sessions s JOIN keys k ON k.key_id = s.key_id \
          WHERE s.ended_at IS NULL AND k.expires_at IS NOT NULL AND k.expires_at <= ?1 \
@@ -61,7 +83,13 @@ pub(in crate::store) fn end_expired_keys_and_prune(
         .into_iter()
         .map(|s| work.overlay(s))
         .collect();
-    let revoked = work.revoke_sessions(of_expired_keys, now, &Actor::server(), "key_expired")?;
+    // The SQL finds the sessions of keys past their expiry; how they end
+    // is the rules' (as when a request notices it first).
+    let ending = rules::key_expiry_ending(now);
+    let revoked = of_expired_keys
+        .into_iter()
+        .map(|s| work.apply_ending(s, &ending, &Actor::server()))
+        .collect::<Result<Vec<_>>>()?;
 
     let cutoff = now.minus_secs(u64::from(history_days) * 86_400);
     let pruned_events = work
@@ -81,7 +109,12 @@ pub(in crate::store) fn end_expired_keys_and_prune(
         work.set_server_state(LAST_ALIVE, now.0)?;
     }
     let more = pruned_events as i64 == PRUNE_CHUNK || pruned_sessions as i64 == PRUNE_CHUNK;
-    Ok((revoked, pruned_sessions, pruned_events, more))
+    Ok(SweepStep {
+        revoked,
+        pruned_sessions,
+        pruned_events,
+        more,
+    })
 }
 
 /// A whole sweep on the database alone (the CLI's `keyseat sweep`).
@@ -103,22 +136,14 @@ pub(in crate::store) fn sweep(
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let expired = due
         .into_iter()
-        .map(|s| work.record_expiry(s))
+        .map(|s| work.record_dead_session(s))
         .collect::<Result<Vec<_>>>()?;
     let mut report = SweepReport {
         expired,
         ..Default::default()
     };
-    loop {
-        let (revoked, sessions, events, more) =
-            end_expired_keys_and_prune(work, now, history_days, mark_alive)?;
-        report.revoked.extend(revoked);
-        report.pruned_sessions += sessions;
-        report.pruned_events += events;
-        if !more {
-            return Ok(report);
-        }
-    }
+    while end_expired_keys_and_prune(work, now, history_days, mark_alive)?.add_to(&mut report) {}
+    Ok(report)
 }
 
 /// Start-up recovery: records sessions that expired while the server was
