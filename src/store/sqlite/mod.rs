@@ -1,6 +1,6 @@
-//! SQLite behind the [`Storage`](crate::store::Storage) boundary: one file in WAL mode, an r2d2
-//! pool for reads, one in-process writer at a time, refinery migrations
-//! embedded in the binary.
+//! SQLite behind the [`Storage`](crate::store::Storage) boundary: one file
+//! in WAL mode, an r2d2 pool for reads, one in-process writer at a time,
+//! refinery migrations embedded in the binary.
 //!
 //! Why a writer mutex as well as SQLite's own lock: SQLite lets only one
 //! writer in at a time anyway, and contending writers inside one process
