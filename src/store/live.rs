@@ -221,7 +221,7 @@ impl LiveStore {
         self.writer.run(move |c| {
             let mut work = UnitOfWork::with_memory(c, &mem, slack, timeout);
             let value = f(&mut work)?;
-            let changes = std::mem::take(&mut work.changes);
+            let changes = std::mem::take(&mut work.memory_changes);
             let after: Box<dyn FnOnce() + Send> = Box::new(move || mem.apply(changes));
             Ok((value, after))
         })

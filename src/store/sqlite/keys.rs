@@ -16,6 +16,7 @@ use crate::rules;
 use crate::store::memory::{key_tag, Change, NEVER};
 use crate::store::{KeyChange, KeyPage, KeyPatch, KeySearch, NewKey};
 
+/// Stores a new key with its hashed secret.
 pub(in crate::store) fn create(
     work: &mut UnitOfWork<'_>,
     new: &NewKey,
@@ -67,6 +68,7 @@ fn fresh_key(work: &UnitOfWork<'_>, key_id: &str, now: Timestamp) -> Result<Key>
     Ok(key)
 }
 
+/// Applies a patch to a key, then ends the sessions that no longer fit.
 pub(in crate::store) fn update(
     work: &mut UnitOfWork<'_>,
     key_ref: &str,
@@ -127,7 +129,7 @@ pub(in crate::store) fn update(
                     r.get(0)
                 })?;
         if let Ok(hash) = <KeyHash>::try_from(hash.as_slice()) {
-            work.changes.push(Change::KeyExpiry {
+            work.memory_changes.push(Change::KeyExpiry {
                 key_tag: key_tag(&hash),
                 expires_at: expires.map_or(NEVER, |t| t.0),
             });
@@ -180,6 +182,7 @@ fn end_what_no_longer_fits(
     work.apply_revocation(live, &revocation, actor)
 }
 
+/// Revokes a key for good and ends its live sessions.
 pub(in crate::store) fn revoke(
     work: &mut UnitOfWork<'_>,
     key_ref: &str,
@@ -214,11 +217,13 @@ pub(in crate::store) fn revoke(
     Ok(KeyChange { key, ended })
 }
 
+/// One key by id, prefix or access key.
 pub(in crate::store) fn get(work: &UnitOfWork<'_>, key_ref: &str, now: Timestamp) -> Result<Key> {
     let key = resolve_key(work.conn, key_ref, now)?;
     fresh_key(work, &key.key_id, now)
 }
 
+/// A page of keys in creation order.
 pub(in crate::store) fn list(
     work: &UnitOfWork<'_>,
     limit: u32,
@@ -260,6 +265,7 @@ pub(in crate::store) fn list(
     Ok(KeyPage { keys, next_after })
 }
 
+/// A page of the keys matching a search.
 pub(in crate::store) fn search(
     work: &UnitOfWork<'_>,
     query: &str,

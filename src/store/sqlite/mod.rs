@@ -85,6 +85,7 @@ impl SqliteStore {
         Ok(value)
     }
 
+    /// Runs `f` on a pooled connection, beside the writer.
     pub(in crate::store) fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let conn = self.conn()?;
         f(&conn)

@@ -51,6 +51,7 @@ pub(in crate::store) fn count_live(c: &Connection, now: Timestamp) -> Result<u64
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
+/// The audit log, newest first, as filtered.
 pub(in crate::store) fn events(c: &Connection, filter: &EventFilter) -> Result<Vec<Event>> {
     let mut stmt = c.prepare(
         "SELECT e.id, e.at, e.type, e.key_id, k.prefix, e.session_id, e.device_name, \

@@ -23,6 +23,7 @@ pub(in crate::store) const EFFECTIVE_EXPIRY: &str = "MAX(s.expires_at, \
      s.last_heartbeat + IFNULL((SELECT value FROM server_state WHERE name = 'lease_span'), 0), \
      IFNULL((SELECT value FROM server_state WHERE name = 'lease_floor'), 0))";
 
+/// The columns [`key_from_row`] reads, with the live count at `:now`.
 pub(in crate::store) fn key_columns() -> String {
     format!(
         "k.key_id, k.prefix, k.label, k.max_sessions, k.on_conflict, k.status, \
@@ -33,10 +34,11 @@ pub(in crate::store) fn key_columns() -> String {
     )
 }
 
-pub(in crate::store) fn opt_ts(v: Option<i64>) -> Option<Timestamp> {
+fn opt_ts(v: Option<i64>) -> Option<Timestamp> {
     v.map(Timestamp)
 }
 
+/// A key from the columns of [`key_columns`].
 pub(in crate::store) fn key_from_row(row: &Row<'_>) -> rusqlite::Result<Key> {
     let policy: String = row.get(4)?;
     let status: String = row.get(5)?;
@@ -55,6 +57,7 @@ pub(in crate::store) fn key_from_row(row: &Row<'_>) -> rusqlite::Result<Key> {
     })
 }
 
+/// The columns [`session_from_row`] reads, the lease as on disk.
 pub(in crate::store) fn session_columns() -> String {
     format!(
         "s.session_id, s.key_id, k.prefix, s.fence, s.device_name, \
@@ -63,6 +66,7 @@ pub(in crate::store) fn session_columns() -> String {
     )
 }
 
+/// A session from the columns of [`session_columns`].
 pub(in crate::store) fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Session> {
     let reason: Option<String> = row.get(11)?;
     Ok(Session {
@@ -82,6 +86,7 @@ pub(in crate::store) fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Sess
     })
 }
 
+/// The key with this secret's hash.
 pub(in crate::store) fn key_by_hash(
     conn: &Connection,
     hash: &[u8],
@@ -97,6 +102,7 @@ pub(in crate::store) fn key_by_hash(
         .optional()?)
 }
 
+/// The key with this id.
 pub(in crate::store) fn key_by_id(
     conn: &Connection,
     key_id: &str,
@@ -166,6 +172,7 @@ pub(in crate::store) fn resolve_key(
     Err(Error::KeyNotFound(crate::keys::redact_secret(key_ref)))
 }
 
+/// A session by id, as on disk.
 pub(in crate::store) fn session_row(conn: &Connection, id: &str) -> Result<Option<Session>> {
     let sql = format!(
         "SELECT {} FROM sessions s JOIN keys k ON k.key_id = s.key_id WHERE s.session_id = ?1",
@@ -177,6 +184,7 @@ pub(in crate::store) fn session_row(conn: &Connection, id: &str) -> Result<Optio
         .optional()?)
 }
 
+/// A key's sessions not recorded as ended, as on disk, oldest fence first.
 pub(in crate::store) fn open_session_rows(conn: &Connection, key_id: &str) -> Result<Vec<Session>> {
     let sql = format!(
         "SELECT {} FROM sessions s JOIN keys k ON k.key_id = s.key_id \

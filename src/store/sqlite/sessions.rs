@@ -77,7 +77,7 @@ pub(in crate::store) fn start(
                  WHERE session_id = ?1",
                 params![session_id, now.0, work.disk_lease(lease)],
             )?;
-            work.changes.push(Change::Extended {
+            work.memory_changes.push(Change::Extended {
                 id: session_id.clone(),
                 at: now.0,
                 expires_at: lease.0,
@@ -153,7 +153,7 @@ pub(in crate::store) fn start(
                 actor: &req.actor,
                 detail: Some(json!({ "fence": fence, "terminated": supersede })),
             })?;
-            work.changes.push(Change::Started {
+            work.memory_changes.push(Change::Started {
                 id: session_id.clone(),
                 session: LiveSession {
                     key_tag: key_tag(&req.key.hash()),
@@ -238,6 +238,7 @@ pub(in crate::store) fn explain(
     }
 }
 
+/// Ends a session at its client's request.
 pub(in crate::store) fn end(
     work: &mut UnitOfWork<'_>,
     key: &AccessKey,
@@ -253,6 +254,7 @@ pub(in crate::store) fn end(
     end_if_live(work, session, EndReason::Ended, now, actor)
 }
 
+/// A key and its live sessions, for the device that holds the key.
 pub(in crate::store) fn key_status(
     work: &UnitOfWork<'_>,
     key: &AccessKey,
@@ -265,6 +267,8 @@ pub(in crate::store) fn key_status(
     Ok((key, live))
 }
 
+/// Live sessions of usable keys (optionally one key), most recent
+/// heartbeat first.
 pub(in crate::store) fn live(
     work: &UnitOfWork<'_>,
     key_ref: Option<&str>,
@@ -298,6 +302,7 @@ pub(in crate::store) fn live(
     Ok(rows)
 }
 
+/// Ends a session at an operator's request.
 pub(in crate::store) fn kick(
     work: &mut UnitOfWork<'_>,
     session_id: &str,

@@ -21,13 +21,13 @@ use crate::store::memory::{Change, Memory};
 /// heartbeat and lease of each open session come from memory, disk leases
 /// get `slack` added (heartbeats reach the disk lazily, so the disk's lease
 /// must stay an upper bound of the true one), and what changes is collected
-/// in `changes` for memory to apply after the commit.
-pub struct UnitOfWork<'a> {
+/// in `memory_changes` for memory to apply after the commit.
+pub(in crate::store) struct UnitOfWork<'a> {
     pub(in crate::store) conn: &'a Connection,
     pub(in crate::store) mem: Option<&'a Memory>,
     pub(in crate::store) slack_secs: u64,
     pub(in crate::store) timeout_secs: u64,
-    pub(in crate::store) changes: Vec<Change>,
+    pub(in crate::store) memory_changes: Vec<Change>,
 }
 
 impl<'a> UnitOfWork<'a> {
@@ -38,7 +38,7 @@ impl<'a> UnitOfWork<'a> {
             mem: None,
             slack_secs: 0,
             timeout_secs: 0,
-            changes: Vec::new(),
+            memory_changes: Vec::new(),
         }
     }
 
@@ -54,7 +54,7 @@ impl<'a> UnitOfWork<'a> {
             mem: Some(mem),
             slack_secs,
             timeout_secs,
-            changes: Vec::new(),
+            memory_changes: Vec::new(),
         }
     }
 
@@ -72,10 +72,13 @@ impl<'a> UnitOfWork<'a> {
         s
     }
 
+    /// A session by id, with its exact lease.
     pub(in crate::store) fn session(&self, id: &str) -> Result<Option<Session>> {
         Ok(session_row(self.conn, id)?.map(|s| self.overlay(s)))
     }
 
+    /// A key's sessions not recorded as ended, oldest fence first, with
+    /// their exact leases.
     pub(in crate::store) fn open_sessions_of(&self, key_id: &str) -> Result<Vec<Session>> {
         Ok(open_session_rows(self.conn, key_id)?
             .into_iter()
@@ -88,6 +91,7 @@ impl<'a> UnitOfWork<'a> {
         exact.plus_secs(self.slack_secs.saturating_mul(2)).0
     }
 
+    /// Appends an event to the audit log.
     pub(in crate::store) fn record(&self, e: EventRecord<'_>) -> Result<()> {
         self.conn
             .prepare_cached(
@@ -143,7 +147,7 @@ impl<'a> UnitOfWork<'a> {
                 actor,
                 detail,
             })?;
-            self.changes.push(Change::Ended {
+            self.memory_changes.push(Change::Ended {
                 id: session.session_id.clone(),
             });
         }
@@ -227,6 +231,7 @@ impl<'a> UnitOfWork<'a> {
         rules::not_live_error(session, now, |id| session_row(self.conn, id).ok().flatten())
     }
 
+    /// Sets one of the server's own marks (`LAST_ALIVE`, ...).
     pub(in crate::store) fn set_server_state(&self, name: &str, value: i64) -> Result<()> {
         self.conn.execute(
             "INSERT INTO server_state (name, value) VALUES (?1, ?2) \
@@ -236,6 +241,7 @@ impl<'a> UnitOfWork<'a> {
         Ok(())
     }
 
+    /// One of the server's own marks, if set.
     pub(in crate::store) fn server_state(&self, name: &str) -> Result<Option<i64>> {
         Ok(self
             .conn
@@ -255,6 +261,7 @@ impl<'a> UnitOfWork<'a> {
     }
 }
 
+/// One audit log line, as [`UnitOfWork::record`] writes it.
 pub(in crate::store) struct EventRecord<'a> {
     pub(in crate::store) at: Timestamp,
     pub(in crate::store) event_type: EventType,
@@ -265,6 +272,9 @@ pub(in crate::store) struct EventRecord<'a> {
     pub(in crate::store) detail: Option<serde_json::Value>,
 }
 
+/// When the server was last known up (restart recovery counts from it).
 pub(in crate::store) const LAST_ALIVE: &str = "last_alive";
+/// The earliest lease end of every open session on disk (see `EFFECTIVE_EXPIRY`).
 pub(in crate::store) const LEASE_FLOOR: &str = "lease_floor";
+/// Timeout plus slack: how far the disk's heartbeat time implies a lease.
 pub(in crate::store) const LEASE_SPAN: &str = "lease_span";

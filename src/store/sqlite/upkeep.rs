@@ -218,6 +218,7 @@ pub(in crate::store) fn raise_lease_floor(
     work.set_server_state(LEASE_FLOOR, floor.0.max(old))
 }
 
+/// Notes that the server was up at `now` (restart recovery counts from it).
 pub(in crate::store) fn mark_alive(work: &UnitOfWork<'_>, now: Timestamp) -> Result<()> {
     work.set_server_state(LAST_ALIVE, now.0)
 }
