@@ -6,7 +6,7 @@
 
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
-use crate::model::{EndReason, Key, KeyStatus, Session};
+use crate::model::{ConflictPolicy, EndReason, Key, KeyStatus, Session};
 
 use super::ends::{Cause, EndedBy, Ending};
 use super::leases::key_expiry_ending;
@@ -18,6 +18,20 @@ pub struct Revocation {
     pub sessions: Vec<String>,
     /// How each of them ends.
     pub ending: Ending,
+}
+
+/// A new key's seat limit and conflict policy where the operator chose
+/// none: one seat, takeover (docs/api.md, "Seats and conflict policy"):
+/// the seat goes to the device starting now, since the live session most
+/// likely to lose it is a ghost.
+pub fn new_key_terms(
+    max_sessions: Option<u32>,
+    on_conflict: Option<ConflictPolicy>,
+) -> (u32, ConflictPolicy) {
+    (
+        max_sessions.unwrap_or(1),
+        on_conflict.unwrap_or(ConflictPolicy::Takeover),
+    )
 }
 
 /// Refuses a patch of `key` that would set `new_status`: a revoked key
@@ -102,7 +116,6 @@ pub fn excess_after_limit_change(open: &[Session], new_limit: u32, now: Timestam
 mod tests {
     use super::super::fixtures::{key, session, T0};
     use super::*;
-    use crate::model::ConflictPolicy;
 
     /// Lowering the seat limit ends the oldest heartbeats beyond it.
     #[test]
@@ -118,6 +131,16 @@ mod tests {
             vec!["bbbbbbbb".to_string(), "cccccccc".to_string()]
         );
         assert!(excess_after_limit_change(&open, 3, now).is_empty());
+    }
+
+    /// A new key has one seat and takes over unless told otherwise.
+    #[test]
+    fn a_new_key_defaults_to_one_seat_and_takeover() {
+        assert_eq!(new_key_terms(None, None), (1, ConflictPolicy::Takeover));
+        assert_eq!(
+            new_key_terms(Some(3), Some(ConflictPolicy::Reject)),
+            (3, ConflictPolicy::Reject)
+        );
     }
 
     /// A revoked key cannot change, and a patch cannot revoke.

@@ -10,8 +10,8 @@
 //!   how many seats a key has in use;
 //! - [`leases`]: how long a session lives, after a restart or a gap, and
 //!   how a session whose lease ran out ended;
-//! - [`key_changes`]: what a change to a key may do and which sessions it
-//!   ends;
+//! - [`key_changes`]: a new key's defaults, what a change to a key may do
+//!   and which sessions it ends;
 //! - [`ends`]: ending a session on request, and explaining one that is over.
 //!
 //! Here: [`Timing`], and the check every use of a key starts with.
@@ -27,7 +27,7 @@ mod fixtures;
 pub use ends::{end_reason_at, not_live_error, plan_end, Cause, EndPlan, EndedBy, Ending};
 pub use key_changes::{
     check_key_change, ended_before_change, ended_by_change, excess_after_limit_change,
-    revoke_needed, Revocation,
+    new_key_terms, revoke_needed, Revocation,
 };
 pub use leases::{ending_of_dead_session, key_expiry_ending, lease_after_gap, lease_after_restart};
 pub use seats::{plan_start, seats_in_use, StartDecision, StartPlan};

@@ -11,7 +11,7 @@ use super::unit_of_work::{EventRecord, UnitOfWork};
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::keys::{AccessKey, KeyHash};
-use crate::model::{Actor, ConflictPolicy, EventType, Key, Session};
+use crate::model::{Actor, EventType, Key, Session};
 use crate::rules;
 use crate::store::memory::{key_tag, Change, NEVER};
 use crate::store::{KeyChange, KeyPage, KeyPatch, KeySearch, NewKey};
@@ -25,6 +25,7 @@ pub(in crate::store) fn create(
     now: Timestamp,
     actor: &Actor,
 ) -> Result<Key> {
+    let (max_sessions, on_conflict) = rules::new_key_terms(new.max_sessions, new.on_conflict);
     work.conn.execute(
         "INSERT INTO keys (key_id, key_hash, prefix, label, max_sessions, on_conflict, \
          expires_at, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
@@ -33,8 +34,8 @@ pub(in crate::store) fn create(
             access_key.hash().as_slice(),
             access_key.prefix(),
             new.label,
-            new.max_sessions.unwrap_or(1),
-            new.on_conflict.unwrap_or(ConflictPolicy::Takeover).as_str(),
+            max_sessions,
+            on_conflict.as_str(),
             new.expires_at.map(|t| t.0),
             now.0,
         ],
