@@ -14,7 +14,7 @@
 //! - [`store`] is the storage boundary: [`store::SqliteStore`] loads the
 //!   inputs in one transaction, asks [`rules`] what to do, and applies it;
 //! - [`rules`] holds the session rules, pure functions of their inputs and
-//!   `now`: seats, takeover/reject, liveness, restart leases.
+//!   `now`: seats, takeover/reject, leases and expiry, key changes, ends.
 //!
 //! Around them: [`keys`] (the access key format), [`model`] (domain types),
 //! [`config`] (defaults, file, env, flags), [`sweep`] (the periodic

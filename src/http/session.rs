@@ -33,7 +33,9 @@ pub fn router() -> Router<AppState> {
         .route("/api/session/status", post(status))
 }
 
-/// Guards every session endpoint against key guessing, in this order:
+/// Checks the key of every session endpoint and counts failed guesses per
+/// address (it guards nothing by holding; it is asked twice per request,
+/// before and after the lookup), in this order:
 ///
 /// 1. the key's shape and checksum, before any lookup: a malformed key is a
 ///    failure (401 `invalid_key`, or 429 once the address is over its limit);
@@ -44,16 +46,16 @@ pub fn router() -> Router<AppState> {
 /// 3. the lookup itself: `invalid_key` counts as a failure, any answer that
 ///    shows the key exists (success, `key_revoked`, `seats_full`, a session
 ///    that is over, ...) proves the key for this address.
-struct KeyGuard {
+struct KeyChecker {
     state: AppState,
     addr: ClientAddr,
     /// The key's tag, once parsed.
     tag: Option<u64>,
 }
 
-impl KeyGuard {
+impl KeyChecker {
     fn new(state: &AppState, addr: ClientAddr) -> Self {
-        KeyGuard {
+        KeyChecker {
             state: state.clone(),
             addr,
             tag: None,
@@ -152,8 +154,8 @@ async fn start(
     addr: ClientAddr,
     ApiJson(body): ApiJson<StartBody>,
 ) -> Result<Json<StartAnswer>> {
-    let mut guard = KeyGuard::new(&state, addr);
-    let key = guard.parse(&body.access_key)?;
+    let mut checker = KeyChecker::new(&state, addr);
+    let key = checker.parse(&body.access_key)?;
     if let Some(id) = &body.session_id {
         input::session_id(id)?;
     }
@@ -171,7 +173,7 @@ async fn start(
         actor: Actor(addr.label()),
     };
     let timing = state.timing();
-    let outcome = guard.check(state.seats()?.start(req, timing).await)?;
+    let outcome = checker.check(state.seats()?.start(req, timing).await)?;
     let s = &outcome.session;
     Ok(Json(StartAnswer {
         session_id: s.session_id.clone(),
@@ -206,8 +208,8 @@ async fn heartbeat(
     addr: ClientAddr,
     ApiJson(body): ApiJson<SessionBody>,
 ) -> Result<Json<HeartbeatAnswer>> {
-    let mut guard = KeyGuard::new(&state, addr);
-    let key = guard.parse(&body.access_key)?;
+    let mut checker = KeyChecker::new(&state, addr);
+    let key = checker.parse(&body.access_key)?;
     input::session_id(&body.session_id)?;
     let store = state.store()?;
     let (clock, timing) = (state.clock(), state.timing());
@@ -217,12 +219,12 @@ async fn heartbeat(
     // the blocking pool.
     let (fence, at, expires_at) = match store.heartbeat_fast(&key, &session_id) {
         Some(beat) => {
-            let beat = guard.check(beat)?;
+            let beat = checker.check(beat)?;
             (beat.fence, beat.at, beat.expires_at)
         }
         None => {
             let id = session_id.clone();
-            let s = guard
+            let s = checker
                 .check(blocking(move || store.heartbeat(&key, &id, clock.now(), timing)).await)?;
             (s.fence, s.last_heartbeat, s.expires_at)
         }
@@ -252,11 +254,11 @@ async fn end(
     addr: ClientAddr,
     ApiJson(body): ApiJson<SessionBody>,
 ) -> Result<Json<EndAnswer>> {
-    let mut guard = KeyGuard::new(&state, addr);
-    let key = guard.parse(&body.access_key)?;
+    let mut checker = KeyChecker::new(&state, addr);
+    let key = checker.parse(&body.access_key)?;
     input::session_id(&body.session_id)?;
     let actor = Actor(addr.label());
-    let outcome = guard.check(state.seats()?.end(key, body.session_id, actor).await)?;
+    let outcome = checker.check(state.seats()?.end(key, body.session_id, actor).await)?;
     Ok(Json(match outcome {
         EndOutcome::Ended(_) => EndAnswer {
             ended: true,
@@ -285,11 +287,11 @@ async fn status(
     addr: ClientAddr,
     ApiJson(body): ApiJson<StatusBody>,
 ) -> Result<Json<StatusAnswer>> {
-    let mut guard = KeyGuard::new(&state, addr);
-    let key = guard.parse(&body.access_key)?;
+    let mut checker = KeyChecker::new(&state, addr);
+    let key = checker.parse(&body.access_key)?;
     let store = state.store()?;
     let clock = state.clock();
-    let (k, live) = guard.check(blocking(move || store.key_status(&key, clock.now())).await)?;
+    let (k, live) = checker.check(blocking(move || store.key_status(&key, clock.now())).await)?;
     Ok(Json(StatusAnswer {
         active: !live.is_empty(),
         max_sessions: k.max_sessions,

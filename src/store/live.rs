@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::file_guard::FileGuard;
-use super::memory::{key_tag, Answer, Change, Memory};
-use super::sqlite::{self, Durability, Tx};
+use super::memory::{key_tag, Change, Memory, MemoryAnswer};
+use super::sqlite::{self, Durability, UnitOfWork};
 use super::writer::Writer;
 use super::*;
 use crate::clock::Clock;
@@ -89,8 +89,8 @@ impl LiveStore {
         let mem = Arc::new(Memory::default());
         let floor = opts.timing.lease_until(ready_at).0;
         db.read(|c| {
-            mem.reserve(sqlite::count_open(c)?);
-            sqlite::load_open_sessions(c, |id, mut session| {
+            mem.reserve(sqlite::memory_feed::count_open(c)?);
+            sqlite::memory_feed::load_open_sessions(c, |id, mut session| {
                 // Every session live at the stop gets one full timeout from
                 // readiness, and no more: the disk lease carries slack, and
                 // a heartbeat time "in the future" (the wall clock was set
@@ -110,7 +110,7 @@ impl LiveStore {
         } else {
             report
         };
-        let last_event = db.read(sqlite::last_event_id)?;
+        let last_event = db.read(sqlite::memory_feed::last_event_id)?;
         let conn = db.new_connection()?;
         // Checkpoints run on the maintenance tick, never inline in a commit.
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
@@ -195,8 +195,8 @@ impl LiveStore {
         let mem = self.mem.clone();
         let (slack, timeout) = (self.slack(), self.opts.timing.session_timeout_secs);
         let written = self.writer.run(move |c| {
-            let mut tx = Tx::with_memory(c, &mem, slack, timeout);
-            sqlite::raise_lease_floor_op(&mut tx, Timestamp(floor))?;
+            let mut work = UnitOfWork::with_memory(c, &mem, slack, timeout);
+            sqlite::upkeep::raise_lease_floor(&mut work, Timestamp(floor))?;
             let after: Box<dyn FnOnce() + Send> = Box::new(|| {});
             Ok(((), after))
         });
@@ -212,25 +212,25 @@ impl LiveStore {
     fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Tx<'_>) -> Result<T> + Send + 'static,
+        F: FnOnce(&mut UnitOfWork<'_>) -> Result<T> + Send + 'static,
     {
         self.prepare()?;
         let mem = self.mem.clone();
         let slack = self.slack();
         let timeout = self.opts.timing.session_timeout_secs;
         self.writer.run(move |c| {
-            let mut tx = Tx::with_memory(c, &mem, slack, timeout);
-            let value = f(&mut tx)?;
-            let changes = std::mem::take(&mut tx.changes);
+            let mut work = UnitOfWork::with_memory(c, &mem, slack, timeout);
+            let value = f(&mut work)?;
+            let changes = std::mem::take(&mut work.memory_changes);
             let after: Box<dyn FnOnce() + Send> = Box::new(move || mem.apply(changes));
             Ok((value, after))
         })
     }
 
-    fn read<T>(&self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
+    fn read<T>(&self, f: impl FnOnce(&UnitOfWork<'_>) -> Result<T>) -> Result<T> {
         self.prepare()?;
         self.db.read(|c| {
-            f(&Tx::with_memory(
+            f(&UnitOfWork::with_memory(
                 c,
                 &self.mem,
                 self.slack(),
@@ -254,8 +254,8 @@ impl LiveStore {
             let slack = self.slack();
             let retry: Vec<String> = batch.iter().map(|(id, _)| id.clone()).collect();
             let written = self.writer.run(move |c| {
-                let mut tx = Tx::with_memory(c, &mem, slack, timeout);
-                sqlite::flush_op(&mut tx, &batch)?;
+                let mut work = UnitOfWork::with_memory(c, &mem, slack, timeout);
+                sqlite::upkeep::flush_heartbeats(&mut work, &batch)?;
                 let after: Box<dyn FnOnce() + Send> = Box::new(|| {});
                 Ok(((), after))
             });
@@ -283,19 +283,20 @@ impl LiveStore {
                 // Nobody else wrote: every event so far is ours and already
                 // in memory. Moving the mark keeps the next real reconcile
                 // small.
-                let newest = sqlite::last_event_id(c)?;
+                let newest = sqlite::memory_feed::last_event_id(c)?;
                 let after: Box<dyn FnOnce() + Send> =
                     Box::new(move || last_event.store(newest, Ordering::SeqCst));
                 return Ok(((), after));
             }
-            let learned = sqlite::changes_since(c, last_event.load(Ordering::SeqCst))?;
+            let logged =
+                sqlite::memory_feed::logged_changes_since(c, last_event.load(Ordering::SeqCst))?;
             // The marks move only once this batch is committed: a failed
             // batch leaves them, and the next tick reconciles again.
             let after: Box<dyn FnOnce() + Send> = Box::new(move || {
                 seen.store(version, Ordering::SeqCst);
-                last_event.store(learned.last_id, Ordering::SeqCst);
-                let dropped = mem.remove_all(&learned.ended);
-                let changes = learned
+                last_event.store(logged.last_id, Ordering::SeqCst);
+                let dropped = mem.remove_all(&logged.ended);
+                let changes = logged
                     .keys
                     .into_iter()
                     .map(|(key_tag, expires_at)| Change::KeyExpiry {
@@ -363,7 +364,7 @@ impl Storage for LiveStore {
         timing: Timing,
     ) -> Result<StartOutcome> {
         let req = req.clone();
-        self.write(move |tx| sqlite::start_op(tx, &req, now, timing))?
+        self.write(move |work| sqlite::sessions::start(work, &req, now, timing))?
     }
 
     fn heartbeat_fast(&self, key: &AccessKey, session_id: &str) -> Option<Result<Beat>> {
@@ -377,9 +378,9 @@ impl Storage for LiveStore {
             self.clock.as_ref(),
             timeout,
         ) {
-            Answer::Beat(beat) => Some(Ok(beat)),
-            Answer::KeyExpired => Some(Err(Error::KeyExpired)),
-            Answer::Ask => None,
+            MemoryAnswer::Beat(beat) => Some(Ok(beat)),
+            MemoryAnswer::KeyExpired => Some(Err(Error::KeyExpired)),
+            MemoryAnswer::NeedsDatabase => None,
         }
     }
 
@@ -394,14 +395,14 @@ impl Storage for LiveStore {
         // or a start not yet applied): the disk, with memory's leases,
         // says why.
         let now = self.clock.now();
-        let answer = self.read(|tx| sqlite::explain_op(tx, key, session_id, now));
+        let answer = self.read(|work| sqlite::sessions::explain(work, key, session_id, now));
         if let Err(Error::SessionOver(EndReason::Expired)) = &answer {
             // Record it now (if no sweep has), so that a crash before the
             // next sweep cannot bring back a session a device was told
             // had expired.
             let id = session_id.to_owned();
             let due = vec![(id, now.0)];
-            self.write(move |tx| sqlite::record_expired_op(tx, &due, now))?;
+            self.write(move |work| sqlite::upkeep::record_expired(work, &due, now))?;
         }
         answer
     }
@@ -414,24 +415,24 @@ impl Storage for LiveStore {
         actor: &Actor,
     ) -> Result<EndOutcome> {
         let (key, id, actor) = (key.clone(), session_id.to_owned(), actor.clone());
-        self.write(move |tx| sqlite::end_op(tx, &key, &id, now, &actor))
+        self.write(move |work| sqlite::sessions::end(work, &key, &id, now, &actor))
     }
 
     fn key_status(&self, key: &AccessKey, now: Timestamp) -> Result<(Key, Vec<Session>)> {
-        self.read(|tx| sqlite::key_status_op(tx, key, now))
+        self.read(|work| sqlite::sessions::key_status(work, key, now))
     }
 
     fn create_key(&self, new: &NewKey, now: Timestamp, actor: &Actor) -> Result<CreatedKey> {
         let access_key = AccessKey::generate();
         let (new, actor, secret) = (new.clone(), actor.clone(), access_key.clone());
-        let key = self.write(move |tx| {
-            sqlite::create_key_op(tx, &new, &secret, &new_key_id(), now, &actor)
+        let key = self.write(move |work| {
+            sqlite::keys::create(work, &new, &secret, &new_key_id(), now, &actor)
         })?;
         Ok(CreatedKey { key, access_key })
     }
 
     fn list_keys(&self, limit: u32, after: Option<&str>, now: Timestamp) -> Result<KeyPage> {
-        self.read(|tx| sqlite::list_keys_op(tx, limit, after, now))
+        self.read(|work| sqlite::keys::list(work, limit, after, now))
     }
 
     fn search_keys(
@@ -441,11 +442,11 @@ impl Storage for LiveStore {
         offset: u64,
         now: Timestamp,
     ) -> Result<KeySearch> {
-        self.read(|tx| sqlite::search_keys_op(tx, query, limit, offset, now))
+        self.read(|work| sqlite::keys::search(work, query, limit, offset, now))
     }
 
     fn get_key(&self, key_ref: &str, now: Timestamp) -> Result<Key> {
-        self.read(|tx| sqlite::get_key_op(tx, key_ref, now))
+        self.read(|work| sqlite::keys::get(work, key_ref, now))
     }
 
     fn update_key(
@@ -456,20 +457,20 @@ impl Storage for LiveStore {
         actor: &Actor,
     ) -> Result<KeyChange> {
         let (r, patch, actor) = (key_ref.to_owned(), patch.clone(), actor.clone());
-        self.write(move |tx| sqlite::update_key_op(tx, &r, &patch, now, &actor))
+        self.write(move |work| sqlite::keys::update(work, &r, &patch, now, &actor))
     }
 
     fn revoke_key(&self, key_ref: &str, now: Timestamp, actor: &Actor) -> Result<KeyChange> {
         let (r, actor) = (key_ref.to_owned(), actor.clone());
-        self.write(move |tx| sqlite::revoke_key_op(tx, &r, now, &actor))
+        self.write(move |work| sqlite::keys::revoke(work, &r, now, &actor))
     }
 
     fn live_sessions(&self, key_ref: Option<&str>, now: Timestamp) -> Result<Vec<Session>> {
-        self.read(|tx| sqlite::live_sessions_op(tx, key_ref, now))
+        self.read(|work| sqlite::sessions::live(work, key_ref, now))
     }
 
     fn metrics_reading(&self, now: Timestamp) -> Result<StateReading> {
-        let keys_by_status = self.read(|tx| sqlite::keys_by_status_op(tx.c, now))?;
+        let keys_by_status = self.read(|work| sqlite::reports::keys_by_status(work.conn, now))?;
         Ok(StateReading {
             live_sessions: self.mem.count_live(now),
             keys_by_status,
@@ -478,7 +479,7 @@ impl Storage for LiveStore {
 
     fn kick_session(&self, session_id: &str, now: Timestamp, actor: &Actor) -> Result<EndOutcome> {
         let (id, actor) = (session_id.to_owned(), actor.clone());
-        self.write(move |tx| sqlite::kick_op(tx, &id, now, &actor))
+        self.write(move |work| sqlite::sessions::kick(work, &id, now, &actor))
     }
 
     fn events(&self, filter: &EventFilter) -> Result<Vec<Event>> {
@@ -512,7 +513,7 @@ impl Storage for LiveStore {
                 break;
             }
             let refile = due.clone();
-            match self.write(move |tx| sqlite::record_expired_op(tx, &due, now)) {
+            match self.write(move |work| sqlite::upkeep::record_expired(work, &due, now)) {
                 Ok(expired) => report.expired.extend(expired),
                 Err(e) => {
                     // Not recorded: file them again so the next pass retries.
@@ -521,20 +522,19 @@ impl Storage for LiveStore {
                 }
             }
         }
+        // One chunk per write, so the starts queued behind it wait little.
         loop {
-            let (revoked, sessions, events, more) =
-                self.write(move |tx| sqlite::sweep_rest_op(tx, now, history_days, mark_alive))?;
-            report.revoked.extend(revoked);
-            report.pruned_sessions += sessions;
-            report.pruned_events += events;
-            if !more {
+            let step = self.write(move |work| {
+                sqlite::upkeep::end_expired_keys_and_prune(work, now, history_days, mark_alive)
+            })?;
+            if !step.add_to(&mut report) {
                 return Ok(report);
             }
         }
     }
 
     fn resume_after_restart(&self, ready_at: Timestamp, timing: Timing) -> Result<ResumeReport> {
-        self.write(move |tx| sqlite::resume_op(tx, ready_at, timing))
+        self.write(move |work| sqlite::upkeep::resume(work, ready_at, timing))
     }
 
     fn maintain(&self) -> Result<()> {
@@ -575,7 +575,7 @@ impl Storage for LiveStore {
         // that were live at the stop.
         self.sweep(now, u32::MAX / 86_400, false)?;
         self.flush()?;
-        self.write(move |tx| sqlite::mark_alive_op(tx, now))?;
+        self.write(move |work| sqlite::upkeep::mark_alive(work, now))?;
         self.db.read(|c| {
             c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
             Ok(())

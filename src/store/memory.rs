@@ -102,16 +102,17 @@ pub struct Beat {
     pub expires_at: Timestamp,
 }
 
-/// What memory says to a heartbeat.
+/// What memory says to a heartbeat: the answer itself, or that only the
+/// database can give it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Answer {
+pub enum MemoryAnswer {
     /// Live: the lease is extended.
     Beat(Beat),
     /// The session is live but its key's expiry has passed.
     KeyExpired,
     /// Memory cannot say (unknown id, another key, lease run out): ask the
     /// database why.
-    Ask,
+    NeedsDatabase,
 }
 
 #[derive(Default)]
@@ -232,23 +233,23 @@ impl Memory {
         key_tag: u64,
         clock: &dyn Clock,
         timeout_secs: u64,
-    ) -> Answer {
+    ) -> MemoryAnswer {
         let mut t = self.table();
         // Read the clock under the lock: see the module doc.
         let now = clock.now();
         let t = &mut *t;
         let Some((arc_id, s)) = t.sessions.get_key_value(id) else {
-            return Answer::Ask;
+            return MemoryAnswer::NeedsDatabase;
         };
         if s.key_tag != key_tag || now.0 >= s.expires_at {
-            return Answer::Ask;
+            return MemoryAnswer::NeedsDatabase;
         }
         if now.0 >= s.key_expires_at {
-            return Answer::KeyExpired;
+            return MemoryAnswer::KeyExpired;
         }
         let arc_id = arc_id.clone();
         let Some(s) = t.sessions.get_mut(id) else {
-            return Answer::Ask;
+            return MemoryAnswer::NeedsDatabase;
         };
         s.last_heartbeat = now.0;
         s.expires_at = now.plus_secs(timeout_secs).0;
@@ -261,7 +262,7 @@ impl Memory {
             s.dirty = true;
             t.dirty.push(arc_id);
         }
-        Answer::Beat(beat)
+        MemoryAnswer::Beat(beat)
     }
 
     /// Up to `max` sessions whose lease has run out at `now`, with their
@@ -404,9 +405,9 @@ mod tests {
         }
     }
 
-    fn beat(a: Answer) -> Beat {
+    fn beat(a: MemoryAnswer) -> Beat {
         match a {
-            Answer::Beat(b) => b,
+            MemoryAnswer::Beat(b) => b,
             other => panic!("expected a beat, got {other:?}"),
         }
     }
@@ -420,12 +421,18 @@ mod tests {
             beat(m.heartbeat("s1", 1, &clock, 60)).expires_at,
             Timestamp(70_000)
         );
-        assert_eq!(m.heartbeat("s1", 2, &clock, 60), Answer::Ask);
-        assert_eq!(m.heartbeat("nope", 1, &clock, 60), Answer::Ask);
+        assert_eq!(
+            m.heartbeat("s1", 2, &clock, 60),
+            MemoryAnswer::NeedsDatabase
+        );
+        assert_eq!(
+            m.heartbeat("nope", 1, &clock, 60),
+            MemoryAnswer::NeedsDatabase
+        );
         clock.set(Timestamp(70_000));
         assert_eq!(
             m.heartbeat("s1", 1, &clock, 60),
-            Answer::Ask,
+            MemoryAnswer::NeedsDatabase,
             "dead at the lease end"
         );
     }
@@ -452,7 +459,10 @@ mod tests {
             beat(m.heartbeat("alive", 1, &clock, 3)).expires_at,
             Timestamp(22_999)
         );
-        assert_eq!(m.heartbeat("dead", 1, &clock, 3), Answer::Ask);
+        assert_eq!(
+            m.heartbeat("dead", 1, &clock, 3),
+            MemoryAnswer::NeedsDatabase
+        );
     }
 
     #[test]
@@ -465,7 +475,7 @@ mod tests {
         clock.set(Timestamp(4_999));
         beat(m.heartbeat("s", 7, &clock, 60));
         clock.set(Timestamp(5_000));
-        assert_eq!(m.heartbeat("s", 7, &clock, 60), Answer::KeyExpired);
+        assert_eq!(m.heartbeat("s", 7, &clock, 60), MemoryAnswer::KeyExpired);
         m.apply(vec![Change::KeyExpiry {
             key_tag: 7,
             expires_at: NEVER,

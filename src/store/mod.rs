@@ -1,10 +1,11 @@
 //! The storage boundary. Everything above this module (HTTP, CLI, sweep)
-//! talks to a [`Storage`]; only `sqlite.rs` knows SQL. A PostgreSQL backend
+//! talks to a [`Storage`]; only `sqlite/` knows SQL. A PostgreSQL backend
 //! for multi-instance deployments would be a second implementation beside
 //! it, with no change above this line.
 //!
 //! Storage never decides policy: each write loads its inputs, asks
-//! [`crate::rules`] what to do, and applies the answer in one transaction.
+//! [`crate::rules`] what to do, and applies the answer in one transaction,
+//! so a second engine calls the same rules rather than copying them.
 //! All methods are blocking; async callers go through [`blocking`].
 
 mod file_guard;

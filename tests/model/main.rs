@@ -171,7 +171,7 @@ fn run_model(key_expiry: bool) {
 /// `revoked` when "its key was ... expired"), so clearing the expiry
 /// afterwards must not bring it back.
 ///
-/// (Found by the model test; fixed in `update_key_op`.)
+/// (Found by the model test; fixed in `store::sqlite::keys::update`, by `rules::ended_before_change`.)
 #[tokio::test]
 async fn a_session_ended_by_its_keys_expiry_stays_ended() {
     let s = TestServer::start().await;

@@ -1,60 +1,14 @@
-//! The session rules, pure: given a key, its sessions, a request and the
-//! current time, decide what happens. No SQL and no HTTP here; storage
-//! loads the inputs and applies the decision inside one transaction, so the
-//! decision is made on a consistent view and applied atomically.
+//! Seats: what a start turns into (a new session, a retry resumed, a
+//! takeover, a refusal), and how many seats a key has in use. Why one
+//! function for a start: the victim order and the `reject` exception for a
+//! restarting device depend on each other, and a second engine must get
+//! both exactly as the first does.
 
-use crate::clock::{Gap, Timestamp};
+use crate::clock::Timestamp;
 use crate::error::{Error, Result};
-use crate::model::{ConflictPolicy, EndReason, Key, KeyStatus, Session};
+use crate::model::{ConflictPolicy, Key, Session};
 
-/// The two durations every liveness rule depends on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timing {
-    /// How often clients are told to heartbeat.
-    pub heartbeat_interval_secs: u64,
-    /// How long a session lives after its last heartbeat.
-    pub session_timeout_secs: u64,
-}
-
-impl Timing {
-    /// When a session that heartbeats at `now` stops being live.
-    pub fn lease_until(&self, now: Timestamp) -> Timestamp {
-        now.plus_secs(self.session_timeout_secs)
-    }
-}
-
-impl Default for Timing {
-    fn default() -> Self {
-        Timing {
-            heartbeat_interval_secs: 30,
-            session_timeout_secs: 60,
-        }
-    }
-}
-
-/// Refuses a key that cannot be used at `now`, with the contract's reason.
-/// Revocation wins over suspension, which wins over expiry: the most
-/// permanent reason is the most useful one to show a customer.
-pub fn check_key(key: &Key, now: Timestamp) -> Result<()> {
-    match key.status {
-        KeyStatus::Revoked => Err(Error::KeyRevoked),
-        KeyStatus::Suspended => Err(Error::KeySuspended),
-        KeyStatus::Active if key.is_expired_at(now) => Err(Error::KeyExpired),
-        KeyStatus::Active => Ok(()),
-    }
-}
-
-/// The status a person is shown for a key at `now`, in the CLI and the
-/// dashboard: what [`check_key`] would answer a device, so a suspended key
-/// past its expiry reads `suspended`, and an active one past it `expired`.
-pub fn shown_status(key: &Key, now: Timestamp) -> &'static str {
-    match check_key(key, now) {
-        Ok(()) => "active",
-        Err(Error::KeyRevoked) => "revoked",
-        Err(Error::KeySuspended) => "suspended",
-        Err(_) => "expired",
-    }
-}
+use super::check_key;
 
 /// What a start request turns into.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,92 +116,20 @@ pub fn plan_start(
     })
 }
 
-/// Why a session that is not live stopped being live. A session that was
-/// never recorded as ended but whose lease ran out is `expired`.
-pub fn end_reason_at(session: &Session, now: Timestamp) -> Option<EndReason> {
-    match session.end_reason {
-        Some(reason) => Some(reason),
-        None if !session.is_live_at(now) => Some(EndReason::Expired),
-        None => None,
+/// The seats a key has in use at `now`: its live sessions, or none once
+/// the key is past its expiry (they ended then, recorded or not yet).
+pub fn seats_in_use(key: &Key, open: &[Session], now: Timestamp) -> u32 {
+    if key.is_expired_at(now) {
+        return 0;
     }
-}
-
-/// Live sessions to end when a key's seat limit drops below the number in
-/// use: the oldest heartbeats go first, as with a takeover.
-pub fn excess_after_limit_change(open: &[Session], new_limit: u32, now: Timestamp) -> Vec<String> {
-    let mut live: Vec<&Session> = open.iter().filter(|s| s.is_live_at(now)).collect();
-    let limit = new_limit.max(1) as usize;
-    if live.len() <= limit {
-        return vec![];
-    }
-    live.sort_by_key(|s| (s.last_heartbeat, s.fence));
-    let excess = live.len() - limit;
-    live.iter()
-        .take(excess)
-        .map(|s| s.session_id.clone())
-        .collect()
-}
-
-/// After a restart, the lease a session that was live at the stop gets: a
-/// full timeout from the moment the server is ready, or its own lease if
-/// that is later. A restart or outage never ends a session by itself.
-pub fn lease_after_restart(current: Timestamp, ready_at: Timestamp, timing: Timing) -> Timestamp {
-    current.max(timing.lease_until(ready_at))
-}
-
-/// After a gap in the server's own progress (the process was stopped, its
-/// VM paused, the host starved it), the lease a session gets. A gap is an
-/// outage without a restart, so the restart rule applies from the gap's
-/// end: a session live when the gap began gets a full timeout from its
-/// end; one whose lease had already run out stays dead.
-pub fn lease_after_gap(lease: Timestamp, gap: Gap, timing: Timing) -> Timestamp {
-    if lease > gap.from {
-        lease.max(timing.lease_until(gap.to))
-    } else {
-        lease
-    }
+    open.iter().filter(|s| s.is_live_at(now)).count() as u32
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::fixtures::{key, session, T0};
     use super::*;
-    use crate::model::{KeyStatus, Session};
-
-    const T0: Timestamp = Timestamp(1_800_000_000_000);
-
-    fn key(max: u32, policy: ConflictPolicy) -> Key {
-        Key {
-            key_id: "key_test".into(),
-            prefix: "ks_abcdefgh".into(),
-            label: None,
-            max_sessions: max,
-            on_conflict: policy,
-            status: KeyStatus::Active,
-            expires_at: None,
-            created_at: T0,
-            updated_at: T0,
-            revoked_at: None,
-            live_sessions: 0,
-        }
-    }
-
-    fn session(id: &str, fence: i64, heartbeat_at: Timestamp, fp: Option<&str>) -> Session {
-        Session {
-            session_id: id.into(),
-            key_id: "key_test".into(),
-            key_prefix: "ks_abcdefgh".into(),
-            fence,
-            device_name: Some(format!("device-{id}")),
-            fingerprint: fp.map(str::to_owned),
-            client_addr: None,
-            started_at: T0,
-            last_heartbeat: heartbeat_at,
-            expires_at: Timing::default().lease_until(heartbeat_at),
-            ended_at: None,
-            end_reason: None,
-            superseded_by: None,
-        }
-    }
+    use crate::model::EndReason;
 
     fn admit(plan: &StartPlan) -> Vec<String> {
         match &plan.decision {
@@ -396,89 +278,19 @@ mod tests {
         assert!(matches!(err, Error::SessionIdTaken(_)));
     }
 
-    /// Key problems come first, most permanent reason first.
+    /// A key's seats in use are its live sessions; none once it expired.
     #[test]
-    fn key_state_is_checked_first() {
-        let mut k = key(1, ConflictPolicy::Takeover);
-        k.expires_at = Some(T0);
-        assert!(matches!(check_key(&k, T0), Err(Error::KeyExpired)));
-        assert!(check_key(&k, Timestamp(T0.0 - 1)).is_ok());
-        k.status = KeyStatus::Suspended;
-        assert!(matches!(check_key(&k, T0), Err(Error::KeySuspended)));
-        k.status = KeyStatus::Revoked;
-        assert!(matches!(
-            plan_start(&k, None, &[], None, T0),
-            Err(Error::KeyRevoked)
-        ));
-    }
-
-    /// The reason for a dead session is its recorded reason, or `expired`.
-    #[test]
-    fn end_reason_is_precise() {
-        let mut s = session("aaaaaaaa", 1, T0, None);
-        assert_eq!(end_reason_at(&s, T0.plus_secs(59)), None);
-        assert_eq!(
-            end_reason_at(&s, T0.plus_secs(60)),
-            Some(EndReason::Expired)
-        );
-        s.ended_at = Some(T0.plus_secs(1));
-        s.end_reason = Some(EndReason::Superseded);
-        assert_eq!(
-            end_reason_at(&s, T0.plus_secs(2)),
-            Some(EndReason::Superseded)
-        );
-    }
-
-    /// Lowering the seat limit ends the oldest heartbeats beyond it.
-    #[test]
-    fn lowering_the_limit_ends_the_excess() {
+    fn seats_in_use_count_live_sessions_of_an_unexpired_key() {
         let open = [
-            session("aaaaaaaa", 1, T0.plus_secs(3), None),
-            session("bbbbbbbb", 2, T0.plus_secs(1), None),
-            session("cccccccc", 3, T0.plus_secs(2), None),
+            session("aaaaaaaa", 1, T0, None),
+            session("bbbbbbbb", 2, T0.plus_secs(30), None),
         ];
-        let now = T0.plus_secs(4);
-        assert_eq!(
-            excess_after_limit_change(&open, 1, now),
-            vec!["bbbbbbbb".to_string(), "cccccccc".to_string()]
-        );
-        assert!(excess_after_limit_change(&open, 3, now).is_empty());
-    }
-
-    /// After a restart a session gets a full timeout from readiness.
-    #[test]
-    fn restart_grants_a_full_timeout() {
-        let t = Timing::default();
-        let ready = T0.plus_secs(600);
-        assert_eq!(
-            lease_after_restart(T0.plus_secs(60), ready, t),
-            ready.plus_secs(60)
-        );
-        let far = ready.plus_secs(1000);
-        assert_eq!(lease_after_restart(far, ready, t), far);
-    }
-
-    #[test]
-    fn a_freeze_is_an_outage_sessions_live_before_it_get_a_full_timeout_after_it() {
-        let timing = Timing {
-            heartbeat_interval_secs: 1,
-            session_timeout_secs: 3,
-        };
-        let gap = Gap {
-            from: T0,
-            to: T0.plus_secs(6),
-        };
-        // Live at the start of the freeze (1 s left): 3 s from its end.
-        assert_eq!(
-            lease_after_gap(T0.plus_secs(1), gap, timing),
-            T0.plus_secs(9)
-        );
-        // Its lease ended exactly when the freeze began: dead, stays dead.
-        assert_eq!(lease_after_gap(T0, gap, timing), T0);
-        // A lease longer than the rule's (a just-resumed restart) is kept.
-        assert_eq!(
-            lease_after_gap(T0.plus_secs(20), gap, timing),
-            T0.plus_secs(20)
-        );
+        let mut k = key(3, ConflictPolicy::Takeover);
+        assert_eq!(seats_in_use(&k, &open, T0.plus_secs(1)), 2);
+        // The first lease ran out at 60 s.
+        assert_eq!(seats_in_use(&k, &open, T0.plus_secs(60)), 1);
+        k.expires_at = Some(T0.plus_secs(10));
+        assert_eq!(seats_in_use(&k, &open, T0.plus_secs(10)), 0);
+        assert_eq!(seats_in_use(&k, &open, T0.plus_secs(9)), 2);
     }
 }
