@@ -7,8 +7,6 @@ use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::model::{EndReason, Session};
 
-use super::leases::{ending_of_dead_session, key_expiry_ending};
-
 /// Why a session was revoked: the `cause` the audit log records with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cause {
@@ -133,6 +131,39 @@ pub fn not_live_error(
     }
 }
 
+/// How a session that is open on record but no longer live ended on its
+/// own: at its key's expiry (revoked, cause `key_expired`) if the key
+/// expired while the lease still ran, else at its lease's end (expired).
+/// Every path that finds a dead open session (sweep, key changes, starts,
+/// heartbeats, ends) asks this, so they agree whichever runs first.
+pub fn ending_of_dead_session(session: &Session, key_expires_at: Option<Timestamp>) -> Ending {
+    match key_expires_at.filter(|k| *k < session.expires_at) {
+        Some(k) => Ending {
+            reason: EndReason::Revoked,
+            at: k,
+            cause: Some(Cause::KeyExpired),
+            by: EndedBy::Server,
+        },
+        None => Ending {
+            reason: EndReason::Expired,
+            at: session.expires_at,
+            cause: None,
+            by: EndedBy::Server,
+        },
+    }
+}
+
+/// How a live session of a key past its expiry ends once noticed at
+/// `now`: revoked, cause `key_expired`, by the server (as the sweep does).
+pub fn key_expiry_ending(now: Timestamp) -> Ending {
+    Ending {
+        reason: EndReason::Revoked,
+        at: now,
+        cause: Some(Cause::KeyExpired),
+        by: EndedBy::Server,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::fixtures::{session, T0};
@@ -249,5 +280,30 @@ mod tests {
         let dead = session("cccccccc", 3, T0, None);
         let err = not_live_error(&dead, T0.plus_secs(60), |_| panic!("not superseded"));
         assert!(matches!(err, Error::SessionOver(EndReason::Expired)));
+    }
+
+    /// A dead session ended at its lease's end, unless its key expired
+    /// first: then at the key's expiry, revoked, cause `key_expired`.
+    #[test]
+    fn a_dead_session_ended_at_whichever_came_first() {
+        let s = session("aaaaaaaa", 1, T0, None); // lease ends at 60 s
+        let expired = Ending {
+            reason: EndReason::Expired,
+            at: T0.plus_secs(60),
+            cause: None,
+            by: EndedBy::Server,
+        };
+        assert_eq!(ending_of_dead_session(&s, None), expired);
+        assert_eq!(ending_of_dead_session(&s, Some(T0.plus_secs(60))), expired);
+        assert_eq!(ending_of_dead_session(&s, Some(T0.plus_secs(90))), expired);
+        assert_eq!(
+            ending_of_dead_session(&s, Some(T0.plus_secs(59))),
+            Ending {
+                reason: EndReason::Revoked,
+                at: T0.plus_secs(59),
+                cause: Some(Cause::KeyExpired),
+                by: EndedBy::Server,
+            }
+        );
     }
 }

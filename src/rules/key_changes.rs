@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::model::{ConflictPolicy, EndReason, Key, KeyStatus, Session};
 
 use super::ends::{Cause, EndedBy, Ending};
-use super::leases::key_expiry_ending;
+use super::ends::key_expiry_ending;
 
 /// Live sessions a key change ends, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]

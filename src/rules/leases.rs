@@ -1,13 +1,8 @@
 //! Leases: how long a session lives. A restart or a gap in the server's
-//! progress never ends a session by itself (the contract's outage rule),
-//! and a session whose lease ran out ended at its lease's end, or at its
-//! key's expiry if that came first, whichever path notices it.
+//! progress never ends a session by itself (the contract's outage rule).
 
-use crate::clock::{Gap, Timestamp};
-use crate::model::{EndReason, Session};
-
-use super::ends::{Cause, EndedBy, Ending};
 use super::Timing;
+use crate::clock::{Gap, Timestamp};
 
 /// After a restart, the lease a session that was live at the stop gets: a
 /// full timeout from the moment the server is ready, or its own lease if
@@ -29,42 +24,9 @@ pub fn lease_after_gap(lease: Timestamp, gap: Gap, timing: Timing) -> Timestamp 
     }
 }
 
-/// How a session that is open on record but no longer live ended on its
-/// own: at its key's expiry (revoked, cause `key_expired`) if the key
-/// expired while the lease still ran, else at its lease's end (expired).
-/// Every path that finds a dead open session (sweep, key changes, starts,
-/// heartbeats, ends) asks this, so they agree whichever runs first.
-pub fn ending_of_dead_session(session: &Session, key_expires_at: Option<Timestamp>) -> Ending {
-    match key_expires_at.filter(|k| *k < session.expires_at) {
-        Some(k) => Ending {
-            reason: EndReason::Revoked,
-            at: k,
-            cause: Some(Cause::KeyExpired),
-            by: EndedBy::Server,
-        },
-        None => Ending {
-            reason: EndReason::Expired,
-            at: session.expires_at,
-            cause: None,
-            by: EndedBy::Server,
-        },
-    }
-}
-
-/// How a live session of a key past its expiry ends once noticed at
-/// `now`: revoked, cause `key_expired`, by the server (as the sweep does).
-pub fn key_expiry_ending(now: Timestamp) -> Ending {
-    Ending {
-        reason: EndReason::Revoked,
-        at: now,
-        cause: Some(Cause::KeyExpired),
-        by: EndedBy::Server,
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::super::fixtures::{session, T0};
+    use super::super::fixtures::T0;
     use super::*;
 
     /// After a restart a session gets a full timeout from readiness.
@@ -101,31 +63,6 @@ mod tests {
         assert_eq!(
             lease_after_gap(T0.plus_secs(20), gap, timing),
             T0.plus_secs(20)
-        );
-    }
-
-    /// A dead session ended at its lease's end, unless its key expired
-    /// first: then at the key's expiry, revoked, cause `key_expired`.
-    #[test]
-    fn a_dead_session_ended_at_whichever_came_first() {
-        let s = session("aaaaaaaa", 1, T0, None); // lease ends at 60 s
-        let expired = Ending {
-            reason: EndReason::Expired,
-            at: T0.plus_secs(60),
-            cause: None,
-            by: EndedBy::Server,
-        };
-        assert_eq!(ending_of_dead_session(&s, None), expired);
-        assert_eq!(ending_of_dead_session(&s, Some(T0.plus_secs(60))), expired);
-        assert_eq!(ending_of_dead_session(&s, Some(T0.plus_secs(90))), expired);
-        assert_eq!(
-            ending_of_dead_session(&s, Some(T0.plus_secs(59))),
-            Ending {
-                reason: EndReason::Revoked,
-                at: T0.plus_secs(59),
-                cause: Some(Cause::KeyExpired),
-                by: EndedBy::Server,
-            }
         );
     }
 }

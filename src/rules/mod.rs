@@ -24,12 +24,15 @@ pub mod seats;
 #[cfg(test)]
 mod fixtures;
 
-pub use ends::{end_reason_at, not_live_error, plan_end, Cause, EndPlan, EndedBy, Ending};
+pub use ends::{
+    end_reason_at, ending_of_dead_session, key_expiry_ending, not_live_error, plan_end, Cause,
+    EndPlan, EndedBy, Ending,
+};
 pub use key_changes::{
     check_key_change, ended_before_change, ended_by_change, excess_after_limit_change,
     new_key_terms, revoke_needed, Revocation,
 };
-pub use leases::{ending_of_dead_session, key_expiry_ending, lease_after_gap, lease_after_restart};
+pub use leases::{lease_after_gap, lease_after_restart};
 pub use seats::{plan_start, seats_in_use, StartDecision, StartPlan};
 
 use crate::clock::Timestamp;
