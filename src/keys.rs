@@ -30,6 +30,15 @@ pub const PREFIX_LEN: usize = 8;
 /// A SHA-256 digest of an access key: what the database stores.
 pub type KeyHash = [u8; 32];
 
+/// A key's tag: the first 8 bytes of its hash. The in-memory seat table
+/// and the rate limiters name a key by it (a u64 is cheap to hash and
+/// compare, and 64 bits of SHA-256 do not collide among real keys).
+pub fn key_tag(hash: &KeyHash) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&hash[..8]);
+    u64::from_le_bytes(b)
+}
+
 /// A syntactically valid access key (checksum verified). Its `Debug` never
 /// shows the secret.
 #[derive(Clone, PartialEq, Eq)]

@@ -22,7 +22,7 @@ use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::http::{app, listener, AppState};
 use crate::instance_lock::InstanceLock;
-use crate::store::{blocking, LiveOptions, LiveStore, Storage};
+use crate::store::{blocking, LiveStore, Storage};
 use crate::sweep;
 
 /// How long in-flight requests get to finish after a stop signal.
@@ -127,11 +127,7 @@ impl Server {
         }));
 
         let path = settings.database.clone();
-        let opts = LiveOptions {
-            timing: settings.timing(),
-            persist_secs: settings.heartbeat_persist_seconds,
-            durability: settings.durability,
-        };
+        let opts = settings.live_options();
         let store_clock = clock.clone();
         let opened = blocking(move || {
             let ready_at = store_clock.now();

@@ -132,6 +132,15 @@ impl Settings {
             session_timeout_secs: self.session_timeout_seconds,
         }
     }
+
+    /// What the server's live store is opened with.
+    pub fn live_options(&self) -> crate::store::LiveOptions {
+        crate::store::LiveOptions {
+            timing: self.timing(),
+            persist_secs: self.heartbeat_persist_seconds,
+            durability: self.durability,
+        }
+    }
 }
 
 /// A configuration problem, as one line.

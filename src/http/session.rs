@@ -9,7 +9,7 @@ use super::extract::{ApiJson, ClientAddr};
 use super::AppState;
 use crate::error::{Error, Result};
 use crate::input;
-use crate::keys::AccessKey;
+use crate::keys::{key_tag, AccessKey};
 use crate::model::Actor;
 use crate::store::{blocking, EndOutcome, StartRequest};
 use crate::wire::{
@@ -80,7 +80,7 @@ impl KeyChecker {
             self.limiter().check(self.addr.0, now)?;
             return Err(self.failed(Error::InvalidKey));
         };
-        let tag = key_tag(&key);
+        let tag = key_tag(&key.hash());
         self.limiter().check_key(self.addr.0, tag, now)?;
         self.tag = Some(tag);
         Ok(key)
@@ -130,14 +130,6 @@ fn key_was_found(e: &Error) -> bool {
     )
 }
 
-/// The limiters' name for a key: 64 bits of its hash.
-fn key_tag(key: &AccessKey) -> u64 {
-    let hash = key.hash();
-    let mut tag = [0u8; 8];
-    tag.copy_from_slice(&hash[..8]);
-    u64::from_le_bytes(tag)
-}
-
 #[utoipa::path(
     post,
     path = "/api/session/start",
@@ -159,7 +151,9 @@ async fn start(
     if let Some(id) = &body.session_id {
         input::session_id(id)?;
     }
-    state.starts_per_key().take(key_tag(&key), state.now())?;
+    state
+        .starts_per_key()
+        .take(key_tag(&key.hash()), state.now())?;
     let device = body.device.unwrap_or_default();
     let req = StartRequest {
         key,

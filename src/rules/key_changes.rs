@@ -8,8 +8,8 @@ use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::model::{ConflictPolicy, EndReason, Key, KeyStatus, Session};
 
-use super::ends::{Cause, EndedBy, Ending};
 use super::ends::key_expiry_ending;
+use super::ends::{Cause, EndedBy, Ending};
 
 /// Live sessions a key change ends, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -28,14 +28,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::clock::{Clock, Timestamp};
-use crate::keys::KeyHash;
-
-/// The tag of a key: the first 8 bytes of its SHA-256.
-pub fn key_tag(hash: &KeyHash) -> u64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&hash[..8]);
-    u64::from_le_bytes(b)
-}
+pub use crate::keys::key_tag;
 
 /// `i64::MAX` stands for "the key never expires".
 pub const NEVER: i64 = i64::MAX;

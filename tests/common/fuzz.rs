@@ -12,7 +12,7 @@ use axum::Router;
 use keyseat::clock::{Clock, ManualClock};
 use keyseat::config::{Secret, Settings};
 use keyseat::http::{app, AppState};
-use keyseat::store::{Durability, LiveOptions, LiveStore};
+use keyseat::store::{Durability, LiveStore};
 use proptest::strategy::Strategy;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
@@ -83,11 +83,7 @@ pub fn ready_router(db: &Path) -> (tokio::runtime::Runtime, Router) {
         .unwrap();
     let clock: Arc<dyn Clock> = Arc::new(ManualClock::starting_now());
     let state = AppState::new(&settings, clock.clone());
-    let opts = LiveOptions {
-        timing: settings.timing(),
-        persist_secs: settings.heartbeat_persist_seconds,
-        durability: settings.durability,
-    };
+    let opts = settings.live_options();
     let (store, _) =
         LiveStore::open(&settings.database, opts, clock.clone(), clock.now()).expect("open store");
     state.set_ready(Arc::new(store));
