@@ -10,7 +10,7 @@
 //!   and closed, so a client learns to retry instead of hanging in the
 //!   backlog;
 //! - but first a newcomer may take the slot of an *idle* connection (no
-//!   request in progress for [`MIN_IDLE_MS`]): at its address's cap, that
+//!   request in progress for [`table::MIN_IDLE_MS`]): at its address's cap, that
 //!   address's longest-idle one (however briefly idle, if the newcomer
 //!   starts sending a request within [`PROBATION`], as a device does and a
 //!   parked socket does not); on a full server, one of the address holding
