@@ -112,6 +112,19 @@ impl KeyChecker {
     }
 }
 
+/// A heartbeat's or an end's body, checked in the order the limits need:
+/// the key through a [`KeyChecker`], then the session id's grammar.
+fn checked_session_body(
+    state: &AppState,
+    addr: ClientAddr,
+    body: &SessionBody,
+) -> Result<(KeyChecker, AccessKey)> {
+    let mut checker = KeyChecker::new(state, addr);
+    let key = checker.parse(&body.access_key)?;
+    input::session_id(&body.session_id)?;
+    Ok((checker, key))
+}
+
 /// Whether a storage error could only be answered after finding the key.
 /// A revoked, suspended or expired key counts: it is a real key, its holder
 /// is not guessing, and its answer (403) tells nothing the holder does not
@@ -202,9 +215,7 @@ async fn heartbeat(
     addr: ClientAddr,
     ApiJson(body): ApiJson<SessionBody>,
 ) -> Result<Json<HeartbeatAnswer>> {
-    let mut checker = KeyChecker::new(&state, addr);
-    let key = checker.parse(&body.access_key)?;
-    input::session_id(&body.session_id)?;
+    let (checker, key) = checked_session_body(&state, addr, &body)?;
     let store = state.store()?;
     let (clock, timing) = (state.clock(), state.timing());
     let session_id = body.session_id;
@@ -248,9 +259,7 @@ async fn end(
     addr: ClientAddr,
     ApiJson(body): ApiJson<SessionBody>,
 ) -> Result<Json<EndAnswer>> {
-    let mut checker = KeyChecker::new(&state, addr);
-    let key = checker.parse(&body.access_key)?;
-    input::session_id(&body.session_id)?;
+    let (checker, key) = checked_session_body(&state, addr, &body)?;
     let actor = Actor(addr.label());
     let outcome = checker.check(state.seats()?.end(key, body.session_id, actor).await)?;
     Ok(Json(match outcome {
