@@ -385,47 +385,28 @@ fn validate(s: &Settings) -> Result<(), ConfigError> {
             s.session_timeout_seconds
         ));
     }
-    if !(1..=3_600).contains(&s.sweep_interval_seconds) {
-        return fail(format!(
-            "sweep_interval_seconds = {} must be between 1 and 3600",
-            s.sweep_interval_seconds
-        ));
-    }
-    if !(1..=3_650).contains(&s.history_days) {
-        return fail(format!(
-            "history_days = {} must be between 1 and 3650",
-            s.history_days
-        ));
-    }
-    if !(1..=3_600).contains(&s.heartbeat_persist_seconds) {
-        return fail(format!(
-            "heartbeat_persist_seconds = {} must be between 1 and 3600",
-            s.heartbeat_persist_seconds
-        ));
-    }
-    if !(1..=1_000_000).contains(&s.max_connections) {
-        return fail(format!(
-            "max_connections = {} must be between 1 and 1000000",
-            s.max_connections
-        ));
-    }
-    if !(1..=1_000_000).contains(&s.max_connections_per_address) {
-        return fail(format!(
-            "max_connections_per_address = {} must be between 1 and 1000000",
-            s.max_connections_per_address
-        ));
-    }
-    if !(1..=1_000_000).contains(&s.max_pending_writes) {
-        return fail(format!(
-            "max_pending_writes = {} must be between 1 and 1000000",
-            s.max_pending_writes
-        ));
-    }
-    if !(1..=3_600).contains(&s.client_timeout_seconds) {
-        return fail(format!(
-            "client_timeout_seconds = {} must be between 1 and 3600",
-            s.client_timeout_seconds
-        ));
+    // Whole-number settings and their ranges, checked in this order.
+    let ranges: [(&str, u64, u64); 7] = [
+        ("sweep_interval_seconds", s.sweep_interval_seconds, 3_600),
+        ("history_days", s.history_days.into(), 3_650),
+        (
+            "heartbeat_persist_seconds",
+            s.heartbeat_persist_seconds,
+            3_600,
+        ),
+        ("max_connections", s.max_connections as u64, 1_000_000),
+        (
+            "max_connections_per_address",
+            s.max_connections_per_address as u64,
+            1_000_000,
+        ),
+        ("max_pending_writes", s.max_pending_writes as u64, 1_000_000),
+        ("client_timeout_seconds", s.client_timeout_seconds, 3_600),
+    ];
+    for (name, value, max) in ranges {
+        if !(1..=max).contains(&value) {
+            return fail(format!("{name} = {value} must be between 1 and {max}"));
+        }
     }
     if let MetricsMode::Separate(addr) = s.metrics {
         if addr == s.listen {
