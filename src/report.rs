@@ -20,8 +20,9 @@ use crate::clock::Timestamp;
 
 use crate::model::EventType;
 
-/// A device as sessions describe it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A device as sessions describe it (ordered only so that the report is
+/// the same whatever order the rows arrive in).
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Device {
     /// Self-reported stable fingerprint.
     pub fingerprint: Option<String>,
@@ -180,7 +181,10 @@ pub fn sharing(input: &SharingInput, opts: SharingOptions) -> SharingReport {
         }
     }
     let mut takeovers: Vec<&Takeover> = input.takeovers.iter().collect();
-    takeovers.sort_by_key(|t| t.at);
+    // By time, and takeovers at the same millisecond in one fixed order, so
+    // the ping-pongs counted never depend on the order the store read them.
+    takeovers
+        .sort_by(|a, b| (a.at, &a.key_id, &a.from, &a.to).cmp(&(b.at, &b.key_id, &b.from, &b.to)));
     let window = i64::try_from(opts.ping_pong_secs)
         .unwrap_or(i64::MAX / 1000)
         .saturating_mul(1000);
@@ -543,6 +547,26 @@ mod tests {
         assert_eq!(k.ping_pongs, 1);
         assert_eq!(k.distinct_fingerprints, 0);
         assert_eq!((k.pairs[0].a.as_str(), k.pairs[0].b.as_str()), ("x", "y"));
+    }
+
+    /// Two takeovers at the same instant count the same whichever the store
+    /// returns first (found by the property below: A→C, then C→A and A→C
+    /// at the same minute gave one ping-pong or two depending on row order).
+    #[test]
+    fn takeovers_at_the_same_instant_count_the_same_in_any_order() {
+        let takeovers = vec![
+            takeover("k2", 0, "A", "C"),
+            takeover("k2", 1, "C", "A"),
+            takeover("k2", 1, "A", "C"),
+        ];
+        let input = SharingInput {
+            keys: vec![key("k2", 1)],
+            devices: vec![],
+            takeovers,
+        };
+        let mut reversed = input.clone();
+        reversed.takeovers.reverse();
+        assert_eq!(sharing(&reversed, opts(1)), sharing(&input, opts(1)));
     }
 
     proptest::proptest! {
