@@ -254,12 +254,16 @@ pub fn main() -> ExitCode {
         _ => {}
     }
     // Flags after the subcommand win over the same flags before it.
+    let sweep_flags;
     let after = match &cli.command {
         Command::Serve(flags) => Some(&**flags),
-        Command::Sweep { history_days, .. } => Some(&ServerFlags {
-            history_days: history_days.clone(),
-            ..Default::default()
-        }),
+        Command::Sweep { history_days, .. } => {
+            sweep_flags = ServerFlags {
+                history_days: history_days.clone(),
+                ..Default::default()
+            };
+            Some(&sweep_flags)
+        }
         _ => None,
     };
     let mut server = vec![&cli.server];

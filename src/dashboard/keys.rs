@@ -320,8 +320,11 @@ pub async fn create(
         }
     };
     let actor = Actor(addr.label());
-    let created = match async { state.seats()?.create_key(new, actor, Via::Dashboard).await }.await
-    {
+    let result = match state.seats() {
+        Ok(seats) => seats.create_key(new, actor, Via::Dashboard).await,
+        Err(e) => Err(e),
+    };
+    let created = match result {
         Ok(c) => c,
         Err(e) => {
             release(&sessions);

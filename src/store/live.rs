@@ -21,12 +21,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::file_guard::FileGuard;
-use super::memory::{key_tag, Change, Memory, MemoryAnswer};
+use super::memory::{Change, Memory, MemoryAnswer};
 use super::sqlite::{self, Durability, UnitOfWork};
 use super::writer::Writer;
 use super::*;
 use crate::clock::Clock;
-use crate::keys::new_key_id;
+use crate::keys::{key_tag, new_key_id};
 
 /// WAL size past which the checkpointer blocks until it is truncated.
 const WAL_LIMIT_BYTES: u64 = 64 * 1024 * 1024;

@@ -28,7 +28,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::clock::{Clock, Timestamp};
-pub use crate::keys::key_tag;
 
 /// `i64::MAX` stands for "the key never expires".
 pub const NEVER: i64 = i64::MAX;

@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 use common::api::Api;
 use file::check_file;
 use load::Load;
-use model::{lock, Model, Shared};
+use model::{lock, Shared};
 use probe::{check_over_http, create_initial_keys, probe_start_up};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -153,15 +153,7 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
             p = spawn(&db, &log);
         }
 
-        let snapshot = {
-            let m = lock(&model);
-            Model {
-                keys: m.keys.clone(),
-                sessions: m.sessions.clone(),
-                recent: m.recent.clone(),
-                ..Model::default()
-            }
-        };
+        let snapshot = lock(&model).snapshot();
         if iteration == 0 {
             // Nothing to probe yet: wait for readiness, then make keys.
             let api = p.api();
@@ -213,15 +205,7 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     // A last start and check of everything that was ever acknowledged.
     let log = dir.path().join("server-final.log");
     let mut p = spawn(&db, &log);
-    let snapshot = {
-        let m = lock(&model);
-        Model {
-            keys: m.keys.clone(),
-            sessions: m.sessions.clone(),
-            recent: m.recent.clone(),
-            ..Model::default()
-        }
-    };
+    let snapshot = lock(&model).snapshot();
     unavailable_seen += probe_start_up(&mut p, &snapshot).await;
     http_checked += check_over_http(&p, &snapshot).await;
     kill(&mut p);

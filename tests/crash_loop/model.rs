@@ -42,6 +42,17 @@ pub struct Model {
 }
 
 impl Model {
+    /// What a probe checks against: the keys, sessions and recent
+    /// acknowledgements, without the counters and errors.
+    pub fn snapshot(&self) -> Model {
+        Model {
+            keys: self.keys.clone(),
+            sessions: self.sessions.clone(),
+            recent: self.recent.clone(),
+            ..Model::default()
+        }
+    }
+
     pub fn ack(&mut self, kind: &'static str, what: String) {
         *self.acked.entry(kind).or_default() += 1;
         self.recent.push((kind, what));

@@ -10,10 +10,11 @@ use super::rows::{key_by_id, key_columns, key_from_row, resolve_key};
 use super::unit_of_work::{EventRecord, UnitOfWork};
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
+use crate::keys::key_tag;
 use crate::keys::{AccessKey, KeyHash};
 use crate::model::{Actor, EventType, Key, Session};
 use crate::rules;
-use crate::store::memory::{key_tag, Change, NEVER};
+use crate::store::memory::{Change, NEVER};
 use crate::store::{KeyChange, KeyPage, KeyPatch, KeySearch, NewKey};
 
 /// Stores a new key with its hashed secret.

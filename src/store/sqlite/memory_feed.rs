@@ -6,8 +6,9 @@
 use rusqlite::Connection;
 
 use crate::error::{Error, Result};
+use crate::keys::key_tag;
 use crate::keys::KeyHash;
-use crate::store::memory::{key_tag, LiveSession, NEVER};
+use crate::store::memory::{LiveSession, NEVER};
 
 /// Streams every open session to `f` as memory keeps it (start-up), with
 /// its key's tag and expiry; the lease is left for the caller to set.

@@ -10,10 +10,11 @@ use super::rows::{key_by_hash, resolve_key, session_columns, session_from_row, E
 use super::unit_of_work::{EventRecord, UnitOfWork};
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
+use crate::keys::key_tag;
 use crate::keys::AccessKey;
 use crate::model::{Actor, EndReason, EventType, Key, Session};
 use crate::rules::{self, EndPlan, StartDecision, Timing};
-use crate::store::memory::{key_tag, Change, LiveSession, NEVER};
+use crate::store::memory::{Change, LiveSession, NEVER};
 use crate::store::{EndOutcome, StartOutcome, StartRequest};
 
 /// Starts (or resumes) a session. The outer error aborts the transaction;
