@@ -126,6 +126,13 @@ pub trait Clock: Send + Sync + 'static {
         None
     }
 
+    /// Whether this clock, rather than the database's, decides leases on
+    /// an engine shared by several servers: true only for a clock that
+    /// moves when told (tests), which must be the time for every rule.
+    fn decides_leases(&self) -> bool {
+        false
+    }
+
     /// How many gaps this clock has seen so far, checking for one first.
     /// Cheap (no lock unless a gap is suspected), so a caller can compare
     /// it with the count it has applied on every request and take the gap
@@ -357,6 +364,10 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> Timestamp {
         Timestamp(self.now.load(Ordering::SeqCst))
+    }
+
+    fn decides_leases(&self) -> bool {
+        true
     }
 }
 

@@ -105,6 +105,10 @@ pub enum Error {
     /// The connection pool failed.
     #[error("database pool error: {0}")]
     Pool(#[from] r2d2::Error),
+    /// PostgreSQL failed (see [`Error::is_transient`] for which failures
+    /// are an outage rather than a fault).
+    #[error("database error: {}", postgres_message(.0))]
+    Postgres(#[from] tokio_postgres::Error),
     /// Something that should not happen (a panicked worker, a bug).
     #[error("internal error: {0}")]
     Internal(String),
@@ -133,6 +137,33 @@ pub(crate) fn sqlite_message(e: &rusqlite::Error) -> String {
     format!("{e}{hint}")
 }
 
+/// PostgreSQL's message, with the server's detail when it gave one (the
+/// driver's own `Display` says only "db error").
+pub(crate) fn postgres_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+/// Whether a PostgreSQL failure is the database being away, restarting,
+/// overloaded or contended (503: retry), rather than a fault (500): a lost
+/// or refused connection, a shutdown, too many connections, a lock or
+/// statement timeout, or a serialization failure that outlived the
+/// retries.
+pub(crate) fn postgres_is_outage(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    match e.code() {
+        None => true,
+        Some(code) => {
+            let class = &code.code()[..2];
+            matches!(class, "08" | "57" | "53" | "40" | "58")
+                || *code == SqlState::LOCK_NOT_AVAILABLE
+                || *code == SqlState::READ_ONLY_SQL_TRANSACTION
+        }
+    }
+}
+
 fn session_over_message(reason: EndReason) -> &'static str {
     match reason {
         EndReason::Ended => "this session has already been ended",
@@ -151,6 +182,7 @@ impl Error {
         match self {
             Error::Unavailable(_) => true,
             Error::Pool(_) => true,
+            Error::Postgres(e) => postgres_is_outage(e),
             Error::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
                 e.code,
                 DatabaseBusy | DatabaseLocked | ReadOnly | DiskFull | CannotOpen | SystemIoFailure

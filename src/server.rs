@@ -22,7 +22,8 @@ use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::http::{app, listener, AppState};
 use crate::instance_lock::InstanceLock;
-use crate::store::{blocking, LiveStore, Storage};
+use crate::config::Database;
+use crate::store::{blocking, LiveStore, OpenMode, PostgresStore, Storage};
 use crate::sweep;
 
 /// How long in-flight requests get to finish after a stop signal.
@@ -39,8 +40,9 @@ pub struct Server {
     sweep: JoinHandle<()>,
     upkeep: JoinHandle<()>,
     /// One server per database file; released when the server is dropped
-    /// (after its stop) or the process dies.
-    _lock: InstanceLock,
+    /// (after its stop) or the process dies. None on PostgreSQL, which any
+    /// number of servers share.
+    _lock: Option<InstanceLock>,
     /// The CLI's way in (see [`crate::control`]).
     #[cfg(unix)]
     control: Option<crate::control::ControlSocket>,
@@ -79,8 +81,13 @@ impl Server {
             .map_err(|e| Error::Internal(format!("listener has no address: {e}")))?;
         // Before anything touches the database: a second server on the
         // same file is refused here.
-        crate::instance_lock::check_not_lost(&settings.database)?;
-        let lock = InstanceLock::acquire(&settings.database, addr)?;
+        let lock = match settings.database.sqlite_path() {
+            Some(path) => {
+                crate::instance_lock::check_not_lost(path)?;
+                Some(InstanceLock::acquire(path, addr)?)
+            }
+            None => None,
+        };
         let state = AppState::new(&settings, clock.clone());
         let (stop, stop_rx) = watch::channel(false);
 
@@ -126,12 +133,24 @@ impl Server {
             let _ = http_stop.wait_for(|stopped| *stopped).await;
         }));
 
-        let path = settings.database.clone();
+        let database = settings.database.clone();
         let opts = settings.live_options();
+        let pg_opts = settings.postgres_options(clock.decides_leases());
         let store_clock = clock.clone();
         let opened = blocking(move || {
             let ready_at = store_clock.now();
-            let (store, report) = LiveStore::open(&path, opts, store_clock.clone(), ready_at)?;
+            let (store, report): (Arc<dyn Storage>, _) = match &database {
+                Database::Sqlite(path) => {
+                    let (store, report) =
+                        LiveStore::open(path, opts, store_clock.clone(), ready_at)?;
+                    (Arc::new(store), report)
+                }
+                Database::Postgres(url) => {
+                    let store = PostgresStore::open(url, OpenMode::CreateAndMigrate, pg_opts)?;
+                    let report = store.resume_after_restart(ready_at, opts.timing)?;
+                    (Arc::new(store), report)
+                }
+            };
             let first_run = store.list_keys(1, None, ready_at)?.keys.is_empty();
             Ok((store, report, first_run))
         })
@@ -144,7 +163,6 @@ impl Server {
                 return Err(e);
             }
         };
-        let store: Arc<dyn Storage> = Arc::new(store);
         if report.resumed > 0 {
             tracing::info!(
                 sessions = report.resumed,
@@ -161,27 +179,34 @@ impl Server {
             stop_rx.clone(),
         ));
         let (control_stop, _control_rx) = watch::channel(false);
+        // On PostgreSQL the CLI works on the database itself, as every
+        // server does: there is no one server for it to go through.
         #[cfg(unix)]
-        let control = crate::control::ControlSocket::start(
-            &settings.database,
-            store.clone(),
-            clock.clone(),
-            _control_rx,
-        )
-        .await;
+        let control = match settings.database.sqlite_path() {
+            Some(path) => {
+                crate::control::ControlSocket::start(
+                    path,
+                    store.clone(),
+                    clock.clone(),
+                    _control_rx,
+                )
+                .await
+            }
+            None => None,
+        };
         let upkeep = tokio::spawn(maintain(store.clone(), stop_rx));
 
         tracing::info!(
             "keyseat {} listening on http://{addr} (database {})",
             env!("CARGO_PKG_VERSION"),
-            settings.database.display()
+            settings.database
         );
         tracing::info!("{}", admin_line(addr, settings.admin_token.is_some()));
         if first_run {
             tracing::info!(
                 "no access keys yet; create the first one with: {} --database {} keys create --label \"first customer\"",
                 how_it_was_started(),
-                settings.database.display()
+                shell_word(&settings.database.to_string())
             );
         }
         Ok(Server {
@@ -280,6 +305,19 @@ fn how_it_was_started() -> String {
     match std::env::args().next() {
         Some(arg0) if arg0.contains('/') => arg0,
         _ => "keyseat".into(),
+    }
+}
+
+/// A word as a shell reads it: quoted when it holds anything but the
+/// characters of plain paths.
+fn shell_word(word: &str) -> String {
+    if word
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-+:,=@".contains(&b))
+    {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
     }
 }
 

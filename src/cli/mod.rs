@@ -39,7 +39,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{self, Overrides, Settings};
 use crate::error::{Error, Result};
 use crate::server::{shutdown_signal, Server};
-use crate::store::{OpenMode, SqliteStore, Storage};
+use crate::config::Database;
+use crate::store::{OpenMode, PostgresStore, SqliteStore, Storage};
 
 /// keyseat: a self-hosted license seat server. One device at a time (or N)
 /// per access key.
@@ -359,8 +360,20 @@ fn listen_failure(addr: std::net::SocketAddr, e: &std::io::Error) -> String {
 }
 
 fn migrate(settings: &Settings, json: bool) -> Result<()> {
-    let store = SqliteStore::open(&settings.database, OpenMode::CreateAndMigrate)?;
-    let path = store.path().display().to_string();
+    let path = match &settings.database {
+        Database::Sqlite(path) => {
+            let store = SqliteStore::open(path, OpenMode::CreateAndMigrate)?;
+            store.path().display().to_string()
+        }
+        Database::Postgres(url) => {
+            PostgresStore::open(
+                url,
+                OpenMode::CreateAndMigrate,
+                settings.postgres_options(false),
+            )?;
+            url.to_string()
+        }
+    };
     if json {
         outln!(
             "{}",
@@ -437,9 +450,19 @@ fn with_store(
 /// where the socket cannot exist (a path too long for one) does the
 /// command fall back to the file, with a warning.
 fn open_store(settings: &Settings) -> Result<Box<dyn Storage>> {
+    let db = match &settings.database {
+        Database::Sqlite(path) => path,
+        // Every server works on the database itself; so does the CLI.
+        Database::Postgres(url) => {
+            return Ok(Box::new(PostgresStore::open(
+                url,
+                OpenMode::Existing,
+                settings.postgres_options(false),
+            )?))
+        }
+    };
     #[cfg(unix)]
     {
-        let db = &settings.database;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
         loop {
             if let Some(remote) = crate::control::RemoteStore::connect(db) {
@@ -469,8 +492,5 @@ fn open_store(settings: &Settings) -> Result<Box<dyn Storage>> {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
     }
-    Ok(Box::new(SqliteStore::open(
-        &settings.database,
-        OpenMode::Existing,
-    )?))
+    Ok(Box::new(SqliteStore::open(db, OpenMode::Existing)?))
 }

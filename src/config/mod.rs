@@ -9,7 +9,10 @@ use std::path::PathBuf;
 
 pub use crate::proxy::TrustedProxies;
 
+mod database;
 mod file;
+
+pub use database::{Database, PostgresUrl};
 
 use file::apply_file;
 
@@ -42,8 +45,8 @@ impl std::fmt::Debug for Secret {
 pub struct Settings {
     /// Address the HTTP server binds.
     pub listen: SocketAddr,
-    /// The SQLite database file.
-    pub database: PathBuf,
+    /// The SQLite file or the PostgreSQL URL.
+    pub database: Database,
     /// Bearer token for `/api/admin/*`; `None` turns the admin API off.
     pub admin_token: Option<Secret>,
     /// How often clients are told to heartbeat.
@@ -101,7 +104,7 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            database: PathBuf::from("keyseat.db"),
+            database: Database::default(),
             admin_token: None,
             heartbeat_interval_seconds: 30,
             session_timeout_seconds: 60,
@@ -130,6 +133,20 @@ impl Settings {
         Timing {
             heartbeat_interval_secs: self.heartbeat_interval_seconds,
             session_timeout_secs: self.session_timeout_seconds,
+        }
+    }
+
+    /// How the PostgreSQL engine runs; `caller_clock` when the server's
+    /// clock is a test's, which then decides leases.
+    pub fn postgres_options(&self, caller_clock: bool) -> crate::store::PostgresOptions {
+        crate::store::PostgresOptions {
+            timing: self.timing(),
+            time: if caller_clock {
+                crate::store::TimeSource::Caller
+            } else {
+                crate::store::TimeSource::Database
+            },
+            ..Default::default()
         }
     }
 
@@ -273,7 +290,7 @@ fn apply_text(s: &mut Settings, name: &str, value: &str, from: &str) -> Result<(
             if value.trim().is_empty() {
                 return Err(ConfigError(format!("database (from {from}) is empty")));
             }
-            s.database = PathBuf::from(value)
+            s.database = Database::parse(value)
         }
         "admin_token" => {
             s.admin_token = if value.is_empty() {

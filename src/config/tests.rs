@@ -20,7 +20,7 @@ fn load_env(
 fn defaults_match_the_contract() {
     let (s, _) = load_env(&[], &Overrides::default()).unwrap();
     assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
-    assert_eq!(s.database, PathBuf::from("keyseat.db"));
+    assert_eq!(s.database, Database::Sqlite(PathBuf::from("keyseat.db")));
     assert_eq!(s.heartbeat_interval_seconds, 30);
     assert_eq!(s.session_timeout_seconds, 60);
     assert_eq!(s.sweep_interval_seconds, 10);

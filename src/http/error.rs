@@ -52,6 +52,7 @@ pub fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
         | Error::Database(_)
         | Error::Sqlite(_)
         | Error::Pool(_)
+        | Error::Postgres(_)
         | Error::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal_error"),
     }
 }

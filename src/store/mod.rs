@@ -9,13 +9,16 @@
 //! All methods are blocking; async callers go through [`blocking`].
 
 mod file_guard;
+mod key_ref;
 mod live;
 mod memory;
+mod postgres;
 mod sqlite;
 mod writer;
 
 pub use live::{LiveOptions, LiveStore};
 pub use memory::Beat;
+pub use postgres::{PostgresOptions, PostgresStore, TimeSource};
 pub use sqlite::{Durability, OpenMode, SqliteStore};
 
 use crate::clock::Timestamp;

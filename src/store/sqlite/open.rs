@@ -16,7 +16,7 @@ use super::SqliteStore;
 use crate::error::{Error, Result};
 
 mod embedded {
-    refinery::embed_migrations!("migrations");
+    refinery::embed_migrations!("migrations/sqlite");
 }
 
 /// How long a connection waits for another process's write lock before

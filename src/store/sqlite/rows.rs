@@ -6,9 +6,9 @@
 use rusqlite::{named_params, Connection, OptionalExtension, Row};
 
 use crate::clock::Timestamp;
-use crate::error::{Error, Result};
-use crate::keys::{AccessKey, KEY_TAG, PREFIX_LEN};
+use crate::error::Result;
 use crate::model::{ConflictPolicy, EndReason, Key, KeyStatus, Session};
+use crate::store::key_ref::{ambiguous_prefix, KeyRef};
 
 /// A session's effective lease end on disk: its own `expires_at`, or the
 /// lease floor every session got at the last restart, whichever is later.
@@ -115,61 +115,37 @@ pub(in crate::store) fn key_by_id(
         .optional()?)
 }
 
-/// Resolves a key id, a display prefix with or without `ks_`, or the full
-/// access key itself (what an operator has in hand when a customer pastes
-/// it): checked, hashed and looked up like a device's, never echoed.
+/// Resolves an operator's reference to a key (see [`KeyRef`]).
 pub(in crate::store) fn resolve_key(
     conn: &Connection,
     key_ref: &str,
     now: Timestamp,
 ) -> Result<Key> {
-    let key_ref = key_ref.trim();
-    if let Some(key) = key_by_id(conn, key_ref, now)? {
+    if let Some(key) = key_by_id(conn, key_ref.trim(), now)? {
         return Ok(key);
     }
-    match AccessKey::parse(key_ref) {
-        Ok(access) => {
-            return key_by_hash(conn, &access.hash(), now)?.ok_or_else(|| {
-                Error::KeyNotFound(format!(
-                    "{} (a well-formed access key that is not in this database)",
-                    access.prefix()
-                ))
-            })
-        }
-        Err(crate::keys::KeyFormatError::Checksum) => {
-            return Err(Error::KeyNotFound(format!(
-                "{} (an access key with a mistyped character: its checksum does not match)",
-                crate::keys::redact_secret(key_ref)
-            )))
-        }
-        Err(_) => {}
-    }
-    let bare = key_ref.strip_prefix(KEY_TAG).unwrap_or(key_ref);
-    if bare.len() == PREFIX_LEN && bare.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        let prefix = format!("{KEY_TAG}{bare}");
-        let sql = format!(
-            "SELECT {} FROM keys k WHERE k.prefix = :prefix LIMIT 2",
-            key_columns()
-        );
-        let mut stmt = conn.prepare(&sql)?;
-        let found = stmt
-            .query_map(
-                named_params! {":prefix": prefix, ":now": now.0},
-                key_from_row,
-            )?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        match found.len() {
-            1 => return Ok(found.into_iter().next().expect("one key")),
-            n if n > 1 => {
-                return Err(Error::Conflict(format!(
-                    "prefix {prefix} matches more than one key; use the key id"
-                )))
+    match KeyRef::read(key_ref) {
+        KeyRef::Hash { hash, missing } => key_by_hash(conn, &hash, now)?.ok_or(missing),
+        KeyRef::Prefix { prefix, missing } => {
+            let sql = format!(
+                "SELECT {} FROM keys k WHERE k.prefix = :prefix LIMIT 2",
+                key_columns()
+            );
+            let mut stmt = conn.prepare(&sql)?;
+            let mut found = stmt
+                .query_map(
+                    named_params! {":prefix": prefix, ":now": now.0},
+                    key_from_row,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            match found.len() {
+                1 => Ok(found.remove(0)),
+                0 => Err(missing),
+                _ => Err(ambiguous_prefix(&prefix)),
             }
-            _ => {}
         }
+        KeyRef::Missing(missing) => Err(missing),
     }
-    // Someone may paste the secret itself here: never echo more than its prefix.
-    Err(Error::KeyNotFound(crate::keys::redact_secret(key_ref)))
 }
 
 /// A session by id, as on disk.

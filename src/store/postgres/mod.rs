@@ -1,0 +1,590 @@
+//! PostgreSQL behind the [`Storage`] boundary: any number of keyseat
+//! servers (and the CLI) on one database, each answering as if it were
+//! the only one.
+//!
+//! Why it is exact across servers (docs/high-availability.md says more):
+//!
+//! - **One clock.** Every lease is decided at the database's clock
+//!   (`clock_timestamp()`), read inside the transaction after its locks
+//!   are held; no server's clock decides whether a session is live.
+//! - **Row locks, not memory.** A start, an end, a key change and each
+//!   key's part of a sweep lock the key's row and then its open sessions'
+//!   rows, so they take turns per key across servers, and a heartbeat (one
+//!   `UPDATE` of one session row) waits for them and then sees what they
+//!   decided. Fences come from the locked key row, so they strictly
+//!   increase per key. No server keeps sessions in memory, so there is
+//!   nothing to tell another server: what one commits, the next request on
+//!   any server reads.
+//! - **Heartbeats are cheap and safe to lose.** One statement on a pool
+//!   whose connections commit with `synchronous_commit = off`: visible to
+//!   every server at once, flushed to disk within a fraction of a second.
+//!   A crash of the database can lose the last heartbeat times, never a
+//!   start, an end or an event; a lost time only shortens a lease that the
+//!   restart rule then extends (the database's own outage is an outage).
+//! - **Retries.** A serialization failure, a deadlock or a unique-key race
+//!   (two servers inserting the same client-made session id) rolls back and
+//!   runs the operation again from its reads, where the rules decide anew.
+//!
+//! The SQL stays within what CockroachDB and YugabyteDB also accept where
+//! that costs nothing (row locks rather than advisory locks, `GREATEST`,
+//! identity columns); neither is tested.
+//!
+//! The [`Storage`] methods are blocking, like SQLite's; each runs its
+//! future on this store's own small runtime and waits for it, so it works
+//! the same from the server's blocking pool and from the CLI.
+
+mod connect;
+mod keys;
+mod reports;
+mod rows;
+mod sessions;
+mod upkeep;
+mod work;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::Pool;
+use tokio_postgres::error::SqlState;
+
+use self::work::Work;
+use crate::clock::Timestamp;
+use crate::config::PostgresUrl;
+use crate::error::{Error, Result};
+use crate::keys::{new_key_id, AccessKey};
+use crate::model::{Actor, Event, Key, Session};
+use crate::rules::Timing;
+use crate::store::{
+    CreatedKey, EndOutcome, EventFilter, KeyChange, KeyPage, KeyPatch, KeySearch, NewKey,
+    OpenMode, ResumeReport, StartOutcome, StartRequest, StateReading, Storage, SweepReport,
+};
+
+/// Which clock decides leases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeSource {
+    /// The database's (every real deployment: server clocks may differ).
+    Database,
+    /// The caller's `now` (tests that drive time by hand).
+    Caller,
+}
+
+/// How to run the PostgreSQL engine.
+#[derive(Debug, Clone, Copy)]
+pub struct PostgresOptions {
+    /// The timeout every outage's lease floor grants.
+    pub timing: Timing,
+    /// Connections per pool (there are two: durable writes and reads, and
+    /// heartbeats).
+    pub pool_size: usize,
+    /// Which clock decides leases.
+    pub time: TimeSource,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        PostgresOptions {
+            timing: Timing::default(),
+            pool_size: 16,
+            time: TimeSource::Database,
+        }
+    }
+}
+
+/// Operations retried after a serialization failure, a deadlock, a
+/// unique-key race or a connection found closed before the work began.
+const RETRIES: u32 = 5;
+/// How often a server marks itself alive.
+const MARK_EVERY: Duration = Duration::from_millis(1_000);
+
+/// Whether an error is worth running the whole operation again for.
+fn retryable(e: &Error) -> bool {
+    match e {
+        Error::Postgres(pe) => matches!(
+            pe.code(),
+            Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE
+                || *c == SqlState::T_R_DEADLOCK_DETECTED
+                || *c == SqlState::UNIQUE_VIOLATION
+        ),
+        _ => false,
+    }
+}
+
+/// Runs `$body` (which uses the transaction `$tx` and may `?`) in a
+/// transaction on `$inner.pool`, commits, and runs it all again on a
+/// retryable failure.
+macro_rules! transact {
+    ($inner:expr, |$tx:ident| $body:expr) => {{
+        let inner = &$inner;
+        let mut attempt = 0u32;
+        loop {
+            let mut client = inner.client(&inner.pool).await?;
+            let $tx = match client.transaction().await {
+                Ok(tx) => tx,
+                // A pooled connection the database closed (it restarted):
+                // nothing was done yet, so take another.
+                Err(e) if e.is_closed() && attempt < RETRIES => {
+                    attempt += 1;
+                    continue;
+                }
+                Err(e) => break Err(Error::from(e)),
+            };
+            let outcome: Result<_> = async {
+                let value = $body;
+                $tx.commit().await?;
+                Ok(value)
+            }
+            .await;
+            match outcome {
+                Err(e) if retryable(&e) && attempt < RETRIES => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(u64::from(attempt) * 5)).await;
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+
+
+/// Runs `$body` with a [`Work`] named `$work` at the lease time `$given`.
+macro_rules! with_work {
+    ($inner:expr, $given:expr, |$work:ident| $body:expr) => {
+        transact!($inner, |tx| {
+            let now = $inner.now(&tx, $given).await?;
+            let $work = Work { tx: &tx, now };
+            $body
+        })
+    };
+}
+
+
+/// What every operation's future holds.
+struct Inner {
+    pool: Pool,
+    beats: Pool,
+    url: PostgresUrl,
+    instance: String,
+    time: TimeSource,
+    timeout_secs: u64,
+    heartbeat_sql: String,
+    last_mark: Mutex<Option<Instant>>,
+}
+
+/// The PostgreSQL implementation of [`Storage`].
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("url", &self.inner.url)
+            .finish()
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        // Not `drop(runtime)`: that blocks, and the store may be dropped
+        // on an async worker.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl PostgresStore {
+    /// Connects, and in `CreateAndMigrate` mode applies pending
+    /// migrations; in `Existing` mode refuses a database without the
+    /// current schema (so a mistyped URL is not a new empty database).
+    pub fn open(url: &PostgresUrl, mode: OpenMode, opts: PostgresOptions) -> Result<Self> {
+        let (config, tls) = connect::parse(url)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("keyseat-postgres")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot start the database runtime: {e}")))?;
+        let (pool, beats) = {
+            let _entered = runtime.enter();
+            (
+                connect::pool(&config, &tls, opts.pool_size, None)?,
+                connect::pool(
+                    &config,
+                    &tls,
+                    opts.pool_size,
+                    Some("-c synchronous_commit=off"),
+                )?,
+            )
+        };
+        let store = PostgresStore {
+            inner: Arc::new(Inner {
+                pool,
+                beats,
+                url: url.clone(),
+                instance: uuid::Uuid::new_v4().to_string(),
+                time: opts.time,
+                timeout_secs: opts.timing.session_timeout_secs,
+                heartbeat_sql: sessions::heartbeat_sql(),
+                last_mark: Mutex::new(None),
+            }),
+            runtime: Some(runtime),
+        };
+        store.run(move |inner| async move {
+            match mode {
+                OpenMode::CreateAndMigrate => connect::migrate(&inner.pool, &inner.url).await,
+                OpenMode::Existing => connect::check_migrated(&inner.pool, &inner.url).await,
+            }
+        })?;
+        Ok(store)
+    }
+
+    /// The database, as shown to people (password redacted).
+    pub fn url(&self) -> &PostgresUrl {
+        &self.inner.url
+    }
+
+    /// Runs an operation on this store's runtime and waits for it.
+    fn run<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(Arc<Inner>) -> Fut,
+        Fut: Future<Output = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let runtime = self
+            .runtime
+            .as_ref()
+            .ok_or_else(|| Error::Internal("database runtime stopped".into()))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let fut = f(self.inner.clone());
+        runtime.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv()
+            .map_err(|_| Error::Internal("database task failed".into()))?
+    }
+}
+
+impl Inner {
+    async fn client(&self, pool: &Pool) -> Result<deadpool_postgres::Object> {
+        pool.get()
+            .await
+            .map_err(|e| connect::pool_error(e, &self.url))
+    }
+
+    /// The lease time for an operation that decides at `given` (or at the
+    /// database's clock).
+    async fn now(&self, tx: &deadpool_postgres::Transaction<'_>, given: Timestamp) -> Result<Timestamp> {
+        work::lease_time(tx, self.time, given).await
+    }
+
+    /// Marks this server alive (at most once a second unless `force`).
+    async fn mark(&self, given: Timestamp, others_only: bool, force: bool) -> Result<bool> {
+        {
+            let last = self.last_mark.lock().unwrap_or_else(|p| p.into_inner());
+            if !force && last.is_some_and(|t| t.elapsed() < MARK_EVERY) {
+                return Ok(false);
+            }
+        }
+        let raised = transact!(self, |tx| {
+            let now = self.now(&tx, given).await?;
+            upkeep::mark_alive(&tx, &self.instance, now, self.timeout_secs, others_only).await?
+        })?;
+        *self.last_mark.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        Ok(raised)
+    }
+}
+
+impl Storage for PostgresStore {
+    fn check_health(&self) -> Result<()> {
+        self.run(|inner| async move {
+            let client = inner.client(&inner.pool).await?;
+            client.query_one("SELECT 1", &[]).await?;
+            Ok(())
+        })
+    }
+
+    fn start_session(
+        &self,
+        req: &StartRequest,
+        now: Timestamp,
+        timing: Timing,
+    ) -> Result<StartOutcome> {
+        let req = req.clone();
+        self.run(move |inner| async move {
+            transact!(inner, |tx| {
+                sessions::start(&tx, inner.time, &req, now, timing).await?
+            })?
+        })
+    }
+
+    fn heartbeat(
+        &self,
+        key: &AccessKey,
+        session_id: &str,
+        now: Timestamp,
+        timing: Timing,
+    ) -> Result<Session> {
+        let (key, id) = (key.clone(), session_id.to_owned());
+        self.run(move |inner| async move {
+            let hash = key.hash();
+            let hash: &[u8] = &hash;
+            let given = (inner.time == TimeSource::Caller).then_some(now.0);
+            let timeout_ms =
+                i64::try_from(timing.session_timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+            let mut attempt = 0;
+            let found = loop {
+                let client = inner.client(&inner.beats).await?;
+                let result = async {
+                    let stmt = client.prepare_cached(&inner.heartbeat_sql).await?;
+                    client
+                        .query_opt(&stmt, &[&hash, &id, &timeout_ms, &given])
+                        .await
+                }
+                .await;
+                match result {
+                    // Idempotent, so a connection the database closed is
+                    // simply tried again on another.
+                    Err(e) if e.is_closed() && attempt < RETRIES => attempt += 1,
+                    other => break other?,
+                }
+            };
+            match found {
+                Some(row) => Ok(sessions::beat_from_row(&row)),
+                None => with_work!(inner, now, |work| {
+                    sessions::explain(&work, &key, &id).await
+                })?,
+            }
+        })
+    }
+
+    fn end_session(
+        &self,
+        key: &AccessKey,
+        session_id: &str,
+        now: Timestamp,
+        actor: &Actor,
+    ) -> Result<EndOutcome> {
+        let (key, id, actor) = (key.clone(), session_id.to_owned(), actor.clone());
+        self.run(move |inner| async move {
+            with_work!(inner, now, |work| {
+                sessions::end(&work, &key, &id, &actor).await?
+            })
+        })
+    }
+
+    fn key_status(&self, key: &AccessKey, now: Timestamp) -> Result<(Key, Vec<Session>)> {
+        let key = key.clone();
+        self.run(move |inner| async move {
+            with_work!(inner, now, |work| sessions::key_status(&work, &key).await?)
+        })
+    }
+
+    fn create_key(&self, new: &NewKey, now: Timestamp, actor: &Actor) -> Result<CreatedKey> {
+        let (new, actor) = (new.clone(), actor.clone());
+        let access_key = AccessKey::generate();
+        let key_id = new_key_id();
+        let secret = access_key.clone();
+        let key = self.run(move |inner| async move {
+            with_work!(inner, now, |work| {
+                keys::create(&work, &new, &secret, &key_id, &actor).await?
+            })
+        })?;
+        Ok(CreatedKey { key, access_key })
+    }
+
+    fn list_keys(&self, limit: u32, after: Option<&str>, now: Timestamp) -> Result<KeyPage> {
+        let after = after.map(str::to_owned);
+        self.run(move |inner| async move {
+            with_work!(inner, now, |work| {
+                keys::list(&work, limit, after.as_deref()).await?
+            })
+        })
+    }
+
+    fn search_keys(
+        &self,
+        query: &str,
+        limit: u32,
+        offset: u64,
+        now: Timestamp,
+    ) -> Result<KeySearch> {
+        let query = query.to_owned();
+        self.run(move |inner| async move {
+            with_work!(inner, now, |work| {
+                keys::search(&work, &query, limit, offset).await?
+            })
+        })
+    }
+
+    fn get_key(&self, key_ref: &str, now: Timestamp) -> Result<Key> {
+        let key_ref = key_ref.to_owned();
+        self.run(move |inner| async move {
+            with_work!(inner, now, |work| keys::get(&work, &key_ref).await?)
+        })
+    }
+
+    fn update_key(
+        &self,
+        key_ref: &str,
+        patch: &KeyPatch,
+        now: Timestamp,
+        actor: &Actor,
+    ) -> Result<KeyChange> {
+        let (key_ref, patch, actor) = (key_ref.to_owned(), patch.clone(), actor.clone());
+        self.run(move |inner| async move {
+            with_work!(inner, now, |work| {
+                keys::update(&work, &key_ref, &patch, &actor).await?
+            })
+        })
+    }
+
+    fn revoke_key(&self, key_ref: &str, now: Timestamp, actor: &Actor) -> Result<KeyChange> {
+        let (key_ref, actor) = (key_ref.to_owned(), actor.clone());
+        self.run(move |inner| async move {
+            with_work!(inner, now, |work| {
+                keys::revoke(&work, &key_ref, &actor).await?
+            })
+        })
+    }
+
+    fn live_sessions(&self, key_ref: Option<&str>, now: Timestamp) -> Result<Vec<Session>> {
+        let key_ref = key_ref.map(str::to_owned);
+        self.run(move |inner| async move {
+            with_work!(inner, now, |work| {
+                sessions::live(&work, key_ref.as_deref()).await?
+            })
+        })
+    }
+
+    fn kick_session(&self, session_id: &str, now: Timestamp, actor: &Actor) -> Result<EndOutcome> {
+        let (id, actor) = (session_id.to_owned(), actor.clone());
+        self.run(move |inner| async move {
+            with_work!(inner, now, |work| sessions::kick(&work, &id, &actor).await?)
+        })
+    }
+
+    fn events(&self, filter: &EventFilter) -> Result<Vec<Event>> {
+        let filter = filter.clone();
+        self.run(move |inner| async move {
+            transact!(inner, |tx| reports::events(&tx, &filter).await?)
+        })
+    }
+
+    fn metrics_reading(&self, now: Timestamp) -> Result<StateReading> {
+        self.run(move |inner| async move {
+            with_work!(inner, now, |work| StateReading {
+                live_sessions: reports::count_live(work.tx, work.now).await?,
+                keys_by_status: reports::keys_by_status(work.tx, work.now).await?,
+            })
+        })
+    }
+
+    fn event_counts(
+        &self,
+        since: Timestamp,
+        bucket_secs: u64,
+    ) -> Result<Vec<crate::report::EventCount>> {
+        self.run(move |inner| async move {
+            transact!(inner, |tx| {
+                reports::event_counts(&tx, since, bucket_secs).await?
+            })
+        })
+    }
+
+    fn sharing_input(&self, since: Timestamp) -> Result<crate::report::SharingInput> {
+        self.run(move |inner| async move {
+            transact!(inner, |tx| reports::sharing_input(&tx, since).await?)
+        })
+    }
+
+    fn sweep(&self, now: Timestamp, history_days: u32, mark_alive: bool) -> Result<SweepReport> {
+        self.run(move |inner| async move {
+            if mark_alive {
+                inner.mark(now, false, true).await?;
+            }
+            let mut report = SweepReport::default();
+            // Candidates by a plain read; each key settled under its lock.
+            // Bounded passes: a key found busy again is the next sweep's.
+            for _ in 0..8 {
+                let (dead, expired_keys) = with_work!(inner, now, |work| {
+                    (
+                        upkeep::keys_with_dead_sessions(work.tx, work.now).await?,
+                        upkeep::expired_keys_with_sessions(work.tx, work.now).await?,
+                    )
+                })?;
+                if dead.is_empty() && expired_keys.is_empty() {
+                    break;
+                }
+                let full = dead.len() as i64 == upkeep::CHUNK;
+                let mut ids = dead;
+                ids.extend(expired_keys);
+                ids.sort();
+                ids.dedup();
+                for key_id in &ids {
+                    let (expired, revoked) = with_work!(inner, now, |work| {
+                        upkeep::settle_key(&work, key_id).await?
+                    })?;
+                    report.expired.extend(expired);
+                    report.revoked.extend(revoked);
+                }
+                if !full {
+                    break;
+                }
+            }
+            loop {
+                let (sessions, events) = with_work!(inner, now, |work| {
+                    let cutoff = work.now.minus_secs(u64::from(history_days) * 86_400);
+                    upkeep::prune(work.tx, cutoff).await?
+                })?;
+                report.pruned_sessions += sessions as usize;
+                report.pruned_events += events as usize;
+                if (sessions as i64) < upkeep::CHUNK && (events as i64) < upkeep::CHUNK {
+                    break;
+                }
+            }
+            Ok(report)
+        })
+    }
+
+    fn resume_after_restart(&self, ready_at: Timestamp, _timing: Timing) -> Result<ResumeReport> {
+        self.run(move |inner| async move {
+            // The restart rule holds for the service, not for one server:
+            // the floor is raised only if no other server has been alive
+            // (a server restarted beside running ones resumes nothing).
+            let raised = inner.mark(ready_at, true, true).await?;
+            let open = if raised {
+                transact!(inner, |tx| upkeep::count_open(&tx).await?)?
+            } else {
+                0
+            };
+            Ok(ResumeReport {
+                resumed: open as usize,
+            })
+        })
+    }
+
+    fn maintain(&self) -> Result<()> {
+        self.run(move |inner| async move {
+            // The lease time of a raised floor: the database's, or in
+            // tests the time of the last operation (the caller's clock is
+            // not at hand here), which the floor's GREATEST keeps safe.
+            let given = Timestamp(0);
+            if inner.mark(given, false, false).await? {
+                tracing::info!(
+                    "the service was out (no server alive on the database for a while); every \
+                     open session has a full timeout from now"
+                );
+            }
+            Ok(())
+        })
+    }
+
+    fn mark_stopped(&self, _now: Timestamp) -> Result<()> {
+        self.run(move |inner| async move {
+            transact!(inner, |tx| upkeep::forget_mark(&tx, &inner.instance).await?)
+        })
+    }
+}
