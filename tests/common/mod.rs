@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod fuzz;
+pub mod postgres;
 
 /// A command for `program` (the real binary, or a wrapper such as
 /// `unshare` around it) without the caller's `KEYSEAT_*` variables: a
