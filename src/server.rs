@@ -18,11 +18,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
+use crate::config::Database;
 use crate::config::Settings;
 use crate::error::{Error, Result};
 use crate::http::{app, listener, AppState};
 use crate::instance_lock::InstanceLock;
-use crate::config::Database;
 use crate::store::{blocking, LiveStore, OpenMode, PostgresStore, Storage};
 use crate::sweep;
 

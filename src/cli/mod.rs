@@ -36,10 +36,10 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 
 use crate::clock::{Clock, SystemClock};
+use crate::config::Database;
 use crate::config::{self, Overrides, Settings};
 use crate::error::{Error, Result};
 use crate::server::{shutdown_signal, Server};
-use crate::config::Database;
 use crate::store::{OpenMode, PostgresStore, SqliteStore, Storage};
 
 /// keyseat: a self-hosted license seat server. One device at a time (or N)

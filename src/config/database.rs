@@ -159,10 +159,7 @@ mod tests {
 
     #[test]
     fn a_url_selects_postgres_and_anything_else_is_a_file() {
-        assert_eq!(
-            Database::parse("postgres://u@h/db").backend(),
-            "postgres"
-        );
+        assert_eq!(Database::parse("postgres://u@h/db").backend(), "postgres");
         assert_eq!(Database::parse("PostgreSQL://u@h/db").backend(), "postgres");
         assert_eq!(Database::parse("keyseat.db").backend(), "sqlite");
         assert_eq!(

@@ -69,7 +69,7 @@ pub fn run<S: Strategy>(
 /// runtime to drive it with.
 pub fn ready_router(db: &Path) -> (tokio::runtime::Runtime, Router) {
     let settings = Settings {
-        database: db.to_path_buf(),
+        database: db.into(),
         admin_token: Some(Secret::new(TOKEN)),
         rate_limits: false,
         // No fsync per commit: thousands of writes, and nothing here is
@@ -84,8 +84,7 @@ pub fn ready_router(db: &Path) -> (tokio::runtime::Runtime, Router) {
     let clock: Arc<dyn Clock> = Arc::new(ManualClock::starting_now());
     let state = AppState::new(&settings, clock.clone());
     let opts = settings.live_options();
-    let (store, _) =
-        LiveStore::open(&settings.database, opts, clock.clone(), clock.now()).expect("open store");
+    let (store, _) = LiveStore::open(db, opts, clock.clone(), clock.now()).expect("open store");
     state.set_ready(Arc::new(store));
     (rt, app(state))
 }

@@ -20,6 +20,44 @@ pub fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Comm
     cmd
 }
 
+/// Whether the tests run on PostgreSQL (`KEYSEAT_TEST_ENGINE=postgres`;
+/// `.ci/run` runs the contract tests once per engine). Asking for it
+/// without a server to run on is a failure, never a silent SQLite run.
+pub fn on_postgres() -> bool {
+    match std::env::var("KEYSEAT_TEST_ENGINE").as_deref() {
+        Ok("postgres") => {
+            assert!(
+                std::env::var("KEYSEAT_TEST_POSTGRES_URL").is_ok_and(|u| !u.trim().is_empty()),
+                "KEYSEAT_TEST_ENGINE=postgres needs KEYSEAT_TEST_POSTGRES_URL (see .ci/postgres.sh)"
+            );
+            true
+        }
+        Ok("sqlite") | Err(_) => false,
+        Ok(other) => panic!("KEYSEAT_TEST_ENGINE={other}: expected sqlite or postgres"),
+    }
+}
+
+/// The database a test's server uses: `dir/keyseat.db`, or on PostgreSQL
+/// a new empty database on the test server.
+pub async fn test_database(dir: &std::path::Path) -> String {
+    if on_postgres() {
+        postgres::fresh_database()
+            .await
+            .expect("a PostgreSQL test database")
+    } else {
+        dir.join("keyseat.db").display().to_string()
+    }
+}
+
+/// [`test_database`] from outside a runtime.
+pub fn test_database_blocking(dir: &std::path::Path) -> String {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(test_database(dir))
+}
+
 /// The real `keyseat` binary, via [`clean_command`].
 pub fn keyseat_command() -> std::process::Command {
     clean_command(env!("CARGO_BIN_EXE_keyseat"))
@@ -38,7 +76,7 @@ pub fn free_port() -> u16 {
 /// `keyseat serve` on `db` at `127.0.0.1:port` (the real binary, via
 /// [`keyseat_command`]), with standard input and output closed; callers add
 /// their settings (`KEYSEAT_*`) and where its log goes.
-pub fn serve_command(db: &std::path::Path, port: u16) -> std::process::Command {
+pub fn serve_command(db: impl AsRef<std::ffi::OsStr>, port: u16) -> std::process::Command {
     let mut cmd = keyseat_command();
     cmd.arg("serve")
         .arg("--database")
@@ -80,7 +118,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use keyseat::clock::{Clock, ManualClock, Timestamp};
-use keyseat::config::{Secret, Settings};
+use keyseat::config::{Database, Secret, Settings};
 use keyseat::server::Server;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -101,7 +139,7 @@ pub struct TestServer {
 pub fn test_settings(dir: &tempfile::TempDir) -> Settings {
     Settings {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        database: dir.path().join("keyseat.db"),
+        database: Database::Sqlite(dir.path().join("keyseat.db")),
         admin_token: Some(Secret::new(ADMIN_TOKEN)),
         rate_limits: false,
         ..Settings::default()
@@ -116,6 +154,9 @@ impl TestServer {
     pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> TestServer {
         let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
         let mut settings = test_settings(&dir);
+        if on_postgres() {
+            settings.database = Database::parse(&test_database(dir.path()).await);
+        }
         tweak(&mut settings);
         let clock = Arc::new(ManualClock::starting_now());
         Self::launch(settings, clock, dir).await
@@ -147,8 +188,13 @@ impl TestServer {
         api::Api::new(&self.url).with_admin(ADMIN_TOKEN)
     }
 
+    /// The SQLite file (tests of the file itself run on SQLite only).
     pub fn db_path(&self) -> PathBuf {
-        self.settings.database.clone()
+        self.settings
+            .database
+            .sqlite_path()
+            .expect("a test of the SQLite file")
+            .to_path_buf()
     }
 
     pub fn now(&self) -> Timestamp {

@@ -104,7 +104,7 @@ pub(super) fn parse(url: &PostgresUrl) -> Result<(tokio_postgres::Config, Tls)> 
         config.connect_timeout(POOL_WAIT);
     }
     let own = format!(
-        "-c lock_timeout={LOCK_TIMEOUT_MS} -c statement_timeout={STATEMENT_TIMEOUT_MS} \
+        "-c client_min_messages=warning -c lock_timeout={LOCK_TIMEOUT_MS} -c statement_timeout={STATEMENT_TIMEOUT_MS} \
          -c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}"
     );
     let options = match config.get_options() {
@@ -133,7 +133,9 @@ fn connector(tls: &Tls) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
                     rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
                         .collect::<std::result::Result<Vec<_>, _>>()
                         .map_err(|e| {
-                            Error::Config(format!("sslrootcert {file} is not PEM certificates: {e}"))
+                            Error::Config(format!(
+                                "sslrootcert {file} is not PEM certificates: {e}"
+                            ))
                         })?
                 }
                 None => rustls_native_certs::load_native_certs().certs,
@@ -234,9 +236,7 @@ pub(super) async fn migrate(pool: &Pool, shown: &PostgresUrl) -> Result<()> {
         .set_migration_table_name("refinery_schema_history")
         .run_async(client)
         .await
-        .map_err(|e| {
-            Error::Database(format!("cannot migrate the database {shown}: {e}"))
-        })?;
+        .map_err(|e| Error::Database(format!("cannot migrate the database {shown}: {e}")))?;
     lock.commit().await.map_err(fail)?;
     Ok(())
 }
@@ -258,7 +258,7 @@ pub(super) async fn check_migrated(pool: &Pool, shown: &PostgresUrl) -> Result<(
     let newest = embedded::migrations::runner()
         .get_migrations()
         .iter()
-        .map(|m| m.version() as i32)
+        .map(|m| m.version())
         .max()
         .unwrap_or(0);
     match applied {
@@ -288,9 +288,9 @@ pub(super) fn pool_error(e: deadpool_postgres::PoolError, shown: &PostgresUrl) -
             "cannot reach the database {shown}: {}",
             crate::error::postgres_message(&e)
         )),
-        PoolError::Timeout(_) => Error::Unavailable(format!(
-            "the database {shown} did not answer in time"
-        )),
+        PoolError::Timeout(_) => {
+            Error::Unavailable(format!("the database {shown} did not answer in time"))
+        }
         other => Error::Unavailable(format!("database {shown}: {other}")),
     }
 }
@@ -402,7 +402,10 @@ mod tests {
             parse(&url("postgres://ks@db/keyseat?options=-c%20work_mem%3D8MB")).expect("parses");
         let options = config.get_options().expect("options");
         assert!(options.contains("lock_timeout=3000"), "{options}");
-        assert!(options.contains("idle_in_transaction_session_timeout"), "{options}");
+        assert!(
+            options.contains("idle_in_transaction_session_timeout"),
+            "{options}"
+        );
         assert!(options.contains("work_mem"), "{options}");
     }
 }

@@ -170,7 +170,11 @@ async fn settle_before_change(work: &Work<'_>, key: &Key) -> Result<Vec<Session>
 }
 
 /// Ends the live sessions that no longer fit `key` as a change left it.
-async fn end_what_no_longer_fits(work: &Work<'_>, key: &Key, actor: &Actor) -> Result<Vec<Session>> {
+async fn end_what_no_longer_fits(
+    work: &Work<'_>,
+    key: &Key,
+    actor: &Actor,
+) -> Result<Vec<Session>> {
     let (_, live) = work.settle_open_sessions(&key.key_id).await?;
     let revocation = rules::ended_by_change(key, &live, work.now);
     work.apply_revocation(live, &revocation, actor).await

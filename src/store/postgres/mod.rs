@@ -56,8 +56,8 @@ use crate::keys::{new_key_id, AccessKey};
 use crate::model::{Actor, Event, Key, Session};
 use crate::rules::Timing;
 use crate::store::{
-    CreatedKey, EndOutcome, EventFilter, KeyChange, KeyPage, KeyPatch, KeySearch, NewKey,
-    OpenMode, ResumeReport, StartOutcome, StartRequest, StateReading, Storage, SweepReport,
+    CreatedKey, EndOutcome, EventFilter, KeyChange, KeyPage, KeyPatch, KeySearch, NewKey, OpenMode,
+    ResumeReport, StartOutcome, StartRequest, StateReading, Storage, SweepReport,
 };
 
 /// Which clock decides leases.
@@ -146,7 +146,6 @@ macro_rules! transact {
     }};
 }
 
-
 /// Runs `$body` with a [`Work`] named `$work` at the lease time `$given`.
 macro_rules! with_work {
     ($inner:expr, $given:expr, |$work:ident| $body:expr) => {
@@ -157,7 +156,6 @@ macro_rules! with_work {
         })
     };
 }
-
 
 /// What every operation's future holds.
 struct Inner {
@@ -276,7 +274,11 @@ impl Inner {
 
     /// The lease time for an operation that decides at `given` (or at the
     /// database's clock).
-    async fn now(&self, tx: &deadpool_postgres::Transaction<'_>, given: Timestamp) -> Result<Timestamp> {
+    async fn now(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        given: Timestamp,
+    ) -> Result<Timestamp> {
         work::lease_time(tx, self.time, given).await
     }
 
@@ -462,15 +464,16 @@ impl Storage for PostgresStore {
     fn kick_session(&self, session_id: &str, now: Timestamp, actor: &Actor) -> Result<EndOutcome> {
         let (id, actor) = (session_id.to_owned(), actor.clone());
         self.run(move |inner| async move {
-            with_work!(inner, now, |work| sessions::kick(&work, &id, &actor).await?)
+            with_work!(inner, now, |work| sessions::kick(&work, &id, &actor)
+                .await?)
         })
     }
 
     fn events(&self, filter: &EventFilter) -> Result<Vec<Event>> {
         let filter = filter.clone();
-        self.run(move |inner| async move {
-            transact!(inner, |tx| reports::events(&tx, &filter).await?)
-        })
+        self.run(
+            move |inner| async move { transact!(inner, |tx| reports::events(&tx, &filter).await?) },
+        )
     }
 
     fn metrics_reading(&self, now: Timestamp) -> Result<StateReading> {
@@ -582,9 +585,13 @@ impl Storage for PostgresStore {
         })
     }
 
-    fn mark_stopped(&self, _now: Timestamp) -> Result<()> {
+    fn mark_stopped(&self, now: Timestamp) -> Result<()> {
+        // A last sweep, so a restart resumes exactly the sessions that
+        // were live at the stop (as on SQLite).
+        self.sweep(now, u32::MAX / 86_400, false)?;
         self.run(move |inner| async move {
-            transact!(inner, |tx| upkeep::forget_mark(&tx, &inner.instance).await?)
+            transact!(inner, |tx| upkeep::forget_mark(&tx, &inner.instance)
+                .await?)
         })
     }
 }

@@ -156,7 +156,11 @@ pub(super) async fn key_by_id(
 }
 
 /// Resolves an operator's reference to a key (see [`KeyRef`]), locked.
-pub(super) async fn resolve_key(tx: &Transaction<'_>, key_ref: &str, now: Timestamp) -> Result<Key> {
+pub(super) async fn resolve_key(
+    tx: &Transaction<'_>,
+    key_ref: &str,
+    now: Timestamp,
+) -> Result<Key> {
     if let Some(key) = key_by_id(tx, key_ref.trim(), now, true).await? {
         return Ok(key);
     }

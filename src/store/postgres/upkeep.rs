@@ -59,7 +59,10 @@ pub(super) async fn expired_keys_with_sessions(
 /// One key's part of a sweep, under its lock: dead sessions recorded as
 /// they ended; if the key is past its expiry, its live ones revoked.
 /// Returns (expired, revoked).
-pub(super) async fn settle_key(work: &Work<'_>, key_id: &str) -> Result<(Vec<Session>, Vec<Session>)> {
+pub(super) async fn settle_key(
+    work: &Work<'_>,
+    key_id: &str,
+) -> Result<(Vec<Session>, Vec<Session>)> {
     let Some(key) = rows::key_by_id(work.tx, key_id, work.now, true).await? else {
         return Ok((Vec::new(), Vec::new()));
     };
@@ -117,7 +120,8 @@ pub(super) async fn mark_alive(
     );
     let out: bool = tx.query_one(&sql, &[&instance]).await?.get(0);
     if out {
-        let floor = rules::lease_after_restart(Timestamp(i64::MIN), lease_now, timing(timeout_secs));
+        let floor =
+            rules::lease_after_restart(Timestamp(i64::MIN), lease_now, timing(timeout_secs));
         tx.execute(
             "UPDATE server_state SET value = GREATEST(value, $1) WHERE name = 'lease_floor'",
             &[&floor.0],
