@@ -44,9 +44,16 @@ struct Shared {
     client_timeout: std::time::Duration,
     /// Whether `/metrics` is served on this (the main) listener.
     metrics_here: bool,
+    /// The storage engine's name, for `/health`.
+    backend: &'static str,
 }
 
 impl AppState {
+    /// The storage engine: `sqlite` or `postgres`.
+    pub fn backend(&self) -> &'static str {
+        self.inner.backend
+    }
+
     /// State for a server with these settings, not yet ready.
     pub fn new(settings: &Settings, clock: Arc<dyn Clock>) -> Self {
         AppState {
@@ -74,6 +81,7 @@ impl AppState {
                 write_slots: Arc::new(tokio::sync::Semaphore::new(settings.max_pending_writes)),
                 client_timeout: std::time::Duration::from_secs(settings.client_timeout_seconds),
                 metrics_here: settings.metrics == crate::config::MetricsMode::Main,
+                backend: settings.database.backend(),
             }),
         }
     }

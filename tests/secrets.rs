@@ -841,3 +841,114 @@ async fn scenario() -> Found {
     );
     Found { leaks, echoes }
 }
+
+/// The password in a PostgreSQL URL is never logged or printed (issue 14):
+/// the server at the most verbose log level, every CLI command on the URL,
+/// and the failures an operator meets (a wrong password, a database that
+/// does not exist, a bad parameter, a server that is not there) name the
+/// database with the password as `***`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_password_is_never_logged_or_printed() {
+    let Some(url) = common::postgres::fresh_database().await else {
+        return;
+    };
+    let password = password_of(&url);
+    assert!(password.len() >= 8, "the test server's URL has a password");
+    let dir = tempfile::tempdir().unwrap();
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let mut cli = |what: &str, db: &str, args: &[&str]| -> Output {
+        let out = common::keyseat_command()
+            .env("KEYSEAT_LOG", "trace")
+            .env("NO_COLOR", "1")
+            .arg("--database")
+            .arg(db)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        seen.push((what.to_owned(), lossy(&out.stdout) + &lossy(&out.stderr)));
+        out
+    };
+    assert!(cli("migrate", &url, &["migrate"]).status.success());
+    let created = cli("keys create", &url, &["keys", "create", "--json"]);
+    assert!(created.status.success());
+    let key_id = serde_json::from_slice::<Value>(&created.stdout).unwrap()["key_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for args in [
+        vec!["keys", "list"],
+        vec!["keys", "show", &key_id],
+        vec!["keys", "suspend", &key_id],
+        vec!["sessions", "list"],
+        vec!["events"],
+        vec!["sweep"],
+    ] {
+        let out = cli(&args.join(" "), &url, &args);
+        assert!(out.status.success(), "{args:?}: {}", lossy(&out.stderr));
+    }
+    let wrong_password = url.replacen(&password, "not-the-password", 1);
+    let missing_db = common::postgres::with_database(&url, "ks_no_such_database");
+    let bad_param = format!("{url}?sslmode=sometimes");
+    let nobody_there = url.replacen(
+        &url[url.rfind(':').unwrap()..url.rfind('/').unwrap()],
+        &format!(":{}", common::free_port()),
+        1,
+    );
+    for (what, db) in [
+        ("wrong password", wrong_password.as_str()),
+        ("missing database", missing_db.as_str()),
+        ("bad parameter", bad_param.as_str()),
+        ("nobody there", nobody_there.as_str()),
+    ] {
+        let out = cli(what, db, &["keys", "list"]);
+        assert!(!out.status.success(), "{what} must fail");
+        let stderr = lossy(&out.stderr);
+        assert!(
+            stderr.contains(":***@"),
+            "{what}: the error names the database: {stderr}"
+        );
+    }
+
+    let log = dir.path().join("server.log");
+    let mut server = common::serve_command(&url, 0)
+        .env("KEYSEAT_LOG", "trace")
+        .env("NO_COLOR", "1")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let base = wait_for_address(&log, &mut server);
+    let health = reqwest::get(format!("{base}/health")).await.unwrap();
+    let body: Value = health.json().await.unwrap();
+    assert_eq!(body["backend"], "postgres");
+    rustix_kill_term(&server);
+    let _ = server.wait();
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log_text.contains(":***@"),
+        "the log names the database, redacted:\n{log_text}"
+    );
+    seen.push(("server log".into(), log_text));
+
+    for (what, text) in &seen {
+        assert!(
+            !text.contains(&password),
+            "{what} shows the database password:\n{text}"
+        );
+    }
+}
+
+/// The password in `postgres://user:password@host/...`.
+fn password_of(url: &str) -> String {
+    let rest = &url[url.find("://").unwrap() + 3..];
+    let userinfo = &rest[..rest.rfind('@').unwrap()];
+    userinfo.split_once(':').unwrap().1.to_owned()
+}
+
+/// SIGTERM, as a service manager stops the server.
+fn rustix_kill_term(child: &Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+}

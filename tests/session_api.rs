@@ -17,6 +17,12 @@ async fn health_reports_ok_with_version_and_database() {
     assert_eq!(body["status"], "ok");
     assert_eq!(body["database"], "ok");
     assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
+    let engine = if common::on_postgres() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    assert_eq!(body["backend"], engine);
 }
 
 /// 2. Start: a session with every field of the contract.

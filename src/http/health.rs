@@ -22,19 +22,25 @@ use crate::wire::{DatabaseHealth, HealthAnswer, HealthStatus};
     )
 )]
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthAnswer>) {
+    let backend = state.backend();
     let Ok(store) = state.store() else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(HealthAnswer::new(
                 HealthStatus::Starting,
                 DatabaseHealth::Error,
+                backend,
             )),
         );
     };
     match blocking(move || store.check_health()).await {
         Ok(()) => (
             StatusCode::OK,
-            Json(HealthAnswer::new(HealthStatus::Ok, DatabaseHealth::Ok)),
+            Json(HealthAnswer::new(
+                HealthStatus::Ok,
+                DatabaseHealth::Ok,
+                backend,
+            )),
         ),
         Err(e) => {
             tracing::warn!(error = %e, "health check: database unreadable");
@@ -43,6 +49,7 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthAn
                 Json(HealthAnswer::new(
                     HealthStatus::Error,
                     DatabaseHealth::Error,
+                    backend,
                 )),
             )
         }

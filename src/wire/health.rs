@@ -15,15 +15,22 @@ pub struct HealthAnswer {
     /// Whether the database answers.
     #[schema(inline)]
     pub database: DatabaseHealth,
+    /// The storage engine (v1.1): `sqlite` (one server on a file) or
+    /// `postgres` (any number of servers on one database).
+    #[schema(example = "sqlite")]
+    #[serde(default)]
+    pub backend: String,
 }
 
 impl HealthAnswer {
-    /// This server's answer in `status`, its database in `database`.
-    pub fn new(status: HealthStatus, database: DatabaseHealth) -> Self {
+    /// This server's answer in `status`, its database in `database`,
+    /// on the engine `backend`.
+    pub fn new(status: HealthStatus, database: DatabaseHealth, backend: &str) -> Self {
         HealthAnswer {
             status,
             version: env!("CARGO_PKG_VERSION").into(),
             database,
+            backend: backend.into(),
         }
     }
 

@@ -7,12 +7,15 @@
 //! test starts a real server (`serve_runs_until_sigterm_...`); the others
 //! stay with what the CLI alone can do.
 
+#[path = "../common/mod.rs"]
+mod common;
 mod database;
 mod input;
 mod keys;
 mod serve;
 mod sessions;
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -39,13 +42,13 @@ fn keyseat() -> Command {
     cmd
 }
 
-/// Runs `keyseat --database <db> <args…>`.
-fn run(db: &Path, args: &[&str]) -> Output {
+/// Runs `keyseat --database <db> <args…>` (a file, or a PostgreSQL URL).
+fn run(db: impl AsRef<OsStr>, args: &[&str]) -> Output {
     run_env(db, args, &[])
 }
 
 /// Runs `keyseat --database <db> <args…>` with extra environment variables.
-fn run_env(db: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+fn run_env(db: impl AsRef<OsStr>, args: &[&str], env: &[(&str, &str)]) -> Output {
     keyseat()
         .arg("--database")
         .arg(db)
@@ -105,23 +108,27 @@ fn fails_with_2(out: &Output) -> String {
     line
 }
 
-/// A temporary directory holding a migrated `keyseat.db`.
+/// A migrated database: a temporary directory holding `keyseat.db`, or
+/// with `KEYSEAT_TEST_ENGINE=postgres` a new PostgreSQL database (the
+/// commands that work on data run on both engines; the tests of the file
+/// itself, in `database.rs`, on SQLite).
 struct Db {
     _dir: TempDir,
-    path: PathBuf,
+    target: std::ffi::OsString,
 }
 
 impl Db {
-    fn path(&self) -> &Path {
-        &self.path
+    /// What `--database` is given.
+    fn path(&self) -> &OsStr {
+        &self.target
     }
 }
 
 fn fresh_db() -> Db {
     let dir = TempDir::new().expect("tempdir");
-    let path = dir.path().join("keyseat.db");
-    ok(&run(&path, &["migrate"]));
-    Db { _dir: dir, path }
+    let target = std::ffi::OsString::from(common::test_database_blocking(dir.path()));
+    ok(&run(&target, &["migrate"]));
+    Db { _dir: dir, target }
 }
 
 /// A temporary directory and a path inside it that does not exist yet.
@@ -141,7 +148,7 @@ fn dir_entries(dir: &Path) -> Vec<String> {
 }
 
 /// `keys create <args…> --json`, returning the parsed key.
-fn create_key(db: &Path, args: &[&str]) -> Value {
+fn create_key(db: impl AsRef<OsStr>, args: &[&str]) -> Value {
     let mut all = vec!["keys", "create"];
     all.extend_from_slice(args);
     all.push("--json");

@@ -8,7 +8,8 @@
 //! they start a [`Cluster`] of their own.
 //!
 //! Without PostgreSQL the tests skip, saying why on stderr, except under
-//! `CI=true`, where a missing PostgreSQL is a failure, not a skip.
+//! `CI=true` or `KEYSEAT_REQUIRE_POSTGRES=1` (set by `.ci/run`), where a
+//! missing PostgreSQL is a failure, not a skip.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,8 +19,11 @@ pub const URL_VAR: &str = "KEYSEAT_TEST_POSTGRES_URL";
 /// The path of `.ci/postgres.sh` (default: the one in this checkout).
 pub const SCRIPT_VAR: &str = "KEYSEAT_TEST_PG_SCRIPT";
 
+/// Under `CI=true` or `KEYSEAT_REQUIRE_POSTGRES=1` (which `.ci/run` sets)
+/// a missing PostgreSQL fails the test.
 fn in_ci() -> bool {
     std::env::var("CI").as_deref() == Ok("true")
+        || std::env::var("KEYSEAT_REQUIRE_POSTGRES").as_deref() == Ok("1")
 }
 
 /// Skips (None, with the reason on stderr), or panics under `CI=true`.
