@@ -26,7 +26,10 @@
 //!   [`store::LiveStore`] is the server's: live sessions in
 //!   `store::memory`, durable writes through the group-commit
 //!   `store::writer`, on the SQLite engine `store::sqlite` (which the
-//!   CLI also uses directly when no server runs).
+//!   CLI also uses directly when no server runs). [`store::PostgresStore`]
+//!   (`store::postgres`) is the engine for several servers on one
+//!   PostgreSQL database: no memory layer, every server and the CLI on the
+//!   same rows, the database's clock deciding leases.
 //! - [`rules`]: every decision (seats, takeover and reject, leases after
 //!   restarts and pauses, how sessions end, what a key change may do and
 //!   whom it ends), pure functions of (key, sessions, request, now),

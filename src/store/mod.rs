@@ -1,7 +1,8 @@
 //! The storage boundary. Everything above this module (HTTP, CLI, sweep)
-//! talks to a [`Storage`]; only `sqlite/` knows SQL. A PostgreSQL backend
-//! for multi-instance deployments would be a second implementation beside
-//! it, with no change above this line.
+//! talks to a [`Storage`]; only the engines know SQL: `sqlite/` (one
+//! server on a file, the default; the server wraps it in [`LiveStore`])
+//! and `postgres/` (any number of servers on one database), chosen by the
+//! `database` setting.
 //!
 //! Storage never decides policy: each write loads its inputs, asks
 //! [`crate::rules`] what to do, and applies the answer in one transaction,

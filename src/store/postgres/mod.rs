@@ -167,6 +167,10 @@ struct Inner {
     timeout_secs: u64,
     heartbeat_sql: String,
     last_mark: Mutex<Option<Instant>>,
+    /// Whether the last upkeep could not reach the database (so an outage
+    /// is logged once when it starts and once when it ends, not twice a
+    /// second).
+    unreachable: std::sync::atomic::AtomicBool,
 }
 
 /// The PostgreSQL implementation of [`Storage`].
@@ -227,6 +231,7 @@ impl PostgresStore {
                 timeout_secs: opts.timing.session_timeout_secs,
                 heartbeat_sql: sessions::heartbeat_sql(),
                 last_mark: Mutex::new(None),
+                unreachable: std::sync::atomic::AtomicBool::new(false),
             }),
             runtime: Some(runtime),
         };
@@ -570,18 +575,34 @@ impl Storage for PostgresStore {
     }
 
     fn maintain(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
         self.run(move |inner| async move {
-            // The lease time of a raised floor: the database's, or in
-            // tests the time of the last operation (the caller's clock is
-            // not at hand here), which the floor's GREATEST keeps safe.
+            // The lease time of a raised floor is the database's; with a
+            // caller's clock (tests) there is none at hand here, and 0
+            // leaves the floor as it was (it only ever rises).
             let given = Timestamp(0);
-            if inner.mark(given, false, false).await? {
-                tracing::info!(
-                    "the service was out (no server alive on the database for a while); every \
-                     open session has a full timeout from now"
-                );
+            match inner.mark(given, false, false).await {
+                Ok(raised) => {
+                    if inner.unreachable.swap(false, Ordering::Relaxed) {
+                        tracing::info!("the database {} answers again", inner.url);
+                    }
+                    if raised {
+                        tracing::info!(
+                            "the service was out (no server alive on the database for a while); \
+                             every open session has a full timeout from now"
+                        );
+                    }
+                    Ok(())
+                }
+                Err(e) if e.is_transient() => {
+                    if inner.unreachable.swap(true, Ordering::Relaxed) {
+                        Ok(())
+                    } else {
+                        Err(e)
+                    }
+                }
+                Err(e) => Err(e),
             }
-            Ok(())
         })
     }
 
