@@ -211,6 +211,14 @@ impl TestServer {
         Self::launch(settings, self.clock.clone(), self._dir.clone()).await
     }
 
+    /// A second server on this server's database and clock (PostgreSQL:
+    /// any number of servers share one database).
+    pub async fn beside(&self) -> TestServer {
+        let mut settings = self.settings.clone();
+        settings.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::launch(settings, self.clock.clone(), self._dir.clone()).await
+    }
+
     pub async fn stop(&mut self) {
         if let Some(server) = self.server.take() {
             server.stop().await.expect("clean stop");
