@@ -29,6 +29,9 @@ pub use crate::metrics::StateReading;
 use crate::model::{Actor, ConflictPolicy, EndReason, Event, EventType, Key, KeyStatus, Session};
 use crate::rules::Timing;
 
+/// A boxed future that owns what it needs.
+pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
+
 /// A device asking for a seat.
 #[derive(Debug, Clone)]
 pub struct StartRequest {
@@ -198,6 +201,20 @@ pub trait Storage: Send + Sync + 'static {
     /// A heartbeat answered at once, without blocking (from memory), when
     /// the store can; `None` means "call [`Storage::heartbeat`]".
     fn heartbeat_fast(&self, _key: &AccessKey, _session_id: &str) -> Option<Result<Beat>> {
+        None
+    }
+
+    /// A heartbeat as a future on the caller's runtime, for an engine whose
+    /// driver is asynchronous (PostgreSQL): no blocking thread is held
+    /// while the database answers. `None` means "call
+    /// [`Storage::heartbeat`] on the blocking pool".
+    fn heartbeat_async(
+        &self,
+        _key: &AccessKey,
+        _session_id: &str,
+        _now: Timestamp,
+        _timing: Timing,
+    ) -> Option<BoxFuture<Result<Session>>> {
         None
     }
 

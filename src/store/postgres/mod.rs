@@ -304,6 +304,45 @@ impl Inner {
     }
 }
 
+/// A heartbeat: the one statement on the heartbeat pool, and only when it
+/// touched nothing a transaction to say why.
+async fn heartbeat(
+    inner: Arc<Inner>,
+    key: AccessKey,
+    id: String,
+    now: Timestamp,
+    timing: Timing,
+) -> Result<Session> {
+    let hash = key.hash();
+    let hash: &[u8] = &hash;
+    let given = (inner.time == TimeSource::Caller).then_some(now.0);
+    let timeout_ms =
+        i64::try_from(timing.session_timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let mut attempt = 0;
+    let found = loop {
+        let client = inner.client(&inner.beats).await?;
+        let result = async {
+            let stmt = client.prepare_cached(&inner.heartbeat_sql).await?;
+            client
+                .query_opt(&stmt, &[&hash, &id, &timeout_ms, &given])
+                .await
+        }
+        .await;
+        match result {
+            // Idempotent, so a connection the database closed is simply
+            // tried again on another.
+            Err(e) if e.is_closed() && attempt < RETRIES => attempt += 1,
+            other => break other?,
+        }
+    };
+    match found {
+        Some(row) => Ok(sessions::beat_from_row(&row)),
+        None => with_work!(inner, now, |work| {
+            sessions::explain(&work, &key, &id).await
+        })?,
+    }
+}
+
 impl Storage for PostgresStore {
     fn check_health(&self) -> Result<()> {
         self.run(|inner| async move {
@@ -335,36 +374,24 @@ impl Storage for PostgresStore {
         timing: Timing,
     ) -> Result<Session> {
         let (key, id) = (key.clone(), session_id.to_owned());
-        self.run(move |inner| async move {
-            let hash = key.hash();
-            let hash: &[u8] = &hash;
-            let given = (inner.time == TimeSource::Caller).then_some(now.0);
-            let timeout_ms =
-                i64::try_from(timing.session_timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-            let mut attempt = 0;
-            let found = loop {
-                let client = inner.client(&inner.beats).await?;
-                let result = async {
-                    let stmt = client.prepare_cached(&inner.heartbeat_sql).await?;
-                    client
-                        .query_opt(&stmt, &[&hash, &id, &timeout_ms, &given])
-                        .await
-                }
-                .await;
-                match result {
-                    // Idempotent, so a connection the database closed is
-                    // simply tried again on another.
-                    Err(e) if e.is_closed() && attempt < RETRIES => attempt += 1,
-                    other => break other?,
-                }
-            };
-            match found {
-                Some(row) => Ok(sessions::beat_from_row(&row)),
-                None => with_work!(inner, now, |work| {
-                    sessions::explain(&work, &key, &id).await
-                })?,
-            }
-        })
+        self.run(move |inner| heartbeat(inner, key, id, now, timing))
+    }
+
+    fn heartbeat_async(
+        &self,
+        key: &AccessKey,
+        session_id: &str,
+        now: Timestamp,
+        timing: Timing,
+    ) -> Option<crate::store::BoxFuture<Result<Session>>> {
+        let (key, id) = (key.clone(), session_id.to_owned());
+        Some(Box::pin(heartbeat(
+            self.inner.clone(),
+            key,
+            id,
+            now,
+            timing,
+        )))
     }
 
     fn end_session(
