@@ -288,7 +288,7 @@ impl Inner {
     }
 
     /// Marks this server alive (at most once a second unless `force`).
-    async fn mark(&self, given: Timestamp, others_only: bool, force: bool) -> Result<bool> {
+    async fn mark(&self, given: Timestamp, force: bool) -> Result<bool> {
         {
             let last = self.last_mark.lock().unwrap_or_else(|p| p.into_inner());
             if !force && last.is_some_and(|t| t.elapsed() < MARK_EVERY) {
@@ -297,7 +297,7 @@ impl Inner {
         }
         let raised = transact!(self, |tx| {
             let now = self.now(&tx, given).await?;
-            upkeep::mark_alive(&tx, &self.instance, now, self.timeout_secs, others_only).await?
+            upkeep::mark_alive(&tx, &self.instance, now, self.timeout_secs).await?
         })?;
         *self.last_mark.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         Ok(raised)
@@ -538,7 +538,7 @@ impl Storage for PostgresStore {
     fn sweep(&self, now: Timestamp, history_days: u32, mark_alive: bool) -> Result<SweepReport> {
         self.run(move |inner| async move {
             if mark_alive {
-                inner.mark(now, false, true).await?;
+                inner.mark(now, true).await?;
             }
             let mut report = SweepReport::default();
             // Candidates by a plain read; each key settled under its lock.
@@ -587,16 +587,33 @@ impl Storage for PostgresStore {
     fn resume_after_restart(&self, ready_at: Timestamp, _timing: Timing) -> Result<ResumeReport> {
         self.run(move |inner| async move {
             // The restart rule holds for the service, not for one server:
-            // the floor is raised only if no other server has been alive
-            // (a server restarted beside running ones resumes nothing).
-            let raised = inner.mark(ready_at, true, true).await?;
-            let open = if raised {
-                transact!(inner, |tx| upkeep::count_open(&tx).await?)?
-            } else {
-                0
+            // a server restarted beside running ones resumes nothing (the
+            // service never stopped). Whether others run: a mark from the
+            // last few seconds may be a crashed server's (this one's own
+            // previous run, killed a moment ago), so it counts only if it
+            // moves on while this one watches.
+            let seen = transact!(inner, |tx| {
+                upkeep::recent_marks(&tx, &inner.instance).await?
+            })?;
+            let alone = seen.is_empty() || {
+                tokio::time::sleep(MARK_EVERY * 3 / 2).await;
+                let again = transact!(inner, |tx| {
+                    upkeep::recent_marks(&tx, &inner.instance).await?
+                })?;
+                !again
+                    .iter()
+                    .any(|(id, at)| !seen.iter().any(|(old, old_at)| old == id && old_at >= at))
             };
+            let open = transact!(inner, |tx| {
+                let now = inner.now(&tx, ready_at).await?;
+                if alone {
+                    upkeep::raise_floor(&tx, now, inner.timeout_secs).await?;
+                }
+                upkeep::count_open(&tx).await?
+            })?;
+            inner.mark(ready_at, true).await?;
             Ok(ResumeReport {
-                resumed: open as usize,
+                resumed: if alone { open as usize } else { 0 },
             })
         })
     }
@@ -608,7 +625,7 @@ impl Storage for PostgresStore {
             // caller's clock (tests) there is none at hand here, and 0
             // leaves the floor as it was (it only ever rises).
             let given = Timestamp(0);
-            match inner.mark(given, false, false).await {
+            match inner.mark(given, false).await {
                 Ok(raised) => {
                     if inner.unreachable.swap(false, Ordering::Relaxed) {
                         tracing::info!("the database {} answers again", inner.url);

@@ -108,25 +108,12 @@ pub(super) async fn mark_alive(
     instance: &str,
     lease_now: Timestamp,
     timeout_secs: u64,
-    others_only: bool,
 ) -> Result<bool> {
-    let filter = if others_only {
-        "WHERE instance_id <> $1"
-    } else {
-        "WHERE $1::TEXT IS NOT NULL"
-    };
-    let sql = format!(
-        "SELECT COALESCE(MAX(alive_at), 0) < {DB_NOW} - {OUTAGE_MS} FROM server_marks {filter}"
-    );
-    let out: bool = tx.query_one(&sql, &[&instance]).await?.get(0);
+    let sql =
+        format!("SELECT COALESCE(MAX(alive_at), 0) < {DB_NOW} - {OUTAGE_MS} FROM server_marks");
+    let out: bool = tx.query_one(&sql, &[]).await?.get(0);
     if out {
-        let floor =
-            rules::lease_after_restart(Timestamp(i64::MIN), lease_now, timing(timeout_secs));
-        tx.execute(
-            "UPDATE server_state SET value = GREATEST(value, $1) WHERE name = 'lease_floor'",
-            &[&floor.0],
-        )
-        .await?;
+        raise_floor(tx, lease_now, timeout_secs).await?;
     }
     tx.execute(
         &format!(
@@ -144,6 +131,40 @@ fn timing(timeout_secs: u64) -> rules::Timing {
         session_timeout_secs: timeout_secs,
         ..rules::Timing::default()
     }
+}
+
+/// Other servers' marks from the last [`OUTAGE_MS`]: (instance, alive at).
+pub(super) async fn recent_marks(
+    tx: &Transaction<'_>,
+    instance: &str,
+) -> Result<Vec<(String, i64)>> {
+    Ok(tx
+        .query(
+            &format!(
+                "SELECT instance_id, alive_at FROM server_marks \
+                 WHERE instance_id <> $1 AND alive_at >= {DB_NOW} - {OUTAGE_MS}"
+            ),
+            &[&instance],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+/// Raises every open session's lease floor to one timeout from `lease_now`.
+pub(super) async fn raise_floor(
+    tx: &Transaction<'_>,
+    lease_now: Timestamp,
+    timeout_secs: u64,
+) -> Result<()> {
+    let floor = rules::lease_after_restart(Timestamp(i64::MIN), lease_now, timing(timeout_secs));
+    tx.execute(
+        "UPDATE server_state SET value = GREATEST(value, $1) WHERE name = 'lease_floor'",
+        &[&floor.0],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Forgets this server's mark (a clean stop), and marks older than a day.
