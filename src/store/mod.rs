@@ -14,6 +14,7 @@ mod key_ref;
 mod live;
 mod memory;
 mod postgres;
+mod records;
 mod sqlite;
 mod writer;
 

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::keys::AccessKey;
 use crate::model::{Actor, EventType, Key, Session};
 use crate::rules;
-use crate::store::{KeyChange, KeyPage, KeyPatch, KeySearch, NewKey};
+use crate::store::{records, KeyChange, KeyPage, KeyPatch, KeySearch, NewKey};
 
 /// Stores a new key with its hashed secret.
 pub(super) async fn create(
@@ -51,12 +51,7 @@ pub(super) async fn create(
         session_id: None,
         device_name: None,
         actor,
-        detail: Some(json!({
-            "label": key.label,
-            "max_sessions": key.max_sessions,
-            "on_conflict": key.on_conflict,
-            "expires_at": key.expires_at,
-        })),
+        detail: Some(records::key_created_detail(&key)),
     })
     .await?;
     Ok(key)

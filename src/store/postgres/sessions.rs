@@ -11,7 +11,6 @@
 //! start decides on a lease a heartbeat is still extending.
 
 use deadpool_postgres::Transaction;
-use serde_json::json;
 
 use super::rows::{self, effective_expiry, effective_expiry_at, session_from_row, DB_NOW};
 use super::work::{EventRecord, Work};
@@ -20,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::keys::AccessKey;
 use crate::model::{Actor, EndReason, EventType, Key, Session};
 use crate::rules::{self, EndPlan, StartDecision, Timing};
-use crate::store::{EndOutcome, StartOutcome, StartRequest};
+use crate::store::{records, EndOutcome, StartOutcome, StartRequest};
 
 /// Starts (or resumes) a session; `Ok(Err(..))` is a refusal to answer
 /// after committing (a rejected start is recorded). `now` is the lease
@@ -57,7 +56,7 @@ pub(super) async fn start(
                 session_id: req.session_id.as_deref(),
                 device_name: req.device_name.as_deref(),
                 actor: &req.actor,
-                detail: Some(json!({ "reason": "seats_full" })),
+                detail: Some(records::rejected_detail()),
             })
             .await?;
             return Ok(Err(refusal));
@@ -137,10 +136,10 @@ pub(super) async fn start(
                         now,
                         Some(&session_id),
                         &req.actor,
-                        Some(json!({
-                            "superseded_by": session_id,
-                            "by_device_name": req.device_name,
-                        })),
+                        Some(records::superseded_detail(
+                            &session_id,
+                            req.device_name.as_deref(),
+                        )),
                     )
                     .await?,
                 );
@@ -151,24 +150,10 @@ pub(super) async fn start(
                 session_id: Some(&session_id),
                 device_name: req.device_name.as_deref(),
                 actor: &req.actor,
-                detail: Some(json!({ "fence": fence, "terminated": supersede })),
+                detail: Some(records::started_detail(fence, &supersede)),
             })
             .await?;
-            let session = Session {
-                session_id,
-                key_id: key.key_id.clone(),
-                key_prefix: key.prefix.clone(),
-                fence,
-                device_name: req.device_name.clone(),
-                fingerprint: req.fingerprint.clone(),
-                client_addr: Some(req.actor.0.clone()),
-                started_at: now,
-                last_heartbeat: now,
-                expires_at: lease,
-                ended_at: None,
-                end_reason: None,
-                superseded_by: None,
-            };
+            let session = records::admitted_session(req, &key, session_id, fence, now, lease);
             Ok(Ok(StartOutcome {
                 session,
                 resumed: false,

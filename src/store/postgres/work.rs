@@ -7,7 +7,6 @@
 //! each lease on disk is exact.
 
 use deadpool_postgres::Transaction;
-use serde_json::json;
 
 use super::rows::{self, session_row, DB_NOW};
 use super::TimeSource;
@@ -15,7 +14,7 @@ use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::keys::AccessKey;
 use crate::model::{Actor, EndReason, EventType, Key, Session};
-use crate::rules::{self, EndedBy, Ending, Revocation};
+use crate::rules::{self, Ending, Revocation};
 
 /// One operation's transaction and the time it decides at.
 pub(super) struct Work<'a> {
@@ -167,13 +166,8 @@ impl<'a> Work<'a> {
         ending: &Ending,
         requester: &Actor,
     ) -> Result<Session> {
-        let server = Actor::server();
-        let actor = match ending.by {
-            EndedBy::Requester => requester,
-            EndedBy::Server => &server,
-        };
-        let detail = ending.cause.map(|c| json!({ "cause": c.as_str() }));
-        self.end_open_session(session, ending.reason, ending.at, None, actor, detail)
+        let (actor, detail) = crate::store::records::ending_record(ending, requester);
+        self.end_open_session(session, ending.reason, ending.at, None, &actor, detail)
             .await
     }
 

@@ -15,7 +15,7 @@ use crate::keys::{AccessKey, KeyHash};
 use crate::model::{Actor, EventType, Key, Session};
 use crate::rules;
 use crate::store::memory::{Change, NEVER};
-use crate::store::{KeyChange, KeyPage, KeyPatch, KeySearch, NewKey};
+use crate::store::{records, KeyChange, KeyPage, KeyPatch, KeySearch, NewKey};
 
 /// Stores a new key with its hashed secret.
 pub(in crate::store) fn create(
@@ -50,12 +50,7 @@ pub(in crate::store) fn create(
         session_id: None,
         device_name: None,
         actor,
-        detail: Some(json!({
-            "label": key.label,
-            "max_sessions": key.max_sessions,
-            "on_conflict": key.on_conflict,
-            "expires_at": key.expires_at,
-        })),
+        detail: Some(records::key_created_detail(&key)),
     })?;
     Ok(key)
 }

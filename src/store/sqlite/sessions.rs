@@ -4,7 +4,6 @@
 //! the answer.
 
 use rusqlite::{named_params, params};
-use serde_json::json;
 
 use super::rows::{key_by_hash, resolve_key, session_columns, session_from_row, EFFECTIVE_EXPIRY};
 use super::unit_of_work::{EventRecord, UnitOfWork};
@@ -15,7 +14,7 @@ use crate::keys::AccessKey;
 use crate::model::{Actor, EndReason, EventType, Key, Session};
 use crate::rules::{self, EndPlan, StartDecision, Timing};
 use crate::store::memory::{Change, LiveSession, NEVER};
-use crate::store::{EndOutcome, StartOutcome, StartRequest};
+use crate::store::{records, EndOutcome, StartOutcome, StartRequest};
 
 /// Starts (or resumes) a session. The outer error aborts the transaction;
 /// the inner one is a refusal to answer after committing (a rejected start
@@ -52,7 +51,7 @@ pub(in crate::store) fn start(
                 session_id: req.session_id.as_deref(),
                 device_name: req.device_name.as_deref(),
                 actor: &req.actor,
-                detail: Some(json!({ "reason": "seats_full" })),
+                detail: Some(records::rejected_detail()),
             })?;
             return Ok(Err(refusal));
         }
@@ -139,10 +138,10 @@ pub(in crate::store) fn start(
                     now,
                     Some(&session_id),
                     &req.actor,
-                    Some(json!({
-                        "superseded_by": session_id,
-                        "by_device_name": req.device_name,
-                    })),
+                    Some(records::superseded_detail(
+                        &session_id,
+                        req.device_name.as_deref(),
+                    )),
                 )?);
             }
             work.record(EventRecord {
@@ -152,7 +151,7 @@ pub(in crate::store) fn start(
                 session_id: Some(&session_id),
                 device_name: req.device_name.as_deref(),
                 actor: &req.actor,
-                detail: Some(json!({ "fence": fence, "terminated": supersede })),
+                detail: Some(records::started_detail(fence, &supersede)),
             })?;
             work.memory_changes.push(Change::Started {
                 id: session_id.clone(),
@@ -165,21 +164,7 @@ pub(in crate::store) fn start(
                     dirty: false,
                 },
             });
-            let session = Session {
-                session_id,
-                key_id: key.key_id.clone(),
-                key_prefix: key.prefix.clone(),
-                fence,
-                device_name: req.device_name.clone(),
-                fingerprint: req.fingerprint.clone(),
-                client_addr: Some(req.actor.0.clone()),
-                started_at: now,
-                last_heartbeat: now,
-                expires_at: lease,
-                ended_at: None,
-                end_reason: None,
-                superseded_by: None,
-            };
+            let session = records::admitted_session(req, &key, session_id, fence, now, lease);
             Ok(Ok(StartOutcome {
                 session,
                 resumed: false,

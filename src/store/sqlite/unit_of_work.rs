@@ -7,14 +7,13 @@
 //! server (disk and memory).
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde_json::json;
 
 use super::rows::{key_by_hash, open_session_rows, session_row};
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::keys::AccessKey;
 use crate::model::{Actor, EndReason, EventType, Key, Session};
-use crate::rules::{self, EndedBy, Ending, Revocation};
+use crate::rules::{self, Ending, Revocation};
 use crate::store::memory::{Change, Memory};
 
 /// One unit of work on a connection. With `mem` (the server), the exact
@@ -176,13 +175,8 @@ impl<'a> UnitOfWork<'a> {
         ending: &Ending,
         requester: &Actor,
     ) -> Result<Session> {
-        let server = Actor::server();
-        let actor = match ending.by {
-            EndedBy::Requester => requester,
-            EndedBy::Server => &server,
-        };
-        let detail = ending.cause.map(|c| json!({ "cause": c.as_str() }));
-        self.end_open_session(session, ending.reason, ending.at, None, actor, detail)
+        let (actor, detail) = crate::store::records::ending_record(ending, requester);
+        self.end_open_session(session, ending.reason, ending.at, None, &actor, detail)
     }
 
     /// Records the sessions of `live` that a revocation names, in `live`'s
