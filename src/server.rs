@@ -146,7 +146,7 @@ impl Server {
                     (Arc::new(store), report)
                 }
                 Database::Postgres(url) => {
-                    let store = PostgresStore::open(url, OpenMode::CreateAndMigrate, pg_opts)?;
+                    let store = open_postgres_when_it_answers(url, pg_opts)?;
                     let report = store.resume_after_restart(ready_at, opts.timing)?;
                     (Arc::new(store), report)
                 }
@@ -305,6 +305,29 @@ fn how_it_was_started() -> String {
     match std::env::args().next() {
         Some(arg0) if arg0.contains('/') => arg0,
         _ => "keyseat".into(),
+    }
+}
+
+/// Opens the PostgreSQL database, waiting for it while it does not
+/// answer: a server started before its database (a machine booting, the
+/// database restarting) answers 503 until it is there rather than exiting.
+/// Any other failure (a wrong password, a bad URL) stops start-up at once.
+fn open_postgres_when_it_answers(
+    url: &crate::config::PostgresUrl,
+    opts: crate::store::PostgresOptions,
+) -> Result<PostgresStore> {
+    let mut waited = Duration::ZERO;
+    loop {
+        match PostgresStore::open(url, OpenMode::CreateAndMigrate, opts) {
+            Err(e) if e.is_transient() => {
+                if waited.as_secs() % 30 == 0 {
+                    tracing::warn!(error = %e, "waiting for the database; answering 503 meanwhile");
+                }
+                std::thread::sleep(Duration::from_secs(1));
+                waited += Duration::from_secs(1);
+            }
+            other => return other,
+        }
     }
 }
 

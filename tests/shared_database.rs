@@ -179,3 +179,58 @@ async fn both_servers_sweep_and_each_death_is_recorded_once() {
     ids.sort();
     assert_eq!(recorded, ids.iter().map(String::as_str).collect::<Vec<_>>());
 }
+
+/// A server started before its database answers 503 `starting` meanwhile
+/// and serves by itself once the database is up; a wrong password is no
+/// such wait but one clear line and an exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_started_before_its_database_waits_for_it() {
+    let Some(cluster) = common::postgres::Cluster::start() else {
+        return;
+    };
+    let url = cluster.url().to_owned();
+    cluster.stop_immediate();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("server.log");
+    let port = common::free_port();
+    let mut child = common::serve_command(&url, port)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let health = loop {
+        if let Ok(resp) = client.get(format!("{base}/health")).send().await {
+            break resp;
+        }
+        assert!(std::time::Instant::now() < deadline, "never listened");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(health.status(), 503);
+    let body: Value = health.json().await.unwrap();
+    assert_eq!(body["status"], "starting", "{body}");
+    assert!(child.try_wait().unwrap().is_none(), "it waits, not exits");
+
+    cluster.start_again();
+    common::wait_healthy(&mut child, &base, &log).await;
+    let _ = child.kill();
+    let _ = child.wait();
+
+    let wrong = url.replacen(
+        &url[url.find("://").unwrap() + 3..url.rfind('@').unwrap()],
+        "keyseat:not-the-password",
+        1,
+    );
+    let out = common::serve_command(&wrong, common::free_port())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("password authentication failed"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("not-the-password"), "{stderr}");
+}
