@@ -294,6 +294,7 @@ impl Topology {
         for server in &mut servers {
             server.spawn(&rt);
         }
+        warm_up(&rt, &servers);
 
         let listen = common::free_port();
         let ports: Vec<u16> = servers.iter().map(|s| s.port).collect();
@@ -399,6 +400,24 @@ impl Topology {
                 server.log.display()
             );
         }
+    }
+}
+
+/// One request per pool on every server (a status and a heartbeat of an
+/// unknown session), so that the scenarios measure servers that have been
+/// running, not each pool's first connection to PostgreSQL (about 0.1 s
+/// in a debug build, several times that on a loaded machine).
+fn warm_up(rt: &tokio::runtime::Runtime, servers: &[Keyseat]) {
+    let first = Api::new(&servers[0].url()).with_admin(ADMIN_TOKEN);
+    let key = rt
+        .block_on(first.create_key(json!({"label": "warm-up"})))
+        .answer("create the warm-up key")
+        .access_key;
+    for server in servers {
+        let api = Api::new(&server.url());
+        rt.block_on(api.status(&key)).answer("warm-up status");
+        rt.block_on(api.heartbeat(&key, "warm-up-unknown-session"))
+            .refused(404, "session_not_found");
     }
 }
 
