@@ -272,13 +272,14 @@ struct Topology {
 impl Topology {
     /// None (the test skips) without PostgreSQL or nginx.
     fn start() -> Option<Topology> {
-        let nginx_bin = nginx_binary()?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let nginx = nginx_binary()?;
+        let rt = runtime();
         let db = rt.block_on(common::postgres::fresh_database())?;
+        Some(Topology::on(nginx, rt, db))
+    }
+
+    /// The servers on the database at `db`, nginx from `nginx_bin`.
+    fn on(nginx_bin: PathBuf, rt: tokio::runtime::Runtime, db: String) -> Topology {
         let dir = tempfile::Builder::new().prefix("ks-ha-").tempdir().unwrap();
         // nginx's workers (nobody, as root) must reach their temp paths.
         set_mode(dir.path(), 0o755);
@@ -343,14 +344,14 @@ impl Topology {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Some(Topology {
+        Topology {
             rt,
             db,
             servers,
             nginx,
             url,
             _dir: dir,
-        })
+        }
     }
 
     /// The admin and session API through nginx.
@@ -419,6 +420,14 @@ fn warm_up(rt: &tokio::runtime::Runtime, servers: &[Keyseat]) {
         rt.block_on(api.heartbeat(&key, "warm-up-unknown-session"))
             .refused(404, "session_not_found");
     }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn set_mode(path: &Path, mode: u32) {
@@ -775,4 +784,311 @@ fn python3() -> Option<PathBuf> {
                 .find(|p| p.is_file())
         })
         .or_else(|| skip("python3 is not installed"))
+}
+
+/// The PostgreSQL binaries' directory, as .ci/postgres.sh finds it
+/// (`KEYSEAT_PG_BIN`, else the newest /usr/lib/postgresql/*/bin).
+fn pg_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("KEYSEAT_PG_BIN").filter(|b| !b.is_empty()) {
+        return PathBuf::from(bin);
+    }
+    let newest = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("pg_basebackup").exists().then_some((version, bin))
+        })
+        .max();
+    match newest {
+        Some((_, bin)) => bin,
+        None => PathBuf::new(), // on PATH
+    }
+}
+
+/// A command run as the owner of the test's clusters: as root, the
+/// unprivileged user .ci/postgres.sh runs PostgreSQL as.
+fn as_pg_owner(program: PathBuf) -> Command {
+    if running_as_root() {
+        let user = std::env::var("KEYSEAT_PG_USER").unwrap_or_else(|_| "keyseat-pg".into());
+        let mut cmd = Command::new("runuser");
+        cmd.arg("-u").arg(user).arg("--").arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
+#[track_caller]
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A streaming replica of a test cluster (`pg_basebackup -R`), on a port
+/// of its own; stopped and removed on drop.
+struct Replica {
+    dir: tempfile::TempDir,
+    port: u16,
+    bin: PathBuf,
+}
+
+impl Replica {
+    /// Copies the primary at 127.0.0.1:`primary_port` and starts streaming.
+    fn start(primary_port: u16, password: &str) -> Replica {
+        let bin = pg_bin();
+        let dir = tempfile::Builder::new()
+            .prefix("ks-pg-replica-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        if running_as_root() {
+            let user = std::env::var("KEYSEAT_PG_USER").unwrap_or_else(|_| "keyseat-pg".into());
+            run_ok(
+                Command::new("chown")
+                    .arg(format!("{user}:"))
+                    .arg(dir.path()),
+            );
+        }
+        let data = dir.path().join("data");
+        run_ok(
+            as_pg_owner(bin.join("pg_basebackup"))
+                .current_dir(dir.path())
+                .env("PGPASSWORD", password)
+                .args(["-h", "127.0.0.1", "-U", "keyseat", "-X", "stream", "-R"])
+                .args(["-c", "fast", "-p"])
+                .arg(primary_port.to_string())
+                .arg("-D")
+                .arg(&data),
+        );
+        let port = common::free_port();
+        let replica = Replica { dir, port, bin };
+        run_ok(
+            as_pg_owner(replica.bin.join("pg_ctl"))
+                .current_dir(replica.dir.path())
+                .arg("start")
+                .arg("-D")
+                .arg(&data)
+                .args(["-w", "-t", "60", "-l"])
+                .arg(replica.dir.path().join("log"))
+                .arg("-o")
+                .arg(format!(
+                    "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories='{}' \
+                     -c fsync=off -c max_connections=300",
+                    replica.dir.path().display()
+                ))
+                .stdout(Stdio::null()),
+        );
+        replica
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Command {
+        let mut cmd = as_pg_owner(self.bin.join("pg_ctl"));
+        cmd.current_dir(self.dir.path())
+            .args(args)
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .stdout(Stdio::null());
+        cmd
+    }
+
+    /// `pg_ctl promote -w`: the replica becomes a primary.
+    fn promote(&self) {
+        run_ok(&mut self.pg_ctl(&["promote", "-w", "-t", "60"]));
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w"]).status();
+    }
+}
+
+/// A primary failover under devices heartbeating through nginx: the
+/// database URL lists the primary and its streaming replica with
+/// `target_session_attrs=read-write` (docs/high-availability.md), the
+/// replica is synchronous (`synchronous_standby_names = '*'`), the primary
+/// is killed (`pg_ctl stop -m immediate`) and the replica promoted
+/// (`pg_ctl promote`). Requests in between get 503 and the clients retry
+/// within their lease; then every server finds the new primary through
+/// the host list, no device loses its seat, the start acknowledged just
+/// before the crash is there, and an end acknowledged before it stays.
+#[test]
+fn a_failover_to_a_promoted_replica_loses_no_device_and_no_acknowledged_change() {
+    let Some(nginx) = nginx_binary() else {
+        return;
+    };
+    let Some(primary) = common::postgres::Cluster::start() else {
+        return;
+    };
+    let rt = runtime();
+    let primary_db = rt.block_on(common::postgres::create_database(primary.url()));
+    let password = primary_db
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(user_info, _)| user_info.split_once(':'))
+        .map(|(_, pw)| pw.to_owned())
+        .unwrap();
+    let primary_port: u16 = std::fs::read_to_string(primary.dir().join("port"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let replica = Replica::start(primary_port, &password);
+    // Synchronous: an acknowledged start or end is on the replica too.
+    rt.block_on(async {
+        let admin = common::postgres::connect(primary.url()).await;
+        for sql in [
+            "ALTER SYSTEM SET synchronous_standby_names = '*'",
+            "SELECT pg_reload_conf()",
+        ] {
+            admin.batch_execute(sql).await.unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let sync: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_replication \
+                     WHERE state = 'streaming' AND sync_state = 'sync'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if sync == 1 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the replica never became synchronous"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let primary_host = format!("127.0.0.1:{primary_port}");
+    assert_eq!(primary_db.matches(&primary_host).count(), 1, "{primary_db}");
+    let db = primary_db.replace(
+        &primary_host,
+        &format!("{primary_host},127.0.0.1:{}", replica.port),
+    ) + "?target_session_attrs=read-write";
+    let topo = Topology::on(nginx, rt, db);
+
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let mut sessions = Vec::new();
+    let mut keys = Vec::new();
+    for i in 0..3 {
+        let (key, _) = topo.create_key(json!({"max_sessions": 1}));
+        sessions.push(device(&topo, &key, &format!("device {i}"), &events));
+        keys.push(key);
+    }
+    let api = topo.api();
+    let (ended_key, _) = topo.create_key(json!({"max_sessions": 1}));
+    topo.rt
+        .block_on(api.start(&ended_key, Some("ended-before-failover"), None, None))
+        .answer("start");
+    topo.rt
+        .block_on(api.end(&ended_key, "ended-before-failover"))
+        .answer("end");
+    // The last start before the crash.
+    let (last_key, _) = topo.create_key(json!({"max_sessions": 1}));
+    sessions.push(device(&topo, &last_key, "started last", &events));
+    keys.push(last_key);
+
+    let all_usable = |sessions: &[Session]| {
+        for s in sessions {
+            assert!(
+                s.is_usable(),
+                "{} lost its seat: {:?}\nevents: {:?}",
+                s.id(),
+                s.state(),
+                events.lock().unwrap()
+            );
+        }
+    };
+
+    primary.stop_immediate();
+    let crashed = Instant::now();
+    // The operator (or Patroni) takes a moment to promote.
+    while crashed.elapsed() < INTERVAL {
+        all_usable(&sessions);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    replica.promote();
+    let promoted = Instant::now();
+    // Writes work again once a server reaches the new primary.
+    let mut unavailable = 0;
+    let back = loop {
+        all_usable(&sessions);
+        match topo
+            .rt
+            .block_on(api.create_key(json!({"label": "after the failover"})))
+        {
+            Ok(_) => break promoted.elapsed(),
+            Err(e) if e.status == 503 || e.status == 502 => unavailable += 1,
+            Err(e) => panic!("a write after the failover: {e}"),
+        }
+        assert!(
+            promoted.elapsed() < Duration::from_secs(20),
+            "no write succeeded within 20 s of the promotion"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "failover: primary killed, promoted {:?} later; writes back {back:?} after the \
+         promotion ({unavailable} answered 503/502 before)",
+        promoted - crashed
+    );
+    // Several intervals, past the timeout, on the new primary.
+    let until = Instant::now() + Duration::from_secs(TIMEOUT_SECS + 1);
+    while Instant::now() < until {
+        all_usable(&sessions);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let live: Vec<String> = keys.iter().flat_map(|k| topo.live(k)).collect();
+    for s in &sessions {
+        assert!(live.iter().any(|id| id == s.id()), "{} is not live", s.id());
+    }
+    let e = topo
+        .rt
+        .block_on(api.heartbeat(&ended_key, "ended-before-failover"))
+        .refused(410, "session_ended");
+    assert_eq!(
+        e.code, "session_ended",
+        "the end acknowledged before the crash"
+    );
+    let failed = events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.contains("HeartbeatFailed"))
+        .count();
+    let statuses: Vec<String> = topo
+        .nginx
+        .access_log()
+        .iter()
+        .filter(|l| l.starts_with("POST /api/session/heartbeat "))
+        .map(|l| l.split(' ').nth(2).unwrap_or("?").to_owned())
+        .collect();
+    let slowest = topo
+        .nginx
+        .access_log()
+        .iter()
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(0.0, f64::max);
+    eprintln!(
+        "failover: {failed} heartbeats failed at the clients and were retried, no seat lost; \
+         heartbeat answers through nginx: {} (non-200: {:?}); slowest request {slowest} s",
+        statuses.len(),
+        statuses.iter().filter(|s| *s != "200").collect::<Vec<_>>()
+    );
+    for s in sessions {
+        assert!(s.end().unwrap(), "still live at the end");
+    }
+    topo.check_logs();
 }
