@@ -94,6 +94,10 @@ impl Default for PostgresOptions {
 /// Operations retried after a serialization failure, a deadlock, a
 /// unique-key race or a connection found closed before the work began.
 const RETRIES: u32 = 5;
+/// The longest one operation may take, commit included: past it the
+/// device gets 503 and the connection is dropped. Longer than the
+/// statement timeout, so it only ends waits that nothing else ends.
+const OPERATION_DEADLINE: Duration = Duration::from_secs(12);
 /// How often a server marks itself alive.
 const MARK_EVERY: Duration = Duration::from_millis(1_000);
 
@@ -119,23 +123,36 @@ macro_rules! transact {
         let mut attempt = 0u32;
         loop {
             let mut client = inner.client(&inner.pool).await?;
-            let $tx = match client.transaction().await {
-                Ok(tx) => tx,
-                // A pooled connection the database closed (it restarted):
-                // nothing was done yet, so take another.
-                Err(e) if e.is_closed() && attempt < RETRIES => {
-                    attempt += 1;
-                    continue;
-                }
-                Err(e) => break Err(Error::from(e)),
-            };
-            let outcome: Result<_> = async {
+            let mut begun = false;
+            let timed = tokio::time::timeout(OPERATION_DEADLINE, async {
+                let $tx = client.transaction().await?;
+                begun = true;
                 let value = $body;
                 $tx.commit().await?;
-                Ok(value)
-            }
+                Ok::<_, Error>(value)
+            })
             .await;
+            let outcome = match timed {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    // Stuck (a commit waiting for a synchronous standby
+                    // that is not there, which no statement timeout
+                    // covers): this connection is not given back to the
+                    // pool, and the device is told to retry.
+                    drop(deadpool_postgres::Object::take(client));
+                    break Err(Error::Unavailable(format!(
+                        "the database {} did not finish the change within {} s",
+                        inner.url,
+                        OPERATION_DEADLINE.as_secs()
+                    )));
+                }
+            };
             match outcome {
+                // A pooled connection the database closed (it restarted)
+                // before anything was done: take another.
+                Err(Error::Postgres(e)) if !begun && e.is_closed() && attempt < RETRIES => {
+                    attempt += 1;
+                }
                 Err(e) if retryable(&e) && attempt < RETRIES => {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(u64::from(attempt) * 5)).await;
