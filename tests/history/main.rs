@@ -129,6 +129,7 @@ async fn concurrent_history_keeps_the_seat_invariant() {
         until,
         // The timeout is 400 ms of real time.
         pace: Pace {
+            near_timeout_chance: 0.1,
             near_timeout: 300..500,
             quiet: 300..900,
         },

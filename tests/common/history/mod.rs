@@ -123,6 +123,8 @@ impl Recorder {
 /// around it when it goes quiet before a last heartbeat.
 #[derive(Debug, Clone)]
 pub struct Pace {
+    /// The chance of such a pause before each request about a session.
+    pub near_timeout_chance: f64,
     pub near_timeout: Range<u64>,
     pub quiet: Range<u64>,
 }
@@ -185,7 +187,7 @@ pub async fn client(id: usize, seed: u64, run: Run) -> Vec<Rec> {
         for _ in 0..rng.gen_range(1..8) {
             // Now and then a pause near the timeout: the heartbeat races
             // the lease running out and the sweep.
-            let wait = if rng.gen_bool(0.1) {
+            let wait = if rng.gen_bool(run.pace.near_timeout_chance) {
                 Duration::from_millis(rng.gen_range(run.pace.near_timeout.clone()))
             } else {
                 pause(&mut rng, 20)
