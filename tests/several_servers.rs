@@ -665,6 +665,28 @@ fn faketime_available() -> bool {
     }
 }
 
+/// How far the server's wall clock is from this test's, in seconds, by
+/// the `Date` header of its `/health` answer (the time of day is enough
+/// for offsets of minutes).
+async fn wall_offset_secs(url: &str) -> i64 {
+    let resp = reqwest::get(format!("{url}/health")).await.expect("health");
+    let date = resp.headers()[reqwest::header::DATE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    // "Mon, 07 Dec 2026 02:31:53 GMT"
+    let hms: Vec<i64> = date
+        .split(' ')
+        .nth(4)
+        .unwrap_or_else(|| panic!("Date: {date}"))
+        .split(':')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let theirs = hms[0] * 3600 + hms[1] * 60 + hms[2];
+    let ours = (unix_ms() / 1000) % 86_400;
+    (theirs - ours + 86_400 + 43_200) % 86_400 - 43_200
+}
+
 /// A lease in an answer is the database's: about now + timeout on this
 /// machine's clock (the database runs here), whichever server answered.
 fn lease_from_db(what: &str, expires_at: i64, sent: i64, answered: i64) -> Result<(), String> {
@@ -708,6 +730,15 @@ async fn servers_with_skewed_clocks_agree_on_every_lease() {
     let behind = Srv::start(&db, dir.path(), "behind", &skew("-7m")).await;
     let apis = [right.api.clone(), ahead.api.clone(), behind.api.clone()];
     let names = ["right", "ahead (+5 min)", "behind (-7 min)"];
+    // The skew is real: each server's own clock, in its `Date` header.
+    for (srv, want) in [(&right, 0), (&ahead, 300), (&behind, -420)] {
+        let offset = wall_offset_secs(&srv.url()).await;
+        assert!(
+            (offset - want).abs() <= 30,
+            "{}: its clock is {offset:+} s off, not {want:+} s",
+            srv.name
+        );
+    }
     let mut wrong: Vec<String> = Vec::new();
     let mut answers = 0;
 
