@@ -5,6 +5,10 @@
 //! one server killed is every server, so the outage rule is the same (the
 //! first server back raises every open session's lease floor); and the
 //! database's clock decides leases, which on this machine is the test's.
+//! (On PostgreSQL both tests currently fail: the engine counts the service
+//! as out only after 5 s without an alive mark, and the killed process's
+//! last mark, under its own instance id, counts as another server's, so a
+//! restart within 5 s of the crash raises no lease floor.)
 //!
 //! `tests/restart.rs` covers the same rules in-process with a manual clock
 //! and clean stops; here the crash is real and the deadlines are checked

@@ -355,7 +355,7 @@ async fn history_across_servers(kill: Kill, what: &str) -> Option<Counts> {
             .join("\n")
     );
     assert!(
-        stats.starts_ok > 30 && stats.superseded > 0 && stats.rejected > 0,
+        stats.starts_ok > 20 && stats.superseded > 0 && stats.rejected > 0,
         "too little happened to prove anything: {stats:?}"
     );
     for s in &mut servers {
