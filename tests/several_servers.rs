@@ -291,6 +291,20 @@ async fn history_across_servers(kill: Kill, what: &str) -> Option<Counts> {
     let real_secs = began.elapsed().as_secs_f64();
     let mut latency: Vec<u64> = recs.iter().map(|r| (r.recv - r.send) / 1_000_000).collect();
     latency.sort();
+    let median_ms = |f: &dyn Fn(&Rec) -> bool| {
+        let mut l: Vec<u64> = recs
+            .iter()
+            .filter(|r| f(r))
+            .map(|r| (r.recv - r.send) / 1_000_000)
+            .collect();
+        l.sort();
+        l.get(l.len() / 2).copied().unwrap_or(0)
+    };
+    println!(
+        "median latency before the kill {} ms, after {} ms",
+        median_ms(&|r| r.recv < killed_at),
+        median_ms(&|r| r.send > killed_at)
+    );
     let slowest = recs.iter().max_by_key(|r| r.recv - r.send);
     if let Some(r) = slowest {
         println!("slowest request: {}", r.short());
