@@ -75,6 +75,14 @@ async fn serve(db: &str, log: &Path) -> Proc {
     }
 }
 
+/// A test that fails leaves no server behind.
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Proc {
     fn sigkill(&mut self) {
         self.child.kill().unwrap();

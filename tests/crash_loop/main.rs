@@ -70,6 +70,14 @@ struct Proc {
     log: PathBuf,
 }
 
+/// A test that fails leaves no server behind.
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Proc {
     /// Its API, with the admin token.
     fn api(&self) -> Api {
