@@ -158,8 +158,9 @@ pub(crate) fn postgres_message(e: &tokio_postgres::Error) -> String {
 /// Whether a PostgreSQL failure is the database being away, restarting,
 /// overloaded or contended (503: retry), rather than a fault (500): a lost
 /// or refused connection, a shutdown, too many connections, a lock or
-/// statement timeout, or a serialization failure that outlived the
-/// retries.
+/// statement timeout, a connection the database ended for idling in a
+/// transaction (the transaction is rolled back), or a serialization
+/// failure that outlived the retries.
 pub(crate) fn postgres_is_outage(e: &tokio_postgres::Error) -> bool {
     use tokio_postgres::error::SqlState;
     match e.code() {
@@ -169,6 +170,7 @@ pub(crate) fn postgres_is_outage(e: &tokio_postgres::Error) -> bool {
             matches!(class, "08" | "57" | "53" | "40" | "58")
                 || *code == SqlState::LOCK_NOT_AVAILABLE
                 || *code == SqlState::READ_ONLY_SQL_TRANSACTION
+                || *code == SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Crash loop against the real binary: nothing acknowledged is ever lost.
 //!
-//! Each iteration starts `keyseat serve` on the same database file, runs
+//! Each iteration starts `keyseat serve` on the same database (the SQLite
+//! file, or with `KEYSEAT_TEST_ENGINE=postgres` a fresh PostgreSQL database), runs
 //! load from several concurrent clients (starts on `takeover` and `reject`
 //! keys, heartbeats, ends, admin key creation, revocation and kicks), and
 //! SIGKILLs the server at a random moment: usually under load, sometimes
@@ -43,13 +44,14 @@ mod probe;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::api::Api;
-use file::check_file;
+use file::{check_facts, read_facts};
 use load::Load;
 use model::{lock, Shared};
 use probe::{check_over_http, create_initial_keys, probe_start_up};
@@ -68,6 +70,14 @@ struct Proc {
     log: PathBuf,
 }
 
+/// A test that fails leaves no server behind.
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Proc {
     /// Its API, with the admin token.
     fn api(&self) -> Api {
@@ -76,7 +86,7 @@ impl Proc {
 }
 
 /// Spawns `keyseat serve` on `db` at a fresh port; does not wait for it.
-fn spawn(db: &Path, log: &Path) -> Proc {
+fn spawn(db: &str, log: &Path) -> Proc {
     let port = common::free_port();
     let mut cmd = common::serve_command(db, port);
     cmd.env("KEYSEAT_ADMIN_TOKEN", ADMIN_TOKEN)
@@ -130,7 +140,8 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     println!("crash loop: {iterations} iterations, KEYSEAT_CRASH_SEED={seed}");
     let mut rng = StdRng::seed_from_u64(seed);
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("keyseat.db");
+    // The SQLite file, or on PostgreSQL a fresh database.
+    let db = common::test_database(dir.path()).await;
     let model: Shared = Arc::default();
     let began = Instant::now();
     let mut facts_checked = 0;
@@ -149,7 +160,8 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
             tokio::time::sleep(Duration::from_millis(rng.gen_range(0..60))).await;
             kill(&mut p);
             kills_in_start_up += 1;
-            facts_checked += check_file(&db, &lock(&model));
+            let facts = read_facts(&db).await;
+            facts_checked += check_facts(&facts, &lock(&model));
             p = spawn(&db, &log);
         }
 
@@ -193,13 +205,14 @@ async fn sigkill_at_random_moments_loses_nothing_acknowledged() {
             w.await.unwrap();
         }
         requests += sent.load(Ordering::Relaxed);
+        let facts = read_facts(&db).await;
         let m = lock(&model);
         assert!(
             m.errors.is_empty(),
             "wrong answers:\n{}",
             m.errors.join("\n")
         );
-        facts_checked += check_file(&db, &m);
+        facts_checked += check_facts(&facts, &m);
     }
 
     // A last start and check of everything that was ever acknowledged.

@@ -4,12 +4,13 @@
 use keyseat::clock::Timestamp;
 use serde_json::{json, Value};
 
-use crate::check::check;
-use crate::{Kind, Rec};
+use crate::history::check::check;
+use crate::history::{Kind, Rec};
 
 fn rec(kind: Kind, sid: &str, send: u64, recv: u64, status: u16, body: Value) -> Rec {
     Rec {
         client: 0,
+        server: 0,
         key: 0,
         kind,
         sid: Some(sid.to_owned()),

@@ -54,24 +54,21 @@
 //!
 //! `HISTORY_SECONDS` (default 4) sets the length of the run.
 
-mod check;
 mod checker_tests;
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../common/history/mod.rs"]
+mod history;
 
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use check::check;
-use common::api::{Answered, Api, ApiErr};
+use common::api::Answered;
 use common::TestServer;
-use keyseat::model::Event;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use serde::Serialize;
-use serde_json::{json, Value};
+use history::check::check;
+use history::{all_events, client, Pace, Run, KEYS};
+use serde_json::json;
 
 const CLIENTS: usize = 24;
 /// The manual clock moves this many milliseconds...
@@ -79,235 +76,6 @@ const TICK_SERVER_MS: i64 = 25;
 /// ...every this many real milliseconds (5x real time).
 const TICK_REAL_MS: u64 = 5;
 const TIMEOUT_MS: i64 = 2_000;
-
-/// (seats, policy) of each key.
-const KEYS: [(usize, &str); 3] = [(1, "takeover"), (2, "reject"), (3, "takeover")];
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Start,
-    Heartbeat,
-    End,
-    Kick,
-    Status,
-}
-
-/// One request and its answer. Times are nanoseconds since the run began,
-/// from one monotonic clock shared by all clients.
-#[derive(Debug, Clone)]
-struct Rec {
-    client: usize,
-    key: usize,
-    kind: Kind,
-    /// The session it is about (a start: the id it asked for or was given).
-    sid: Option<String>,
-    send: u64,
-    recv: u64,
-    /// 0 when no answer came (connection error).
-    status: u16,
-    body: Value,
-}
-
-impl Rec {
-    fn code(&self) -> &str {
-        self.body["error"]["code"].as_str().unwrap_or("")
-    }
-
-    fn short(&self) -> String {
-        format!(
-            "client {} {:?} key {} {} [{:.3}..{:.3} ms] -> {} {}",
-            self.client,
-            self.kind,
-            self.key,
-            self.sid.as_deref().unwrap_or("-"),
-            self.send as f64 / 1e6,
-            self.recv as f64 / 1e6,
-            self.status,
-            self.body
-        )
-    }
-}
-
-/// A client's connection to the server, recording everything it does.
-struct Recorder {
-    client: usize,
-    t0: Instant,
-    recs: Vec<Rec>,
-}
-
-impl Recorder {
-    fn now(&self) -> u64 {
-        self.t0.elapsed().as_nanos() as u64
-    }
-
-    /// Sends `request` (not sent until awaited here) and records it with
-    /// its answer as JSON.
-    async fn call<T: Serialize>(
-        &mut self,
-        key: usize,
-        kind: Kind,
-        sid: Option<String>,
-        request: impl Future<Output = Result<T, ApiErr>>,
-    ) -> Rec {
-        let send = self.now();
-        let (status, body) = match request.await {
-            Ok(answer) => (
-                200,
-                serde_json::to_value(answer).expect("an answer is JSON"),
-            ),
-            Err(e) => (e.status, e.body),
-        };
-        let recv = self.now();
-        let sid = sid.or_else(|| body["session_id"].as_str().map(str::to_owned));
-        let rec = Rec {
-            client: self.client,
-            key,
-            kind,
-            sid,
-            send,
-            recv,
-            status,
-            body,
-        };
-        self.recs.push(rec.clone());
-        rec
-    }
-}
-
-/// One client: starts sessions on random keys, heartbeats them for a while,
-/// then ends them, has them kicked, lets them expire or just abandons them
-/// (a ghost for its next start, which may carry the same fingerprint).
-async fn client(
-    id: usize,
-    seed: u64,
-    api: Api,
-    keys: Arc<Vec<String>>,
-    known: Arc<Mutex<Vec<(usize, String)>>>,
-    t0: Instant,
-    until: Instant,
-) -> Vec<Rec> {
-    let mut rng = StdRng::seed_from_u64(seed ^ (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    let mut r = Recorder {
-        client: id,
-        t0,
-        recs: Vec::new(),
-    };
-    let mut n = 0;
-    let pause = |rng: &mut StdRng, max: u64| Duration::from_millis(rng.gen_range(0..=max));
-    while Instant::now() < until {
-        let k = rng.gen_range(0..keys.len());
-        let access_key = keys[k].clone();
-        let device = format!("dev-{id}");
-        let fingerprint = rng.gen_bool(0.3).then(|| format!("fp-{id}"));
-        let own_sid = rng.gen_bool(0.5).then(|| {
-            n += 1;
-            format!("hist-{id}-{n}")
-        });
-        let start_it = || {
-            api.start(
-                &access_key,
-                own_sid.as_deref(),
-                Some(&device),
-                fingerprint.as_deref(),
-            )
-        };
-        let start = r.call(k, Kind::Start, own_sid.clone(), start_it()).await;
-        if start.status != 200 {
-            tokio::time::sleep(pause(&mut rng, 20)).await;
-            continue;
-        }
-        let sid = start.sid.clone().expect("a started session has an id");
-        known.lock().unwrap().push((k, sid.clone()));
-        let mut over = false;
-        for _ in 0..rng.gen_range(1..8) {
-            // Now and then a pause near the timeout (400 ms real): the
-            // heartbeat races the lease running out and the sweep.
-            let wait = if rng.gen_bool(0.1) {
-                Duration::from_millis(rng.gen_range(300..500))
-            } else {
-                pause(&mut rng, 20)
-            };
-            tokio::time::sleep(wait).await;
-            let roll = rng.gen_range(0..100);
-            if roll < 75 {
-                let beat = api.heartbeat(&access_key, &sid);
-                let hb = r.call(k, Kind::Heartbeat, Some(sid.clone()), beat).await;
-                if hb.status != 200 {
-                    over = true;
-                    break;
-                }
-            } else if roll < 85 && own_sid.is_some() {
-                // A retry of the start with the same id.
-                let again = r.call(k, Kind::Start, own_sid.clone(), start_it()).await;
-                if again.status != 200 {
-                    over = true;
-                    break;
-                }
-            } else if roll < 92 {
-                r.call(k, Kind::Status, None, api.status(&access_key)).await;
-            } else {
-                // An admin kicks someone's session on this key.
-                let victim = {
-                    let known = known.lock().unwrap();
-                    let of_key: Vec<&String> = known
-                        .iter()
-                        .filter(|(kk, _)| *kk == k)
-                        .map(|(_, s)| s)
-                        .collect();
-                    of_key[rng.gen_range(0..of_key.len())].clone()
-                };
-                r.call(k, Kind::Kick, Some(victim.clone()), api.kick(&victim))
-                    .await;
-            }
-        }
-        if over {
-            continue;
-        }
-        match rng.gen_range(0..100) {
-            0..=49 => {
-                let end = api.end(&access_key, &sid);
-                r.call(k, Kind::End, Some(sid.clone()), end).await;
-            }
-            50..=64 => {
-                r.call(k, Kind::Kick, Some(sid.clone()), api.kick(&sid))
-                    .await;
-            }
-            65..=84 => {
-                // Goes quiet around the timeout (400 ms real), then asks.
-                tokio::time::sleep(Duration::from_millis(rng.gen_range(300..900))).await;
-                let beat = api.heartbeat(&access_key, &sid);
-                r.call(k, Kind::Heartbeat, Some(sid.clone()), beat).await;
-            }
-            _ => {} // abandons it: a ghost
-        }
-    }
-    r.recs
-}
-
-/// Every event, oldest first (commit order), through the paged admin API.
-async fn all_events(api: &Api) -> Vec<Value> {
-    let mut out: Vec<Event> = Vec::new();
-    let mut before: Option<i64> = None;
-    loop {
-        let query = match before {
-            Some(b) => format!("limit=1000&before={b}"),
-            None => "limit=1000".to_owned(),
-        };
-        let page = api.events(&query).await.answer("events");
-        out.extend(page.events);
-        match page.next_before {
-            Some(b) => before = Some(b),
-            None => break,
-        }
-    }
-    out.reverse();
-    assert!(
-        out.windows(2).all(|w| w[0].id < w[1].id),
-        "event ids in commit order"
-    );
-    let json = out.iter().map(serde_json::to_value);
-    json.collect::<Result<_, _>>().expect("events are JSON")
-}
 
 /// Many clients on three keys for a few seconds; the recorded history must
 /// never show more live sessions than seats, a heartbeat success after an
@@ -353,20 +121,21 @@ async fn concurrent_history_keeps_the_seat_invariant() {
     let began = Instant::now();
     let server_began = s.now();
     let until = began + Duration::from_secs_f64(secs);
-    let keys = Arc::new(keys);
-    let known = Arc::new(Mutex::new(Vec::new()));
+    let run = Run {
+        servers: Arc::new(vec![s.api()]),
+        keys: Arc::new(keys),
+        known: Arc::new(Mutex::new(Vec::new())),
+        t0: began,
+        until,
+        // The timeout is 400 ms of real time.
+        pace: Pace {
+            near_timeout_chance: 0.1,
+            near_timeout: 300..500,
+            quiet: 300..900,
+        },
+    };
     let tasks: Vec<_> = (0..CLIENTS)
-        .map(|id| {
-            tokio::spawn(client(
-                id,
-                seed,
-                s.api(),
-                keys.clone(),
-                known.clone(),
-                began,
-                until,
-            ))
-        })
+        .map(|id| tokio::spawn(client(id, seed, run.clone())))
         .collect();
     let mut recs = Vec::new();
     for t in tasks {

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use keyseat::clock::Timestamp;
 use serde_json::Value;
 
-use crate::{Kind, Rec, KEYS};
+use super::{Kind, Rec, KEYS};
 
 /// What the checker counted.
 #[derive(Debug, Default)]
