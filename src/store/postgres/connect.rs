@@ -275,6 +275,18 @@ pub(super) async fn check_migrated(pool: &Pool, shown: &PostgresUrl) -> Result<(
     }
 }
 
+/// Whether a pool failure means the database could not be reached (a
+/// refused or broken connection, or none made in time), rather than every
+/// connection being busy.
+pub(super) fn pool_lost_contact(e: &deadpool_postgres::PoolError) -> bool {
+    use deadpool_postgres::{PoolError, TimeoutType};
+    match e {
+        PoolError::Backend(e) => crate::error::postgres_is_outage(e),
+        PoolError::Timeout(kind) => !matches!(kind, TimeoutType::Wait),
+        _ => false,
+    }
+}
+
 /// A pool failure as an error an operator reads: the database is away
 /// (503), never a fault of the request.
 pub(super) fn pool_error(e: deadpool_postgres::PoolError, shown: &PostgresUrl) -> Error {

@@ -157,7 +157,12 @@ macro_rules! transact {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(u64::from(attempt) * 5)).await;
                 }
-                other => break other,
+                other => {
+                    if let Err(e) = &other {
+                        inner.note(e);
+                    }
+                    break other;
+                }
             }
         }
     }};
@@ -188,6 +193,11 @@ struct Inner {
     /// is logged once when it starts and once when it ends, not twice a
     /// second).
     unreachable: std::sync::atomic::AtomicBool,
+    /// Whether this server failed to reach the database since it last
+    /// could: devices could not be heard meanwhile, so before it answers
+    /// anything again it gives every open session a full timeout (the
+    /// restart rule, for an outage of the database however short).
+    lost_contact: std::sync::atomic::AtomicBool,
 }
 
 /// The PostgreSQL implementation of [`Storage`].
@@ -249,6 +259,7 @@ impl PostgresStore {
                 heartbeat_sql: sessions::heartbeat_sql(),
                 last_mark: Mutex::new(None),
                 unreachable: std::sync::atomic::AtomicBool::new(false),
+                lost_contact: std::sync::atomic::AtomicBool::new(false),
             }),
             runtime: Some(runtime),
         };
@@ -289,9 +300,63 @@ impl PostgresStore {
 
 impl Inner {
     async fn client(&self, pool: &Pool) -> Result<deadpool_postgres::Object> {
-        pool.get()
+        let client = pool.get().await.map_err(|e| {
+            if connect::pool_lost_contact(&e) {
+                self.lost_contact
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            connect::pool_error(e, &self.url)
+        })?;
+        if self.lost_contact.load(std::sync::atomic::Ordering::Relaxed) {
+            self.recover(&client).await?;
+        }
+        Ok(client)
+    }
+
+    /// Notes a failure that means the database could not be reached (as
+    /// opposed to a refusal, a conflict or a busy pool).
+    fn note(&self, e: &Error) {
+        if let Error::Postgres(pe) = e {
+            let lost = pe.is_closed()
+                || pe
+                    .code()
+                    .is_none_or(|c| matches!(&c.code()[..2], "08" | "57"));
+            if lost {
+                self.lost_contact
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Back in contact after losing it: every open session's lease floor
+    /// becomes one timeout from now, before this server answers anything.
+    async fn recover(&self, client: &deadpool_postgres::Object) -> Result<()> {
+        let timeout_ms = i64::try_from(self.timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+        client
+            .execute(
+                &format!(
+                    "UPDATE server_state SET value = GREATEST(value, {} + $1) \
+                     WHERE name = 'lease_floor'",
+                    rows::DB_NOW
+                ),
+                &[&timeout_ms],
+            )
             .await
-            .map_err(|e| connect::pool_error(e, &self.url))
+            .inspect_err(|e| {
+                if e.is_closed() {
+                    tracing::debug!("the database is still away");
+                }
+            })?;
+        if self
+            .lost_contact
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::info!(
+                "the database {} answers again; every open session has a full timeout from now",
+                self.url
+            );
+        }
+        Ok(())
     }
 
     /// The lease time for an operation that decides at `given` (or at the
@@ -348,8 +413,16 @@ async fn heartbeat(
         match result {
             // Idempotent, so a connection the database closed is simply
             // tried again on another.
-            Err(e) if e.is_closed() && attempt < RETRIES => attempt += 1,
-            other => break other?,
+            Err(e) if e.is_closed() && attempt < RETRIES => {
+                inner.note(&Error::Postgres(e));
+                attempt += 1
+            }
+            Err(e) => {
+                let e = Error::Postgres(e);
+                inner.note(&e);
+                return Err(e);
+            }
+            Ok(found) => break found,
         }
     };
     match found {

@@ -24,10 +24,22 @@ pub(super) const DB_NOW: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000):
 /// second, so a few seconds without a mark is an outage, not jitter.
 pub(super) const OUTAGE_MS: i64 = 5_000;
 
+/// Whether the service is out, as the database sees it: no server has
+/// marked itself alive for [`OUTAGE_MS`], or none has since the database
+/// itself last started (it was stopped or crashed, for however short a
+/// time, and no server has been back since).
+pub(super) fn service_out() -> String {
+    format!(
+        "(COALESCE((SELECT MAX(alive_at) FROM server_marks), 0) \
+           < GREATEST({DB_NOW} - {OUTAGE_MS}, \
+                      (EXTRACT(EPOCH FROM pg_postmaster_start_time()) * 1000)::BIGINT))"
+    )
+}
+
 /// A session's lease end as every query sees it, with the lease time in
 /// `$1`: its own `expires_at`, or the floor every open session got after
-/// the last outage, whichever is later. And while the service is out (no
-/// server marked alive for [`OUTAGE_MS`]), every open session is live:
+/// the last outage, whichever is later. And while the service is out
+/// ([`service_out`]), every open session is live:
 /// the first server back raises the floor, so that a session is never
 /// found dead for time during which no server could hear it (the restart
 /// rule, applied to an outage of the database or of every server).
@@ -40,8 +52,8 @@ pub(super) fn effective_expiry_at(now: &str) -> String {
     format!(
         "GREATEST(s.expires_at, \
            COALESCE((SELECT value FROM server_state WHERE name = 'lease_floor'), 0), \
-           CASE WHEN COALESCE((SELECT MAX(alive_at) FROM server_marks), 0) < {DB_NOW} - {OUTAGE_MS} \
-                THEN {now} + 1 ELSE 0 END)"
+           CASE WHEN {out} THEN {now} + 1 ELSE 0 END)",
+        out = service_out()
     )
 }
 

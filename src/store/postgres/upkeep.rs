@@ -99,9 +99,9 @@ pub(super) async fn prune(tx: &Transaction<'_>, cutoff: Timestamp) -> Result<(u6
     Ok((sessions, events))
 }
 
-/// Marks this server alive by the database's clock. If no server had
-/// been alive for [`OUTAGE_MS`] before (the database was away, or every
-/// server was), every open session first gets a lease floor of one
+/// Marks this server alive by the database's clock. If the service was
+/// out ([`rows::service_out`]: the database was away, or every server
+/// was), every open session first gets a lease floor of one
 /// timeout from `lease_now` (the restart rule). Returns whether it did.
 pub(super) async fn mark_alive(
     tx: &Transaction<'_>,
@@ -109,9 +109,10 @@ pub(super) async fn mark_alive(
     lease_now: Timestamp,
     timeout_secs: u64,
 ) -> Result<bool> {
-    let sql =
-        format!("SELECT COALESCE(MAX(alive_at), 0) < {DB_NOW} - {OUTAGE_MS} FROM server_marks");
-    let out: bool = tx.query_one(&sql, &[]).await?.get(0);
+    let out: bool = tx
+        .query_one(&format!("SELECT {}", rows::service_out()), &[])
+        .await?
+        .get(0);
     if out {
         raise_floor(tx, lease_now, timeout_secs).await?;
     }
