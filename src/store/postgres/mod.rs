@@ -21,6 +21,18 @@
 //!   A crash of the database can lose the last heartbeat times, never a
 //!   start, an end or an event; a lost time only shortens a lease that the
 //!   restart rule then extends (the database's own outage is an outage).
+//! - **Outages are the service's, not a server's.** Each server marks
+//!   itself alive about once a second (`server_marks`). While no server
+//!   has for a few seconds, or none has since the database itself started
+//!   again, every open session counts as live, and the first server back
+//!   raises a lease floor of one timeout (the restart rule). A server that
+//!   lost contact with the database raises it too before answering again;
+//!   one restarted beside running servers raises nothing.
+//! - **Deadlines.** Every connection has lock, statement and
+//!   idle-in-transaction timeouts, and every operation a deadline of its
+//!   own (a commit waiting for an absent synchronous standby is covered by
+//!   none of the database's), so an outage or a stuck peer is a 503 within
+//!   seconds, never a hang.
 //! - **Retries.** A serialization failure, a deadlock or a unique-key race
 //!   (two servers inserting the same client-made session id) rolls back and
 //!   runs the operation again from its reads, where the rules decide anew.
