@@ -62,8 +62,9 @@ struct SettingFlags {
     /// Config file (TOML); see config.example.toml [env: KEYSEAT_CONFIG]
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// SQLite database file [default: keyseat.db] [env: KEYSEAT_DATABASE]
-    #[arg(long, global = true, value_name = "PATH")]
+    /// SQLite database file, or a postgres:// URL (several servers on one
+    /// database) [default: keyseat.db] [env: KEYSEAT_DATABASE]
+    #[arg(long, global = true, value_name = "PATH|URL")]
     database: Option<String>,
     /// Log filter such as info or debug [default: info] [env: KEYSEAT_LOG]
     #[arg(long, global = true, value_name = "FILTER")]
