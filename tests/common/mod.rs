@@ -6,6 +6,11 @@
 pub mod api;
 pub mod fuzz;
 pub mod postgres;
+pub mod servers;
+
+// Re-exported: the other tests call them as `common::free_port()` and so on.
+#[allow(unused_imports)]
+pub use servers::{free_port, serve_command, wait_healthy};
 
 /// A command for `program` (the real binary, or a wrapper such as
 /// `unshare` around it) without the caller's `KEYSEAT_*` variables: a
@@ -58,59 +63,18 @@ pub fn test_database_blocking(dir: &std::path::Path) -> String {
         .block_on(test_database(dir))
 }
 
+/// This machine's wall clock in Unix milliseconds, to compare with the
+/// times a real server (or its database) puts in answers.
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
 /// The real `keyseat` binary, via [`clean_command`].
 pub fn keyseat_command() -> std::process::Command {
     clean_command(env!("CARGO_BIN_EXE_keyseat"))
-}
-
-/// A port free on 127.0.0.1 right now, for a server that must be started
-/// on a known port (to restart it on the same one).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `keyseat serve` on `db` at `127.0.0.1:port` (the real binary, via
-/// [`keyseat_command`]), with standard input and output closed; callers add
-/// their settings (`KEYSEAT_*`) and where its log goes.
-pub fn serve_command(db: impl AsRef<std::ffi::OsStr>, port: u16) -> std::process::Command {
-    let mut cmd = keyseat_command();
-    cmd.arg("serve")
-        .arg("--database")
-        .arg(db)
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null());
-    cmd
-}
-
-/// Waits until the server at `url` answers `/health` with 200; panics with
-/// its log if it exits first or is not ready within a minute.
-pub async fn wait_healthy(child: &mut std::process::Child, url: &str, log: &std::path::Path) {
-    let client = reqwest::Client::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!(
-                "server exited ({status}):\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "server never became ready"
-        );
-        if let Ok(resp) = client.get(format!("{url}/health")).send().await {
-            if resp.status() == 200 {
-                return;
-            }
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
 }
 
 use std::net::SocketAddr;

@@ -1,5 +1,5 @@
 """A takeover across servers with the Python client, run by
-tests/high_availability.rs against nginx in front of three keyseat servers
+tests/high_availability/main.rs against nginx in front of three keyseat servers
 (KEYSEAT_HA_URL, a one-seat key in KEYSEAT_HA_KEY): device A starts,
 device B starts on the same key (round robin puts it on another server),
 and A's on_lost callback must hear "superseded" naming B. Prints one JSON
