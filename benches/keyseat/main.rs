@@ -173,8 +173,17 @@ fn spawn_listening(mut cmd: Command) -> Proc {
     }
 }
 
+/// The server binary: this build's, or `KEYSEAT_BENCH_SERVER_BIN` (to
+/// compare two builds in the same conditions).
+fn server_bin() -> PathBuf {
+    std::env::var_os("KEYSEAT_BENCH_SERVER_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_keyseat")),
+        PathBuf::from,
+    )
+}
+
 fn keyseat_server(db: impl AsRef<OsStr>, extra: &[&str]) -> Proc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyseat"));
+    let mut cmd = Command::new(server_bin());
     for (k, _) in std::env::vars() {
         if k.starts_with("KEYSEAT_") {
             cmd.env_remove(k);

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use keyseat::keys::{new_key_id, AccessKey};
 
 use super::{
-    drive, heartbeat_load, is_2xx, keyseat_server, line, Load, Measured, Opts, Proc, CONNECTIONS,
+    drive, heartbeat_load, is_2xx, keyseat_server, line, server_bin, Load, Measured, Opts, Proc,
+    CONNECTIONS,
 };
 
 /// Connections in one keyseat server's heartbeat pool
@@ -75,9 +76,13 @@ impl Db {
             url: with_database(server, &name),
             name,
         };
-        let status = Command::new(env!("CARGO_BIN_EXE_keyseat"))
-            .env_remove("KEYSEAT_BENCH_ONLY")
-            .env_remove("KEYSEAT_DATABASE")
+        let mut migrate = Command::new(server_bin());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("KEYSEAT_") {
+                migrate.env_remove(k);
+            }
+        }
+        let status = migrate
             .arg("--database")
             .arg(&db.url)
             .arg("migrate")
