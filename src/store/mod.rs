@@ -23,6 +23,14 @@ pub use memory::Beat;
 pub use postgres::{PostgresOptions, PostgresStore, TimeSource};
 pub use sqlite::{Durability, OpenMode, SqliteStore};
 
+/// The PostgreSQL engine's heartbeat statement (`$1` key hash, `$2`
+/// session id, `$3` timeout in ms, `$4` the caller's time or NULL), for
+/// the benchmark's pgbench script: not an API.
+#[doc(hidden)]
+pub fn postgres_heartbeat_sql() -> String {
+    postgres::heartbeat_sql()
+}
+
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::keys::AccessKey;

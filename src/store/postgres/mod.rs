@@ -72,6 +72,12 @@ use crate::store::{
     ResumeReport, StartOutcome, StartRequest, StateReading, Storage, SweepReport,
 };
 
+/// The heartbeat's statement, exactly as the engine prepares it (for the
+/// benchmark's pgbench script, through [`crate::store`]).
+pub(super) fn heartbeat_sql() -> String {
+    sessions::heartbeat_sql()
+}
+
 /// Which clock decides leases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeSource {

@@ -16,9 +16,16 @@
 //! load shedding: starts offered open-loop at rising rates (multiples of
 //! the measured start capacity) while devices heartbeat, reporting from
 //! which offered rate starts are shed with 503 and what heartbeats see
-//! meanwhile. `KEYSEAT_BENCH_ONLY=starts|shed|heartbeats` runs one phase
-//! (heartbeats: three rounds of ceiling + 1,000 sessions).
+//! meanwhile. With a PostgreSQL server given (`KEYSEAT_BENCH_POSTGRES_URL`
+//! or `KEYSEAT_TEST_POSTGRES_URL`), the PostgreSQL phases of `postgres.rs`
+//! too: heartbeats and durable starts on one and three servers, and
+//! pgbench's rate for the heartbeat's statement; without one they print
+//! "skipped". `KEYSEAT_BENCH_ONLY=starts|shed|heartbeats|postgres` runs
+//! one phase (heartbeats: three rounds of ceiling + 1,000 sessions).
 
+mod postgres;
+
+use std::ffi::OsStr;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -31,6 +38,10 @@ use hyper::body::Bytes;
 use keyseat::keys::{new_key_id, AccessKey};
 
 const CONNECTIONS: usize = 64;
+
+/// The request each connection sends next: `load(connection, i)` gives
+/// the path and the JSON body.
+type Load = Arc<dyn Fn(usize, u64) -> (&'static str, String) + Send + Sync>;
 
 struct Opts {
     quick: bool,
@@ -162,15 +173,24 @@ fn spawn_listening(mut cmd: Command) -> Proc {
     }
 }
 
-fn keyseat_server(db: &Path, extra: &[&str]) -> Proc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keyseat"));
+/// The server binary: this build's, or `KEYSEAT_BENCH_SERVER_BIN` (to
+/// compare two builds in the same conditions).
+fn server_bin() -> PathBuf {
+    std::env::var_os("KEYSEAT_BENCH_SERVER_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_keyseat")),
+        PathBuf::from,
+    )
+}
+
+fn keyseat_server(db: impl AsRef<OsStr>, extra: &[&str]) -> Proc {
+    let mut cmd = Command::new(server_bin());
     for (k, _) in std::env::vars() {
         if k.starts_with("KEYSEAT_") {
             cmd.env_remove(k);
         }
     }
     cmd.arg("--database")
-        .arg(db)
+        .arg(db.as_ref())
         .args([
             "--listen",
             "127.0.0.1:0",
@@ -245,23 +265,34 @@ struct Measured {
     non_2xx: u64,
 }
 
+impl Measured {
+    /// From every answered request's latency (µs) over `elapsed`.
+    fn from_latencies(mut all: Vec<u32>, elapsed: Duration, errors: u64, non_2xx: u64) -> Self {
+        all.sort_unstable();
+        Measured {
+            rps: all.len() as f64 / elapsed.as_secs_f64(),
+            p50_ms: percentile_ms(&all, 0.50),
+            p99_ms: percentile_ms(&all, 0.99),
+            max_ms: all.last().map_or(f64::NAN, |m| f64::from(*m) / 1000.0),
+            errors,
+            non_2xx,
+        }
+    }
+}
+
 /// Drives `CONNECTIONS` closed-loop HTTP/1.1 connections for `secs`;
 /// `body(conn, i)` gives the path and JSON of each request, and `ok`
 /// says which statuses count as success.
-async fn drive(
-    addr: SocketAddr,
-    secs: u64,
-    body: Arc<dyn Fn(usize, u64) -> (&'static str, String) + Send + Sync>,
-    ok: fn(u16) -> bool,
-) -> Measured {
-    drive_conns(addr, Duration::from_secs(secs), body, ok, CONNECTIONS).await
+/// The connections are spread evenly over `addrs` (several servers).
+async fn drive(addrs: &[SocketAddr], secs: u64, body: Load, ok: fn(u16) -> bool) -> Measured {
+    drive_conns(addrs, Duration::from_secs(secs), body, ok, CONNECTIONS).await
 }
 
 /// [`drive`] with `connections` connections.
 async fn drive_conns(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     duration: Duration,
-    body: Arc<dyn Fn(usize, u64) -> (&'static str, String) + Send + Sync>,
+    body: Load,
     ok: fn(u16) -> bool,
     connections: usize,
 ) -> Measured {
@@ -272,6 +303,7 @@ async fn drive_conns(
     for conn_no in 0..connections {
         let (stop, errors, non_2xx, body) =
             (stop.clone(), errors.clone(), non_2xx.clone(), body.clone());
+        let addr = addrs[conn_no % addrs.len()];
         tasks.push(tokio::spawn(async move {
             let mut lat: Vec<u32> = Vec::with_capacity(1 << 16);
             let stream = match tokio::net::TcpStream::connect(addr).await {
@@ -320,28 +352,15 @@ async fn drive_conns(
     for t in tasks {
         all.extend(t.await.unwrap());
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    all.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        if all.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((all.len() as f64 - 1.0) * p).round() as usize;
-        f64::from(all[i]) / 1000.0
-    };
-    Measured {
-        rps: all.len() as f64 / elapsed,
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
-        max_ms: all.last().map_or(f64::NAN, |m| f64::from(*m) / 1000.0),
-        errors: errors.load(Ordering::Relaxed),
-        non_2xx: non_2xx.load(Ordering::Relaxed),
-    }
+    Measured::from_latencies(
+        all,
+        started.elapsed(),
+        errors.load(Ordering::Relaxed),
+        non_2xx.load(Ordering::Relaxed),
+    )
 }
 
-fn heartbeat_load(
-    pairs: Arc<Vec<(String, String)>>,
-) -> Arc<dyn Fn(usize, u64) -> (&'static str, String) + Send + Sync> {
+fn heartbeat_load(pairs: Arc<Vec<(String, String)>>) -> Load {
     Arc::new(move |conn, i| {
         // Spread over all sessions: a different one each request.
         let n = pairs.len() as u64;
@@ -387,7 +406,7 @@ async fn heartbeat_phase(
     let t = Instant::now();
     let pairs = Arc::new(seed(&db, n));
     let seeded = t.elapsed();
-    let ceiling = drive(bare, opts.secs, heartbeat_load(pairs.clone()), is_2xx).await;
+    let ceiling = drive(&[bare], opts.secs, heartbeat_load(pairs.clone()), is_2xx).await;
     line(
         &format!("  bare endpoint, same {n} keys (ceiling)"),
         &ceiling,
@@ -395,9 +414,9 @@ async fn heartbeat_phase(
     );
     let server = keyseat_server(&db, &[]);
     // Warm the connections.
-    let _ = drive(server.addr, 1, heartbeat_load(pairs.clone()), is_2xx).await;
+    let _ = drive(&[server.addr], 1, heartbeat_load(pairs.clone()), is_2xx).await;
     let m = drive(
-        server.addr,
+        &[server.addr],
         opts.secs,
         heartbeat_load(pairs.clone()),
         is_2xx,
@@ -422,15 +441,14 @@ async fn start_phase(dir: &Path, opts: &Opts, ceiling: f64, sync: &str) -> Measu
     let db = dir.join(format!("starts-{sync}.db"));
     let pairs = Arc::new(seed(&db, 1_000));
     let server = keyseat_server(&db, &["--synchronous", sync]);
-    let load: Arc<dyn Fn(usize, u64) -> (&'static str, String) + Send + Sync> =
-        Arc::new(move |conn, i| {
-            let (key, _) = &pairs[(conn * 7919 + i as usize) % pairs.len()];
-            (
-                "/api/session/start",
-                format!(r#"{{"access_key":"{key}","device":{{"name":"bench-{conn}"}}}}"#),
-            )
-        });
-    let m = drive(server.addr, opts.secs, load, is_2xx).await;
+    let load: Load = Arc::new(move |conn, i| {
+        let (key, _) = &pairs[(conn * 7919 + i as usize) % pairs.len()];
+        (
+            "/api/session/start",
+            format!(r#"{{"access_key":"{key}","device":{{"name":"bench-{conn}"}}}}"#),
+        )
+    });
+    let m = drive(&[server.addr], opts.secs, load, is_2xx).await;
     line(
         &format!("durable starts with takeover ({})", sync.to_uppercase()),
         &m,
@@ -466,21 +484,20 @@ async fn mixed_phase(dir: &Path, opts: &Opts, ceiling: f64) -> Measured {
         ],
     );
     let live: Arc<Vec<(String, String)>> = Arc::new(pairs[..n].to_vec());
-    let load: Arc<dyn Fn(usize, u64) -> (&'static str, String) + Send + Sync> =
-        Arc::new(move |conn, i| {
-            let idx = (conn + CONNECTIONS * i as usize) % live.len();
-            let (key, id) = &live[idx];
-            if i % 100 == 99 {
-                ("/api/session/start", format!(r#"{{"access_key":"{key}"}}"#))
-            } else {
-                (
-                    "/api/session/heartbeat",
-                    format!(r#"{{"access_key":"{key}","session_id":"{id}"}}"#),
-                )
-            }
-        });
+    let load: Load = Arc::new(move |conn, i| {
+        let idx = (conn + CONNECTIONS * i as usize) % live.len();
+        let (key, id) = &live[idx];
+        if i % 100 == 99 {
+            ("/api/session/start", format!(r#"{{"access_key":"{key}"}}"#))
+        } else {
+            (
+                "/api/session/heartbeat",
+                format!(r#"{{"access_key":"{key}","session_id":"{id}"}}"#),
+            )
+        }
+    });
     // `secs` is long enough for the silent half to expire and be swept.
-    let m = drive(server.addr, secs, load, |s| s == 200 || s == 409).await;
+    let m = drive(&[server.addr], secs, load, |s| s == 200 || s == 409).await;
     line(
         &format!("mixed: {n} heartbeating + 1% starts, {n} expiring"),
         &m,
@@ -503,7 +520,7 @@ async fn baseline_phase(dir: &Path, opts: &Opts, ceiling: f64) -> Option<Measure
         return None;
     }
     let server = spawn_listening(cmd);
-    let m = drive(server.addr, opts.secs, heartbeat_load(pairs), is_2xx).await;
+    let m = drive(&[server.addr], opts.secs, heartbeat_load(pairs), is_2xx).await;
     line("old design: Python, 1 transaction per request", &m, ceiling);
     Some(m)
 }
@@ -574,6 +591,18 @@ async fn run(opts: Opts) {
             "shed" => {
                 shed_phase(dir.path(), &opts).await;
             }
+            "postgres" => {
+                let bare = {
+                    let mut cmd = Command::new(std::env::current_exe().unwrap());
+                    cmd.arg("--bare-server");
+                    spawn_listening(cmd)
+                };
+                if let Some(pg) = postgres::run(&opts, bare.addr, dir.path()).await {
+                    println!();
+                    println!("targets:");
+                    postgres::targets(&pg, |ok| if ok { "met" } else { "MISSED" });
+                }
+            }
             "heartbeats" => {
                 let bare = {
                     let mut cmd = Command::new(std::env::current_exe().unwrap());
@@ -598,10 +627,16 @@ async fn run(opts: Opts) {
         spawn_listening(cmd)
     };
     let ceiling_pairs = Arc::new(seed(&dir.path().join("ceiling.db"), 1_000));
-    let _ = drive(bare.addr, 1, heartbeat_load(ceiling_pairs.clone()), is_2xx).await;
+    let _ = drive(
+        &[bare.addr],
+        1,
+        heartbeat_load(ceiling_pairs.clone()),
+        is_2xx,
+    )
+    .await;
     let ceiling = || async {
         let m = drive(
-            bare.addr,
+            &[bare.addr],
             opts.secs,
             heartbeat_load(ceiling_pairs.clone()),
             is_2xx,
@@ -628,6 +663,7 @@ async fn run(opts: Opts) {
     let c = ceiling().await;
     let mixed = mixed_phase(dir.path(), &opts, c).await;
     let baseline = baseline_phase(dir.path(), &opts, c).await;
+    let pg = postgres::run(&opts, bare.addr, dir.path()).await;
     drop(bare);
     let shed = shed_phase(dir.path(), &opts).await;
 
@@ -673,6 +709,9 @@ async fn run(opts: Opts) {
             small.rps / b.rps,
             verdict(small.rps / b.rps >= 50.0)
         );
+    }
+    if let Some(pg) = &pg {
+        postgres::targets(pg, verdict);
     }
     match shed {
         Some(rate) => println!(
@@ -813,7 +852,7 @@ async fn shed_phase(dir: &Path, opts: &Opts) -> Option<f64> {
     let workers = pending * 2;
     let secs = if opts.quick { 2.0 } else { 5.0 };
 
-    let starts_load: Arc<dyn Fn(usize, u64) -> (&'static str, String) + Send + Sync> = {
+    let starts_load: Load = {
         let starters = starters.clone();
         Arc::new(move |conn, i| {
             let (key, _) = &starters[(conn * 7919 + i as usize) % starters.len()];
@@ -823,7 +862,7 @@ async fn shed_phase(dir: &Path, opts: &Opts) -> Option<f64> {
             )
         })
     };
-    let capacity = drive(server.addr, secs as u64, starts_load, is_2xx).await;
+    let capacity = drive(&[server.addr], secs as u64, starts_load, is_2xx).await;
     println!(
         "load shedding (max_pending_writes = {pending}, {workers} connections offering starts):"
     );
@@ -864,11 +903,6 @@ async fn shed_phase(dir: &Path, opts: &Opts) -> Option<f64> {
 }
 
 /// `drive` with `n` connections and a fractional duration.
-async fn drive_n(
-    addr: SocketAddr,
-    secs: f64,
-    body: Arc<dyn Fn(usize, u64) -> (&'static str, String) + Send + Sync>,
-    n: usize,
-) -> Measured {
-    drive_conns(addr, Duration::from_secs_f64(secs), body, is_2xx, n).await
+async fn drive_n(addr: SocketAddr, secs: f64, body: Load, n: usize) -> Measured {
+    drive_conns(&[addr], Duration::from_secs_f64(secs), body, is_2xx, n).await
 }
