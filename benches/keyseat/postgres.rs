@@ -24,9 +24,9 @@ use super::{
 };
 
 /// Connections in one keyseat server's heartbeat pool
-/// (`PostgresOptions::default().pool_size`), and so pgbench's.
+/// (`PostgresOptions::default().heartbeat_connections`), and so pgbench's.
 fn pool_size() -> usize {
-    keyseat::store::PostgresOptions::default().pool_size
+    keyseat::store::PostgresOptions::default().heartbeat_connections
 }
 
 /// Live sessions (one per one-seat key) the heartbeat phases spread over.

@@ -158,6 +158,38 @@ fn connector(tls: &Tls) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
+/// `config` with `extra` added to its options.
+pub(super) fn with_options(config: &tokio_postgres::Config, extra: &str) -> tokio_postgres::Config {
+    let mut config = config.clone();
+    let options = format!("{} {extra}", config.get_options().unwrap_or_default());
+    config.options(&options);
+    config
+}
+
+/// One connection on `config`, driven by a task on the current runtime.
+pub(super) async fn connect(
+    config: &tokio_postgres::Config,
+    tls: &Tls,
+) -> Result<tokio_postgres::Client> {
+    let client = match tls {
+        Tls::Off => {
+            let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            client
+        }
+        _ => {
+            let (client, connection) = config.connect(connector(tls)?).await?;
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            client
+        }
+    };
+    Ok(client)
+}
+
 /// A pool on `config`, with `extra` added to each connection's options.
 pub(super) fn pool(
     config: &tokio_postgres::Config,
@@ -165,11 +197,10 @@ pub(super) fn pool(
     size: usize,
     extra: Option<&str>,
 ) -> Result<Pool> {
-    let mut config = config.clone();
-    if let Some(extra) = extra {
-        let options = format!("{} {extra}", config.get_options().unwrap_or_default());
-        config.options(&options);
-    }
+    let config = match extra {
+        Some(extra) => with_options(config, extra),
+        None => config.clone(),
+    };
     let manager_config = ManagerConfig {
         recycling_method: RecyclingMethod::Fast,
     };

@@ -45,6 +45,7 @@
 //! future on this store's own small runtime and waits for it, so it works
 //! the same from the server's blocking pool and from the CLI.
 
+mod beats;
 mod connect;
 mod keys;
 mod reports;
@@ -92,9 +93,10 @@ pub enum TimeSource {
 pub struct PostgresOptions {
     /// The timeout every outage's lease floor grants.
     pub timing: Timing,
-    /// Connections per pool (there are two: durable writes and reads, and
-    /// heartbeats).
+    /// Connections in the pool of durable writes and reads.
     pub pool_size: usize,
+    /// Connections every heartbeat shares (pipelined; see `beats`).
+    pub heartbeat_connections: usize,
     /// Which clock decides leases.
     pub time: TimeSource,
 }
@@ -104,6 +106,7 @@ impl Default for PostgresOptions {
         PostgresOptions {
             timing: Timing::default(),
             pool_size: 16,
+            heartbeat_connections: 4,
             time: TimeSource::Database,
         }
     }
@@ -200,12 +203,11 @@ macro_rules! with_work {
 /// What every operation's future holds.
 struct Inner {
     pool: Pool,
-    beats: Pool,
+    beats: beats::Lines,
     url: PostgresUrl,
     instance: String,
     time: TimeSource,
     timeout_secs: u64,
-    heartbeat_sql: String,
     last_mark: Mutex<Option<Instant>>,
     /// Whether the last upkeep could not reach the database (so an outage
     /// is logged once when it starts and once when it ends, not twice a
@@ -254,18 +256,18 @@ impl PostgresStore {
             .enable_all()
             .build()
             .map_err(|e| Error::Internal(format!("cannot start the database runtime: {e}")))?;
-        let (pool, beats) = {
+        let pool = {
             let _entered = runtime.enter();
-            (
-                connect::pool(&config, &tls, opts.pool_size, None)?,
-                connect::pool(
-                    &config,
-                    &tls,
-                    opts.pool_size,
-                    Some("-c synchronous_commit=off"),
-                )?,
-            )
+            connect::pool(&config, &tls, opts.pool_size, None)?
         };
+        let beats = beats::Lines::new(
+            connect::with_options(&config, "-c synchronous_commit=off"),
+            tls,
+            url.clone(),
+            sessions::heartbeat_sql(),
+            opts.heartbeat_connections,
+            OPERATION_DEADLINE,
+        );
         let store = PostgresStore {
             inner: Arc::new(Inner {
                 pool,
@@ -274,7 +276,6 @@ impl PostgresStore {
                 instance: uuid::Uuid::new_v4().to_string(),
                 time: opts.time,
                 timeout_secs: opts.timing.session_timeout_secs,
-                heartbeat_sql: sessions::heartbeat_sql(),
                 last_mark: Mutex::new(None),
                 unreachable: std::sync::atomic::AtomicBool::new(false),
                 lost_contact: std::sync::atomic::AtomicBool::new(false),
@@ -418,25 +419,27 @@ async fn heartbeat(
     let given = (inner.time == TimeSource::Caller).then_some(now.0);
     let timeout_ms =
         i64::try_from(timing.session_timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    if inner
+        .lost_contact
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        // Back from an outage: the lease floor first (see Inner::client).
+        drop(inner.client(&inner.pool).await?);
+    }
     let mut attempt = 0;
     let found = loop {
-        let client = inner.client(&inner.beats).await?;
-        let result = async {
-            let stmt = client.prepare_cached(&inner.heartbeat_sql).await?;
-            client
-                .query_opt(&stmt, &[&hash, &id, &timeout_ms, &given])
-                .await
-        }
-        .await;
-        match result {
+        match inner
+            .beats
+            .query_opt(&[&hash, &id, &timeout_ms, &given])
+            .await
+        {
             // Idempotent, so a connection the database closed is simply
-            // tried again on another.
-            Err(e) if e.is_closed() && attempt < RETRIES => {
+            // tried again (on a new one).
+            Err(Error::Postgres(e)) if e.is_closed() && attempt < RETRIES => {
                 inner.note(&Error::Postgres(e));
                 attempt += 1
             }
             Err(e) => {
-                let e = Error::Postgres(e);
                 inner.note(&e);
                 return Err(e);
             }
