@@ -848,7 +848,18 @@ async fn shed_phase(dir: &Path, opts: &Opts) -> Option<f64> {
     // Quick runs use a small writer queue so shedding shows in seconds.
     let pending: usize = if opts.quick { 64 } else { 1_024 };
     let pending_arg = pending.to_string();
-    let server = keyseat_server(&db, &["--max-pending-writes", &pending_arg]);
+    // Every connection comes from 127.0.0.1: the per-address limit (256 by
+    // default) would refuse most of them before the writer queue is
+    // reached, so it is raised to its ceiling (a quarter of the 10,000).
+    let server = keyseat_server(
+        &db,
+        &[
+            "--max-pending-writes",
+            &pending_arg,
+            "--max-connections-per-address",
+            "2500",
+        ],
+    );
     let workers = pending * 2;
     let secs = if opts.quick { 2.0 } else { 5.0 };
 

@@ -23,9 +23,9 @@ use super::{
     CONNECTIONS,
 };
 
-/// Connections in one keyseat server's heartbeat pool
+/// The heartbeat connections one keyseat server shares among its heartbeats
 /// (`PostgresOptions::default().heartbeat_connections`), and so pgbench's.
-fn pool_size() -> usize {
+fn heartbeat_connections() -> usize {
     keyseat::store::PostgresOptions::default().heartbeat_connections
 }
 
@@ -235,9 +235,12 @@ async fn heartbeat_phase(server: &str, count: usize, opts: &Opts, bare: SocketAd
         // What the same statement costs through the same driver, without
         // HTTP or the server: one task per connection, as many
         // connections as the server's heartbeat pool.
-        let direct = direct_loop(&db.url, &pairs, pool_size(), opts.secs).await;
+        let direct = direct_loop(&db.url, &pairs, heartbeat_connections(), opts.secs).await;
         line(
-            &format!("  direct tokio-postgres loop, {} connections", pool_size()),
+            &format!(
+                "  direct tokio-postgres loop, {} connections",
+                heartbeat_connections()
+            ),
             &direct,
             ceiling.rps,
         );
@@ -441,10 +444,10 @@ async fn pgbench_phase(server: &str, opts: &Opts, dir: &std::path::Path) -> Opti
     )
     .unwrap();
     let mut tps = None;
-    let mut counts = vec![pool_size()];
+    let mut counts = vec![heartbeat_connections()];
     if !opts.quick {
         // Three servers' pools.
-        counts.push(pool_size() * 3);
+        counts.push(heartbeat_connections() * 3);
     }
     for clients in counts {
         let out = Command::new(&bin)
@@ -487,7 +490,7 @@ async fn pgbench_phase(server: &str, opts: &Opts, dir: &std::path::Path) -> Opti
                 String::from_utf8_lossy(&out.stderr).trim()
             ),
         }
-        if clients == pool_size() {
+        if clients == heartbeat_connections() {
             tps = got;
         }
     }
@@ -530,9 +533,9 @@ pub async fn run(opts: &Opts, bare: SocketAddr, dir: &std::path::Path) -> Option
         .map(|r| r.get(0))
         .unwrap_or_default();
     println!(
-        "postgres: {} (PostgreSQL {version}, fsync {fsync}), {CONNECTIONS} HTTP connections, heartbeat pool {} per server",
+        "postgres: {} (PostgreSQL {version}, fsync {fsync}), {CONNECTIONS} HTTP connections, {} shared heartbeat connections per server",
         redacted(&server),
-        pool_size()
+        heartbeat_connections()
     );
     let pgbench_tps = pgbench_phase(&server, opts, dir).await;
     let one = heartbeat_phase(&server, 1, opts, bare).await;
@@ -553,7 +556,7 @@ pub fn targets(summary: &Summary, verdict: impl Fn(bool) -> &'static str) {
             let r = summary.one.rps / tps;
             println!(
                 "  postgres heartbeats (1 server) >= 0.70 of pgbench's rate for the statement ({} connections): {:.0}/{tps:.0} = {r:.3} -> {}",
-                pool_size(),
+                heartbeat_connections(),
                 summary.one.rps,
                 verdict(r >= 0.70)
             );
