@@ -11,15 +11,33 @@ pub const MAX_LABEL: usize = 200;
 /// Checks a client-supplied `session_id`: 8..=128 characters of
 /// `[A-Za-z0-9._-]`.
 pub fn session_id(id: &str) -> Result<()> {
-    let ok = (8..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
+    if is_token(id) {
         refuse_secret("session_id", id)
     } else {
         Err(Error::InvalidRequest(
             "session_id must be 8 to 128 characters of A-Z, a-z, 0-9, '.', '_' or '-'".into(),
+        ))
+    }
+}
+
+/// The grammar session ids and nonces share: 8..=128 characters of
+/// `[A-Za-z0-9._-]`.
+fn is_token(text: &str) -> bool {
+    (8..=128).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Checks a request's `nonce` (docs/api.md, "Signed answers"): 8..=128
+/// characters of `[A-Za-z0-9._-]`.
+pub fn nonce(nonce: &str) -> Result<()> {
+    if is_token(nonce) {
+        Ok(())
+    } else {
+        Err(Error::InvalidRequest(
+            "nonce must be a string of 8 to 128 characters of A-Z, a-z, 0-9, '.', '_' or '-'"
+                .into(),
         ))
     }
 }

@@ -110,6 +110,20 @@ impl AccessKey {
     }
 }
 
+/// The prefix of what a request sent as its access key, as a signed
+/// answer echoes it: `ks_` and the next 8 characters when the text starts
+/// like a key, else nothing (so a key sent in the wrong shape is never
+/// echoed beyond what [`AccessKey::prefix`] would show).
+pub fn shown_prefix(text: &str) -> Option<String> {
+    let text = text.trim();
+    let prefix = text.get(..KEY_TAG.len() + PREFIX_LEN)?;
+    (prefix.starts_with(KEY_TAG)
+        && prefix[KEY_TAG.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric()))
+    .then(|| prefix.to_owned())
+}
+
 /// The 6-character base62 CRC32 of `body`.
 fn checksum_of(body: &str) -> String {
     encode_base62(u64::from(crc32fast::hash(body.as_bytes())), CHECKSUM_LEN)

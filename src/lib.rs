@@ -40,7 +40,9 @@
 //!   and hash), [`input`] (validation shared by HTTP, dashboard and CLI),
 //!   [`config`], [`clock`] (the server's monotonic timeline and its
 //!   gaps), [`report`] (the sharing report and activity, pure),
-//!   [`ratelimit`], [`proxy`], [`metrics`], [`error`] (one error enum;
+//!   [`ratelimit`], [`proxy`], [`metrics`], [`signing`] (the keys that
+//!   sign answers, the signature header and its check on the device),
+//!   [`error`] (one error enum;
 //!   [`http::error`] maps it to statuses in one place).
 //!
 //! # A start and a heartbeat
@@ -82,6 +84,7 @@ pub mod report;
 pub mod rules;
 pub mod seats;
 pub mod server;
+pub mod signing;
 pub mod state;
 pub mod store;
 pub mod sweep;

@@ -39,6 +39,7 @@ pub struct Server {
     metrics_http: Option<JoinHandle<()>>,
     sweep: JoinHandle<()>,
     upkeep: JoinHandle<()>,
+    signing_refresh: JoinHandle<()>,
     /// One server per database file; released when the server is dropped
     /// (after its stop) or the process dies. None on PostgreSQL, which any
     /// number of servers share.
@@ -49,6 +50,66 @@ pub struct Server {
     /// Stops the control socket, after the HTTP drain: until the store is
     /// flushed the CLI must keep going through the server.
     control_stop: watch::Sender<bool>,
+}
+
+/// What picks the keys that sign answers.
+#[derive(Clone)]
+struct SigningSettings {
+    file: Option<std::path::PathBuf>,
+    overlap_days: u32,
+}
+
+impl SigningSettings {
+    fn of(settings: &Settings) -> SigningSettings {
+        SigningSettings {
+            file: settings.signing_key_file.clone(),
+            overlap_days: settings.signing_key_overlap_days,
+        }
+    }
+}
+
+/// The keys that sign answers: the file's when `signing_key_file` is set,
+/// else the database's (with `make`, a first one made if there is none).
+fn signing_keys(
+    store: &dyn Storage,
+    settings: &SigningSettings,
+    now: crate::clock::Timestamp,
+    make: bool,
+) -> Result<crate::signing::KeySet> {
+    let records = match &settings.file {
+        Some(path) => vec![crate::signing::KeyRecord::from_pem_file(path)?],
+        None if make => store.ensure_signing_key(now)?,
+        None => store.signing_keys()?,
+    };
+    crate::signing::KeySet::new(&records, now, settings.overlap_days)
+        .ok_or_else(|| Error::Internal("no signing key could be made".into()))
+}
+
+/// How often a server reads the signing keys again: a rotation (by the
+/// CLI, or on PostgreSQL by any server) is in use everywhere within this.
+const SIGNING_REFRESH: Duration = Duration::from_secs(5);
+
+/// Reads the signing keys again every [`SIGNING_REFRESH`] until stopped.
+async fn refresh_signing_keys(
+    store: Arc<dyn Storage>,
+    state: AppState,
+    settings: SigningSettings,
+    stop: watch::Receiver<bool>,
+) {
+    if settings.file.is_some() {
+        return;
+    }
+    sweep::every(SIGNING_REFRESH, stop, || {
+        let (store, state, settings) = (store.clone(), state.clone(), settings.clone());
+        async move {
+            let now = state.now();
+            match blocking(move || signing_keys(&*store, &settings, now, false)).await {
+                Ok(keys) => state.signer().replace(keys),
+                Err(e) => tracing::warn!(error = %e, "could not read the signing keys; keeping the ones in use"),
+            }
+        }
+    })
+    .await;
 }
 
 /// How often the store's upkeep runs: a CLI change reaches the running
@@ -137,6 +198,7 @@ impl Server {
         let opts = settings.live_options();
         let pg_opts = settings.postgres_options(clock.decides_leases());
         let store_clock = clock.clone();
+        let signing_settings = SigningSettings::of(&settings);
         let opened = blocking(move || {
             let ready_at = store_clock.now();
             let (store, report): (Arc<dyn Storage>, _) = match &database {
@@ -152,10 +214,11 @@ impl Server {
                 }
             };
             let first_run = store.list_keys(1, None, ready_at)?.keys.is_empty();
-            Ok((store, report, first_run))
+            let signing = signing_keys(&*store, &signing_settings, ready_at, true)?;
+            Ok((store, report, first_run, signing))
         })
         .await;
-        let (store, report, first_run) = match opened {
+        let (store, report, first_run, signing) = match opened {
             Ok(v) => v,
             Err(e) => {
                 let _ = stop.send(true);
@@ -169,6 +232,7 @@ impl Server {
                 "resumed session(s) live at the last stop; each has a full timeout from now"
             );
         }
+        state.signer().replace(signing);
         state.set_ready(store.clone());
 
         let sweep = tokio::spawn(sweep::run(
@@ -194,7 +258,13 @@ impl Server {
             }
             None => None,
         };
-        let upkeep = tokio::spawn(maintain(store.clone(), stop_rx));
+        let upkeep = tokio::spawn(maintain(store.clone(), stop_rx.clone()));
+        let signing_refresh = tokio::spawn(refresh_signing_keys(
+            store.clone(),
+            state.clone(),
+            SigningSettings::of(&settings),
+            stop_rx,
+        ));
 
         tracing::info!(
             "keyseat {} listening on http://{addr} (database {})",
@@ -218,6 +288,7 @@ impl Server {
             metrics_http,
             sweep,
             upkeep,
+            signing_refresh,
             _lock: lock,
             #[cfg(unix)]
             control,
@@ -262,6 +333,7 @@ impl Server {
         }
         let _ = self.sweep.await;
         let _ = self.upkeep.await;
+        let _ = self.signing_refresh.await;
         let _ = self.control_stop.send(true);
         #[cfg(unix)]
         if let Some(control) = self.control {

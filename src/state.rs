@@ -46,6 +46,8 @@ struct Shared {
     metrics_here: bool,
     /// The storage engine's name, for `/health`.
     backend: &'static str,
+    /// The keys that sign answers (set once the store is open).
+    signer: crate::signing::Signer,
 }
 
 impl AppState {
@@ -82,6 +84,7 @@ impl AppState {
                 client_timeout: std::time::Duration::from_secs(settings.client_timeout_seconds),
                 metrics_here: settings.metrics == crate::config::MetricsMode::Main,
                 backend: settings.database.backend(),
+                signer: crate::signing::Signer::default(),
             }),
         }
     }
@@ -104,6 +107,11 @@ impl AppState {
     /// their log lines and counts.
     pub(crate) fn seats(&self) -> Result<crate::seats::Seats> {
         Ok(crate::seats::Seats::new(self.store()?, self.clock()))
+    }
+
+    /// The keys that sign answers.
+    pub fn signer(&self) -> &crate::signing::Signer {
+        &self.inner.signer
     }
 
     pub(crate) fn clock(&self) -> Arc<dyn Clock> {

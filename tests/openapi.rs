@@ -51,6 +51,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/health"),
     ("get", "/openapi.json"),
     ("get", "/metrics"),
+    ("get", "/api/signing-keys"),
     ("post", "/api/session/start"),
     ("post", "/api/session/heartbeat"),
     ("post", "/api/session/end"),
@@ -398,6 +399,13 @@ async fn real_answers_match_the_document() {
     let (st, metrics) = api.call("get", "/metrics", "/metrics", None, false).await;
     assert_eq!(st, 200);
     assert!(metrics.as_str().unwrap().contains("# TYPE"), "{metrics}");
+    let (st, keys) = api
+        .call("get", "/api/signing-keys", "/api/signing-keys", None, false)
+        .await;
+    assert_eq!(
+        (st, keys["keys"][0]["crv"].as_str()),
+        (200, Some("Ed25519"))
+    );
 
     // Admin: keys.
     let (st, key) = api

@@ -9,6 +9,7 @@ use super::outln;
 use clap::Args;
 
 use crate::client::{Api, ApiError, Client, ClientError, LostReason, SessionEvent};
+use crate::signing::PinnedKey;
 use crate::wire::StartAnswer;
 
 /// Exit codes of `keyseat client`, one per way of ending.
@@ -31,6 +32,8 @@ pub mod exit {
     pub const UNREACHABLE: u8 = 7;
     /// All seats are in use and the key's policy is `reject`.
     pub const SEATS_FULL: u8 = 8;
+    /// Answers failed the signature check with the pinned public key.
+    pub const UNTRUSTED: u8 = 9;
 }
 
 #[derive(Debug, Args)]
@@ -49,6 +52,10 @@ pub struct ClientArgs {
     /// A device fingerprint, or `machine` for this machine's (hashed) id.
     #[arg(long)]
     fingerprint: Option<String>,
+    /// The server's public signing key (`keyseat signing-key show`):
+    /// answers not signed by it for this request are refused.
+    #[arg(long, value_name = "BASE64URL")]
+    public_key: Option<String>,
 }
 
 /// The access key from `--key KEY`, `--key -` (a line of standard input)
@@ -94,6 +101,15 @@ pub fn run_client(args: ClientArgs) -> ExitCode {
         Ok(c) => c.device_name(device.clone()),
         Err(e) => return fail(&e),
     };
+    if let Some(public_key) = &args.public_key {
+        client = match client.public_key(public_key) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("keyseat: --public-key: {e}");
+                return ExitCode::from(exit::USAGE);
+            }
+        };
+    }
     match args.fingerprint.as_deref() {
         Some("machine") => {
             if let Some(fp) = crate::client::machine_fingerprint("keyseat-reference-client") {
@@ -172,6 +188,7 @@ pub fn run_client(args: ClientArgs) -> ExitCode {
                 LostReason::Revoked | LostReason::Ended | LostReason::NotFound => exit::REVOKED,
                 LostReason::KeyRefused { .. } => exit::KEY_REFUSED,
                 LostReason::Unreachable { .. } => exit::UNREACHABLE,
+                LostReason::Untrusted { .. } => exit::UNTRUSTED,
                 LostReason::Rejected { .. } => exit::ERROR,
             })
         }
@@ -187,6 +204,7 @@ fn fail(e: &ClientError) -> ExitCode {
             exit::KEY_REFUSED
         }
         ClientError::Unreachable(_) => exit::UNREACHABLE,
+        ClientError::Untrusted(_) => exit::UNTRUSTED,
         _ => exit::ERROR,
     })
 }
@@ -205,6 +223,10 @@ pub struct CheckArgs {
     /// advertised timeout).
     #[arg(long)]
     with_expiry: bool,
+    /// The server's public signing key (`keyseat signing-key show`):
+    /// answers not signed by it for this request are refused.
+    #[arg(long, value_name = "BASE64URL")]
+    public_key: Option<String>,
 }
 
 /// Runs the checks; exit 0 only when every check passes.
@@ -220,15 +242,27 @@ pub fn run_check(args: CheckArgs) -> ExitCode {
         eprintln!("keyseat: the access key is not valid: {e}");
         return ExitCode::from(exit::KEY_REFUSED);
     }
-    let api = match Api::new(&args.server, Duration::from_secs(10)) {
+    let mut api = match Api::new(&args.server, Duration::from_secs(10)) {
         Ok(api) => api,
         Err(e) => {
             eprintln!("keyseat: {e}");
             return ExitCode::from(exit::ERROR);
         }
     };
+    let pinned = match args.public_key.as_deref().map(PinnedKey::parse) {
+        None => None,
+        Some(Ok(key)) => Some(key),
+        Some(Err(e)) => {
+            eprintln!("keyseat: --public-key: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    if let Some(key) = &pinned {
+        api = api.pin(key.clone());
+    }
     let mut check = Check {
         api,
+        pinned,
         key,
         passed: 0,
         total: 0,
@@ -250,6 +284,8 @@ pub fn run_check(args: CheckArgs) -> ExitCode {
 
 struct Check {
     api: Api,
+    /// The key given with --public-key (every call is then verified).
+    pinned: Option<PinnedKey>,
     key: String,
     passed: usize,
     total: usize,
@@ -292,6 +328,8 @@ impl Check {
             }
         });
         self.report("health", health);
+        let signatures = self.signatures();
+        self.report("signatures", signatures);
 
         let a = self.start(DEVICE_A);
         let a_id = a.as_ref().ok().map(|b| b.session_id.clone());
@@ -347,6 +385,50 @@ impl Check {
             let expiry = self.expiry(timeout);
             self.report("expiry", expiry);
         }
+    }
+
+    /// The server lists its signing keys and signs an answer with one: the
+    /// pinned one when --public-key was given (then every later check is
+    /// verified too), else whichever it lists first, named so it can be
+    /// pinned.
+    fn signatures(&mut self) -> Result<String, String> {
+        let listed = self
+            .api
+            .signing_keys()
+            .map_err(|e| format!("GET /api/signing-keys: {e}"))?;
+        let current = listed
+            .keys
+            .first()
+            .ok_or("the server lists no signing key")?;
+        let (probe, pinned_here) = match &self.pinned {
+            Some(pinned) => {
+                if !listed.keys.iter().any(|k| k.kid == pinned.kid()) {
+                    return Err(format!(
+                        "the pinned key (kid {}) is not among the server's signing keys (current: {}); \
+                         pass the key `keyseat signing-key show` prints on the server",
+                        pinned.kid(),
+                        current.x
+                    ));
+                }
+                (self.api.clone(), true)
+            }
+            None => {
+                let key = PinnedKey::parse(&current.x)
+                    .map_err(|e| format!("the listed key is unusable: {e}"))?;
+                (self.api.clone().pin(key), false)
+            }
+        };
+        probe
+            .status(&self.key)
+            .map_err(|e| format!("a signed status answer: {e}"))?;
+        Ok(if pinned_here {
+            format!("answers are signed by the pinned key (kid {})", current.kid)
+        } else {
+            format!(
+                "answers are signed (kid {}); pin it with --public-key {}",
+                current.kid, current.x
+            )
+        })
     }
 
     /// Device B starts; device A must be superseded and told B's name.

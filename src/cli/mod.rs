@@ -27,6 +27,7 @@ pub(crate) use outln;
 mod keys;
 mod report;
 mod sessions;
+mod signing;
 mod table;
 
 use std::path::PathBuf;
@@ -225,13 +226,18 @@ enum Command {
     /// Reports over the history (e.g. `report sharing`).
     #[command(subcommand)]
     Report(report::ReportCommand),
+    /// The keys that sign answers: `show` (the public key an app pins),
+    /// `rotate`.
+    #[command(subcommand)]
+    SigningKey(signing::SigningKeyCommand),
     /// Print the HTTP API's OpenAPI 3.1 document (as served at
     /// /openapi.json; `keyseat openapi > docs/openapi.json` refreshes the
     /// checked-in copy).
     Openapi,
     /// Hold a seat like an app would, printing each event (the reference
     /// client). Exit codes: 0 ended by user, 3 superseded, 4 expired,
-    /// 5 revoked, 6 key refused, 7 unreachable, 8 seats full, 1 other.
+    /// 5 revoked, 6 key refused, 7 unreachable, 8 seats full, 9 answers
+    /// failed the signature check (--public-key), 1 other.
     #[cfg(feature = "client")]
     Client(client::ClientArgs),
     /// Verify a live deployment: health, start, heartbeat, status,
@@ -290,6 +296,9 @@ pub fn main() -> ExitCode {
         Command::Sessions(cmd) => with_store(&settings, |s, now| sessions::run(cmd, s, now)),
         Command::Events(args) => with_store(&settings, |s, now| sessions::events(args, s, now)),
         Command::Report(cmd) => with_store(&settings, |s, now| report::run(cmd, s, now)),
+        Command::SigningKey(cmd) => {
+            with_store(&settings, |s, now| signing::run(cmd, s, now, &settings))
+        }
         Command::Openapi => unreachable!("handled above"),
         #[cfg(feature = "client")]
         Command::Client(_) | Command::Check(_) => unreachable!("handled above"),

@@ -1,12 +1,14 @@
 //! The wire calls, one function per route, with no retry policy: what
 //! [`super::Client`] and `keyseat check` build on.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::signing::{Forgery, PinnedKey, SIGNATURE_HEADER};
 use crate::wire::{
     DeviceBody, EndAnswer, HealthAnswer, HeartbeatAnswer, SessionBody, StartAnswer, StartBody,
     StatusAnswer, StatusBody,
@@ -32,13 +34,22 @@ pub enum ApiError {
         /// `Retry-After`, when sent.
         retry_after: Option<Duration>,
     },
+    /// An answer that failed the signature check (with a pinned public
+    /// key): not keyseat's, or not for this request. Treated like no
+    /// answer (retried while the lease lasts), and never acted on.
+    Forged {
+        /// The route.
+        path: String,
+        /// What did not match.
+        reason: Forgery,
+    },
 }
 
 impl ApiError {
     /// Worth retrying: no answer, a 5xx, or 429.
     pub fn is_transient(&self) -> bool {
         match self {
-            ApiError::Transport(_) => true,
+            ApiError::Transport(_) | ApiError::Forged { .. } => true,
             ApiError::Server { status, .. } => *status >= 500 || *status == 429,
         }
     }
@@ -46,7 +57,7 @@ impl ApiError {
     /// The contract's error code, if the server answered.
     pub fn code(&self) -> Option<&str> {
         match self {
-            ApiError::Transport(_) => None,
+            ApiError::Transport(_) | ApiError::Forged { .. } => None,
             ApiError::Server { code, .. } => Some(code),
         }
     }
@@ -62,6 +73,10 @@ impl std::fmt::Display for ApiError {
                 message,
                 ..
             } => write!(f, "{status} {code}: {message}"),
+            ApiError::Forged { path, reason } => write!(
+                f,
+                "the answer to {path} failed the signature check: {reason}"
+            ),
         }
     }
 }
@@ -74,6 +89,8 @@ pub struct Api {
     base: String,
     agent: ureq::Agent,
     timeout: Duration,
+    /// The public keys answers must be signed with; none: not checked.
+    pinned: Arc<Vec<PinnedKey>>,
 }
 
 impl std::fmt::Debug for Api {
@@ -107,7 +124,39 @@ impl Api {
             base,
             agent,
             timeout,
+            pinned: Arc::new(Vec::new()),
         })
+    }
+
+    /// This API with `key` pinned too: from now on every session call
+    /// sends a fresh nonce and refuses an answer that is not signed by a
+    /// pinned key over its exact body, with that nonce and this key's
+    /// prefix echoed ([`crate::signing::verify`]).
+    pub fn pin(mut self, key: PinnedKey) -> Api {
+        Arc::make_mut(&mut self.pinned).push(key);
+        self
+    }
+
+    /// This API with another time budget per call (pinned keys kept).
+    pub fn retimed(&self, timeout: Duration) -> Result<Api, String> {
+        let mut api = Api::new(&self.base, timeout)?;
+        api.pinned = self.pinned.clone();
+        Ok(api)
+    }
+
+    /// Whether answers are checked.
+    pub fn verifies(&self) -> bool {
+        !self.pinned.is_empty()
+    }
+
+    /// `GET /api/signing-keys`.
+    pub fn signing_keys(&self) -> Result<crate::wire::JwkSet, ApiError> {
+        let resp = self
+            .agent
+            .get(format!("{}/api/signing-keys", self.base))
+            .call()
+            .map_err(transport)?;
+        read(resp).and_then(|body| typed("/api/signing-keys", body))
     }
 
     /// The server URL, without a trailing slash.
@@ -134,15 +183,44 @@ impl Api {
         timeout: Option<Duration>,
     ) -> Result<Value, ApiError> {
         let budget = timeout.map_or(self.timeout, |t| t.min(self.timeout));
-        let resp = self
+        let request = self
             .agent
             .post(format!("{}{path}", self.base))
             .config()
             .timeout_global(Some(budget))
-            .build()
-            .send_json(body)
-            .map_err(transport)?;
-        read(resp)
+            .build();
+        if self.pinned.is_empty() {
+            return read(request.send_json(body).map_err(transport)?);
+        }
+        let mut body = serde_json::to_value(body)
+            .map_err(|e| ApiError::Transport(format!("the request could not be written: {e}")))?;
+        let nonce = crate::signing::new_nonce();
+        let prefix = body["access_key"]
+            .as_str()
+            .and_then(crate::keys::shown_prefix)
+            .unwrap_or_default();
+        if let Some(fields) = body.as_object_mut() {
+            fields.insert("nonce".into(), Value::String(nonce.clone()));
+        }
+        let mut resp = request.send_json(&body).map_err(transport)?;
+        let header = resp
+            .headers()
+            .get(SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let (status, retry_after, text) = body_of(&mut resp)?;
+        crate::signing::verify(
+            &self.pinned,
+            header.as_deref(),
+            text.as_bytes(),
+            &nonce,
+            &prefix,
+        )
+        .map_err(|reason| ApiError::Forged {
+            path: path.to_owned(),
+            reason,
+        })?;
+        answer(status, retry_after, &text)
     }
 
     /// `post`, with the answer read as the contract's shape for the route.
@@ -171,6 +249,7 @@ impl Api {
                 name: device_name.map(str::to_owned),
                 fingerprint: fingerprint.map(str::to_owned),
             }),
+            nonce: None,
         };
         self.call("/api/session/start", &body, None)
     }
@@ -207,6 +286,7 @@ impl Api {
     pub fn status(&self, access_key: &str) -> Result<StatusAnswer, ApiError> {
         let body = StatusBody {
             access_key: access_key.into(),
+            nonce: None,
         };
         self.call("/api/session/status", &body, None)
     }
@@ -216,6 +296,7 @@ fn session_body(access_key: &str, session_id: &str) -> SessionBody {
     SessionBody {
         access_key: access_key.into(),
         session_id: session_id.into(),
+        nonce: None,
     }
 }
 
@@ -235,6 +316,14 @@ fn transport(e: ureq::Error) -> ApiError {
 }
 
 fn read(mut resp: ureq::http::Response<ureq::Body>) -> Result<Value, ApiError> {
+    let (status, retry_after, text) = body_of(&mut resp)?;
+    answer(status, retry_after, &text)
+}
+
+/// Status, `Retry-After` and body text of an answer.
+fn body_of(
+    resp: &mut ureq::http::Response<ureq::Body>,
+) -> Result<(u16, Option<Duration>, String), ApiError> {
     let status = resp.status().as_u16();
     let retry_after = resp
         .headers()
@@ -246,7 +335,12 @@ fn read(mut resp: ureq::http::Response<ureq::Body>) -> Result<Value, ApiError> {
         .body_mut()
         .read_to_string()
         .map_err(|e| ApiError::Transport(format!("reading the answer failed: {e}")))?;
-    let parsed: Option<Value> = serde_json::from_str(&text).ok();
+    Ok((status, retry_after, text))
+}
+
+/// An answer's body on 2xx, the contract's error otherwise.
+fn answer(status: u16, retry_after: Option<Duration>, text: &str) -> Result<Value, ApiError> {
+    let parsed: Option<Value> = serde_json::from_str(text).ok();
     if (200..300).contains(&status) {
         return parsed.ok_or_else(|| ApiError::Server {
             status,

@@ -29,12 +29,17 @@ pub enum ClientError {
     /// No usable answer from the server after retrying.
     #[error("server unreachable: {0}")]
     Unreachable(String),
+    /// Answers came, but failed the signature check with the pinned public
+    /// key: an impostor, a replay, or a proxy that changes answers.
+    #[error("the server's answer is not trusted: {0}")]
+    Untrusted(String),
 }
 
 impl From<ApiError> for ClientError {
     fn from(e: ApiError) -> Self {
         match e {
             ApiError::Transport(msg) => ClientError::Unreachable(msg),
+            forged @ ApiError::Forged { .. } => ClientError::Untrusted(forged.to_string()),
             ApiError::Server {
                 status,
                 code,
@@ -87,6 +92,12 @@ pub enum LostReason {
         /// The last transport error.
         last_error: String,
     },
+    /// Only answers that failed the signature check until the lease ran
+    /// out: something answers in the server's place.
+    Untrusted {
+        /// What the last answer failed.
+        last_error: String,
+    },
     /// Another refusal the client does not expect (a bug on either side).
     Rejected {
         /// The contract's error code.
@@ -125,6 +136,10 @@ impl std::fmt::Display for LostReason {
             LostReason::Unreachable { last_error } => {
                 write!(f, "unreachable: no answer from the server before the lease ran out ({last_error})")
             }
+            LostReason::Untrusted { last_error } => write!(
+                f,
+                "untrusted: no answer that passed the signature check before the lease ran out ({last_error})"
+            ),
             LostReason::Rejected { code, message } => write!(f, "rejected ({code}): {message}"),
         }
     }

@@ -178,7 +178,18 @@ impl Client {
 
     /// The time budget of each HTTP call (default 10 s).
     pub fn timeout(mut self, timeout: Duration) -> Result<Self, ClientError> {
-        self.api = Api::new(self.api.base(), timeout).map_err(ClientError::Config)?;
+        self.api = self.api.retimed(timeout).map_err(ClientError::Config)?;
+        Ok(self)
+    }
+
+    /// Pins the server's public signing key (the base64url text `keyseat
+    /// signing-key show` prints): every answer must then be signed by it
+    /// for this request and this key, or it is refused
+    /// ([`ClientError::Untrusted`], [`LostReason::Untrusted`]). Call it
+    /// again to accept a second key during a rotation.
+    pub fn public_key(mut self, key: &str) -> Result<Self, ClientError> {
+        let key = crate::signing::PinnedKey::parse(key).map_err(ClientError::Config)?;
+        self.api = self.api.pin(key);
         Ok(self)
     }
 

@@ -20,7 +20,7 @@ pub(super) const FIRST_RETRY: Duration = Duration::from_millis(500);
 pub(super) fn retry_after(e: &ApiError) -> Option<Duration> {
     match e {
         ApiError::Server { retry_after, .. } => *retry_after,
-        ApiError::Transport(_) => None,
+        ApiError::Transport(_) | ApiError::Forged { .. } => None,
     }
 }
 
@@ -88,6 +88,7 @@ impl Shared {
 fn heartbeat_loop(shared: Arc<Shared>) {
     let mut failures: u32 = 0;
     let mut wait = shared.lock().interval;
+    let mut last_failure: Option<ApiError> = None;
     loop {
         {
             let inner = shared.lock();
@@ -100,11 +101,7 @@ fn heartbeat_loop(shared: Arc<Shared>) {
             }
             if failures > 0 && Instant::now() >= inner.lease_deadline {
                 drop(inner);
-                let last_error = match shared.lock().state.clone() {
-                    SessionState::Retrying { .. } => "heartbeats kept failing".to_owned(),
-                    _ => "no answer".to_owned(),
-                };
-                shared.lose(LostReason::Unreachable { last_error });
+                shared.lose(lost_after(last_failure.take()));
                 return;
             }
         }
@@ -140,6 +137,7 @@ fn heartbeat_loop(shared: Arc<Shared>) {
             }
             Err(e) if e.is_transient() => {
                 failures += 1;
+                last_failure = Some(e.clone());
                 let (lease_left, interval) = {
                     let mut inner = shared.lock();
                     if inner.stop {
@@ -155,9 +153,7 @@ fn heartbeat_loop(shared: Arc<Shared>) {
                     (left, inner.interval)
                 };
                 if lease_left.is_zero() {
-                    shared.lose(LostReason::Unreachable {
-                        last_error: e.to_string(),
-                    });
+                    shared.lose(lost_after(Some(e)));
                     return;
                 }
                 shared.emit(&SessionEvent::HeartbeatFailed {
@@ -177,8 +173,27 @@ fn heartbeat_loop(shared: Arc<Shared>) {
                 shared.lose(LostReason::from_refusal(&code, &message, &error));
                 return;
             }
-            Err(ApiError::Transport(_)) => unreachable!("transport errors are transient"),
+            Err(ApiError::Transport(_) | ApiError::Forged { .. }) => {
+                unreachable!("transport errors and forged answers are transient")
+            }
         }
+    }
+}
+
+/// Why a session whose lease ran out between failed heartbeats is lost:
+/// untrusted when the last answer failed the signature check, unreachable
+/// otherwise.
+fn lost_after(last: Option<ApiError>) -> LostReason {
+    match last {
+        Some(forged @ ApiError::Forged { .. }) => LostReason::Untrusted {
+            last_error: forged.to_string(),
+        },
+        Some(e) => LostReason::Unreachable {
+            last_error: e.to_string(),
+        },
+        None => LostReason::Unreachable {
+            last_error: "no answer".to_owned(),
+        },
     }
 }
 

@@ -32,7 +32,8 @@ impl FileKind {
             | "max_connections"
             | "max_connections_per_address"
             | "max_pending_writes"
-            | "client_timeout_seconds" => FileKind::Number,
+            | "client_timeout_seconds"
+            | "signing_key_overlap_days" => FileKind::Number,
             "trusted_proxies" => FileKind::List,
             _ => FileKind::Text,
         }

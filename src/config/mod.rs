@@ -87,6 +87,11 @@ pub struct Settings {
     pub client_timeout_seconds: u64,
     /// Where `/metrics` is served.
     pub metrics: MetricsMode,
+    /// A PEM file with the Ed25519 key that signs answers, instead of the
+    /// keys kept in the database (docs/api.md, "Signed answers").
+    pub signing_key_file: Option<PathBuf>,
+    /// How long a rotated-out signing key stays listed.
+    pub signing_key_overlap_days: u32,
 }
 
 /// Where the Prometheus metrics endpoint is served.
@@ -123,6 +128,8 @@ impl Default for Settings {
             max_pending_writes: 1_024,
             client_timeout_seconds: 10,
             metrics: MetricsMode::Main,
+            signing_key_file: None,
+            signing_key_overlap_days: 30,
         }
     }
 }
@@ -180,7 +187,7 @@ pub const MIN_ADMIN_TOKEN: usize = 16;
 
 /// Every setting name, in the order of the example file. Each has an
 /// environment variable `KEYSEAT_<NAME>` and a flag `--<name>` (dashes).
-pub const SETTING_NAMES: [&str; 20] = [
+pub const SETTING_NAMES: [&str; 22] = [
     "listen",
     "database",
     "admin_token",
@@ -201,6 +208,8 @@ pub const SETTING_NAMES: [&str; 20] = [
     "max_pending_writes",
     "client_timeout_seconds",
     "metrics",
+    "signing_key_file",
+    "signing_key_overlap_days",
 ];
 
 /// Loads settings from the real environment.
@@ -376,6 +385,10 @@ fn apply_text(s: &mut Settings, name: &str, value: &str, from: &str) -> Result<(
                 })?),
             }
         }
+        "signing_key_file" => {
+            s.signing_key_file = (!value.trim().is_empty()).then(|| PathBuf::from(value.trim()))
+        }
+        "signing_key_overlap_days" => s.signing_key_overlap_days = number(name, value, from)?,
         other => return Err(ConfigError(format!("unknown setting {other}"))),
     }
     Ok(())
@@ -420,6 +433,12 @@ fn validate(s: &Settings) -> Result<(), ConfigError> {
         ("max_pending_writes", s.max_pending_writes as u64, 1_000_000),
         ("client_timeout_seconds", s.client_timeout_seconds, 3_600),
     ];
+    if s.signing_key_overlap_days > 3_650 {
+        return fail(format!(
+            "signing_key_overlap_days = {} must be between 0 and 3650",
+            s.signing_key_overlap_days
+        ));
+    }
     for (name, value, max) in ranges {
         if !(1..=max).contains(&value) {
             return fail(format!("{name} = {value} must be between 1 and {max}"));

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::{socket_path, Call, Reply, WireError, MAX_CALL_BYTES};
-use crate::clock::Clock;
+use crate::clock::{Clock, Timestamp};
 use crate::error::{Error, Result};
 use crate::model::{Actor, EndReason};
 use crate::seats::{self, Via};
@@ -283,7 +283,25 @@ fn dispatch(store: &dyn Storage, clock: &dyn Clock, call: Call) -> Result<Value>
             crate::sweep::log_report(&report);
             value(&report)?
         }
+        Call::SigningKeys => public_keys(&store.signing_keys()?)?,
+        Call::EnsureSigningKey => public_keys(&store.ensure_signing_key(now)?)?,
+        Call::RotateSigningKey { keep_retired_ms } => {
+            let key =
+                store.rotate_signing_key(now, Timestamp(now.0.saturating_sub(keep_retired_ms)))?;
+            tracing::info!(kid = %key.kid, "signing key rotated (from the command line)");
+            value(&super::WireSigningKey::from(&key))?
+        }
     })
+}
+
+/// Signing keys' public halves.
+fn public_keys(keys: &[crate::signing::KeyRecord]) -> Result<Value> {
+    value(
+        &keys
+            .iter()
+            .map(super::WireSigningKey::from)
+            .collect::<Vec<_>>(),
+    )
 }
 
 fn value<T: serde::Serialize>(v: &T) -> Result<Value> {

@@ -99,6 +99,13 @@ enum Call {
     Sweep {
         history_days: u32,
     },
+    SigningKeys,
+    EnsureSigningKey,
+    /// Rotates at the server's time; keys retired more than
+    /// `keep_retired_ms` before it are deleted.
+    RotateSigningKey {
+        keep_retired_ms: i64,
+    },
 }
 
 impl Call {
@@ -116,6 +123,9 @@ impl Call {
             Call::Events { .. } => "events",
             Call::SharingInput { .. } => "sharing_input",
             Call::Sweep { .. } => "sweep",
+            Call::SigningKeys => "signing_keys",
+            Call::EnsureSigningKey => "ensure_signing_key",
+            Call::RotateSigningKey { .. } => "rotate_signing_key",
         }
     }
 
@@ -193,6 +203,33 @@ impl From<WirePatch> for KeyPatch {
             expires_at: p.expires_at,
             status: p.status,
         }
+    }
+}
+
+/// A signing key's public half on the wire: the private key never leaves
+/// the server, not even to its owner's CLI.
+#[derive(Debug, Serialize, Deserialize)]
+struct WireSigningKey {
+    /// base64url, as in the JWK.
+    public: String,
+    created_at: Timestamp,
+    retired_at: Option<Timestamp>,
+}
+
+impl From<&crate::signing::KeyRecord> for WireSigningKey {
+    fn from(k: &crate::signing::KeyRecord) -> Self {
+        WireSigningKey {
+            public: k.jwk().x,
+            created_at: k.created_at,
+            retired_at: k.retired_at,
+        }
+    }
+}
+
+impl WireSigningKey {
+    fn record(&self) -> Result<crate::signing::KeyRecord, Error> {
+        crate::signing::KeyRecord::from_public(&self.public, self.created_at, self.retired_at)
+            .map_err(|e| Error::Internal(format!("the server sent an unusable signing key: {e}")))
     }
 }
 

@@ -14,12 +14,13 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use super::{socket_path, Call, Reply, WirePatch};
+use super::{socket_path, Call, Reply, WirePatch, WireSigningKey};
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::keys::AccessKey;
 use crate::model::{Actor, Event, Key, Session};
 use crate::rules::Timing;
+use crate::signing::KeyRecord;
 use crate::store::{
     CreatedKey, EndOutcome, EventFilter, KeyChange, KeyPage, KeyPatch, KeySearch, NewKey,
     ResumeReport, StartOutcome, StartRequest, StateReading, Storage, SweepReport,
@@ -258,5 +259,22 @@ impl Storage for RemoteStore {
 
     fn mark_stopped(&self, _: Timestamp) -> Result<()> {
         Err(not_offered("marking a stop"))
+    }
+
+    fn signing_keys(&self) -> Result<Vec<KeyRecord>> {
+        let keys: Vec<WireSigningKey> = self.call(&Call::SigningKeys)?;
+        keys.iter().map(WireSigningKey::record).collect()
+    }
+
+    fn ensure_signing_key(&self, _now: Timestamp) -> Result<Vec<KeyRecord>> {
+        let keys: Vec<WireSigningKey> = self.call(&Call::EnsureSigningKey)?;
+        keys.iter().map(WireSigningKey::record).collect()
+    }
+
+    fn rotate_signing_key(&self, now: Timestamp, forget_before: Timestamp) -> Result<KeyRecord> {
+        let key: WireSigningKey = self.call(&Call::RotateSigningKey {
+            keep_retired_ms: now.0.saturating_sub(forget_before.0),
+        })?;
+        key.record()
     }
 }

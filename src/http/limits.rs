@@ -8,7 +8,9 @@
 //!   `max_pending_writes` for the rest of their handling; with none free
 //!   they are shed at once with 503 `overloaded` and `Retry-After`, rather
 //!   than queueing until the client gives up. Heartbeats and reads never
-//!   wait for the writer, so they keep being answered while writes are shed.
+//!   wait for the writer, so they keep being answered while writes are shed;
+//! - a session request with a `nonce` has its answer, whatever it is,
+//!   sealed here ([`super::signing`]).
 
 use std::time::Duration;
 
@@ -20,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::extract::MAX_BODY_BYTES;
+use super::signing::Seal;
 use super::AppState;
 use crate::error::Error;
 
@@ -47,6 +50,28 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
         Ok(bytes) => bytes,
         Err(e) => return e.into_response(),
     };
+    let seal = if parts.uri.path().starts_with("/api/session/") {
+        match Seal::asked(&bytes) {
+            Ok(seal) => seal,
+            Err(e) => return e.into_response(),
+        }
+    } else {
+        None
+    };
+    let response = run(&state, parts, bytes, next).await;
+    match seal {
+        Some(seal) => seal.apply(response, &state).await,
+        None => response,
+    }
+}
+
+/// The route, with a writer slot if it needs one.
+async fn run(
+    state: &AppState,
+    parts: axum::http::request::Parts,
+    bytes: Bytes,
+    next: Next,
+) -> Response {
     let _slot = if needs_writer(&parts.method, parts.uri.path()) {
         match state.write_slots().clone().try_acquire_owned() {
             Ok(permit) => Some(permit),

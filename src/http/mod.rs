@@ -16,6 +16,7 @@ pub mod listener;
 pub mod metrics;
 pub mod openapi;
 mod session;
+pub(crate) mod signing;
 
 use std::any::Any;
 
@@ -41,6 +42,7 @@ pub fn app(state: AppState) -> Router {
     router
         .route("/health", get(health::health))
         .route("/openapi.json", get(openapi::openapi_json))
+        .route("/api/signing-keys", get(signing::signing_keys))
         .merge(session::router())
         .nest("/api/admin", admin::router(state.clone()))
         .nest("/admin", crate::dashboard::router(state.clone()))

@@ -581,4 +581,16 @@ impl Storage for LiveStore {
             Ok(())
         })
     }
+
+    fn signing_keys(&self) -> Result<Vec<KeyRecord>> {
+        self.read(sqlite::signing::all)
+    }
+
+    fn ensure_signing_key(&self, now: Timestamp) -> Result<Vec<KeyRecord>> {
+        self.write(move |work| sqlite::signing::ensure(work, now))
+    }
+
+    fn rotate_signing_key(&self, now: Timestamp, forget_before: Timestamp) -> Result<KeyRecord> {
+        self.write(move |work| sqlite::signing::rotate(work, now, forget_before))
+    }
 }

@@ -37,6 +37,7 @@ use crate::keys::AccessKey;
 pub use crate::metrics::StateReading;
 use crate::model::{Actor, ConflictPolicy, EndReason, Event, EventType, Key, KeyStatus, Session};
 use crate::rules::Timing;
+use crate::signing::KeyRecord;
 
 /// A boxed future that owns what it needs.
 pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
@@ -344,6 +345,19 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Notes a clean stop at `now` and flushes the write-ahead log.
     fn mark_stopped(&self, now: Timestamp) -> Result<()>;
+
+    /// The stored signing keys (docs/api.md, "Signed answers"), oldest
+    /// first.
+    fn signing_keys(&self) -> Result<Vec<KeyRecord>>;
+
+    /// Stores a first signing key, made at `now`, unless a current one
+    /// exists (servers starting at once agree on one); returns them all.
+    fn ensure_signing_key(&self, now: Timestamp) -> Result<Vec<KeyRecord>>;
+
+    /// Makes a new current signing key: the current one is retired at
+    /// `now` (still listed for the overlap), keys retired before
+    /// `forget_before` are deleted. Returns the new key's public half.
+    fn rotate_signing_key(&self, now: Timestamp, forget_before: Timestamp) -> Result<KeyRecord>;
 }
 
 /// Runs blocking storage work on tokio's blocking pool, never on an async

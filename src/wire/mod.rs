@@ -14,6 +14,7 @@
 mod admin;
 mod health;
 mod session;
+mod signing;
 
 pub use admin::{
     AdminSession, CreatedKey, EventPage, KeyPage, KickAnswer, PatchStatus, SessionList,
@@ -23,6 +24,7 @@ pub use session::{
     DeviceBody, EndAnswer, HeartbeatAnswer, SessionBody, StartAnswer, StartBody, StatusAnswer,
     StatusBody, StatusSession, SupersededBy, TerminatedSession,
 };
+pub use signing::{Jwk, JwkSet};
 
 use serde_json::json;
 use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};

@@ -53,6 +53,22 @@ fn own_session_id_schema() -> RefOr<Schema> {
     )
 }
 
+/// The optional `nonce` of a session request: with one, the answer is
+/// signed (docs/api.md, "Signed answers").
+fn nonce_schema() -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .description(Some(
+            "A fresh random value per request (v1.1): the answer echoes it with `server_time` \
+             and `key_prefix` and carries a `Keyseat-Signature` header (Ed25519 over the exact body).",
+        ))
+        .min_length(Some(8))
+        .max_length(Some(128))
+        .pattern(Some("^[A-Za-z0-9._-]{8,128}$"))
+        .examples([serde_json::json!("Jt0q7c1m2Vd3cS9xw4Rk8Q")])
+        .into()
+}
+
 fn the_session_id_schema() -> RefOr<Schema> {
     session_id_schema("The session's id.", false)
 }
@@ -67,6 +83,9 @@ pub struct StartBody {
     pub session_id: Option<String>,
     #[serde(default, deserialize_with = "super::object_or_null")]
     pub device: Option<DeviceBody>,
+    #[schema(schema_with = nonce_schema)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
 }
 
 /// The device a start comes from.
@@ -87,6 +106,9 @@ pub struct SessionBody {
     pub access_key: String,
     #[schema(schema_with = the_session_id_schema)]
     pub session_id: String,
+    #[schema(schema_with = nonce_schema)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
 }
 
 /// `POST /api/session/status`.
@@ -94,6 +116,9 @@ pub struct SessionBody {
 pub struct StatusBody {
     #[schema(schema_with = sent_key_schema)]
     pub access_key: String,
+    #[schema(schema_with = nonce_schema)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
 }
 
 /// A session a start superseded.

@@ -134,6 +134,7 @@ impl Api {
             access_key: key.to_owned(),
             session_id: session_id.map(str::to_owned),
             device,
+            nonce: None,
         };
         self.post("/api/session/start", &body).await
     }
@@ -154,6 +155,7 @@ impl Api {
     pub async fn status(&self, key: &str) -> Result<StatusAnswer, ApiErr> {
         let body = StatusBody {
             access_key: key.to_owned(),
+            nonce: None,
         };
         self.post("/api/session/status", &body).await
     }
@@ -273,6 +275,7 @@ fn session_body(key: &str, session_id: &str) -> SessionBody {
     SessionBody {
         access_key: key.to_owned(),
         session_id: session_id.to_owned(),
+        nonce: None,
     }
 }
 

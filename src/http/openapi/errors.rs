@@ -345,6 +345,8 @@ fn route_errors(operation_id: &str) -> Vec<Error> {
         "health" | "openapi" => any_route(vec![]),
         // `/metrics`: the guards, and the store (503 while starting or busy).
         "metrics" => any_route(vec![Error::Unavailable(text())]),
+        // `/api/signing-keys`: the guards, and 503 while starting.
+        "signing_keys" => any_route(vec![Error::Unavailable(text())]),
         // Start: the key, then the session id and the seats.
         "start_session" => session_route(vec![
             Error::SessionIdTaken(text()),

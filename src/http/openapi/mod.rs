@@ -42,6 +42,7 @@ use crate::clock::Timestamp;
         super::session::heartbeat,
         super::session::end,
         super::session::status,
+        super::signing::signing_keys,
         super::admin::create_key,
         super::admin::list_keys,
         super::admin::get_key,

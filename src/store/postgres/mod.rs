@@ -51,6 +51,7 @@ mod keys;
 mod reports;
 mod rows;
 mod sessions;
+mod signing;
 mod upkeep;
 mod work;
 
@@ -68,6 +69,7 @@ use crate::error::{Error, Result};
 use crate::keys::{new_key_id, AccessKey};
 use crate::model::{Actor, Event, Key, Session};
 use crate::rules::Timing;
+use crate::signing::KeyRecord;
 use crate::store::{
     CreatedKey, EndOutcome, EventFilter, KeyChange, KeyPage, KeyPatch, KeySearch, NewKey, OpenMode,
     ResumeReport, StartOutcome, StartRequest, StateReading, Storage, SweepReport,
@@ -767,6 +769,23 @@ impl Storage for PostgresStore {
         self.sweep(now, u32::MAX / 86_400, false)?;
         self.run(move |inner| async move {
             transact!(inner, |tx| upkeep::forget_mark(&tx, &inner.instance)
+                .await?)
+        })
+    }
+
+    fn signing_keys(&self) -> Result<Vec<KeyRecord>> {
+        self.run(move |inner| async move { transact!(inner, |tx| signing::all(&tx).await?) })
+    }
+
+    fn ensure_signing_key(&self, now: Timestamp) -> Result<Vec<KeyRecord>> {
+        self.run(move |inner| async move {
+            with_work!(inner, now, |work| signing::ensure(&work).await?)
+        })
+    }
+
+    fn rotate_signing_key(&self, now: Timestamp, forget_before: Timestamp) -> Result<KeyRecord> {
+        self.run(move |inner| async move {
+            with_work!(inner, now, |work| signing::rotate(&work, forget_before)
                 .await?)
         })
     }

@@ -4,12 +4,13 @@
 //! operation functions, so the CLI and the server cannot disagree.
 
 use super::unit_of_work::UnitOfWork;
-use super::{keys, reports, sessions, upkeep, SqliteStore};
+use super::{keys, reports, sessions, signing, upkeep, SqliteStore};
 use crate::clock::Timestamp;
 use crate::error::Result;
 use crate::keys::{new_key_id, AccessKey};
 use crate::model::{Actor, Event, Key, Session};
 use crate::rules::Timing;
+use crate::signing::KeyRecord;
 use crate::store::{
     CreatedKey, EndOutcome, EventFilter, KeyChange, KeyPage, KeyPatch, KeySearch, NewKey,
     ResumeReport, StartOutcome, StartRequest, StateReading, Storage, SweepReport,
@@ -155,5 +156,17 @@ impl Storage for SqliteStore {
             c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
             Ok(())
         })
+    }
+
+    fn signing_keys(&self) -> Result<Vec<KeyRecord>> {
+        self.read(|c| signing::all(&UnitOfWork::on_disk(c)))
+    }
+
+    fn ensure_signing_key(&self, now: Timestamp) -> Result<Vec<KeyRecord>> {
+        self.write(|c| signing::ensure(&UnitOfWork::on_disk(c), now))
+    }
+
+    fn rotate_signing_key(&self, now: Timestamp, forget_before: Timestamp) -> Result<KeyRecord> {
+        self.write(|c| signing::rotate(&UnitOfWork::on_disk(c), now, forget_before))
     }
 }

@@ -29,6 +29,7 @@ mod open;
 pub(in crate::store) mod reports;
 mod rows;
 pub(in crate::store) mod sessions;
+pub(in crate::store) mod signing;
 mod unit_of_work;
 pub(in crate::store) mod upkeep;
 

@@ -1,0 +1,161 @@
+//! Signed answers on the wire (docs/api.md, "Signed answers"): the
+//! published keys, and the seal put on the answer to every session request
+//! that carries a `nonce`.
+//!
+//! The seal is applied by the request guard ([`super::limits`]), which
+//! holds the whole body already, around everything the session routes
+//! answer: their answers, their errors, and the guard's own 503
+//! `overloaded`. Only what is refused before the body is in (408, 413,
+//! connection limits) cannot carry the nonce it never read, and goes out
+//! unsigned; a verifying client treats such an answer as no answer.
+//!
+//! Requests without `"nonce"` pay one scan of their body for the word.
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use http_body_util::BodyExt;
+use serde_json::Value;
+
+use super::AppState;
+use crate::clock::Timestamp;
+use crate::error::{Error, Result};
+use crate::signing::SIGNATURE_HEADER;
+use crate::wire::JwkSet;
+
+#[utoipa::path(
+    get,
+    path = "/api/signing-keys",
+    tag = "session",
+    operation_id = "signing_keys",
+    summary = "The public keys that sign answers",
+    responses(
+        (status = 200, description = "The current key first, then keys rotated out less than `signing_key_overlap_days` ago.", body = JwkSet),
+    )
+)]
+pub async fn signing_keys(State(state): State<AppState>) -> Result<Json<JwkSet>> {
+    let keys = state.signer().keys().ok_or_else(starting)?;
+    Ok(Json(keys.jwks()))
+}
+
+fn starting() -> Error {
+    Error::Unavailable("the server is starting; retry shortly".into())
+}
+
+/// What a session request asked to have its answer sealed with.
+pub struct Seal {
+    nonce: String,
+    key_prefix: Option<String>,
+}
+
+impl Seal {
+    /// The seal `body` asks for: none without a `nonce`, 400 for a nonce
+    /// outside the contract's grammar. A body that is not a JSON object
+    /// asks for none (its handler answers why it is malformed).
+    pub fn asked(body: &[u8]) -> Result<Option<Seal>> {
+        if !body.windows(7).any(|w| w == b"\"nonce\"") {
+            return Ok(None);
+        }
+        let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
+            return Ok(None);
+        };
+        let nonce = match fields.get("nonce") {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::String(n)) if crate::input::nonce(n).is_ok() => n.clone(),
+            Some(_) => return Err(crate::input::nonce("").unwrap_err()),
+        };
+        let key_prefix = fields
+            .get("access_key")
+            .and_then(Value::as_str)
+            .and_then(crate::keys::shown_prefix);
+        Ok(Some(Seal { nonce, key_prefix }))
+    }
+
+    /// `response` with the nonce, the server's time and the key prefix in
+    /// its body (inside `error` for errors) and the signature header.
+    pub async fn apply(self, response: Response, state: &AppState) -> Response {
+        let Some(keys) = state.signer().keys() else {
+            return response;
+        };
+        let (mut parts, body) = response.into_parts();
+        let Ok(collected) = body.collect().await else {
+            return Error::Internal("an answer's body could not be read for signing".into())
+                .into_response();
+        };
+        let bytes = collected.to_bytes();
+        let Ok(mut value) = serde_json::from_slice::<Value>(&bytes) else {
+            // Not JSON (nothing the session routes answer): as it is.
+            return Response::from_parts(parts, Body::from(bytes));
+        };
+        self.stamp(&mut value, state.now());
+        let body = match serde_json::to_vec(&value) {
+            Ok(body) => Bytes::from(body),
+            Err(_) => return Response::from_parts(parts, Body::from(bytes)),
+        };
+        if let Ok(header) = HeaderValue::from_str(&keys.sign(&body)) {
+            parts.headers.insert(SIGNATURE_HEADER, header);
+        }
+        parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+        Response::from_parts(parts, Body::from(body))
+    }
+
+    fn stamp(self, value: &mut Value, now: Timestamp) {
+        let Some(top) = value.as_object_mut() else {
+            return;
+        };
+        let fields = match top.get_mut("error") {
+            Some(Value::Object(error)) => error,
+            _ => top,
+        };
+        fields.insert("nonce".into(), Value::String(self.nonce));
+        fields.insert("server_time".into(), Value::String(now.to_rfc3339()));
+        fields.insert(
+            "key_prefix".into(),
+            self.key_prefix.map_or(Value::Null, Value::String),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_request_with_a_nonce_asks_for_a_seal() {
+        assert!(Seal::asked(br#"{"access_key":"ks_x"}"#).unwrap().is_none());
+        assert!(Seal::asked(br#"{"nonce":null}"#).unwrap().is_none());
+        assert!(Seal::asked(br#"{"nonce": "12345678"#).unwrap().is_none());
+        let seal = Seal::asked(br#"{"access_key":"ks_Rp7Jc4afS8V5","nonce":"abc-DEF_12.x"}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(seal.nonce, "abc-DEF_12.x");
+        assert_eq!(seal.key_prefix.as_deref(), Some("ks_Rp7Jc4af"));
+    }
+
+    #[test]
+    fn a_nonce_outside_the_grammar_is_refused() {
+        for bad in [
+            r#"{"nonce":"short"}"#,
+            r#"{"nonce":"has space in it"}"#,
+            r#"{"nonce":12345678}"#,
+        ] {
+            let e = Seal::asked(bad.as_bytes()).err().expect(bad);
+            assert!(e.to_string().contains("nonce"), "{e}");
+        }
+        let long = format!(r#"{{"nonce":"{}"}}"#, "a".repeat(129));
+        assert!(Seal::asked(long.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn errors_carry_the_stamp_inside_error() {
+        let seal = Seal::asked(br#"{"nonce":"n0nce-123"}"#).unwrap().unwrap();
+        let mut v = serde_json::json!({"error": {"code": "invalid_key", "message": "m"}});
+        seal.stamp(&mut v, Timestamp(0));
+        assert_eq!(v["error"]["nonce"], "n0nce-123");
+        assert_eq!(v["error"]["server_time"], "1970-01-01T00:00:00Z");
+        assert!(v["error"]["key_prefix"].is_null());
+        assert!(v.get("nonce").is_none());
+    }
+}
