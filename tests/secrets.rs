@@ -716,6 +716,43 @@ async fn scenario() -> Found {
         assert!(out.status.success(), "{args:?}: {}", lossy(&out.stderr));
         seen.add_output(&format!("keyseat {args:?}"), &out);
     }
+    // ---- signed answers and the signing-key commands (issue 15): the
+    // private keys must appear in none of their outputs or the logs
+    for args in [
+        vec!["signing-key", "show"],
+        vec!["signing-key", "show", "--pin"],
+        vec!["signing-key", "rotate"],
+        vec!["signing-key", "rotate", "--json"],
+    ] {
+        let out = keyseat(&db).args(&args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", lossy(&out.stderr));
+        seen.add_output(&format!("keyseat {args:?}"), &out);
+    }
+    let (status, text) = call(
+        &mut seen,
+        &http,
+        "GET",
+        &url("/api/signing-keys"),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    for body in [
+        json!({"access_key": cli_key, "nonce": "secrets-nonce-1"}),
+        json!({"access_key": unknown[2], "nonce": "secrets-nonce-2"}),
+        json!({"access_key": "ks_short", "nonce": "secrets-nonce-3"}),
+    ] {
+        call(
+            &mut seen,
+            &http,
+            "POST",
+            &url("/api/session/status"),
+            None,
+            Some(&body.to_string()),
+        )
+        .await;
+    }
     for key in [
         cli_key.clone(),
         typo(&cli_key),
@@ -785,12 +822,39 @@ async fn scenario() -> Found {
         wal_live.len()
     );
 
+    let mut leaks = Vec::new();
+    // ---- the signing keys' private halves, in every text form
+    let seeds: Vec<Vec<u8>> = {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT private_key FROM signing_keys")
+            .unwrap();
+        let rows = stmt.query_map([], |r| r.get(0)).unwrap();
+        rows.map(|r| r.unwrap()).collect()
+    };
+    assert_eq!(seeds.len(), 3, "the first key and two rotations");
+    for seed in &seeds {
+        use base64::Engine;
+        let forms = [
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(seed),
+            base64::engine::general_purpose::STANDARD.encode(seed),
+            seed.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            format!("{seed:?}"),
+        ];
+        for form in &forms {
+            for (what, text, _) in &seen.texts {
+                if text.contains(form.as_str()) {
+                    leaks.push(format!("a signing key's private half in {what}"));
+                }
+            }
+        }
+    }
+
     // ---- and finds nothing
     let mut secrets: Vec<(&str, String)> = vec![("admin token", ADMIN_TOKEN.to_owned())];
     for k in real.iter().chain(unknown.iter()) {
         secrets.push(("access key", k.clone()));
     }
-    let mut leaks = Vec::new();
     let mut echoes = Vec::new();
     for (kind, secret) in &secrets {
         // the key's secret part after the prefix: a leak even if the
