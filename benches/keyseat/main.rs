@@ -20,8 +20,9 @@
 //! or `KEYSEAT_TEST_POSTGRES_URL`), the PostgreSQL phases of `postgres.rs`
 //! too: heartbeats and durable starts on one and three servers, and
 //! pgbench's rate for the heartbeat's statement; without one they print
-//! "skipped". `KEYSEAT_BENCH_ONLY=starts|shed|heartbeats|postgres` runs
-//! one phase (heartbeats: three rounds of ceiling + 1,000 sessions).
+//! "skipped". `KEYSEAT_BENCH_ONLY=starts|shed|heartbeats|signed|postgres`
+//! runs one phase (heartbeats: three rounds of ceiling + 1,000 sessions;
+//! signed: unsigned and signed heartbeats alternated, three rounds).
 
 mod postgres;
 
@@ -373,6 +374,67 @@ fn heartbeat_load(pairs: Arc<Vec<(String, String)>>) -> Load {
     })
 }
 
+/// [`heartbeat_load`] with a fresh nonce per request: signed answers.
+fn signed_heartbeat_load(pairs: Arc<Vec<(String, String)>>) -> Load {
+    Arc::new(move |conn, i| {
+        let n = pairs.len() as u64;
+        let idx = ((conn as u64).wrapping_mul(2_654_435_761) ^ i.wrapping_mul(40_503)) % n;
+        let (key, id) = &pairs[idx as usize];
+        (
+            "/api/session/heartbeat",
+            format!(
+                r#"{{"access_key":"{key}","session_id":"{id}","nonce":"bench-{conn}-{i:010}"}}"#
+            ),
+        )
+    })
+}
+
+/// Heartbeats on 1,000 sessions without and with a nonce (signed
+/// answers), alternated `rounds` times on one server, each against the
+/// bare endpoint's ceiling measured right before with the same bodies.
+/// Returns the last round's (unsigned ratio, signed ratio).
+async fn signed_phase(dir: &Path, opts: &Opts, bare: SocketAddr, rounds: usize) -> (f64, f64) {
+    let db = dir.join("signed.db");
+    let pairs = Arc::new(seed(&db, 1_000));
+    let server = keyseat_server(&db, &[]);
+    let _ = drive(
+        &[server.addr],
+        1,
+        signed_heartbeat_load(pairs.clone()),
+        is_2xx,
+    )
+    .await;
+    let mut last = (0.0, 0.0);
+    for _ in 0..rounds {
+        let mut ratios = [0.0; 2];
+        for (slot, (name, load)) in [
+            (
+                "heartbeats, unsigned (no nonce)",
+                heartbeat_load(pairs.clone()),
+            ),
+            (
+                "heartbeats, signed (nonce)",
+                signed_heartbeat_load(pairs.clone()),
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let ceiling = drive(&[bare], opts.secs, load.clone(), is_2xx).await;
+            line(
+                "  bare endpoint, same bodies (ceiling)",
+                &ceiling,
+                ceiling.rps,
+            );
+            let m = drive(&[server.addr], opts.secs, load, is_2xx).await;
+            line(name, &m, ceiling.rps);
+            ratios[slot] = m.rps / ceiling.rps;
+        }
+        last = (ratios[0], ratios[1]);
+    }
+    last
+}
+
 fn is_2xx(s: u16) -> bool {
     (200..300).contains(&s)
 }
@@ -603,6 +665,14 @@ async fn run(opts: Opts) {
                     postgres::targets(&pg, |ok| if ok { "met" } else { "MISSED" });
                 }
             }
+            "signed" => {
+                let bare = {
+                    let mut cmd = Command::new(std::env::current_exe().unwrap());
+                    cmd.arg("--bare-server");
+                    spawn_listening(cmd)
+                };
+                signed_phase(dir.path(), &opts, bare.addr, 3).await;
+            }
             "heartbeats" => {
                 let bare = {
                     let mut cmd = Command::new(std::env::current_exe().unwrap());
@@ -656,6 +726,7 @@ async fn run(opts: Opts) {
         let (_, ratio, rss, ready) = heartbeat_phase(dir.path(), 1_000_000, &opts, bare.addr).await;
         Some((ratio, rss, ready))
     };
+    let (unsigned_ratio, signed_ratio) = signed_phase(dir.path(), &opts, bare.addr, 1).await;
     let c_starts = ceiling().await;
     let starts = start_phase(dir.path(), &opts, c_starts, "full").await;
     let c = ceiling().await;
@@ -675,6 +746,10 @@ async fn run(opts: Opts) {
         hb_ratio,
         small.p99_ms,
         verdict(hb_ratio >= 0.80 && small.p99_ms <= 10.0)
+    );
+    println!(
+        "  signed heartbeats >= 0.40 of ceiling: {signed_ratio:.3} (unsigned in the same round {unsigned_ratio:.3}) -> {}",
+        verdict(signed_ratio >= 0.40)
     );
     println!(
         "  durable starts >= 0.15 of ceiling, p99 <= 50 ms: {:.3}, p99 {:.2} ms -> {}",

@@ -14,6 +14,7 @@ mod input;
 mod keys;
 mod serve;
 mod sessions;
+mod signing;
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
