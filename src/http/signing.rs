@@ -58,19 +58,44 @@ impl Seal {
         if !body.windows(7).any(|w| w == b"\"nonce\"") {
             return Ok(None);
         }
-        let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
+        /// The two fields a seal needs, read without building the rest.
+        #[derive(serde::Deserialize)]
+        struct Asked<'a> {
+            #[serde(borrow, default)]
+            nonce: Option<std::borrow::Cow<'a, str>>,
+            #[serde(borrow, default)]
+            access_key: Option<std::borrow::Cow<'a, str>>,
+        }
+        let asked = match serde_json::from_slice::<Asked>(body) {
+            Ok(asked) => asked,
+            // A field of another type: read the object as it is (a
+            // malformed body is its handler's to answer, unsealed).
+            Err(_) => match serde_json::from_slice::<Value>(body) {
+                Ok(Value::Object(fields)) => match fields.get("nonce") {
+                    None | Some(Value::Null) => return Ok(None),
+                    Some(Value::String(nonce)) => Asked {
+                        nonce: Some(nonce.clone().into()),
+                        access_key: fields
+                            .get("access_key")
+                            .and_then(Value::as_str)
+                            .map(|k| k.to_owned().into()),
+                    },
+                    Some(_) => return Err(crate::input::nonce("").unwrap_err()),
+                },
+                _ => return Ok(None),
+            },
+        };
+        let Some(nonce) = asked.nonce else {
             return Ok(None);
         };
-        let nonce = match fields.get("nonce") {
-            None | Some(Value::Null) => return Ok(None),
-            Some(Value::String(n)) if crate::input::nonce(n).is_ok() => n.clone(),
-            Some(_) => return Err(crate::input::nonce("").unwrap_err()),
-        };
-        let key_prefix = fields
-            .get("access_key")
-            .and_then(Value::as_str)
-            .and_then(crate::keys::shown_prefix);
-        Ok(Some(Seal { nonce, key_prefix }))
+        crate::input::nonce(&nonce)?;
+        Ok(Some(Seal {
+            nonce: nonce.into_owned(),
+            key_prefix: asked
+                .access_key
+                .as_deref()
+                .and_then(crate::keys::shown_prefix),
+        }))
     }
 
     /// `response` with the nonce, the server's time and the key prefix in
@@ -85,14 +110,9 @@ impl Seal {
                 .into_response();
         };
         let bytes = collected.to_bytes();
-        let Ok(mut value) = serde_json::from_slice::<Value>(&bytes) else {
-            // Not JSON (nothing the session routes answer): as it is.
+        let Some(body) = self.stamped(&bytes, state.now()) else {
+            // Not a JSON object (nothing the session routes answer): as it is.
             return Response::from_parts(parts, Body::from(bytes));
-        };
-        self.stamp(&mut value, state.now());
-        let body = match serde_json::to_vec(&value) {
-            Ok(body) => Bytes::from(body),
-            Err(_) => return Response::from_parts(parts, Body::from(bytes)),
         };
         if let Ok(header) = HeaderValue::from_str(&keys.sign(&body)) {
             parts.headers.insert(SIGNATURE_HEADER, header);
@@ -101,14 +121,32 @@ impl Seal {
         Response::from_parts(parts, Body::from(body))
     }
 
-    fn stamp(self, value: &mut Value, now: Timestamp) {
-        let Some(top) = value.as_object_mut() else {
-            return;
-        };
-        let fields = match top.get_mut("error") {
-            Some(Value::Object(error)) => error,
-            _ => top,
-        };
+    /// The answer's compact JSON with the stamp appended to its object (to
+    /// `error` for an error): the body is serde's own output, an object
+    /// that ends in `}` (`}}` for an error), so the fields go in before
+    /// that, without parsing the answer again. Anything else: `None`.
+    fn stamped(self, body: &[u8], now: Timestamp) -> Option<Bytes> {
+        let is_error = body.starts_with(b"{\"error\":{") && body.ends_with(b"}}");
+        let end = body.len().checked_sub(if is_error { 2 } else { 1 })?;
+        if !body.starts_with(b"{") || body.last() != Some(&b'}') {
+            return None;
+        }
+        let mut fields = serde_json::Map::new();
+        self.stamp_into(&mut fields, now);
+        let stamp = serde_json::to_vec(&Value::Object(fields)).ok()?;
+        let inner = &stamp[1..stamp.len() - 1];
+        let empty = body[..end].ends_with(b"{");
+        let mut out = Vec::with_capacity(body.len() + stamp.len());
+        out.extend_from_slice(&body[..end]);
+        if !empty {
+            out.push(b',');
+        }
+        out.extend_from_slice(inner);
+        out.extend_from_slice(&body[end..]);
+        Some(Bytes::from(out))
+    }
+
+    fn stamp_into(self, fields: &mut serde_json::Map<String, Value>, now: Timestamp) {
         fields.insert("nonce".into(), Value::String(self.nonce));
         fields.insert("server_time".into(), Value::String(now.to_rfc3339()));
         fields.insert(
@@ -132,6 +170,11 @@ mod tests {
             .unwrap();
         assert_eq!(seal.nonce, "abc-DEF_12.x");
         assert_eq!(seal.key_prefix.as_deref(), Some("ks_Rp7Jc4af"));
+        let wrong_type = Seal::asked(br#"{"access_key":5,"nonce":"abcdefgh12"}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(wrong_type.nonce, "abcdefgh12");
+        assert!(wrong_type.key_prefix.is_none());
     }
 
     #[test]
@@ -150,12 +193,27 @@ mod tests {
 
     #[test]
     fn errors_carry_the_stamp_inside_error() {
-        let seal = Seal::asked(br#"{"nonce":"n0nce-123"}"#).unwrap().unwrap();
-        let mut v = serde_json::json!({"error": {"code": "invalid_key", "message": "m"}});
-        seal.stamp(&mut v, Timestamp(0));
+        let seal = || Seal::asked(br#"{"nonce":"n0nce-123"}"#).unwrap().unwrap();
+        let error = br#"{"error":{"code":"invalid_key","message":"m"}}"#;
+        let v: Value =
+            serde_json::from_slice(&seal().stamped(error, Timestamp(0)).unwrap()).unwrap();
         assert_eq!(v["error"]["nonce"], "n0nce-123");
+        assert_eq!(v["error"]["code"], "invalid_key");
         assert_eq!(v["error"]["server_time"], "1970-01-01T00:00:00Z");
         assert!(v["error"]["key_prefix"].is_null());
         assert!(v.get("nonce").is_none());
+        let answer = br#"{"session_id":"s","fence":1,"note":"}}"}"#;
+        let v: Value =
+            serde_json::from_slice(&seal().stamped(answer, Timestamp(0)).unwrap()).unwrap();
+        assert_eq!(
+            (v["fence"].as_i64(), v["nonce"].as_str()),
+            (Some(1), Some("n0nce-123"))
+        );
+        assert_eq!(v["note"], "}}");
+        let v: Value =
+            serde_json::from_slice(&seal().stamped(b"{}", Timestamp(0)).unwrap()).unwrap();
+        assert_eq!(v["nonce"], "n0nce-123");
+        assert!(seal().stamped(b"[1]", Timestamp(0)).is_none());
+        assert!(seal().stamped(b"text", Timestamp(0)).is_none());
     }
 }
