@@ -86,6 +86,15 @@ impl Bg {
         created.access_key.expose_secret().to_owned()
     }
 
+    /// The public key an app pins (`signing-key show --pin`).
+    fn public_key(&self) -> String {
+        let store = self.server.as_ref().unwrap().store();
+        let keys = store.signing_keys().unwrap();
+        keyseat::signing::listed(&keys, self.clock.now(), 30)[0]
+            .jwk()
+            .x
+    }
+
     fn live_sessions(&self) -> usize {
         let store = self.server.as_ref().unwrap().store();
         store.live_sessions(None, self.clock.now()).unwrap().len()
@@ -305,9 +314,10 @@ fn check_passes_on_a_correct_server_and_names_a_failure() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("7/7 checks passed"), "{text}");
+    assert!(text.contains("8/8 checks passed"), "{text}");
     for name in [
         "health",
+        "signatures",
         "start",
         "heartbeat",
         "status",
@@ -330,7 +340,53 @@ fn check_passes_on_a_correct_server_and_names_a_failure() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
     assert!(text.contains("FAIL one-device-at-a-time:"), "{text}");
-    assert!(text.contains("5/6 checks passed"), "{text}");
+    assert!(text.contains("6/7 checks passed"), "{text}");
+    assert_eq!(bg.live_sessions(), 0, "check ends every session it opened");
+
+    // With the server's public key pinned every check is verified; with
+    // another key the signatures check says which key to pin.
+    let public = bg.public_key();
+    let out = keyseat_bin()
+        .args([
+            "check",
+            "--server",
+            &bg.url(),
+            "--key",
+            &key,
+            "--public-key",
+            &public,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("PASS signatures: answers are signed by the pinned key"),
+        "{text}"
+    );
+    let other = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+    let out = keyseat_bin()
+        .args([
+            "check",
+            "--server",
+            &bg.url(),
+            "--key",
+            &key,
+            "--public-key",
+            other,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("FAIL signatures: the pinned key") && text.contains(&public),
+        "{text}"
+    );
+    assert!(
+        text.contains("FAIL start:") && text.contains("not pinned"),
+        "{text}"
+    );
     assert_eq!(bg.live_sessions(), 0, "check ends every session it opened");
 
     let out = keyseat_bin()
@@ -340,7 +396,7 @@ fn check_passes_on_a_correct_server_and_names_a_failure() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
     assert!(
-        text.contains("FAIL health:") && text.contains("0/6 checks passed"),
+        text.contains("FAIL health:") && text.contains("0/7 checks passed"),
         "{text}"
     );
 }
@@ -359,7 +415,7 @@ fn the_key_can_come_from_the_environment_or_standard_input() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("6/6 checks passed"), "{text}");
+    assert!(text.contains("7/7 checks passed"), "{text}");
 
     let mut child = keyseat_bin()
         .args(["check", "--server", &bg.url(), "--key", "-"])
