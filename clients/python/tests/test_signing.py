@@ -167,7 +167,9 @@ class Impostor:
     - ``replay``: a genuine signed answer, obtained from the real server for
       the same request with another nonce;
     - ``flip``: the genuine signed answer with one byte of its body changed;
-    - ``superseded``: an unsigned 409 ``session_superseded`` to heartbeats.
+    - ``superseded``: an unsigned 409 ``session_superseded`` to heartbeats;
+    - ``status``: the genuine signed answer, but a 4xx turned into a 200 (the
+      signature covers the body, not the status line).
     """
 
     def __init__(self, upstream: str) -> None:
@@ -223,6 +225,9 @@ class Impostor:
             status, signature, body = self.forward("POST", path, json.dumps(request).encode())
             assert signature is not None, "the real server signs"
             return status, signature, body
+        if mode == "status":
+            status, signature, body = self.forward("POST", path, raw)
+            return (200 if status >= 400 else status), signature, body
         if mode == "flip":
             status, signature, body = self.forward("POST", path, raw)
             assert signature is not None, "the real server signs"
@@ -310,6 +315,18 @@ def test_an_impostor_is_refused_as_untrusted(server, key, public_key, impostor, 
     assert str(REFUSED_AS[mode]) in session.lost.message
     impostor.mode = "forward"
     session.end(2.0)
+
+
+def test_a_genuine_refusal_relabelled_200_is_untrusted(server, key, public_key, impostor):
+    # Without the status check, device A would keep running on genuine,
+    # correctly signed "session_superseded" answers whose status says 200.
+    impostor.mode = "status"
+    a = Client(impostor.url, key, device_name="A", public_key=public_key).start()
+    b = Client(server.url, key, device_name="B", public_key=public_key).start()
+    assert b.previous_session_terminated
+    assert a.wait_lost(6) is LostReason.UNTRUSTED
+    assert a.lost is not None and str(Forgery.WRONG_STATUS) in a.lost.message
+    assert b.end() is True
 
 
 def test_the_cli_exits_9_for_an_impostor(server, key, public_key, impostor):

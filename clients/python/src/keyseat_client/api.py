@@ -184,7 +184,13 @@ class Api:
         status, headers, raw = self._send("POST", path, sent, timeout)
         header = headers.get(SIGNATURE_HEADER) if headers is not None else None
         verify(
-            self._pinned, header, raw, nonce, shown_prefix(body.get("access_key", "")), path
+            self._pinned,
+            header,
+            raw,
+            nonce,
+            shown_prefix(body.get("access_key", "")),
+            path,
+            status,
         )
         return _read(status, headers, raw)
 

@@ -61,6 +61,11 @@ class Forgery(str, enum.Enum):
     BAD_SIGNATURE = "the answer's signature does not match its body"
     WRONG_NONCE = "the answer is for another request (its nonce does not match)"
     WRONG_KEY = "the answer is for another access key (its key prefix does not match)"
+    #: The signature does not cover the HTTP status: a genuine error body
+    #: under a 2xx status (or a success body under an error status) has had
+    #: its status changed on the way. (Not in the Rust client, which refuses
+    #: such a 2xx because its body does not fit the route.)
+    WRONG_STATUS = "the answer's HTTP status does not match its signed body"
 
     def __str__(self) -> str:
         return self.value
@@ -217,10 +222,13 @@ def verify(
     nonce: str,
     key_prefix: Optional[str],
     path: str = "",
+    status: Optional[int] = None,
 ) -> None:
     """Checks an answer the way a device must before it acts on it: signed
     by one of the ``pinned`` keys over exactly ``body``, and echoing
-    ``nonce`` and ``key_prefix`` (inside ``error`` for errors). Raises
+    ``nonce`` and ``key_prefix`` (inside ``error`` for errors), and, given
+    the HTTP ``status``, with an ``error`` object exactly when the status is
+    not 2xx (the signature covers the body only). Raises
     :class:`~keyseat_client.UntrustedAnswer` naming the first check that
     failed."""
 
@@ -248,4 +256,8 @@ def verify(
         raise forged(Forgery.WRONG_NONCE)
     if fields.get("key_prefix") != key_prefix:
         raise forged(Forgery.WRONG_KEY)
+    if status is not None:
+        is_error = isinstance(value, dict) and isinstance(value.get("error"), dict)
+        if (200 <= status < 300) == is_error:
+            raise forged(Forgery.WRONG_STATUS, f"status {status}")
 
