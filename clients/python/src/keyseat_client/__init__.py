@@ -12,7 +12,8 @@
     ...                                # the app runs; heartbeats run on a daemon thread
     session.end()
 
-Standard library only; Python 3.9+.
+Standard library only; Python 3.9+. Verifying signed answers
+(``public_key=``) needs ``cryptography``: ``pip install 'keyseat-client[verify]'``.
 """
 
 from ._version import __version__
@@ -39,9 +40,12 @@ from .errors import (
     SessionRevoked,
     SessionSuperseded,
     Unauthorized,
+    UntrustedAnswer,
+    VerificationUnavailable,
 )
 from .fingerprint import machine_fingerprint
 from .keys import check_access_key, is_access_key
+from .signing import Forgery, PinnedKey
 from .session import (
     Client,
     HeartbeatFailed,
@@ -94,6 +98,10 @@ __all__ = [
     "StartInfo",
     "TerminatedDevice",
     "Unauthorized",
+    "UntrustedAnswer",
+    "VerificationUnavailable",
+    "Forgery",
+    "PinnedKey",
     "check_access_key",
     "is_access_key",
     "machine_fingerprint",

@@ -8,10 +8,19 @@ import json
 import socket
 import urllib.error
 import urllib.request
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from ._version import __version__
 from .errors import ConfigError, KeyseatError, ServerUnreachable, error_from_answer
+from .signing import (
+    SIGNATURE_HEADER,
+    PinnedKey,
+    PublicKeys,
+    new_nonce,
+    pinned_keys,
+    shown_prefix,
+    verify,
+)
 
 __all__ = ["Api", "DEFAULT_TIMEOUT"]
 
@@ -60,14 +69,28 @@ class Api:
     subclass otherwise (:class:`~keyseat_client.ServerUnreachable` when no
     answer came or it was a 5xx). Thread-safe: every call opens its own
     connection. Proxies are taken from the environment (``HTTPS_PROXY``,
-    ``NO_PROXY``...), as everywhere in ``urllib``."""
+    ``NO_PROXY``...), as everywhere in ``urllib``.
 
-    def __init__(self, server_url: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+    With ``public_key`` (one key or a list, see
+    :class:`~keyseat_client.Client`), every POST sends a fresh nonce and
+    raises :class:`~keyseat_client.UntrustedAnswer` for an answer that is
+    not signed by a pinned key over its exact body with that nonce and the
+    key's prefix echoed, before anything in it (its status included) is
+    believed."""
+
+    def __init__(
+        self,
+        server_url: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        *,
+        public_key: Optional[PublicKeys] = None,
+    ) -> None:
         if not timeout or timeout <= 0:
             raise ConfigError("the timeout must be a positive number of seconds")
         self._base = _check_url(server_url)
         self._timeout = float(timeout)
         self._opener = urllib.request.build_opener(_NoRedirect())
+        self._pinned: Tuple[PinnedKey, ...] = pinned_keys(public_key)
 
     @property
     def base(self) -> str:
@@ -78,6 +101,16 @@ class Api:
     def timeout(self) -> float:
         """The time budget of one call, in seconds."""
         return self._timeout
+
+    @property
+    def pinned(self) -> Tuple[PinnedKey, ...]:
+        """The public keys answers must be signed with (empty: not checked)."""
+        return self._pinned
+
+    @property
+    def verifies(self) -> bool:
+        """Whether answers are checked."""
+        return bool(self._pinned)
 
     def __repr__(self) -> str:
         return f"Api({self._base!r})"
@@ -92,7 +125,17 @@ class Api:
         timeout: Optional[float] = None,
     ) -> Dict[str, Any]:
         """Sends one request; ``timeout`` shortens the call's time budget
-        (never lengthens it)."""
+        (never lengthens it). Not verified: see :meth:`post`."""
+        return _read(*self._send(method, path, body, timeout))
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: Optional[Dict[str, Any]],
+        timeout: Optional[float],
+    ) -> Tuple[int, Any, bytes]:
+        """One exchange: the status, headers and raw body bytes."""
         budget = self._timeout if timeout is None else min(timeout, self._timeout)
         budget = max(budget, 0.001)
         data = None
@@ -125,13 +168,36 @@ class Api:
             raise ServerUnreachable(_describe_reason(e)) from None
         except (OSError, http.client.HTTPException) as e:
             raise ServerUnreachable(_describe_reason(e)) from None
-        return _read(status, answer_headers, raw)
+        return status, answer_headers, raw
 
     def post(
         self, path: str, body: Dict[str, Any], timeout: Optional[float] = None
     ) -> Dict[str, Any]:
-        """POSTs JSON to ``path`` (e.g. ``"/api/session/status"``)."""
-        return self.request("POST", path, body, timeout)
+        """POSTs JSON to ``path`` (e.g. ``"/api/session/status"``). With a
+        pinned key, a fresh ``nonce`` is added to the body and the answer is
+        verified before it is read."""
+        if not self._pinned:
+            return self.request("POST", path, body, timeout)
+        nonce = new_nonce()
+        sent = dict(body)
+        sent["nonce"] = nonce
+        status, headers, raw = self._send("POST", path, sent, timeout)
+        header = headers.get(SIGNATURE_HEADER) if headers is not None else None
+        verify(
+            self._pinned,
+            header,
+            raw,
+            nonce,
+            shown_prefix(body.get("access_key", "")),
+            path,
+            status,
+        )
+        return _read(status, headers, raw)
+
+    def signing_keys(self, timeout: Optional[float] = None) -> Dict[str, Any]:
+        """``GET /api/signing-keys``: the JWK set of the keys that sign
+        answers (what to pin; not itself signed)."""
+        return self.request("GET", "/api/signing-keys", None, timeout)
 
     # -- routes -----------------------------------------------------------
 

@@ -12,6 +12,7 @@ Exit codes:
 6  the key was refused: typo, unknown, revoked, suspended or expired
 7  the server could not be reached before the lease ran out
 8  all seats are in use and the key's policy is ``reject``
+9  answers failed the signature check with the pinned key (``--public-key``)
 == ==========================================================================
 """
 
@@ -24,8 +25,18 @@ import sys
 import threading
 from typing import List, Optional
 
-from .errors import InvalidKeyFormat, KeyRefused, KeyseatError, SeatsFull, ServerUnreachable
+from .errors import (
+    ConfigError,
+    InvalidKeyFormat,
+    KeyRefused,
+    KeyseatError,
+    SeatsFull,
+    ServerUnreachable,
+    UntrustedAnswer,
+    VerificationUnavailable,
+)
 from .fingerprint import machine_fingerprint
+from .signing import pinned_keys
 from .session import (
     Client,
     HeartbeatFailed,
@@ -44,6 +55,8 @@ REVOKED = 5
 KEY_REFUSED = 6
 UNREACHABLE = 7
 SEATS_FULL = 8
+UNTRUSTED = 9
+USAGE = 2
 
 #: The exit code for each way a session can be lost.
 EXIT_CODES = {
@@ -54,6 +67,7 @@ EXIT_CODES = {
     LostReason.NOT_FOUND: REVOKED,
     LostReason.KEY_REFUSED: KEY_REFUSED,
     LostReason.UNREACHABLE: UNREACHABLE,
+    LostReason.UNTRUSTED: UNTRUSTED,
     LostReason.REJECTED: ERROR,
 }
 
@@ -71,7 +85,8 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Start a keyseat session and keep it alive until Ctrl-C/SIGTERM "
             "(exit 0) or until it is lost (exit 3 superseded, 4 expired, "
-            "5 revoked, 6 key refused, 7 unreachable; 8 seats full at start)."
+            "5 revoked, 6 key refused, 7 unreachable, 9 untrusted; 8 seats full "
+            "at start)."
         ),
     )
     p.add_argument("--server", required=True, help="Server URL, e.g. http://127.0.0.1:8080")
@@ -84,6 +99,15 @@ def _parser() -> argparse.ArgumentParser:
         "--fingerprint",
         help="A device fingerprint, or `machine` for this machine's (hashed) id.",
     )
+    p.add_argument(
+        "--public-key",
+        metavar="BASE64URL",
+        help=(
+            "The server's public signing key (`keyseat signing-key show --pin`): "
+            "answers not signed by it for this request are refused. Needs "
+            "keyseat-client[verify]."
+        ),
+    )
     return p
 
 
@@ -93,11 +117,15 @@ class _Interrupted(BaseException):
         self.signum = signum
 
 
-def _fail(e: KeyseatError) -> int:
+def _print_error(text: str) -> None:
     try:
-        print(f"keyseat: cannot start a session: {e}", file=sys.stderr, flush=True)
+        print(text, file=sys.stderr, flush=True)
     except (BrokenPipeError, ValueError):
         pass
+
+
+def _fail(e: KeyseatError) -> int:
+    _print_error(f"keyseat: cannot start a session: {e}")
     if isinstance(e, InvalidKeyFormat):
         return KEY_REFUSED
     if isinstance(e, SeatsFull):
@@ -106,6 +134,8 @@ def _fail(e: KeyseatError) -> int:
         return KEY_REFUSED
     if isinstance(e, ServerUnreachable):
         return UNREACHABLE
+    if isinstance(e, UntrustedAnswer):
+        return UNTRUSTED
     return ERROR
 
 
@@ -131,6 +161,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     fingerprint = args.fingerprint
     if fingerprint == "machine":
         fingerprint = machine_fingerprint("keyseat-reference-client")
+    pinned = None
+    if args.public_key is not None:
+        try:
+            pinned = pinned_keys(args.public_key)
+        except VerificationUnavailable as e:
+            _print_error(f"keyseat: --public-key: {e}")
+            return ERROR
+        except ConfigError as e:
+            _print_error(f"keyseat: --public-key: {e}")
+            return USAGE
     done = threading.Event()
     by_user = threading.Event()
     starting = [True]
@@ -153,6 +193,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             device_name=device,
             fingerprint=fingerprint,
             on_event=_on_event,
+            public_key=pinned,
         )
         session = client.start()
     except KeyseatError as e:

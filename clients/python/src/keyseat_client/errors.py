@@ -22,6 +22,8 @@ __all__ = [
     "KeyseatError",
     "ConfigError",
     "ServerUnreachable",
+    "UntrustedAnswer",
+    "VerificationUnavailable",
     "KeyRefused",
     "InvalidKey",
     "InvalidKeyFormat",
@@ -131,6 +133,41 @@ class ServerUnreachable(KeyseatError):
         if self.status is None:
             return f"server unreachable: {self.message}"
         return f"server unreachable: {self.status} {self.code}: {self.message}"
+
+
+class VerificationUnavailable(ConfigError):
+    """A public key was given, but the ``cryptography`` package that checks
+    signatures is not installed (``pip install 'keyseat-client[verify]'``).
+    Raised when the client is made, never skipped silently."""
+
+
+class UntrustedAnswer(KeyseatError):
+    """An answer failed the signature check with the pinned public key: an
+    impostor, a replay, or a proxy that changes answers. It is treated like
+    no answer (transient: retried while the lease lasts) and never acted on;
+    a session whose lease runs out after such answers is lost as
+    :attr:`~keyseat_client.LostReason.UNTRUSTED`.
+
+    ``path`` is the route, ``reason`` a :class:`~keyseat_client.Forgery`;
+    ``status`` is ``None``: nothing the answer says is believed, its HTTP
+    status included.
+    """
+
+    def __init__(self, path: str, reason: Any, detail: str = "") -> None:
+        what = f"{reason} ({detail})" if detail else f"{reason}"
+        super().__init__(
+            f"the answer to {path or 'the request'} failed the signature check: {what}",
+            code="untrusted",
+        )
+        self.path = path
+        self.reason = reason
+
+    @property
+    def transient(self) -> bool:
+        return True
+
+    def __str__(self) -> str:
+        return f"the server's answer is not trusted: {self.message}"
 
 
 class KeyRefused(KeyseatError):

@@ -9,7 +9,9 @@ What it gets right so the app does not have to:
   connection, timeouts, 5xx, 429 with ``Retry-After``) are retried with
   backoff and jitter while the lease the server last granted lasts, so a
   server restart or a short outage never loses the session; only when the
-  lease runs out is it lost as :attr:`LostReason.UNREACHABLE`;
+  lease runs out is it lost as :attr:`LostReason.UNREACHABLE` (or
+  :attr:`LostReason.UNTRUSTED` when, with a pinned public key, the last
+  answers failed the signature check);
 - a terminal answer (superseded, expired, ended, revoked, key refused) stops
   the heartbeats at once and reaches the app through :meth:`Session.on_lost`,
   :meth:`Session.wait_lost` and :attr:`Session.state`;
@@ -36,7 +38,9 @@ from .errors import (
     KeyseatError,
     ServerUnreachable,
     SessionNotFound,
+    UntrustedAnswer,
 )
+from .signing import PublicKeys
 from .keys import check_access_key, redact
 
 __all__ = [
@@ -84,6 +88,9 @@ class LostReason(str, enum.Enum):
     NOT_FOUND = "not_found"
     #: No answer from the server until the lease it last granted ran out.
     UNREACHABLE = "unreachable"
+    #: Only answers that failed the signature check (with a pinned public
+    #: key) until the lease ran out: something answers in the server's place.
+    UNTRUSTED = "untrusted"
     #: Another refusal the client does not expect (a bug on either side).
     REJECTED = "rejected"
 
@@ -149,7 +156,23 @@ class LostInfo:
                 "unreachable: no answer from the server before the lease ran out "
                 f"({self.message})"
             )
+        if r is LostReason.UNTRUSTED:
+            return (
+                "untrusted: no answer that passed the signature check before the "
+                f"lease ran out ({self.message})"
+            )
         return f"rejected ({self.code}): {self.message}"
+
+
+def _lost_after(error: Optional[KeyseatError]) -> LostInfo:
+    """Why a session whose lease ran out between failed heartbeats is lost:
+    untrusted when the last answer failed the signature check, unreachable
+    otherwise."""
+    if isinstance(error, UntrustedAnswer):
+        return LostInfo(LostReason.UNTRUSTED, code=error.code, message=error.message)
+    if error is None:
+        return LostInfo(LostReason.UNREACHABLE, message="heartbeats kept failing")
+    return LostInfo(LostReason.UNREACHABLE, message=error.describe())
 
 
 @dataclass(frozen=True)
@@ -322,6 +345,15 @@ class Client:
         failures (same session id each time).
     :param on_event: called from the heartbeat thread with every
         :data:`SessionEvent` (failed heartbeats, recovery, loss); keep it quick.
+    :param public_key: the server's public signing key, the base64url text
+        ``keyseat signing-key show --pin`` prints, or a list of them (during
+        a rotation). Every request then carries a fresh nonce, and an answer
+        not signed by one of them for this request and this key raises
+        :class:`~keyseat_client.UntrustedAnswer` (retried like no answer;
+        a session is lost as :attr:`LostReason.UNTRUSTED`). Needs the
+        ``cryptography`` package (``pip install 'keyseat-client[verify]'``):
+        without it this raises
+        :class:`~keyseat_client.VerificationUnavailable`.
     """
 
     def __init__(
@@ -334,9 +366,10 @@ class Client:
         *,
         start_attempts: int = 3,
         on_event: Optional[Callable[[SessionEvent], Any]] = None,
+        public_key: Optional[PublicKeys] = None,
     ) -> None:
         self._access_key = check_access_key(access_key)
-        self._api = Api(server_url, timeout)
+        self._api = Api(server_url, timeout, public_key=public_key)
         self.device_name = device_name
         self.fingerprint = fingerprint
         self.start_attempts = max(int(start_attempts), 1)
@@ -373,7 +406,8 @@ class Client:
         same session id, which the server treats as the same start. Raises
         :class:`~keyseat_client.SeatsFull`, a
         :class:`~keyseat_client.KeyRefused` subclass,
-        :class:`~keyseat_client.ServerUnreachable`, ...
+        :class:`~keyseat_client.ServerUnreachable`,
+        :class:`~keyseat_client.UntrustedAnswer`, ...
         """
         session_id = str(uuid.uuid4())
         attempt = 0
@@ -601,6 +635,7 @@ class Session:
 
     def _heartbeat_loop(self) -> None:
         failures = 0
+        error: Optional[KeyseatError] = None
         with self._cond:
             wait = self._interval
         while True:
@@ -609,7 +644,7 @@ class Session:
                     return
                 lease_out = failures > 0 and time.monotonic() >= self._lease_deadline
             if lease_out:
-                self._lose(LostInfo(LostReason.UNREACHABLE, message="heartbeats kept failing"))
+                self._lose(_lost_after(error))
                 return
             sent_at = time.monotonic()
             with self._cond:
@@ -657,7 +692,7 @@ class Session:
                 self._failed_attempts = failures
                 interval = self._interval
             if left <= 0:
-                self._lose(LostInfo(LostReason.UNREACHABLE, message=error.describe()))
+                self._lose(_lost_after(error))
                 return
             self._emit(HeartbeatFailed(failures, error.describe(), left))
             # Retry sooner than the interval, but never past the lease.
