@@ -284,6 +284,10 @@ pub enum Forgery {
     WrongNonce,
     #[error("the answer is for another access key (its key prefix does not match)")]
     WrongKey,
+    /// The signature covers the body, not the HTTP status: an error body
+    /// under a 2xx status (or the reverse) was relabelled on the way.
+    #[error("the answer's HTTP status does not match its signed body")]
+    WrongStatus,
 }
 
 /// A public key the app pins: 32 raw bytes, given as the base64url text
@@ -346,14 +350,17 @@ pub fn parse_header(value: &str) -> Option<(String, Signature)> {
 }
 
 /// Checks an answer the way a device must before it acts on it: signed by
-/// one of the pinned keys over exactly `body`, and (from the parsed body)
-/// echoing `nonce` and the prefix of the device's own key.
+/// one of the pinned keys over exactly `body`, its `status` agreeing with
+/// the body (an `error` object exactly when not 2xx, since the signature
+/// does not cover the status), and echoing `nonce` and the prefix of the
+/// device's own key (`None`: the server echoes `null`).
 pub fn verify(
     pinned: &[PinnedKey],
+    status: u16,
     header: Option<&str>,
     body: &[u8],
     nonce: &str,
-    key_prefix: &str,
+    key_prefix: Option<&str>,
 ) -> std::result::Result<(), Forgery> {
     let header = header.ok_or(Forgery::Unsigned)?;
     let (kid, sig) = parse_header(header).ok_or(Forgery::Malformed)?;
@@ -366,12 +373,16 @@ pub fn verify(
         .map_err(|_| Forgery::BadSignature)?;
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|_| Forgery::BadSignature)?;
+    let error = value.get("error").filter(|e| e.is_object());
+    if error.is_some() == (200..300).contains(&status) {
+        return Err(Forgery::WrongStatus);
+    }
     // An error's echo sits inside `error`.
-    let fields = value.get("error").unwrap_or(&value);
+    let fields = error.unwrap_or(&value);
     if fields.get("nonce").and_then(|n| n.as_str()) != Some(nonce) {
         return Err(Forgery::WrongNonce);
     }
-    if fields.get("key_prefix").and_then(|p| p.as_str()) != Some(key_prefix) {
+    if fields.get("key_prefix").and_then(|p| p.as_str()) != key_prefix {
         return Err(Forgery::WrongKey);
     }
     Ok(())
@@ -410,26 +421,78 @@ mod tests {
         let body = br#"{"fence":1,"nonce":"abcdefgh","key_prefix":"ks_12345678"}"#;
         let header = set.sign(body);
         assert_eq!(
-            verify(&pinned, Some(&header), body, "abcdefgh", "ks_12345678"),
+            verify(
+                &pinned,
+                200,
+                Some(&header),
+                body,
+                "abcdefgh",
+                Some("ks_12345678")
+            ),
             Ok(())
         );
         let mut flipped = body.to_vec();
         flipped[9] = b'2';
         assert_eq!(
-            verify(&pinned, Some(&header), &flipped, "abcdefgh", "ks_12345678"),
+            verify(
+                &pinned,
+                200,
+                Some(&header),
+                &flipped,
+                "abcdefgh",
+                Some("ks_12345678")
+            ),
             Err(Forgery::BadSignature)
         );
         assert_eq!(
-            verify(&pinned, Some(&header), body, "other-nonce", "ks_12345678"),
+            verify(
+                &pinned,
+                200,
+                Some(&header),
+                body,
+                "other-nonce",
+                Some("ks_12345678")
+            ),
             Err(Forgery::WrongNonce)
         );
         assert_eq!(
-            verify(&pinned, Some(&header), body, "abcdefgh", "ks_87654321"),
+            verify(
+                &pinned,
+                200,
+                Some(&header),
+                body,
+                "abcdefgh",
+                Some("ks_87654321")
+            ),
             Err(Forgery::WrongKey)
         );
         assert_eq!(
-            verify(&pinned, None, body, "abcdefgh", "ks_12345678"),
+            verify(&pinned, 200, None, body, "abcdefgh", Some("ks_12345678")),
             Err(Forgery::Unsigned)
+        );
+        assert_eq!(
+            verify(
+                &pinned,
+                409,
+                Some(&header),
+                body,
+                "abcdefgh",
+                Some("ks_12345678")
+            ),
+            Err(Forgery::WrongStatus),
+            "a 200's body under another status"
+        );
+        let error =
+            br#"{"error":{"code":"session_superseded","nonce":"abcdefgh","key_prefix":null}}"#;
+        let signed_error = set.sign(error);
+        assert_eq!(
+            verify(&pinned, 409, Some(&signed_error), error, "abcdefgh", None),
+            Ok(())
+        );
+        assert_eq!(
+            verify(&pinned, 200, Some(&signed_error), error, "abcdefgh", None),
+            Err(Forgery::WrongStatus),
+            "a refusal relabelled 200"
         );
         let other =
             [
@@ -437,7 +500,14 @@ mod tests {
                     .unwrap(),
             ];
         assert!(matches!(
-            verify(&other, Some(&header), body, "abcdefgh", "ks_12345678"),
+            verify(
+                &other,
+                200,
+                Some(&header),
+                body,
+                "abcdefgh",
+                Some("ks_12345678")
+            ),
             Err(Forgery::UnknownKey(_))
         ));
     }

@@ -10,7 +10,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -103,10 +103,11 @@ async fn every_session_answer_to_a_request_with_a_nonce_is_signed() {
     let check = |raw: &Raw, nonce: &str, key_prefix: &str| {
         signing::verify(
             &pinned,
+            raw.status.as_u16(),
             raw.signature.as_deref(),
             &raw.body,
             nonce,
-            key_prefix,
+            Some(key_prefix),
         )
     };
     assert_eq!(check(&start, "start-nonce-1", &prefix(&key)), Ok(()));
@@ -284,10 +285,11 @@ async fn a_rotation_reaches_the_running_server_and_the_old_key_stays_listed() {
             assert_eq!(
                 signing::verify(
                     &pinned,
+                    raw.status.as_u16(),
                     raw.signature.as_deref(),
                     &raw.body,
                     "after-rotation",
-                    &prefix(&key)
+                    Some(&prefix(&key))
                 ),
                 Ok(())
             );
@@ -312,6 +314,9 @@ enum Answer {
 struct Impostor {
     url: String,
     forward: Arc<AtomicBool>,
+    /// While forwarding: the status every answer is relabelled with (0:
+    /// kept).
+    relabel: Arc<AtomicU16>,
     answer: Arc<Mutex<Answer>>,
 }
 
@@ -321,17 +326,19 @@ impl Impostor {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let forward = Arc::new(AtomicBool::new(upstream.is_some()));
         let answer = Arc::new(Mutex::new(answer));
-        let (fw, an) = (forward.clone(), answer.clone());
+        let relabel = Arc::new(AtomicU16::new(0));
+        let (fw, rl, an) = (forward.clone(), relabel.clone(), answer.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
-                let (fw, an, upstream) = (fw.clone(), an.clone(), upstream.clone());
-                std::thread::spawn(move || serve_one(conn, &fw, &an, upstream.as_deref()));
+                let (fw, rl, an, upstream) = (fw.clone(), rl.clone(), an.clone(), upstream.clone());
+                std::thread::spawn(move || serve_one(conn, &fw, &rl, &an, upstream.as_deref()));
             }
         });
         Impostor {
             url,
             forward,
+            relabel,
             answer,
         }
     }
@@ -340,6 +347,7 @@ impl Impostor {
 fn serve_one(
     conn: std::net::TcpStream,
     forward: &AtomicBool,
+    relabel: &AtomicU16,
     answer: &Mutex<Answer>,
     upstream: Option<&str>,
 ) {
@@ -375,7 +383,13 @@ fn serve_one(
             .unwrap_or("/")
             .to_owned();
         let (status, signature, bytes) = match (forward.load(Ordering::SeqCst), upstream) {
-            (true, Some(up)) => http_post(&format!("{up}{path}"), &body),
+            (true, Some(up)) => {
+                let (status, signature, bytes) = http_post(&format!("{up}{path}"), &body);
+                match relabel.load(Ordering::SeqCst) {
+                    0 => (status, signature, bytes),
+                    other => (other, signature, bytes),
+                }
+            }
             _ => match answer.lock().unwrap().clone() {
                 Answer::Plain(b) => (200, None, b),
                 Answer::Replay(status, signature, b) => (status, signature, b),
@@ -558,6 +572,43 @@ fn a_session_whose_answers_turn_forged_is_lost_as_untrusted_after_the_lease() {
         after <= Duration::from_secs(5),
         "lost {after:?} after the switch"
     );
+}
+
+/// The signature covers the body, not the HTTP status: a genuine 409
+/// `session_superseded` relabelled 200 on the way is not believed as a
+/// renewed lease (the device is never told it kept a seat it lost).
+#[test]
+fn a_genuine_refusal_relabelled_200_is_not_a_renewal() {
+    let (real, public_key, key) = real_server();
+    let proxy = Impostor::start(Answer::Plain(fake_start()), Some(real.url.clone()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let session = Client::new(&proxy.url, &key)
+        .unwrap()
+        .public_key(&public_key)
+        .unwrap()
+        .on_event(move |e| {
+            let _ = tx.send(e.clone());
+        })
+        .start()
+        .unwrap();
+    proxy.relabel.store(200, Ordering::SeqCst);
+    // Device B takes the seat on the real server.
+    let _b = Client::new(&real.url, &key)
+        .unwrap()
+        .device_name("B")
+        .start()
+        .unwrap();
+    let reason = loop {
+        match rx.recv_timeout(Duration::from_secs(8)).expect("an event") {
+            SessionEvent::HeartbeatFailed { error, .. } => {
+                assert!(error.contains("status does not match"), "{error}");
+            }
+            SessionEvent::Lost(reason) => break reason,
+            SessionEvent::Recovered { .. } => panic!("a relabelled refusal renewed the lease"),
+        }
+    };
+    assert!(matches!(reason, LostReason::Untrusted { .. }), "{reason:?}");
+    assert!(!session.is_usable());
 }
 
 #[test]

@@ -197,8 +197,7 @@ impl Api {
         let nonce = crate::signing::new_nonce();
         let prefix = body["access_key"]
             .as_str()
-            .and_then(crate::keys::shown_prefix)
-            .unwrap_or_default();
+            .and_then(crate::keys::shown_prefix);
         if let Some(fields) = body.as_object_mut() {
             fields.insert("nonce".into(), Value::String(nonce.clone()));
         }
@@ -211,10 +210,11 @@ impl Api {
         let (status, retry_after, text) = body_of(&mut resp)?;
         crate::signing::verify(
             &self.pinned,
+            status,
             header.as_deref(),
             text.as_bytes(),
             &nonce,
-            &prefix,
+            prefix.as_deref(),
         )
         .map_err(|reason| ApiError::Forged {
             path: path.to_owned(),
