@@ -54,7 +54,8 @@ pub struct ClientArgs {
     fingerprint: Option<String>,
     /// The server's public signing key (`keyseat signing-key show`):
     /// answers not signed by it for this request are refused.
-    #[arg(long, value_name = "BASE64URL")]
+    // A base64url key may begin with `-`: the value is taken as is.
+    #[arg(long, value_name = "BASE64URL", allow_hyphen_values = true)]
     public_key: Option<String>,
 }
 
@@ -225,7 +226,8 @@ pub struct CheckArgs {
     with_expiry: bool,
     /// The server's public signing key (`keyseat signing-key show`):
     /// answers not signed by it for this request are refused.
-    #[arg(long, value_name = "BASE64URL")]
+    // A base64url key may begin with `-`: the value is taken as is.
+    #[arg(long, value_name = "BASE64URL", allow_hyphen_values = true)]
     public_key: Option<String>,
 }
 
@@ -539,4 +541,35 @@ impl Check {
 /// An answer as the JSON the server sent, for messages.
 fn json_text(answer: &impl serde::Serialize) -> String {
     serde_json::to_string(answer).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::cli::{Cli, Command};
+
+    /// One public key in 64 begins with `-` (base64url): it must be taken
+    /// as the flag's value, not as an unknown option.
+    #[test]
+    fn a_public_key_beginning_with_a_dash_is_a_value() {
+        let key = format!("-{}", "A".repeat(42));
+        for command in ["client", "check"] {
+            let cli = Cli::try_parse_from([
+                "keyseat",
+                command,
+                "--server",
+                "http://x",
+                "--public-key",
+                &key,
+            ])
+            .unwrap_or_else(|e| panic!("{command}: {e}"));
+            let pinned = match cli.command {
+                Command::Client(args) => args.public_key,
+                Command::Check(args) => args.public_key,
+                _ => None,
+            };
+            assert_eq!(pinned.as_deref(), Some(key.as_str()), "{command}");
+        }
+    }
 }

@@ -180,3 +180,15 @@ def test_refusals_at_start_exit_6_7_8(server, key):
     assert "server unreachable" in unreachable.err
     assert bad_url.wait_exit() == 1, bad_url.text()
     assert "http:// or https://" in bad_url.err
+
+
+def test_a_public_key_beginning_with_a_dash_is_taken_as_the_value():
+    # One base64url key in 64 begins with "-", which argparse alone would
+    # take for an unknown option.
+    from keyseat_client import cli
+
+    key = "-" + "A" * 42
+    args = cli._parse_args(["--server", "http://x", "--key", "ks_x", "--public-key", key])
+    assert args.public_key == key
+    args = cli._parse_args(["--server", "http://x", "--key", "ks_x", f"--public-key={key}"])
+    assert args.public_key == key

@@ -111,6 +111,22 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _parse_args(argv: List[str]) -> argparse.Namespace:
+    """Parses the command line. A base64url public key may begin with `-`,
+    which argparse would take for an option: `--public-key VALUE` is joined
+    into `--public-key=VALUE` first, so a pasted key always works."""
+    joined: List[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--public-key" and i + 1 < len(argv):
+            joined.append(f"--public-key={argv[i + 1]}")
+            i += 2
+        else:
+            joined.append(argv[i])
+            i += 1
+    return _parser().parse_args(joined)
+
+
 class _Interrupted(BaseException):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
@@ -154,7 +170,7 @@ def _on_event(event: SessionEvent) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     """Runs the reference client until Ctrl-C/SIGTERM or the session is
     lost; returns the exit code."""
-    args = _parser().parse_args(argv)
+    args = _parse_args(sys.argv[1:] if argv is None else argv)
     device = args.device_name
     if device is None:
         device = os.environ.get("HOSTNAME", "keyseat client")
