@@ -19,9 +19,16 @@ use std::time::Duration;
 
 use tokio_postgres::{Client, Row, Statement};
 
-use super::connect::{self, Tls};
+use super::connect::{self, TimeSource, Tls};
+use super::contact::Inner;
+use super::sessions;
+use super::transact::RETRIES;
+use crate::clock::Timestamp;
 use crate::config::PostgresUrl;
 use crate::error::{Error, Result};
+use crate::keys::AccessKey;
+use crate::model::Session;
+use crate::rules::Timing;
 
 /// One shared connection with the heartbeat prepared on it.
 struct Line {
@@ -122,4 +129,73 @@ impl Lines {
         *self.slots[slot].lock().unwrap_or_else(|p| p.into_inner()) = Some(line.clone());
         Ok(line)
     }
+}
+
+/// A heartbeat: the one statement on the heartbeat pool, and only when it
+/// touched nothing a transaction to say why.
+pub(super) async fn heartbeat(
+    inner: Arc<Inner>,
+    key: AccessKey,
+    id: String,
+    now: Timestamp,
+    timing: Timing,
+) -> Result<Session> {
+    let hash = key.hash();
+    let hash: &[u8] = &hash;
+    let given = (inner.time == TimeSource::Caller).then_some(now.0);
+    let timeout_ms =
+        i64::try_from(timing.session_timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    if inner
+        .lost_contact
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        // Back from an outage: the lease floor first (see Inner::client).
+        drop(inner.client(&inner.pool).await?);
+    }
+    let mut attempt = 0;
+    let found = loop {
+        let answer = if given.is_some() {
+            // A caller's clock (a test's manual clock) is read before the
+            // statement is sent, so a heartbeat queued behind others on a
+            // shared connection could apply an earlier time after a later
+            // status read: its own connection keeps that queue short. The
+            // database's clock (every real server) is read by the
+            // statement itself, so the shared connections cannot reorder.
+            heartbeat_alone(&inner, &[&hash, &id, &timeout_ms, &given]).await
+        } else {
+            inner
+                .beats
+                .query_opt(&[&hash, &id, &timeout_ms, &given])
+                .await
+        };
+        match answer {
+            // Idempotent, so a connection the database closed is simply
+            // tried again (on a new one).
+            Err(Error::Postgres(e)) if e.is_closed() && attempt < RETRIES => {
+                inner.note(&Error::Postgres(e));
+                attempt += 1
+            }
+            Err(e) => {
+                inner.note(&e);
+                return Err(e);
+            }
+            Ok(found) => break found,
+        }
+    };
+    match found {
+        Some(row) => Ok(sessions::beat_from_row(&row)),
+        None => with_work!(inner, now, |work| {
+            sessions::explain(&work, &key, &id).await
+        })?,
+    }
+}
+
+/// The heartbeat statement on a pooled connection of its own.
+async fn heartbeat_alone(
+    inner: &Inner,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Option<tokio_postgres::Row>> {
+    let client = inner.client(&inner.pool).await?;
+    let stmt = client.prepare_cached(&sessions::heartbeat_sql()).await?;
+    Ok(client.query_opt(&stmt, params).await?)
 }

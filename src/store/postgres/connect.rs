@@ -25,6 +25,40 @@ use tokio_postgres::config::SslMode;
 
 use crate::config::PostgresUrl;
 use crate::error::{Error, Result};
+use crate::rules::Timing;
+
+/// Which clock decides leases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeSource {
+    /// The database's (every real deployment: server clocks may differ).
+    Database,
+    /// The caller's `now` (tests that drive time by hand).
+    Caller,
+}
+
+/// How to run the PostgreSQL engine.
+#[derive(Debug, Clone, Copy)]
+pub struct PostgresOptions {
+    /// The timeout every outage's lease floor grants.
+    pub timing: Timing,
+    /// Connections in the pool of durable writes and reads.
+    pub pool_size: usize,
+    /// Connections every heartbeat shares (pipelined; see `beats`).
+    pub heartbeat_connections: usize,
+    /// Which clock decides leases.
+    pub time: TimeSource,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        PostgresOptions {
+            timing: Timing::default(),
+            pool_size: 16,
+            heartbeat_connections: 4,
+            time: TimeSource::Database,
+        }
+    }
+}
 
 mod embedded {
     refinery::embed_migrations!("migrations/postgres");

@@ -45,8 +45,11 @@
 //! future on this store's own small runtime and waits for it, so it works
 //! the same from the server's blocking pool and from the CLI.
 
+#[macro_use]
+mod transact;
 mod beats;
 mod connect;
+mod contact;
 mod keys;
 mod reports;
 mod rows;
@@ -56,13 +59,12 @@ mod upkeep;
 mod work;
 
 use std::future::Future;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use deadpool_postgres::Pool;
-use tokio_postgres::error::SqlState;
-
-use self::work::Work;
+pub use self::connect::{PostgresOptions, TimeSource};
+use self::contact::{Inner, MARK_EVERY};
+use self::transact::OPERATION_DEADLINE;
 use crate::clock::Timestamp;
 use crate::config::PostgresUrl;
 use crate::error::{Error, Result};
@@ -79,147 +81,6 @@ use crate::store::{
 /// benchmark's pgbench script, through [`crate::store`]).
 pub(super) fn heartbeat_sql() -> String {
     sessions::heartbeat_sql()
-}
-
-/// Which clock decides leases.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimeSource {
-    /// The database's (every real deployment: server clocks may differ).
-    Database,
-    /// The caller's `now` (tests that drive time by hand).
-    Caller,
-}
-
-/// How to run the PostgreSQL engine.
-#[derive(Debug, Clone, Copy)]
-pub struct PostgresOptions {
-    /// The timeout every outage's lease floor grants.
-    pub timing: Timing,
-    /// Connections in the pool of durable writes and reads.
-    pub pool_size: usize,
-    /// Connections every heartbeat shares (pipelined; see `beats`).
-    pub heartbeat_connections: usize,
-    /// Which clock decides leases.
-    pub time: TimeSource,
-}
-
-impl Default for PostgresOptions {
-    fn default() -> Self {
-        PostgresOptions {
-            timing: Timing::default(),
-            pool_size: 16,
-            heartbeat_connections: 4,
-            time: TimeSource::Database,
-        }
-    }
-}
-
-/// Operations retried after a serialization failure, a deadlock, a
-/// unique-key race or a connection found closed before the work began.
-const RETRIES: u32 = 5;
-/// The longest one operation may take, commit included: past it the
-/// device gets 503 and the connection is dropped. Longer than the
-/// statement timeout, so it only ends waits that nothing else ends.
-const OPERATION_DEADLINE: Duration = Duration::from_secs(12);
-/// How often a server marks itself alive.
-const MARK_EVERY: Duration = Duration::from_millis(1_000);
-
-/// Whether an error is worth running the whole operation again for.
-fn retryable(e: &Error) -> bool {
-    match e {
-        Error::Postgres(pe) => matches!(
-            pe.code(),
-            Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE
-                || *c == SqlState::T_R_DEADLOCK_DETECTED
-                || *c == SqlState::UNIQUE_VIOLATION
-        ),
-        _ => false,
-    }
-}
-
-/// Runs `$body` (which uses the transaction `$tx` and may `?`) in a
-/// transaction on `$inner.pool`, commits, and runs it all again on a
-/// retryable failure.
-macro_rules! transact {
-    ($inner:expr, |$tx:ident| $body:expr) => {{
-        let inner = &$inner;
-        let mut attempt = 0u32;
-        loop {
-            let mut client = inner.client(&inner.pool).await?;
-            let mut begun = false;
-            let timed = tokio::time::timeout(OPERATION_DEADLINE, async {
-                let $tx = client.transaction().await?;
-                begun = true;
-                let value = $body;
-                $tx.commit().await?;
-                Ok::<_, Error>(value)
-            })
-            .await;
-            let outcome = match timed {
-                Ok(outcome) => outcome,
-                Err(_) => {
-                    // Stuck (a commit waiting for a synchronous standby
-                    // that is not there, which no statement timeout
-                    // covers): this connection is not given back to the
-                    // pool, and the device is told to retry.
-                    drop(deadpool_postgres::Object::take(client));
-                    break Err(Error::Unavailable(format!(
-                        "the database {} did not finish the change within {} s",
-                        inner.url,
-                        OPERATION_DEADLINE.as_secs()
-                    )));
-                }
-            };
-            match outcome {
-                // A pooled connection the database closed (it restarted)
-                // before anything was done: take another.
-                Err(Error::Postgres(e)) if !begun && e.is_closed() && attempt < RETRIES => {
-                    attempt += 1;
-                }
-                Err(e) if retryable(&e) && attempt < RETRIES => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(u64::from(attempt) * 5)).await;
-                }
-                other => {
-                    if let Err(e) = &other {
-                        inner.note(e);
-                    }
-                    break other;
-                }
-            }
-        }
-    }};
-}
-
-/// Runs `$body` with a [`Work`] named `$work` at the lease time `$given`.
-macro_rules! with_work {
-    ($inner:expr, $given:expr, |$work:ident| $body:expr) => {
-        transact!($inner, |tx| {
-            let now = $inner.now(&tx, $given).await?;
-            let $work = Work { tx: &tx, now };
-            $body
-        })
-    };
-}
-
-/// What every operation's future holds.
-struct Inner {
-    pool: Pool,
-    beats: beats::Lines,
-    url: PostgresUrl,
-    instance: String,
-    time: TimeSource,
-    timeout_secs: u64,
-    last_mark: Mutex<Option<Instant>>,
-    /// Whether the last upkeep could not reach the database (so an outage
-    /// is logged once when it starts and once when it ends, not twice a
-    /// second).
-    unreachable: std::sync::atomic::AtomicBool,
-    /// Whether this server failed to reach the database since it last
-    /// could: devices could not be heard meanwhile, so before it answers
-    /// anything again it gives every open session a full timeout (the
-    /// restart rule, for an outage of the database however short).
-    lost_contact: std::sync::atomic::AtomicBool,
 }
 
 /// The PostgreSQL implementation of [`Storage`].
@@ -279,8 +140,8 @@ impl PostgresStore {
                 time: opts.time,
                 timeout_secs: opts.timing.session_timeout_secs,
                 last_mark: Mutex::new(None),
-                unreachable: std::sync::atomic::AtomicBool::new(false),
-                lost_contact: std::sync::atomic::AtomicBool::new(false),
+                unreachable: AtomicBool::new(false),
+                lost_contact: AtomicBool::new(false),
             }),
             runtime: Some(runtime),
         };
@@ -319,163 +180,6 @@ impl PostgresStore {
     }
 }
 
-impl Inner {
-    async fn client(&self, pool: &Pool) -> Result<deadpool_postgres::Object> {
-        let client = pool.get().await.map_err(|e| {
-            if connect::pool_lost_contact(&e) {
-                self.lost_contact
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-            connect::pool_error(e, &self.url)
-        })?;
-        if self.lost_contact.load(std::sync::atomic::Ordering::Relaxed) {
-            self.recover(&client).await?;
-        }
-        Ok(client)
-    }
-
-    /// Notes a failure that means the database could not be reached (as
-    /// opposed to a refusal, a conflict or a busy pool).
-    fn note(&self, e: &Error) {
-        if let Error::Postgres(pe) = e {
-            let lost = pe.is_closed()
-                || pe
-                    .code()
-                    .is_none_or(|c| matches!(&c.code()[..2], "08" | "57"));
-            if lost {
-                self.lost_contact
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-    }
-
-    /// Back in contact after losing it: every open session's lease floor
-    /// becomes one timeout from now, before this server answers anything.
-    async fn recover(&self, client: &deadpool_postgres::Object) -> Result<()> {
-        let timeout_ms = i64::try_from(self.timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-        client
-            .execute(
-                &format!(
-                    "UPDATE server_state SET value = GREATEST(value, {} + $1) \
-                     WHERE name = 'lease_floor'",
-                    rows::DB_NOW
-                ),
-                &[&timeout_ms],
-            )
-            .await
-            .inspect_err(|e| {
-                if e.is_closed() {
-                    tracing::debug!("the database is still away");
-                }
-            })?;
-        if self
-            .lost_contact
-            .swap(false, std::sync::atomic::Ordering::Relaxed)
-        {
-            tracing::info!(
-                "the database {} answers again; every open session has a full timeout from now",
-                self.url
-            );
-        }
-        Ok(())
-    }
-
-    /// The lease time for an operation that decides at `given` (or at the
-    /// database's clock).
-    async fn now(
-        &self,
-        tx: &deadpool_postgres::Transaction<'_>,
-        given: Timestamp,
-    ) -> Result<Timestamp> {
-        work::lease_time(tx, self.time, given).await
-    }
-
-    /// Marks this server alive (at most once a second unless `force`).
-    async fn mark(&self, given: Timestamp, force: bool) -> Result<bool> {
-        {
-            let last = self.last_mark.lock().unwrap_or_else(|p| p.into_inner());
-            if !force && last.is_some_and(|t| t.elapsed() < MARK_EVERY) {
-                return Ok(false);
-            }
-        }
-        let raised = transact!(self, |tx| {
-            let now = self.now(&tx, given).await?;
-            upkeep::mark_alive(&tx, &self.instance, now, self.timeout_secs).await?
-        })?;
-        *self.last_mark.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-        Ok(raised)
-    }
-}
-
-/// A heartbeat: the one statement on the heartbeat pool, and only when it
-/// touched nothing a transaction to say why.
-async fn heartbeat(
-    inner: Arc<Inner>,
-    key: AccessKey,
-    id: String,
-    now: Timestamp,
-    timing: Timing,
-) -> Result<Session> {
-    let hash = key.hash();
-    let hash: &[u8] = &hash;
-    let given = (inner.time == TimeSource::Caller).then_some(now.0);
-    let timeout_ms =
-        i64::try_from(timing.session_timeout_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
-    if inner
-        .lost_contact
-        .load(std::sync::atomic::Ordering::Relaxed)
-    {
-        // Back from an outage: the lease floor first (see Inner::client).
-        drop(inner.client(&inner.pool).await?);
-    }
-    let mut attempt = 0;
-    let found = loop {
-        let answer = if given.is_some() {
-            // A caller's clock (a test's manual clock) is read before the
-            // statement is sent, so a heartbeat queued behind others on a
-            // shared connection could apply an earlier time after a later
-            // status read: its own connection keeps that queue short. The
-            // database's clock (every real server) is read by the
-            // statement itself, so the shared connections cannot reorder.
-            heartbeat_alone(&inner, &[&hash, &id, &timeout_ms, &given]).await
-        } else {
-            inner
-                .beats
-                .query_opt(&[&hash, &id, &timeout_ms, &given])
-                .await
-        };
-        match answer {
-            // Idempotent, so a connection the database closed is simply
-            // tried again (on a new one).
-            Err(Error::Postgres(e)) if e.is_closed() && attempt < RETRIES => {
-                inner.note(&Error::Postgres(e));
-                attempt += 1
-            }
-            Err(e) => {
-                inner.note(&e);
-                return Err(e);
-            }
-            Ok(found) => break found,
-        }
-    };
-    match found {
-        Some(row) => Ok(sessions::beat_from_row(&row)),
-        None => with_work!(inner, now, |work| {
-            sessions::explain(&work, &key, &id).await
-        })?,
-    }
-}
-
-/// The heartbeat statement on a pooled connection of its own.
-async fn heartbeat_alone(
-    inner: &Inner,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-) -> Result<Option<tokio_postgres::Row>> {
-    let client = inner.client(&inner.pool).await?;
-    let stmt = client.prepare_cached(&sessions::heartbeat_sql()).await?;
-    Ok(client.query_opt(&stmt, params).await?)
-}
-
 impl Storage for PostgresStore {
     fn check_health(&self) -> Result<()> {
         self.run(|inner| async move {
@@ -507,7 +211,7 @@ impl Storage for PostgresStore {
         timing: Timing,
     ) -> Result<Session> {
         let (key, id) = (key.clone(), session_id.to_owned());
-        self.run(move |inner| heartbeat(inner, key, id, now, timing))
+        self.run(move |inner| beats::heartbeat(inner, key, id, now, timing))
     }
 
     fn heartbeat_async(
@@ -518,7 +222,7 @@ impl Storage for PostgresStore {
         timing: Timing,
     ) -> Option<crate::store::BoxFuture<Result<Session>>> {
         let (key, id) = (key.clone(), session_id.to_owned());
-        Some(Box::pin(heartbeat(
+        Some(Box::pin(beats::heartbeat(
             self.inner.clone(),
             key,
             id,
