@@ -38,6 +38,9 @@ pub enum Error {
         /// The key's seat limit.
         max_sessions: u32,
     },
+    /// Borrowing is off for this key (`max_borrow_hours` 0).
+    #[error("this access key does not allow borrowing a seat for offline use")]
+    BorrowNotAllowed,
     /// Another device took this session's seat.
     #[error("this session was ended because another device started with the same access key")]
     SessionSuperseded {

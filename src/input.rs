@@ -241,6 +241,30 @@ pub fn max_sessions(max: u32) -> Result<u32> {
     }
 }
 
+/// A key's longest borrow, in hours: 0 (off) to a year.
+pub fn max_borrow_hours(hours: u32) -> Result<u32> {
+    let max = crate::rules::MAX_BORROW_HOURS;
+    if hours <= max {
+        Ok(hours)
+    } else {
+        Err(Error::InvalidRequest(format!(
+            "max_borrow_hours must be between 0 and {max} (got {hours})"
+        )))
+    }
+}
+
+/// A borrow's `hours`: at least 1 (the key's own limit is the rules').
+pub fn borrow_hours(hours: u32) -> Result<u32> {
+    let max = crate::rules::MAX_BORROW_HOURS;
+    if (1..=max).contains(&hours) {
+        Ok(hours)
+    } else {
+        Err(Error::InvalidRequest(format!(
+            "hours must be between 1 and {max} (got {hours})"
+        )))
+    }
+}
+
 /// A key label: at most 200 characters; empty means none.
 pub fn label(label: Option<String>) -> Result<Option<String>> {
     optional_text(label, "label", MAX_LABEL)
@@ -487,6 +511,12 @@ mod tests {
         assert!(max_sessions(0).is_err());
         assert!(max_sessions(1001).is_err());
         assert_eq!(max_sessions(1000).unwrap(), 1000);
+        assert_eq!(max_borrow_hours(0).unwrap(), 0);
+        assert_eq!(max_borrow_hours(8760).unwrap(), 8760);
+        assert!(max_borrow_hours(8761).is_err());
+        assert!(borrow_hours(0).is_err());
+        assert!(borrow_hours(8761).is_err());
+        assert_eq!(borrow_hours(1).unwrap(), 1);
         assert_eq!(label(Some("  ".into())).unwrap(), None);
         assert!(label(Some("x".repeat(201))).is_err());
         assert!(label(Some("a\nb".into())).is_err());

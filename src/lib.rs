@@ -76,6 +76,7 @@ pub mod http;
 pub mod input;
 pub mod instance_lock;
 pub mod keys;
+pub mod lease_token;
 pub mod metrics;
 pub mod model;
 pub mod proxy;

@@ -123,6 +123,9 @@ pub struct Key {
     pub max_sessions: u32,
     /// What a start does when all seats are live.
     pub on_conflict: ConflictPolicy,
+    /// The longest a device may borrow a seat for (offline use); 0: never.
+    #[schema(minimum = 0, maximum = 8760)]
+    pub max_borrow_hours: u32,
     /// Administrative state.
     pub status: KeyStatus,
     /// When the key stops working, if ever.
@@ -173,6 +176,10 @@ pub struct Session {
     pub end_reason: Option<EndReason>,
     /// The session that took its seat, if it was superseded.
     pub superseded_by: Option<String>,
+    /// Until when it was borrowed (held offline, never superseded), if it
+    /// was.
+    #[serde(default)]
+    pub borrowed_until: Option<Timestamp>,
 }
 
 impl Session {
@@ -180,6 +187,12 @@ impl Session {
     /// contract's definition; it holds whether or not the sweep has run.
     pub fn is_live_at(&self, now: Timestamp) -> bool {
         self.ended_at.is_none() && now < self.expires_at
+    }
+
+    /// Borrowed at `now`: live and within its borrow, so no start may
+    /// supersede it (its device cannot be told).
+    pub fn is_borrowed_at(&self, now: Timestamp) -> bool {
+        self.is_live_at(now) && self.borrowed_until.is_some_and(|until| now < until)
     }
 }
 
@@ -195,6 +208,8 @@ pub enum EventType {
     KeyRevoked,
     /// A session started.
     SessionStarted,
+    /// A session was borrowed for offline use.
+    SessionBorrowed,
     /// A client ended its session.
     SessionEnded,
     /// A session lost its seat to another device.
@@ -209,11 +224,12 @@ pub enum EventType {
 
 impl EventType {
     /// Every event type, for validation messages.
-    pub const ALL: [EventType; 9] = [
+    pub const ALL: [EventType; 10] = [
         EventType::KeyCreated,
         EventType::KeyUpdated,
         EventType::KeyRevoked,
         EventType::SessionStarted,
+        EventType::SessionBorrowed,
         EventType::SessionEnded,
         EventType::SessionSuperseded,
         EventType::SessionExpired,
@@ -228,6 +244,7 @@ impl EventType {
             EventType::KeyUpdated => "key_updated",
             EventType::KeyRevoked => "key_revoked",
             EventType::SessionStarted => "session_started",
+            EventType::SessionBorrowed => "session_borrowed",
             EventType::SessionEnded => "session_ended",
             EventType::SessionSuperseded => "session_superseded",
             EventType::SessionExpired => "session_expired",

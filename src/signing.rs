@@ -198,6 +198,12 @@ impl KeySet {
         }
     }
 
+    /// The current key's kid and its raw signature over `bytes` (a lease
+    /// token's signing input: [`crate::lease_token`]).
+    pub fn sign_raw(&self, bytes: &[u8]) -> (&str, [u8; 64]) {
+        (&self.current_kid, self.current.sign(bytes).to_bytes())
+    }
+
     /// The `Keyseat-Signature` value for a body.
     pub fn sign(&self, body: &[u8]) -> String {
         let sig = self.current.sign(body);
@@ -329,6 +335,11 @@ impl PinnedKey {
     /// Its key id.
     pub fn kid(&self) -> &str {
         &self.kid
+    }
+
+    /// Whether `sig` is this key's signature over exactly `bytes`.
+    pub fn verifies(&self, bytes: &[u8], sig: &Signature) -> bool {
+        self.key.verify_strict(bytes, sig).is_ok()
     }
 }
 

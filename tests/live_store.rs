@@ -298,6 +298,7 @@ fn no_decision_runs_between_taking_a_gap_and_applying_it() {
             device_name: Some(device.into()),
             fingerprint: None,
             actor: Actor::cli(),
+            borrow_hours: None,
         };
         ids.push(
             store

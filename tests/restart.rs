@@ -122,6 +122,7 @@ async fn crash_without_clean_stop_keeps_live_sessions() {
                     device_name: None,
                     fingerprint: None,
                     actor: keyseat::model::Actor::cli(),
+                    borrow_hours: None,
                 },
                 now,
                 settings.timing(),

@@ -58,6 +58,10 @@ pub struct CreateArgs {
     /// When the key stops working (RFC 3339, e.g. 2027-01-31T00:00:00Z).
     #[arg(long, value_name = "TIME")]
     expires_at: Option<String>,
+    /// Hours a device may borrow its seat for offline use (0-8760; 0, the
+    /// default, is off: a borrowed seat cannot be taken back offline).
+    #[arg(long, value_name = "HOURS", default_value_t = 0)]
+    max_borrow_hours: u32,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -79,6 +83,9 @@ pub struct UpdateArgs {
     /// New expiry (RFC 3339), or `never`.
     #[arg(long, value_name = "TIME|never")]
     expires_at: Option<String>,
+    /// New longest borrow in hours (0-8760; 0 turns borrowing off).
+    #[arg(long, value_name = "HOURS")]
+    max_borrow_hours: Option<u32>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -108,6 +115,7 @@ pub fn run(cmd: KeysCommand, store: &dyn Storage, now: Timestamp) -> Result<()> 
             let new = NewKey {
                 label: input::label(a.label)?,
                 max_sessions: Some(input::max_sessions(a.max_sessions)?),
+                max_borrow_hours: Some(input::max_borrow_hours(a.max_borrow_hours)?),
                 on_conflict: Some(a.on_conflict.into()),
                 expires_at: a
                     .expires_at
@@ -206,6 +214,10 @@ pub fn run(cmd: KeysCommand, store: &dyn Storage, now: Timestamp) -> Result<()> 
             let patch = KeyPatch {
                 label: a.label.map(|l| input::label(Some(l))).transpose()?,
                 max_sessions: a.max_sessions.map(input::max_sessions).transpose()?,
+                max_borrow_hours: a
+                    .max_borrow_hours
+                    .map(input::max_borrow_hours)
+                    .transpose()?,
                 on_conflict: a.on_conflict.map(Into::into),
                 expires_at: a
                     .expires_at
@@ -218,7 +230,8 @@ pub fn run(cmd: KeysCommand, store: &dyn Storage, now: Timestamp) -> Result<()> 
             };
             if patch.is_empty() {
                 return Err(crate::error::Error::InvalidRequest(
-                    "nothing to change: give --label, --max-sessions, --on-conflict or --expires-at"
+                    "nothing to change: give --label, --max-sessions, --on-conflict, --expires-at \
+                     or --max-borrow-hours"
                         .into(),
                 ));
             }
@@ -249,6 +262,14 @@ pub fn run(cmd: KeysCommand, store: &dyn Storage, now: Timestamp) -> Result<()> 
     Ok(())
 }
 
+/// A key's borrowing terms, as `keys show` prints them.
+fn borrowing(max_hours: u32) -> String {
+    match max_hours {
+        0 => "off".into(),
+        h => format!("up to {h} h"),
+    }
+}
+
 fn describe(k: &Key, now: Timestamp) -> String {
     let rows = [
         ("key id", k.key_id.clone()),
@@ -260,6 +281,7 @@ fn describe(k: &Key, now: Timestamp) -> String {
             format!("{} live of {}", k.live_sessions, k.max_sessions),
         ),
         ("on conflict", k.on_conflict.as_str().into()),
+        ("borrowing", borrowing(k.max_borrow_hours)),
         ("expires", opt(k.expires_at)),
         ("created", k.created_at.to_string()),
         ("updated", k.updated_at.to_string()),

@@ -224,12 +224,14 @@ fn dispatch(store: &dyn Storage, clock: &dyn Clock, call: Call) -> Result<Value>
             max_sessions,
             on_conflict,
             expires_at,
+            max_borrow_hours,
         } => {
             let new = crate::store::NewKey {
                 label,
                 max_sessions,
                 on_conflict,
                 expires_at,
+                max_borrow_hours,
             };
             let created = store.create_key(&new, now, &cli)?;
             seats::record_created(&created, Via::Cli);

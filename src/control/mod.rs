@@ -60,6 +60,8 @@ enum Call {
         max_sessions: Option<u32>,
         on_conflict: Option<ConflictPolicy>,
         expires_at: Option<Timestamp>,
+        #[serde(default)]
+        max_borrow_hours: Option<u32>,
     },
     ListKeys {
         limit: u32,
@@ -135,6 +137,7 @@ impl Call {
             max_sessions: new.max_sessions,
             on_conflict: new.on_conflict,
             expires_at: new.expires_at,
+            max_borrow_hours: new.max_borrow_hours,
         }
     }
 
@@ -173,6 +176,8 @@ struct WirePatch {
     expires_at: Option<Option<Timestamp>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     status: Option<KeyStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_borrow_hours: Option<u32>,
 }
 
 /// A field that is present (maybe `null`): `Some(value or None)`.
@@ -190,6 +195,7 @@ impl From<&KeyPatch> for WirePatch {
             on_conflict: p.on_conflict,
             expires_at: p.expires_at,
             status: p.status,
+            max_borrow_hours: p.max_borrow_hours,
         }
     }
 }
@@ -202,6 +208,7 @@ impl From<WirePatch> for KeyPatch {
             on_conflict: p.on_conflict,
             expires_at: p.expires_at,
             status: p.status,
+            max_borrow_hours: p.max_borrow_hours,
         }
     }
 }
@@ -261,6 +268,7 @@ impl From<&Error> for WireError {
             Error::KeyExpired => ("key_expired", None),
             Error::SessionIdTaken(id) => ("session_id_taken", Some(id.clone())),
             Error::SeatsFull { max_sessions } => ("seats_full", Some(max_sessions.to_string())),
+            Error::BorrowNotAllowed => ("borrow_not_allowed", None),
             Error::SessionOver(reason) => ("session_over", Some(reason.as_str().to_owned())),
             Error::SessionNotFound => ("session_not_found", None),
             Error::KeyNotFound(r) => ("key_not_found", Some(r.clone())),
@@ -294,6 +302,7 @@ impl From<WireError> for Error {
                 Ok(max_sessions) => Error::SeatsFull { max_sessions },
                 Err(_) => Error::Database(w.message),
             },
+            "borrow_not_allowed" => Error::BorrowNotAllowed,
             "session_over" => match EndReason::parse(&arg) {
                 Some(reason) => Error::SessionOver(reason),
                 None => Error::Database(w.message),

@@ -179,6 +179,9 @@ pub struct KeyForm {
     on_conflict: String,
     #[serde(default)]
     expires_at: String,
+    /// Absent (a form from before borrowing): unchanged; empty: 0.
+    #[serde(default)]
+    max_borrow_hours: Option<String>,
     /// The create form's one-time id (see [`super::auth::OnceForms`]).
     #[serde(default)]
     form_id: String,
@@ -215,6 +218,13 @@ fn key_fields(f: &KeyForm) -> Markup {
                 option value="takeover" selected[policy == "takeover"] { "takeover: the new device wins" }
                 option value="reject" selected[policy == "reject"] { "reject: the new device is refused" }
             }
+        }
+        div class="field" {
+            label for="max_borrow_hours" { "Offline borrowing (hours, 0 = off)" }
+            input type="number" id="max_borrow_hours" name="max_borrow_hours"
+                value=(super::page::typed(f.max_borrow_hours.as_deref().unwrap_or("0")))
+                min="0" max="8760" inputmode="numeric" aria-describedby="borrow-hint";
+            small id="borrow-hint" { "How long a device may take its seat offline. A borrowed seat cannot be taken back until it runs out." }
         }
         div class="field" {
             label for="expires_at" { "Expires (UTC)" }
@@ -260,6 +270,22 @@ fn parse_seats(text: &str) -> Result<u32> {
     input::max_sessions(n)
 }
 
+/// The borrowing field: `None` when the form did not carry it.
+fn parse_borrow_hours(text: Option<&str>) -> Result<Option<u32>> {
+    let Some(text) = text.map(str::trim) else {
+        return Ok(None);
+    };
+    if text.is_empty() {
+        return Ok(Some(0));
+    }
+    let n = text.parse::<u32>().map_err(|_| {
+        Error::InvalidRequest(format!(
+            "offline borrowing must be a whole number of hours from 0 to 8760 (got `{text}`)"
+        ))
+    })?;
+    input::max_borrow_hours(n).map(Some)
+}
+
 fn parse_policy(text: &str) -> Result<ConflictPolicy> {
     ConflictPolicy::parse(text.trim()).ok_or_else(|| {
         Error::InvalidRequest("the conflict policy must be takeover or reject".into())
@@ -272,6 +298,7 @@ fn new_key(f: &KeyForm) -> Result<NewKey> {
         max_sessions: Some(parse_seats(&f.max_sessions)?),
         on_conflict: Some(parse_policy(&f.on_conflict)?),
         expires_at: parse_expiry(&f.expires_at)?,
+        max_borrow_hours: parse_borrow_hours(f.max_borrow_hours.as_deref())?,
     })
 }
 
@@ -362,6 +389,9 @@ fn details(k: &Key, now: Timestamp) -> Markup {
             dt { "Status" } dd id="key-status" { (status_badge(k, now)) }
             dt { "Seats" } dd id="key-seats" { (k.live_sessions) " live of " (k.max_sessions) }
             dt { "When all seats are taken" } dd id="key-policy" { (k.on_conflict.as_str()) }
+            dt { "Offline borrowing" } dd id="key-borrowing" {
+                @if k.max_borrow_hours == 0 { "off" } @else { "up to " (k.max_borrow_hours) " h" }
+            }
             dt { "Expires" } dd id="key-expires" { (when_opt(k.expires_at, "never")) }
             dt { "Created" } dd { (when(k.created_at)) }
             dt { "Updated" } dd { (when(k.updated_at)) }
@@ -395,6 +425,7 @@ fn key_page(
         max_sessions: k.max_sessions.to_string(),
         on_conflict: k.on_conflict.as_str().into(),
         expires_at: k.expires_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
+        max_borrow_hours: Some(k.max_borrow_hours.to_string()),
         form_id: String::new(),
     };
     let (msg, shown) = match error {
@@ -474,12 +505,14 @@ fn patch_from(k: &Key, f: &KeyForm) -> Result<KeyPatch> {
     let seats = parse_seats(&f.max_sessions)?;
     let policy = parse_policy(&f.on_conflict)?;
     let expires = parse_expiry(&f.expires_at)?;
+    let borrow = parse_borrow_hours(f.max_borrow_hours.as_deref())?;
     Ok(KeyPatch {
         label: (label != k.label).then_some(label),
         max_sessions: (seats != k.max_sessions).then_some(seats),
         on_conflict: (policy != k.on_conflict).then_some(policy),
         expires_at: (expires != k.expires_at).then_some(expires),
         status: None,
+        max_borrow_hours: borrow.filter(|h| *h != k.max_borrow_hours),
     })
 }
 

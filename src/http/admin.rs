@@ -103,6 +103,10 @@ struct CreateKeyBody {
     max_sessions: Option<u32>,
     /// Default `takeover`.
     on_conflict: Option<ConflictPolicy>,
+    /// The longest a device may borrow a seat for offline use (default 0:
+    /// borrowing off).
+    #[schema(minimum = 0, maximum = 8760, example = 72)]
+    max_borrow_hours: Option<u32>,
     /// RFC 3339; when the key stops working.
     #[schema(format = DateTime, example = "2027-12-31T00:00:00Z")]
     expires_at: Option<String>,
@@ -119,6 +123,10 @@ struct PatchKeyBody {
     max_sessions: Option<u32>,
     /// Applies to later starts.
     on_conflict: Option<ConflictPolicy>,
+    /// Applies to later borrows (0 turns borrowing off; sessions already
+    /// borrowed keep their borrow).
+    #[schema(minimum = 0, maximum = 8760)]
+    max_borrow_hours: Option<u32>,
     /// RFC 3339, or `null` to clear; a past time ends the live sessions.
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<String>, format = DateTime)]
@@ -158,6 +166,10 @@ async fn create_key(
     let new = NewKey {
         label: input::label(body.label)?,
         max_sessions: body.max_sessions.map(input::max_sessions).transpose()?,
+        max_borrow_hours: body
+            .max_borrow_hours
+            .map(input::max_borrow_hours)
+            .transpose()?,
         on_conflict: body.on_conflict,
         expires_at: body
             .expires_at
@@ -269,6 +281,10 @@ async fn update_key(
     let patch = KeyPatch {
         label: body.label.map(input::label).transpose()?,
         max_sessions: body.max_sessions.map(input::max_sessions).transpose()?,
+        max_borrow_hours: body
+            .max_borrow_hours
+            .map(input::max_borrow_hours)
+            .transpose()?,
         on_conflict: body.on_conflict,
         expires_at: body
             .expires_at

@@ -27,6 +27,7 @@ pub fn status_and_code(err: &Error) -> (StatusCode, &'static str) {
         Error::KeyExpired => (S::FORBIDDEN, "key_expired"),
         Error::SessionIdTaken(_) => (S::CONFLICT, "session_id_taken"),
         Error::SeatsFull { .. } => (S::CONFLICT, "seats_full"),
+        Error::BorrowNotAllowed => (S::FORBIDDEN, "borrow_not_allowed"),
         Error::SessionSuperseded { .. } | Error::SessionOver(EndReason::Superseded) => {
             (S::CONFLICT, "session_superseded")
         }

@@ -34,8 +34,10 @@ pub(crate) fn needs_writer(method: &Method, path: &str) -> bool {
     if *method == Method::GET || *method == Method::HEAD {
         return false;
     }
-    matches!(path, "/api/session/start" | "/api/session/end")
-        || path.starts_with("/api/admin/")
+    matches!(
+        path,
+        "/api/session/start" | "/api/session/borrow" | "/api/session/end"
+    ) || path.starts_with("/api/admin/")
         || path.starts_with("/admin/")
 }
 
@@ -112,6 +114,7 @@ mod tests {
     fn only_writes_take_a_writer_slot() {
         assert!(needs_writer(&Method::POST, "/api/session/start"));
         assert!(needs_writer(&Method::POST, "/api/session/end"));
+        assert!(needs_writer(&Method::POST, "/api/session/borrow"));
         assert!(needs_writer(&Method::DELETE, "/api/admin/sessions/x"));
         assert!(needs_writer(&Method::POST, "/admin/keys"));
         assert!(!needs_writer(&Method::POST, "/api/session/heartbeat"));

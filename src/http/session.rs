@@ -10,11 +10,13 @@ use super::AppState;
 use crate::error::{Error, Result};
 use crate::input;
 use crate::keys::{key_tag, AccessKey};
+use crate::lease_token::{self, LeaseClaims};
 use crate::model::Actor;
-use crate::store::{blocking, EndOutcome, StartRequest};
+use crate::rules::Timing;
+use crate::store::{blocking, EndOutcome, StartOutcome, StartRequest};
 use crate::wire::{
-    EndAnswer, HeartbeatAnswer, SessionBody, StartAnswer, StartBody, StatusAnswer, StatusBody,
-    StatusSession, TerminatedSession,
+    BorrowAnswer, BorrowBody, DeviceBody, EndAnswer, HeartbeatAnswer, SessionBody, StartAnswer,
+    StartBody, StatusAnswer, StatusBody, StatusSession, TerminatedSession,
 };
 
 /// Longest access key string looked at; anything longer is a malformed
@@ -28,6 +30,7 @@ const MAX_FINGERPRINT: usize = 256;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/session/start", post(start))
+        .route("/api/session/borrow", post(borrow))
         .route("/api/session/heartbeat", post(heartbeat))
         .route("/api/session/end", post(end))
         .route("/api/session/status", post(status))
@@ -137,6 +140,7 @@ fn key_was_found(e: &Error) -> bool {
             | Error::KeyExpired
             | Error::SessionIdTaken(_)
             | Error::SeatsFull { .. }
+            | Error::BorrowNotAllowed
             | Error::SessionSuperseded { .. }
             | Error::SessionOver(_)
             | Error::SessionNotFound
@@ -159,30 +163,60 @@ async fn start(
     addr: ClientAddr,
     ApiJson(body): ApiJson<StartBody>,
 ) -> Result<Json<StartAnswer>> {
-    let mut checker = KeyChecker::new(&state, addr);
-    let key = checker.parse(&body.access_key)?;
-    if let Some(id) = &body.session_id {
-        input::session_id(id)?;
-    }
-    state
-        .starts_per_key()
-        .take(key_tag(&key.hash()), state.now())?;
-    let device = body.device.unwrap_or_default();
-    let req = StartRequest {
-        key,
+    let seat = SeatAsked {
+        access_key: &body.access_key,
         session_id: body.session_id,
-        device_name: input::optional_text(device.name, "device.name", MAX_DEVICE_NAME)?,
-        fingerprint: input::optional_text(
-            device.fingerprint,
-            "device.fingerprint",
-            MAX_FINGERPRINT,
-        )?,
-        actor: Actor(addr.label()),
+        device: body.device,
+        borrow_hours: None,
     };
+    let (checker, req) = seat.checked(&state, addr)?;
     let timing = state.timing();
     let outcome = checker.check(state.seats()?.start(req, timing).await)?;
+    Ok(Json(start_answer(&outcome, timing)))
+}
+
+/// What a start and a borrow both ask for: a seat for this key, session
+/// id and device.
+struct SeatAsked<'a> {
+    access_key: &'a str,
+    session_id: Option<String>,
+    device: Option<DeviceBody>,
+    borrow_hours: Option<u32>,
+}
+
+impl SeatAsked<'_> {
+    /// The request, checked in the order the limits need: the key, the
+    /// session id, the per-key start limit, then the other fields.
+    fn checked(self, state: &AppState, addr: ClientAddr) -> Result<(KeyChecker, StartRequest)> {
+        let mut checker = KeyChecker::new(state, addr);
+        let key = checker.parse(self.access_key)?;
+        if let Some(id) = &self.session_id {
+            input::session_id(id)?;
+        }
+        let borrow_hours = self.borrow_hours.map(input::borrow_hours).transpose()?;
+        state
+            .starts_per_key()
+            .take(key_tag(&key.hash()), state.now())?;
+        let device = self.device.unwrap_or_default();
+        let req = StartRequest {
+            key,
+            session_id: self.session_id,
+            device_name: input::optional_text(device.name, "device.name", MAX_DEVICE_NAME)?,
+            fingerprint: input::optional_text(
+                device.fingerprint,
+                "device.fingerprint",
+                MAX_FINGERPRINT,
+            )?,
+            actor: Actor(addr.label()),
+            borrow_hours,
+        };
+        Ok((checker, req))
+    }
+}
+
+fn start_answer(outcome: &StartOutcome, timing: Timing) -> StartAnswer {
     let s = &outcome.session;
-    Ok(Json(StartAnswer {
+    StartAnswer {
         session_id: s.session_id.clone(),
         fence: s.fence,
         started_at: s.started_at,
@@ -196,6 +230,57 @@ async fn start(
             .map(TerminatedSession::from)
             .collect(),
         resumed: outcome.resumed,
+    }
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/session/borrow",
+    tag = "session",
+    operation_id = "borrow_session",
+    summary = "Take a seat offline (v1.1)",
+    request_body = BorrowBody,
+    responses(
+        (status = 200, description = "The seat is held without heartbeats until `borrowed_until` (or an early `/api/session/end`), and is never superseded. With the id of a live session of the key, that session is borrowed.", body = BorrowAnswer),
+    )
+)]
+async fn borrow(
+    State(state): State<AppState>,
+    addr: ClientAddr,
+    ApiJson(body): ApiJson<BorrowBody>,
+) -> Result<Json<BorrowAnswer>> {
+    let seat = SeatAsked {
+        access_key: &body.access_key,
+        session_id: body.session_id,
+        device: body.device,
+        borrow_hours: Some(body.hours),
+    };
+    let (checker, req) = seat.checked(&state, addr)?;
+    // The token is signed by the current key: refuse before taking a seat
+    // the answer could not prove.
+    let keys = state
+        .signer()
+        .keys()
+        .ok_or_else(|| Error::Unavailable("the server is starting; retry shortly".into()))?;
+    let timing = state.timing();
+    let outcome = checker.check(state.seats()?.start(req, timing).await)?;
+    let s = &outcome.session;
+    let until = s.borrowed_until.ok_or_else(|| {
+        Error::Internal("a borrow answered a session that is not borrowed".into())
+    })?;
+    let claims = LeaseClaims {
+        iss: lease_token::ISSUER.into(),
+        sub: s.session_id.clone(),
+        key_prefix: s.key_prefix.clone(),
+        fence: s.fence,
+        device_fingerprint: s.fingerprint.clone(),
+        iat: state.now().0.div_euclid(1000),
+        exp: until.0.div_euclid(1000),
+    };
+    Ok(Json(BorrowAnswer {
+        session: start_answer(&outcome, timing),
+        borrowed_until: until,
+        lease_token: lease_token::issue(&keys, &claims),
     }))
 }
 
@@ -298,10 +383,11 @@ async fn status(
     let store = state.store()?;
     let clock = state.clock();
     let (k, live) = checker.check(blocking(move || store.key_status(&key, clock.now())).await)?;
+    let now = state.now();
     Ok(Json(StatusAnswer {
         active: !live.is_empty(),
         max_sessions: k.max_sessions,
         on_conflict: k.on_conflict,
-        sessions: live.iter().map(StatusSession::from).collect(),
+        sessions: live.iter().map(|s| StatusSession::new(s, now)).collect(),
     }))
 }

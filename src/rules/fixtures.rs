@@ -14,6 +14,7 @@ pub fn key(max: u32, policy: ConflictPolicy) -> Key {
         label: None,
         max_sessions: max,
         on_conflict: policy,
+        max_borrow_hours: 0,
         status: KeyStatus::Active,
         expires_at: None,
         created_at: T0,
@@ -38,5 +39,6 @@ pub fn session(id: &str, fence: i64, heartbeat_at: Timestamp, fp: Option<&str>) 
         ended_at: None,
         end_reason: None,
         superseded_by: None,
+        borrowed_until: None,
     }
 }

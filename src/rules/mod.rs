@@ -8,6 +8,7 @@
 //!
 //! - [`seats`]: starting a session (seats, takeover, reject, retries) and
 //!   how many seats a key has in use;
+//! - [`borrowing`]: how long a seat borrowed for offline use is held;
 //! - [`leases`]: how long a session lives, after a restart or a gap, and
 //!   how a session whose lease ran out ended;
 //! - [`key_changes`]: a new key's defaults, what a change to a key may do
@@ -16,6 +17,7 @@
 //!
 //! Here: [`Timing`], and the check every use of a key starts with.
 
+pub mod borrowing;
 pub mod ends;
 pub mod key_changes;
 pub mod leases;
@@ -24,6 +26,7 @@ pub mod seats;
 #[cfg(test)]
 mod fixtures;
 
+pub use borrowing::{borrow_extended, borrow_until, MAX_BORROW_HOURS};
 pub use ends::{
     end_reason_at, ending_of_dead_session, key_expiry_ending, not_live_error, plan_end, Cause,
     EndPlan, EndedBy, Ending,

@@ -81,6 +81,15 @@ pub fn plan_start(
         });
     }
     let need = live.len() + 1 - limit;
+    // A borrowed session keeps its seat: its device is offline and cannot
+    // be told, so with every seat borrowed a start is refused whatever the
+    // policy.
+    live.retain(|s| !s.is_borrowed_at(now));
+    if live.len() < need {
+        return Err(Error::SeatsFull {
+            max_sessions: key.max_sessions,
+        });
+    }
     let fingerprint = fingerprint.filter(|f| !f.is_empty());
     // Victim order: the same device restarting first (its old session is a
     // ghost), then the oldest heartbeat (the device most likely gone), with
@@ -276,6 +285,41 @@ mod tests {
         let expired = session("cccccccc", 1, T0, None);
         let err = plan_start(&k, Some(&expired), &[], None, T0.plus_secs(61)).unwrap_err();
         assert!(matches!(err, Error::SessionIdTaken(_)));
+    }
+
+    /// A borrowed session is never superseded: takeover takes the seat of
+    /// a session that is not borrowed, and with every seat borrowed a
+    /// start is refused even under takeover.
+    #[test]
+    fn borrowed_sessions_are_never_superseded() {
+        let mut borrowed = session("aaaaaaaa", 1, T0, Some("fp-a"));
+        borrowed.borrowed_until = Some(T0.plus_secs(3600));
+        borrowed.expires_at = T0.plus_secs(3600);
+        let online = session("bbbbbbbb", 2, T0.plus_secs(5), None);
+        let now = T0.plus_secs(10);
+        let takeover = key(2, ConflictPolicy::Takeover);
+        let open = [borrowed.clone(), online];
+        let plan = plan_start(&takeover, None, &open, None, now).unwrap();
+        assert_eq!(admit(&plan), vec!["bbbbbbbb".to_string()]);
+
+        let only_borrowed = [borrowed.clone()];
+        let one = key(1, ConflictPolicy::Takeover);
+        let err = plan_start(&one, None, &only_borrowed, None, now).unwrap_err();
+        assert!(matches!(err, Error::SeatsFull { max_sessions: 1 }));
+        // Not even the same device restarting takes it under reject.
+        let reject = key(1, ConflictPolicy::Reject);
+        let err = plan_start(&reject, None, &only_borrowed, Some("fp-a"), now).unwrap_err();
+        assert!(matches!(err, Error::SeatsFull { .. }));
+        // Its own retry resumes it.
+        let plan = plan_start(&one, Some(&borrowed), &only_borrowed, None, now).unwrap();
+        assert!(matches!(plan.decision, StartDecision::Resume { .. }));
+        // Once the borrow is over it is an ordinary session again (here
+        // still live on a heartbeat), and takeover takes its seat.
+        let mut after = borrowed;
+        after.expires_at = T0.plus_secs(3660);
+        let later = T0.plus_secs(3601);
+        let plan = plan_start(&one, None, std::slice::from_ref(&after), None, later).unwrap();
+        assert_eq!(admit(&plan), vec!["aaaaaaaa".to_string()]);
     }
 
     /// A key's seats in use are its live sessions; none once it expired.

@@ -95,7 +95,8 @@ impl LiveStore {
                 // readiness, and no more: the disk lease carries slack, and
                 // a heartbeat time "in the future" (the wall clock was set
                 // back between two runs) must not hold a seat longer.
-                session.expires_at = floor;
+                // A borrow holds its seat to its end, restart or not.
+                session.expires_at = floor.max(session.borrowed_until);
                 session.last_heartbeat = session.last_heartbeat.min(ready_at.0);
                 mem.insert(&id, session);
             })

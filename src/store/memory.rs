@@ -46,6 +46,9 @@ pub struct LiveSession {
     pub last_heartbeat: i64,
     /// Lease end, exact: live while `now < expires_at`.
     pub expires_at: i64,
+    /// The end of its borrow (0 if never borrowed): no heartbeat or
+    /// restart shortens its lease below this.
+    pub borrowed_until: i64,
     /// Has a heartbeat not yet written to the database.
     pub dirty: bool,
 }
@@ -68,6 +71,8 @@ pub enum Change {
         at: i64,
         /// New exact lease end.
         expires_at: i64,
+        /// A new borrow's end, if it was borrowed.
+        borrowed_until: Option<i64>,
     },
     /// A session ended (any reason).
     Ended {
@@ -177,10 +182,18 @@ impl Memory {
         for change in changes {
             match change {
                 Change::Started { id, session } => insert(&mut t, &id, session),
-                Change::Extended { id, at, expires_at } => {
+                Change::Extended {
+                    id,
+                    at,
+                    expires_at,
+                    borrowed_until,
+                } => {
                     if let Some(s) = t.sessions.get_mut(id.as_str()) {
                         s.last_heartbeat = s.last_heartbeat.max(at);
                         s.expires_at = s.expires_at.max(expires_at);
+                        if let Some(until) = borrowed_until {
+                            s.borrowed_until = s.borrowed_until.max(until);
+                        }
                     }
                 }
                 Change::Ended { id } => {
@@ -244,7 +257,7 @@ impl Memory {
             return MemoryAnswer::NeedsDatabase;
         };
         s.last_heartbeat = now.0;
-        s.expires_at = now.plus_secs(timeout_secs).0;
+        s.expires_at = now.plus_secs(timeout_secs).0.max(s.borrowed_until);
         let beat = Beat {
             fence: s.fence,
             at: now,
@@ -393,6 +406,7 @@ mod tests {
             fence: 1,
             last_heartbeat: at,
             expires_at: exp,
+            borrowed_until: 0,
             dirty: false,
         }
     }
@@ -473,6 +487,25 @@ mod tests {
             expires_at: NEVER,
         }]);
         beat(m.heartbeat("s", 7, &clock, 60));
+    }
+
+    /// A heartbeat on a borrowed session never shortens its borrow.
+    #[test]
+    fn a_heartbeat_keeps_a_borrowed_lease() {
+        let m = Memory::default();
+        let clock = ManualClock::new(Timestamp(1_000));
+        let mut s = live(1, 1_000, 3_600_000);
+        s.borrowed_until = 3_600_000;
+        m.insert("b", s);
+        assert_eq!(
+            beat(m.heartbeat("b", 1, &clock, 60)).expires_at,
+            Timestamp(3_600_000)
+        );
+        clock.set(Timestamp(3_590_000));
+        assert_eq!(
+            beat(m.heartbeat("b", 1, &clock, 60)).expires_at,
+            Timestamp(3_650_000)
+        );
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub struct StartRequest {
     pub fingerprint: Option<String>,
     /// Who sent it.
     pub actor: Actor,
+    /// A borrow for this many hours (docs/api.md, "Borrowing"): the seat is
+    /// held without heartbeats and never superseded. `None`: a start.
+    pub borrow_hours: Option<u32>,
 }
 
 /// The result of a successful start.
@@ -90,6 +93,8 @@ pub struct NewKey {
     pub on_conflict: Option<ConflictPolicy>,
     /// Expiry, if any.
     pub expires_at: Option<Timestamp>,
+    /// Longest borrow for offline use (default 0: off).
+    pub max_borrow_hours: Option<u32>,
 }
 
 /// A new key with its secret, which is never available again.
@@ -115,6 +120,8 @@ pub struct KeyPatch {
     pub expires_at: Option<Option<Timestamp>>,
     /// `Active` or `Suspended` (revocation has its own call).
     pub status: Option<KeyStatus>,
+    /// New longest borrow; sessions already borrowed keep their borrow.
+    pub max_borrow_hours: Option<u32>,
 }
 
 impl KeyPatch {
@@ -125,6 +132,7 @@ impl KeyPatch {
             && self.on_conflict.is_none()
             && self.expires_at.is_none()
             && self.status.is_none()
+            && self.max_borrow_hours.is_none()
     }
 }
 

@@ -17,6 +17,7 @@ pub(in crate::store) fn admitted_session(
     fence: i64,
     now: Timestamp,
     lease: Timestamp,
+    borrowed_until: Option<Timestamp>,
 ) -> Session {
     Session {
         session_id,
@@ -32,12 +33,18 @@ pub(in crate::store) fn admitted_session(
         ended_at: None,
         end_reason: None,
         superseded_by: None,
+        borrowed_until,
     }
 }
 
 /// `session_started`'s detail.
 pub(in crate::store) fn started_detail(fence: i64, terminated: &[String]) -> Value {
     json!({ "fence": fence, "terminated": terminated })
+}
+
+/// `session_borrowed`'s detail: until when, and for how many hours asked.
+pub(in crate::store) fn borrowed_detail(fence: i64, until: Timestamp, hours: u32) -> Value {
+    json!({ "fence": fence, "borrowed_until": until, "hours": hours })
 }
 
 /// `session_superseded`'s detail: who took the seat.
@@ -57,6 +64,7 @@ pub(in crate::store) fn key_created_detail(key: &Key) -> Value {
         "max_sessions": key.max_sessions,
         "on_conflict": key.on_conflict,
         "expires_at": key.expires_at,
+        "max_borrow_hours": key.max_borrow_hours,
     })
 }
 

@@ -61,6 +61,9 @@ pub struct AdminSession {
     pub seconds_since_heartbeat: u64,
     /// When it stops being live unless a heartbeat arrives.
     pub expires_at: Timestamp,
+    /// While it is borrowed (held offline, never superseded): until when;
+    /// `null` otherwise.
+    pub borrowed_until: Option<Timestamp>,
 }
 
 impl AdminSession {
@@ -78,6 +81,7 @@ impl AdminSession {
             last_heartbeat: s.last_heartbeat,
             seconds_since_heartbeat: now.secs_since(s.last_heartbeat),
             expires_at: s.expires_at,
+            borrowed_until: super::session::borrowed_at(s, now),
         }
     }
 }

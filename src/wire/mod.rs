@@ -21,8 +21,9 @@ pub use admin::{
 };
 pub use health::{DatabaseHealth, HealthAnswer, HealthStatus};
 pub use session::{
-    DeviceBody, EndAnswer, HeartbeatAnswer, SessionBody, StartAnswer, StartBody, StatusAnswer,
-    StatusBody, StatusSession, SupersededBy, TerminatedSession,
+    borrowed_at, BorrowAnswer, BorrowBody, DeviceBody, EndAnswer, HeartbeatAnswer, SessionBody,
+    StartAnswer, StartBody, StatusAnswer, StatusBody, StatusSession, SupersededBy,
+    TerminatedSession,
 };
 pub use signing::{Jwk, JwkSet};
 

@@ -121,6 +121,60 @@ pub struct StatusBody {
     pub nonce: Option<String>,
 }
 
+fn borrow_hours_schema() -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .description(Some(
+            "How long to hold the seat offline, in hours: 1 up to the key's `max_borrow_hours`.",
+        ))
+        .minimum(Some(1))
+        .maximum(Some(8760))
+        .examples([serde_json::json!(72)])
+        .into()
+}
+
+/// `POST /api/session/borrow` (v1.1): a start, or the device's own live
+/// session (`session_id`), whose seat is then held offline for `hours`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BorrowBody {
+    #[schema(schema_with = sent_key_schema)]
+    pub access_key: String,
+    #[schema(schema_with = own_session_id_schema)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    #[serde(default, deserialize_with = "super::object_or_null")]
+    pub device: Option<DeviceBody>,
+    #[schema(schema_with = borrow_hours_schema)]
+    pub hours: u32,
+    #[schema(schema_with = nonce_schema)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+}
+
+/// `POST /api/session/borrow`, 200: a start's answer, the borrow's end and
+/// the token an app checks offline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BorrowAnswer {
+    /// The session, as a start answers it.
+    #[serde(flatten)]
+    pub session: StartAnswer,
+    /// Until when the seat is held without heartbeats (never past the
+    /// key's own expiry).
+    pub borrowed_until: Timestamp,
+    /// A compact JWS (EdDSA, `kid` of the signing key): claims `iss`
+    /// (`keyseat`), `sub` (session id), `key_prefix`, `fence`,
+    /// `device_fingerprint` (when given), `iat`, `exp` (= `borrowed_until`,
+    /// Unix seconds).
+    #[schema(example = "eyJhbGciOiJFZERTQSIsImtpZCI6Ii4uLiJ9.eyJpc3MiOiJrZXlzZWF0In0.c2ln")]
+    pub lease_token: String,
+}
+
+/// The end of a session's borrow while it lasts, `None` otherwise: what
+/// the status answer, the admin list and the dashboard show.
+pub fn borrowed_at(s: &Session, now: Timestamp) -> Option<Timestamp> {
+    s.borrowed_until.filter(|_| s.is_borrowed_at(now))
+}
+
 /// A session a start superseded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TerminatedSession {
@@ -213,10 +267,14 @@ pub struct StatusSession {
     /// Its fence.
     #[schema(minimum = 1)]
     pub fence: i64,
+    /// While it is borrowed (held offline, never superseded): until when;
+    /// `null` otherwise (v1.1).
+    pub borrowed_until: Option<Timestamp>,
 }
 
-impl From<&Session> for StatusSession {
-    fn from(s: &Session) -> Self {
+impl StatusSession {
+    /// `s` as seen at `now`.
+    pub fn new(s: &Session, now: Timestamp) -> Self {
         StatusSession {
             session_id: s.session_id.clone(),
             device_name: s.device_name.clone(),
@@ -224,6 +282,7 @@ impl From<&Session> for StatusSession {
             last_heartbeat: s.last_heartbeat,
             expires_at: s.expires_at,
             fence: s.fence,
+            borrowed_until: borrowed_at(s, now),
         }
     }
 }

@@ -43,6 +43,7 @@ fn all_errors() -> Vec<Error> {
         Error::KeyExpired,
         Error::SessionIdTaken(String::new()),
         Error::SeatsFull { max_sessions: 1 },
+        Error::BorrowNotAllowed,
         Error::SessionOver(R::Superseded),
         Error::SessionOver(R::Expired),
         Error::SessionOver(R::Ended),
@@ -91,7 +92,8 @@ fn error_description(code: &str) -> &'static str {
         "key_suspended" => "The key is suspended.",
         "key_expired" => "The key's `expires_at` has passed.",
         "session_id_taken" => "Start: the `session_id` was used before (by any key) and is not a live session of this key.",
-        "seats_full" => "Start: the key's policy is `reject` and every seat is live.",
+        "seats_full" => "Start: the key's policy is `reject` and every seat is live; start or borrow: every seat is borrowed, whatever the policy.",
+        "borrow_not_allowed" => "Borrow: the key's `max_borrow_hours` is 0 (borrowing off).",
         "session_superseded" => "Heartbeat: another device took this session's seat; `superseded_by` names it when known.",
         "session_expired" => "Heartbeat: no heartbeat within the session timeout.",
         "session_ended" => "Heartbeat: the app ended the session.",
@@ -351,6 +353,12 @@ fn route_errors(operation_id: &str) -> Vec<Error> {
         "start_session" => session_route(vec![
             Error::SessionIdTaken(text()),
             Error::SeatsFull { max_sessions: 1 },
+        ]),
+        // Borrow: a start's errors, and the key's borrowing terms.
+        "borrow_session" => session_route(vec![
+            Error::SessionIdTaken(text()),
+            Error::SeatsFull { max_sessions: 1 },
+            Error::BorrowNotAllowed,
         ]),
         // Heartbeat: the key, then why the session is no longer live.
         "heartbeat" => session_route(vec![

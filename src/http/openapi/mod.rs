@@ -39,6 +39,7 @@ use crate::clock::Timestamp;
         openapi_json,
         metrics,
         super::session::start,
+        super::session::borrow,
         super::session::heartbeat,
         super::session::end,
         super::session::status,

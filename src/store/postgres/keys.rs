@@ -29,7 +29,8 @@ pub(super) async fn create(
     work.tx
         .execute(
             "INSERT INTO keys (key_id, key_hash, prefix, label, max_sessions, on_conflict, \
-             expires_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+             expires_at, created_at, updated_at, max_borrow_hours) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)",
             &[
                 &key_id,
                 &hash,
@@ -39,6 +40,7 @@ pub(super) async fn create(
                 &on_conflict.as_str(),
                 &new.expires_at.map(|t| t.0),
                 &work.now.0,
+                &borrow_hours_sql(new.max_borrow_hours.unwrap_or(0)),
             ],
         )
         .await?;
@@ -100,6 +102,15 @@ pub(super) async fn update(
             )
             .await?;
         changes.insert("max_sessions".into(), json!(max));
+    }
+    if let Some(hours) = patch.max_borrow_hours {
+        work.tx
+            .execute(
+                "UPDATE keys SET max_borrow_hours = $2 WHERE key_id = $1",
+                &[id, &borrow_hours_sql(hours)],
+            )
+            .await?;
+        changes.insert("max_borrow_hours".into(), json!(hours));
     }
     if let Some(policy) = patch.on_conflict {
         work.tx
@@ -288,4 +299,9 @@ pub(super) async fn search(
         matched: u64::try_from(matched).unwrap_or(0),
         total: u64::try_from(total).unwrap_or(0),
     })
+}
+
+/// `max_borrow_hours` as its INTEGER column (the input allows 0..=8760).
+fn borrow_hours_sql(hours: u32) -> i32 {
+    i32::try_from(hours).unwrap_or(i32::MAX)
 }

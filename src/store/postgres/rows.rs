@@ -63,7 +63,8 @@ pub(super) fn key_columns() -> String {
         "k.key_id, k.prefix, k.label, k.max_sessions, k.on_conflict, k.status, \
          k.expires_at, k.created_at, k.updated_at, k.revoked_at, \
          (SELECT COUNT(*) FROM sessions s WHERE s.key_id = k.key_id AND s.ended_at IS NULL \
-            AND {} > $1 AND (k.expires_at IS NULL OR k.expires_at > $1))",
+            AND {} > $1 AND (k.expires_at IS NULL OR k.expires_at > $1)), \
+         k.max_borrow_hours",
         effective_expiry()
     )
 }
@@ -84,6 +85,7 @@ pub(super) fn key_from_row(row: &Row) -> Key {
         updated_at: Timestamp(row.get(8)),
         revoked_at: row.get::<_, Option<i64>>(9).map(Timestamp),
         live_sessions: u32::try_from(row.get::<_, i64>(10)).unwrap_or(u32::MAX),
+        max_borrow_hours: u32::try_from(row.get::<_, i32>(11)).unwrap_or(0),
     }
 }
 
@@ -92,7 +94,7 @@ pub(super) fn session_columns() -> String {
     format!(
         "s.session_id, s.key_id, k.prefix, s.fence, s.device_name, \
          s.fingerprint, s.client_addr, s.started_at, s.last_heartbeat, {}, \
-         s.ended_at, s.end_reason, s.superseded_by",
+         s.ended_at, s.end_reason, s.superseded_by, s.borrowed_until",
         effective_expiry()
     )
 }
@@ -114,6 +116,7 @@ pub(super) fn session_from_row(row: &Row) -> Session {
         ended_at: row.get::<_, Option<i64>>(10).map(Timestamp),
         end_reason: reason.as_deref().and_then(EndReason::parse),
         superseded_by: row.get(12),
+        borrowed_until: row.get::<_, Option<i64>>(13).map(Timestamp),
     }
 }
 

@@ -36,6 +36,11 @@ pub(super) async fn start(
     };
     let now = super::work::lease_time(tx, source, given).await?;
     let work = Work { tx, now };
+    let asked_borrow = match req.borrow_hours.map(|h| rules::borrow_until(&key, h, now)) {
+        Some(Err(refusal)) => return Ok(Err(refusal)),
+        Some(Ok(until)) => Some(until),
+        None => None,
+    };
     let requested = match &req.session_id {
         Some(id) => work.session(id).await?,
         None => None,
@@ -78,12 +83,19 @@ pub(super) async fn start(
 
     match plan.decision {
         StartDecision::Resume { session_id } => {
-            extend(tx, &session_id, now, lease).await?;
+            let borrowed = asked_borrow.map(|until| {
+                rules::borrow_extended(requested.as_ref().and_then(|r| r.borrowed_until), until)
+            });
+            let lease = borrowed.map_or(lease, |until| lease.max(until));
+            extend(tx, &session_id, now, lease, borrowed).await?;
             let mut session = work
                 .session(&session_id)
                 .await?
                 .ok_or_else(|| Error::Internal("resumed session vanished".into()))?;
             session.last_heartbeat = now;
+            if let Some(until) = borrowed {
+                record_borrow(&work, &req.actor, &session, until, req.borrow_hours).await?;
+            }
             Ok(Ok(StartOutcome {
                 session,
                 resumed: true,
@@ -92,6 +104,7 @@ pub(super) async fn start(
             }))
         }
         StartDecision::Admit { supersede } => {
+            let lease = asked_borrow.unwrap_or(lease);
             let session_id = req
                 .session_id
                 .clone()
@@ -106,8 +119,8 @@ pub(super) async fn start(
             let stmt = tx
                 .prepare_cached(
                     "INSERT INTO sessions (session_id, key_id, fence, device_name, fingerprint, \
-                     client_addr, started_at, last_heartbeat, expires_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)",
+                     client_addr, started_at, last_heartbeat, expires_at, borrowed_until) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9)",
                 )
                 .await?;
             tx.execute(
@@ -121,6 +134,7 @@ pub(super) async fn start(
                     &req.actor.0,
                     &now.0,
                     &lease.0,
+                    &asked_borrow.map(|t| t.0),
                 ],
             )
             .await?;
@@ -153,7 +167,11 @@ pub(super) async fn start(
                 detail: Some(records::started_detail(fence, &supersede)),
             })
             .await?;
-            let session = records::admitted_session(req, &key, session_id, fence, now, lease);
+            let session =
+                records::admitted_session(req, &key, session_id, fence, now, lease, asked_borrow);
+            if let Some(until) = asked_borrow {
+                record_borrow(&work, &req.actor, &session, until, req.borrow_hours).await?;
+            }
             Ok(Ok(StartOutcome {
                 session,
                 resumed: false,
@@ -164,16 +182,47 @@ pub(super) async fn start(
     }
 }
 
-/// Moves a session's heartbeat to `now` and its lease to at least `lease`.
-async fn extend(tx: &Transaction<'_>, id: &str, now: Timestamp, lease: Timestamp) -> Result<()> {
+/// Moves a session's heartbeat to `now`, its lease to at least `lease`
+/// and, for a borrow, its borrow to `borrowed`.
+async fn extend(
+    tx: &Transaction<'_>,
+    id: &str,
+    now: Timestamp,
+    lease: Timestamp,
+    borrowed: Option<Timestamp>,
+) -> Result<()> {
     let stmt = tx
         .prepare_cached(
-            "UPDATE sessions SET last_heartbeat = $2, expires_at = GREATEST(expires_at, $3) \
-             WHERE session_id = $1",
+            "UPDATE sessions SET last_heartbeat = $2, expires_at = GREATEST(expires_at, $3), \
+             borrowed_until = COALESCE($4, borrowed_until) WHERE session_id = $1",
         )
         .await?;
-    tx.execute(&stmt, &[&id, &now.0, &lease.0]).await?;
+    tx.execute(&stmt, &[&id, &now.0, &lease.0, &borrowed.map(|t| t.0)])
+        .await?;
     Ok(())
+}
+
+/// Records `session_borrowed` for a session borrowed until `until`.
+async fn record_borrow(
+    work: &Work<'_>,
+    actor: &Actor,
+    session: &Session,
+    until: Timestamp,
+    hours: Option<u32>,
+) -> Result<()> {
+    work.record(EventRecord {
+        event_type: EventType::SessionBorrowed,
+        key_id: Some(&session.key_id),
+        session_id: Some(&session.session_id),
+        device_name: session.device_name.as_deref(),
+        actor,
+        detail: Some(records::borrowed_detail(
+            session.fence,
+            until,
+            hours.unwrap_or(0),
+        )),
+    })
+    .await
 }
 
 /// The heartbeat's one statement: extends the lease of a live session of
@@ -188,7 +237,7 @@ pub(super) fn heartbeat_sql() -> String {
            AND s.ended_at IS NULL AND {live} > t.now \
          RETURNING s.session_id, s.key_id, k.prefix, s.fence, s.device_name, \
            s.fingerprint, s.client_addr, s.started_at, s.last_heartbeat, {live}, \
-           s.ended_at, s.end_reason, s.superseded_by",
+           s.ended_at, s.end_reason, s.superseded_by, s.borrowed_until",
         live = effective_expiry_at("t.now")
     )
 }

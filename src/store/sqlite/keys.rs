@@ -29,7 +29,8 @@ pub(in crate::store) fn create(
     let (max_sessions, on_conflict) = rules::new_key_terms(new.max_sessions, new.on_conflict);
     work.conn.execute(
         "INSERT INTO keys (key_id, key_hash, prefix, label, max_sessions, on_conflict, \
-         expires_at, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
+         expires_at, created_at, updated_at, max_borrow_hours) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)",
         params![
             key_id,
             access_key.hash().as_slice(),
@@ -39,6 +40,7 @@ pub(in crate::store) fn create(
             on_conflict.as_str(),
             new.expires_at.map(|t| t.0),
             now.0,
+            new.max_borrow_hours.unwrap_or(0),
         ],
     )?;
     let key = key_by_id(work.conn, key_id, now)?
@@ -93,6 +95,13 @@ pub(in crate::store) fn update(
             params![id, max],
         )?;
         changes.insert("max_sessions".into(), json!(max));
+    }
+    if let Some(hours) = patch.max_borrow_hours {
+        work.conn.execute(
+            "UPDATE keys SET max_borrow_hours = ?2 WHERE key_id = ?1",
+            params![id, hours],
+        )?;
+        changes.insert("max_borrow_hours".into(), json!(hours));
     }
     if let Some(policy) = patch.on_conflict {
         work.conn.execute(

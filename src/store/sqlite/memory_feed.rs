@@ -17,8 +17,8 @@ pub(in crate::store) fn load_open_sessions(
     mut f: impl FnMut(String, LiveSession),
 ) -> Result<usize> {
     let mut stmt = conn.prepare(
-        "SELECT s.session_id, k.key_hash, k.expires_at, s.fence, s.last_heartbeat \
-         FROM sessions s JOIN keys k ON k.key_id = s.key_id WHERE s.ended_at IS NULL",
+        "SELECT s.session_id, k.key_hash, k.expires_at, s.fence, s.last_heartbeat, \
+         s.borrowed_until FROM sessions s JOIN keys k ON k.key_id = s.key_id WHERE s.ended_at IS NULL",
     )?;
     let mut rows = stmt.query([])?;
     let mut n = 0;
@@ -36,6 +36,7 @@ pub(in crate::store) fn load_open_sessions(
                 fence: r.get(3)?,
                 last_heartbeat,
                 expires_at: last_heartbeat,
+                borrowed_until: r.get::<_, Option<i64>>(5)?.unwrap_or(0),
                 dirty: false,
             },
         );

@@ -30,7 +30,8 @@ pub(in crate::store) fn key_columns() -> String {
          k.expires_at, k.created_at, k.updated_at, k.revoked_at, \
          (SELECT COUNT(*) FROM sessions s WHERE s.key_id = k.key_id AND s.ended_at IS NULL \
             AND {EFFECTIVE_EXPIRY} > :now \
-            AND (k.expires_at IS NULL OR k.expires_at > :now))"
+            AND (k.expires_at IS NULL OR k.expires_at > :now)), \
+         k.max_borrow_hours"
     )
 }
 
@@ -54,6 +55,7 @@ pub(in crate::store) fn key_from_row(row: &Row<'_>) -> rusqlite::Result<Key> {
         updated_at: Timestamp(row.get(8)?),
         revoked_at: opt_ts(row.get(9)?),
         live_sessions: row.get(10)?,
+        max_borrow_hours: row.get(11)?,
     })
 }
 
@@ -62,7 +64,7 @@ pub(in crate::store) fn session_columns() -> String {
     format!(
         "s.session_id, s.key_id, k.prefix, s.fence, s.device_name, \
          s.fingerprint, s.client_addr, s.started_at, s.last_heartbeat, {EFFECTIVE_EXPIRY}, \
-         s.ended_at, s.end_reason, s.superseded_by"
+         s.ended_at, s.end_reason, s.superseded_by, s.borrowed_until"
     )
 }
 
@@ -83,6 +85,7 @@ pub(in crate::store) fn session_from_row(row: &Row<'_>) -> rusqlite::Result<Sess
         ended_at: opt_ts(row.get(10)?),
         end_reason: reason.as_deref().and_then(EndReason::parse),
         superseded_by: row.get(12)?,
+        borrowed_until: opt_ts(row.get(13)?),
     })
 }
 

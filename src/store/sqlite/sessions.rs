@@ -30,6 +30,11 @@ pub(in crate::store) fn start(
         Ok(k) => k,
         Err(e) => return Ok(Err(e)),
     };
+    let asked_borrow = match req.borrow_hours.map(|h| rules::borrow_until(&key, h, now)) {
+        Some(Err(refusal)) => return Ok(Err(refusal)),
+        Some(Ok(until)) => Some(until),
+        None => None,
+    };
     let requested = match &req.session_id {
         Some(id) => work.session(id)?,
         None => None,
@@ -72,15 +77,25 @@ pub(in crate::store) fn start(
 
     match plan.decision {
         StartDecision::Resume { session_id } => {
+            let borrowed = asked_borrow.map(|until| {
+                rules::borrow_extended(requested.as_ref().and_then(|r| r.borrowed_until), until)
+            });
+            let lease = borrowed.map_or(lease, |until| lease.max(until));
             work.conn.execute(
-                "UPDATE sessions SET last_heartbeat = ?2, expires_at = MAX(expires_at, ?3) \
-                 WHERE session_id = ?1",
-                params![session_id, now.0, work.disk_lease(lease)],
+                "UPDATE sessions SET last_heartbeat = ?2, expires_at = MAX(expires_at, ?3), \
+                 borrowed_until = IFNULL(?4, borrowed_until) WHERE session_id = ?1",
+                params![
+                    session_id,
+                    now.0,
+                    work.disk_lease(lease),
+                    borrowed.map(|t| t.0)
+                ],
             )?;
             work.memory_changes.push(Change::Extended {
                 id: session_id.clone(),
                 at: now.0,
                 expires_at: lease.0,
+                borrowed_until: borrowed.map(|t| t.0),
             });
             let mut session = work
                 .session(&session_id)?
@@ -89,8 +104,11 @@ pub(in crate::store) fn start(
             // With memory, the overlay already gives the exact lease (this
             // write's, or a later one memory holds); on the disk alone the
             // row's effective lease carries slack, so answer the exact one.
-            if work.mem.is_none() {
-                session.expires_at = lease;
+            if work.mem.is_none() || borrowed.is_some() {
+                session.expires_at = session.expires_at.max(lease);
+            }
+            if let Some(until) = borrowed {
+                record_borrow(work, &req.actor, &session, until, req.borrow_hours, now)?;
             }
             Ok(Ok(StartOutcome {
                 session,
@@ -100,6 +118,7 @@ pub(in crate::store) fn start(
             }))
         }
         StartDecision::Admit { supersede } => {
+            let lease = asked_borrow.unwrap_or(lease);
             let session_id = req
                 .session_id
                 .clone()
@@ -114,8 +133,8 @@ pub(in crate::store) fn start(
             work.conn
                 .prepare_cached(
                     "INSERT INTO sessions (session_id, key_id, fence, device_name, fingerprint, \
-                 client_addr, started_at, last_heartbeat, expires_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
+                 client_addr, started_at, last_heartbeat, expires_at, borrowed_until) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)",
                 )?
                 .execute(params![
                     session_id,
@@ -125,7 +144,8 @@ pub(in crate::store) fn start(
                     req.fingerprint,
                     req.actor.0,
                     now.0,
-                    work.disk_lease(lease)
+                    work.disk_lease(lease),
+                    asked_borrow.map(|t| t.0)
                 ])?;
             let mut terminated = Vec::with_capacity(supersede.len());
             for victim_id in &supersede {
@@ -161,10 +181,15 @@ pub(in crate::store) fn start(
                     fence,
                     last_heartbeat: now.0,
                     expires_at: lease.0,
+                    borrowed_until: asked_borrow.map_or(0, |t| t.0),
                     dirty: false,
                 },
             });
-            let session = records::admitted_session(req, &key, session_id, fence, now, lease);
+            let session =
+                records::admitted_session(req, &key, session_id, fence, now, lease, asked_borrow);
+            if let Some(until) = asked_borrow {
+                record_borrow(work, &req.actor, &session, until, req.borrow_hours, now)?;
+            }
             Ok(Ok(StartOutcome {
                 session,
                 resumed: false,
@@ -173,6 +198,30 @@ pub(in crate::store) fn start(
             }))
         }
     }
+}
+
+/// Records `session_borrowed` for a session borrowed until `until`.
+fn record_borrow(
+    work: &UnitOfWork<'_>,
+    actor: &Actor,
+    session: &Session,
+    until: Timestamp,
+    hours: Option<u32>,
+    now: Timestamp,
+) -> Result<()> {
+    work.record(EventRecord {
+        at: now,
+        event_type: EventType::SessionBorrowed,
+        key_id: Some(&session.key_id),
+        session_id: Some(&session.session_id),
+        device_name: session.device_name.as_deref(),
+        actor,
+        detail: Some(records::borrowed_detail(
+            session.fence,
+            until,
+            hours.unwrap_or(0),
+        )),
+    })
 }
 
 /// A heartbeat on the database alone (the CLI's store; the server answers
