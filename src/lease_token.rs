@@ -88,6 +88,9 @@ pub enum LeaseTokenError {
     /// Past its `exp`.
     #[error("the lease token ran out at {0}")]
     Expired(Timestamp),
+    /// The public key it was to be checked with is unusable.
+    #[error("{0}")]
+    BadPublicKey(String),
 }
 
 /// Checks a lease token the way an offline app must: EdDSA, signed by one

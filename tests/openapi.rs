@@ -53,6 +53,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/metrics"),
     ("get", "/api/signing-keys"),
     ("post", "/api/session/start"),
+    ("post", "/api/session/borrow"),
     ("post", "/api/session/heartbeat"),
     ("post", "/api/session/end"),
     ("post", "/api/session/status"),
@@ -572,6 +573,45 @@ async fn real_answers_match_the_document() {
         .call("post", hb, hb, Some(beat("openapi-three")), false)
         .await;
     assert_eq!((st, &gone["error"]["reason"]), (410, &json!("ended")));
+    // Borrowing: off for the key, then allowed; a borrowed seat is full.
+    let bw = "/api/session/borrow";
+    let borrow = |hours: u32| json!({"access_key": secret, "session_id": "openapi-away", "device": {"name": "laptop", "fingerprint": "laptop"}, "hours": hours});
+    let (st, off) = api.call("post", bw, bw, Some(borrow(1)), false).await;
+    assert_eq!(
+        (st, &off["error"]["code"]),
+        (403, &json!("borrow_not_allowed"))
+    );
+    let (st, _) = api
+        .call(
+            "patch",
+            one,
+            &format!("/api/admin/keys/{key_id}"),
+            Some(json!({"max_borrow_hours": 2})),
+            true,
+        )
+        .await;
+    assert_eq!(st, 200);
+    let (st, too_long) = api.call("post", bw, bw, Some(borrow(3)), false).await;
+    assert_eq!(
+        (st, &too_long["error"]["code"]),
+        (400, &json!("invalid_request"))
+    );
+    let (st, lent) = api.call("post", bw, bw, Some(borrow(2)), false).await;
+    assert_eq!((st, lent["lease_token"].is_string()), (200, true), "{lent}");
+    let (st, full) = api
+        .call(
+            "post",
+            "/api/session/start",
+            "/api/session/start",
+            Some(start("openapi-four", "pc")),
+            false,
+        )
+        .await;
+    assert_eq!((st, &full["error"]["code"]), (409, &json!("seats_full")));
+    let (st, _) = api
+        .call("post", end, end, Some(beat("openapi-away")), false)
+        .await;
+    assert_eq!(st, 200);
     let bad_key = json!({"access_key": "ks_nope"});
     let (st, _) = api
         .call(

@@ -34,6 +34,8 @@ pub mod exit {
     pub const SEATS_FULL: u8 = 8;
     /// Answers failed the signature check with the pinned public key.
     pub const UNTRUSTED: u8 = 9;
+    /// `--borrow`: the key does not allow borrowing, or not that long.
+    pub const BORROW_REFUSED: u8 = 10;
 }
 
 #[derive(Debug, Args)]
@@ -57,6 +59,11 @@ pub struct ClientArgs {
     // A base64url key may begin with `-`: the value is taken as is.
     #[arg(long, value_name = "BASE64URL", allow_hyphen_values = true)]
     public_key: Option<String>,
+    /// Borrow the seat for this many hours (offline use) instead of
+    /// heartbeating: prints the lease token (checked with --public-key when
+    /// given) and exits 0, leaving the seat borrowed.
+    #[arg(long, value_name = "HOURS")]
+    borrow: Option<u32>,
 }
 
 /// The access key from `--key KEY`, `--key -` (a line of standard input)
@@ -119,6 +126,9 @@ pub fn run_client(args: ClientArgs) -> ExitCode {
         }
         Some(fp) => client = client.fingerprint(fp),
         None => {}
+    }
+    if let Some(hours) = args.borrow {
+        return run_borrow(&client, hours, args.public_key.as_deref());
     }
     let client = client.on_event(|event| match event {
         SessionEvent::HeartbeatFailed {
@@ -194,6 +204,46 @@ pub fn run_client(args: ClientArgs) -> ExitCode {
             })
         }
     }
+}
+
+/// `keyseat client --borrow HOURS`: one borrow, its token shown (and
+/// checked offline against the pinned key), the seat left borrowed.
+fn run_borrow(client: &Client, hours: u32, public_key: Option<&str>) -> ExitCode {
+    let borrowed = match client.borrow(hours) {
+        Ok(b) => b,
+        Err(e) if refuses_borrowing(&e) => {
+            eprintln!("keyseat: cannot borrow a seat: {e}");
+            return ExitCode::from(exit::BORROW_REFUSED);
+        }
+        Err(e) => return fail(&e),
+    };
+    print_line(&format!(
+        "borrowed session {} (fence {}) until {}; the seat is held without heartbeats",
+        borrowed.session_id, borrowed.fence, borrowed.borrowed_until
+    ));
+    if borrowed.previous_session_terminated {
+        print_line("warning: a session on another device was disconnected");
+    }
+    print_line(&format!("lease token: {}", borrowed.lease_token));
+    if let Some(key) = public_key {
+        match crate::client::verify_lease_token(&borrowed.lease_token, key) {
+            Ok(claims) => print_line(&format!(
+                "lease token verified offline: session {}, key {}, until {}",
+                claims.sub, claims.key_prefix, borrowed.borrowed_until
+            )),
+            Err(e) => {
+                eprintln!("keyseat: the lease token is not trusted: {e}");
+                return ExitCode::from(exit::UNTRUSTED);
+            }
+        }
+    }
+    ExitCode::from(exit::ENDED_BY_USER)
+}
+
+/// Borrowing off for the key, or more hours than it allows.
+fn refuses_borrowing(e: &ClientError) -> bool {
+    matches!(e, ClientError::Refused { code, .. }
+        if code == "borrow_not_allowed" || code == "invalid_request")
 }
 
 fn fail(e: &ClientError) -> ExitCode {

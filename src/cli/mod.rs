@@ -237,7 +237,8 @@ enum Command {
     /// Hold a seat like an app would, printing each event (the reference
     /// client). Exit codes: 0 ended by user, 3 superseded, 4 expired,
     /// 5 revoked, 6 key refused, 7 unreachable, 8 seats full, 9 answers
-    /// failed the signature check (--public-key), 1 other.
+    /// failed the signature check (--public-key), 10 borrowing refused
+    /// (--borrow), 1 other.
     #[cfg(feature = "client")]
     Client(client::ClientArgs),
     /// Verify a live deployment: health, start, heartbeat, status,

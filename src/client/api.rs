@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use crate::signing::{Forgery, PinnedKey, SIGNATURE_HEADER};
 use crate::wire::{
-    DeviceBody, EndAnswer, HealthAnswer, HeartbeatAnswer, SessionBody, StartAnswer, StartBody,
-    StatusAnswer, StatusBody,
+    BorrowAnswer, BorrowBody, DeviceBody, EndAnswer, HealthAnswer, HeartbeatAnswer, SessionBody,
+    StartAnswer, StartBody, StatusAnswer, StatusBody,
 };
 
 /// A failed call: either no HTTP answer at all, or an answer that is not
@@ -252,6 +252,29 @@ impl Api {
             nonce: None,
         };
         self.call("/api/session/start", &body, None)
+    }
+
+    /// `POST /api/session/borrow` (with `session_id`, a live session of the
+    /// key is borrowed).
+    pub fn borrow(
+        &self,
+        access_key: &str,
+        session_id: Option<&str>,
+        device_name: Option<&str>,
+        fingerprint: Option<&str>,
+        hours: u32,
+    ) -> Result<BorrowAnswer, ApiError> {
+        let body = BorrowBody {
+            access_key: access_key.into(),
+            session_id: session_id.map(str::to_owned),
+            device: Some(DeviceBody {
+                name: device_name.map(str::to_owned),
+                fingerprint: fingerprint.map(str::to_owned),
+            }),
+            hours,
+            nonce: None,
+        };
+        self.call("/api/session/borrow", &body, None)
     }
 
     /// `POST /api/session/heartbeat`.

@@ -33,11 +33,14 @@
 //!   waiting for a heartbeat interval to pass.
 
 mod api;
+mod borrow;
 mod error;
 mod fingerprint;
 mod session;
 
+pub use crate::lease_token::{LeaseClaims, LeaseTokenError};
 pub use api::{Api, ApiError};
+pub use borrow::{verify_lease_token, Borrowed};
 pub use error::{ClientError, LostReason};
 pub use fingerprint::machine_fingerprint;
 pub use session::Session;
