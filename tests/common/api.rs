@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use keyseat::model::Key;
 use keyseat::wire::{
-    CreatedKey, DeviceBody, EndAnswer, EventPage, HealthAnswer, HeartbeatAnswer, KeyPage,
-    KickAnswer, SessionBody, SessionList, StartAnswer, StartBody, StatusAnswer, StatusBody,
+    BorrowAnswer, BorrowBody, CreatedKey, DeviceBody, EndAnswer, EventPage, HealthAnswer,
+    HeartbeatAnswer, KeyPage, KickAnswer, SessionBody, SessionList, StartAnswer, StartBody,
+    StatusAnswer, StatusBody,
 };
 use reqwest::{Method, RequestBuilder};
 use serde::de::DeserializeOwned;
@@ -137,6 +138,29 @@ impl Api {
             nonce: None,
         };
         self.post("/api/session/start", &body).await
+    }
+
+    /// `POST /api/session/borrow`; the device is sent as for a start.
+    pub async fn borrow(
+        &self,
+        key: &str,
+        session_id: Option<&str>,
+        device_name: Option<&str>,
+        fingerprint: Option<&str>,
+        hours: u32,
+    ) -> Result<BorrowAnswer, ApiErr> {
+        let device = (device_name.is_some() || fingerprint.is_some()).then(|| DeviceBody {
+            name: device_name.map(str::to_owned),
+            fingerprint: fingerprint.map(str::to_owned),
+        });
+        let body = BorrowBody {
+            access_key: key.to_owned(),
+            session_id: session_id.map(str::to_owned),
+            device,
+            hours,
+            nonce: None,
+        };
+        self.post("/api/session/borrow", &body).await
     }
 
     /// `POST /api/session/heartbeat`.

@@ -44,6 +44,30 @@ pub struct MSession {
     pub end: Option<EndKind>,
     /// When it ended (for an expiry: when the lease ran out).
     pub ended_at: i64,
+    /// The end of its borrow, if it was borrowed.
+    pub borrowed_until: Option<i64>,
+}
+
+impl MSession {
+    /// When its lease runs out: a timeout after its last heartbeat, or the
+    /// end of its borrow, whichever is later.
+    pub fn lease(&self) -> i64 {
+        (self.last_heartbeat + TIMEOUT_MS).max(self.borrowed_until.unwrap_or(0))
+    }
+
+    /// Borrowed at `now`: no start may supersede it.
+    pub fn borrowed_at(&self, now: i64) -> bool {
+        self.end.is_none() && self.borrowed_until.is_some_and(|u| now < u)
+    }
+}
+
+/// A `session_borrowed` event: session, time, fence, borrow end.
+#[derive(Debug, Clone)]
+pub struct MBorrow {
+    pub sid: String,
+    pub at: i64,
+    pub fence: i64,
+    pub until: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +81,10 @@ pub enum KeyState {
 pub struct Model {
     pub seats: u32,
     pub policy: Policy,
+    /// The key's `max_borrow_hours` (0: off).
+    pub max_borrow_hours: u32,
+    /// Every successful borrow, in order.
+    pub borrows: Vec<MBorrow>,
     pub state: KeyState,
     /// Every session this key ever had, in start order.
     pub sessions: Vec<MSession>,
@@ -87,9 +115,9 @@ impl Model {
         {
             self.expiry_applied = true;
             for s in self.sessions.iter_mut().filter(|s| s.end.is_none()) {
-                if s.last_heartbeat + TIMEOUT_MS <= x {
+                if s.lease() <= x {
                     s.end = Some(EndKind::Expired);
-                    s.ended_at = s.last_heartbeat + TIMEOUT_MS;
+                    s.ended_at = s.lease();
                 } else {
                     s.end = Some(EndKind::Revoked("key_expired"));
                     s.ended_at = x;
@@ -97,9 +125,9 @@ impl Model {
             }
         }
         for s in &mut self.sessions {
-            if s.end.is_none() && now - s.last_heartbeat >= TIMEOUT_MS {
+            if s.end.is_none() && now >= s.lease() {
                 s.end = Some(EndKind::Expired);
-                s.ended_at = s.last_heartbeat + TIMEOUT_MS;
+                s.ended_at = s.lease();
             }
         }
     }

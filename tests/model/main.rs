@@ -46,6 +46,8 @@ use view::{CASES, CASE_SEQ, CASE_T0, OPS, SEEN};
 
 /// The server's default timeout (tests use the default timing).
 const TIMEOUT_MS: i64 = 60_000;
+/// An hour: borrows are whole hours.
+const HOUR_MS: i64 = 3_600_000;
 
 /// Cases when `PROPTEST_CASES` is not set: 10 to 20 s in a debug build on
 /// a busy two-core machine.
@@ -55,7 +57,8 @@ async fn run_case(server: &TestServer, case: &Case) -> Result<(), TestCaseError>
     let n = CASE_SEQ.fetch_add(1, Ordering::Relaxed);
     CASE_T0.with(|t| t.set(server.now().millis()));
     let api = server.api();
-    let body = json!({"max_sessions": case.seats, "on_conflict": case.policy.as_str()});
+    let body = json!({"max_sessions": case.seats, "on_conflict": case.policy.as_str(),
+                      "max_borrow_hours": case.borrow_hours});
     let created = api.create_key(body).await.answer("create key");
     let other = api.create_key(json!({})).await.answer("create key");
     let mut run = Run {
@@ -69,6 +72,8 @@ async fn run_case(server: &TestServer, case: &Case) -> Result<(), TestCaseError>
         model: Model {
             seats: case.seats,
             policy: case.policy,
+            max_borrow_hours: case.borrow_hours,
+            borrows: Vec::new(),
             state: KeyState::Active,
             sessions: Vec::new(),
             last_fence: 0,

@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 
-use crate::TIMEOUT_MS;
+use crate::{HOUR_MS, TIMEOUT_MS};
 
 /// Four devices: each has its own fingerprint (`fp-A`...) that a start
 /// sends when it says so; `Nameless` sends no device name. Two starts of the
@@ -55,6 +55,16 @@ pub enum Op {
         sid: Option<u8>,
         fp: bool,
     },
+    /// `POST /api/session/borrow` for `hours` (0 and over the key's
+    /// limit are refused).
+    Borrow {
+        device: Device,
+        sid: Option<u8>,
+        fp: bool,
+        hours: u32,
+    },
+    /// `PATCH {"max_borrow_hours": n}`.
+    SetBorrow(u32),
     Heartbeat {
         s: u8,
     },
@@ -112,6 +122,9 @@ pub fn op(key_expiry: bool) -> BoxedStrategy<Op> {
     let common = prop_oneof![
         6 => (device(), proptest::option::of(0u8..4), any::<bool>())
             .prop_map(|(device, sid, fp)| Op::Start { device, sid, fp }),
+        2 => (device(), proptest::option::of(0u8..4), any::<bool>(), 0u32..=3)
+            .prop_map(|(device, sid, fp, hours)| Op::Borrow { device, sid, fp, hours }),
+        1 => prop_oneof![Just(0u32), Just(2u32)].prop_map(Op::SetBorrow),
         5 => (0u8..8).prop_map(|s| Op::Heartbeat { s }),
         2 => (0u8..8).prop_map(|s| Op::End { s }),
         2 => Just(Op::Status),
@@ -128,6 +141,9 @@ pub fn op(key_expiry: bool) -> BoxedStrategy<Op> {
             1 => Just(Op::Advance { ms: TIMEOUT_MS - 1 }),
             1 => Just(Op::Advance { ms: TIMEOUT_MS }),
             1 => (TIMEOUT_MS + 1..=3 * TIMEOUT_MS).prop_map(|ms| Op::Advance { ms }),
+            // Past a borrow (1 or 2 hours), and to the millisecond of one.
+            1 => prop_oneof![Just(HOUR_MS - 1), Just(HOUR_MS), Just(HOUR_MS + 1)]
+                .prop_map(|ms| Op::Advance { ms }),
         ],
     ];
     if !key_expiry {
@@ -148,6 +164,8 @@ pub fn op(key_expiry: bool) -> BoxedStrategy<Op> {
 pub struct Case {
     pub seats: u32,
     pub policy: Policy,
+    /// The key's `max_borrow_hours` (0: off).
+    pub borrow_hours: u32,
     pub ops: Vec<Op>,
 }
 
@@ -155,7 +173,13 @@ pub fn case(key_expiry: bool) -> impl Strategy<Value = Case> {
     (
         prop_oneof![Just(1u32), Just(3u32)],
         policy(),
+        prop_oneof![Just(0u32), Just(2u32)],
         prop::collection::vec(op(key_expiry), 1..40),
     )
-        .prop_map(|(seats, policy, ops)| Case { seats, policy, ops })
+        .prop_map(|(seats, policy, borrow_hours, ops)| Case {
+            seats,
+            policy,
+            borrow_hours,
+            ops,
+        })
 }

@@ -10,7 +10,7 @@ use crate::common::api::{Api, ApiErr};
 use crate::common::TestServer;
 use crate::contract::{error, EndKind, KeyState, Model};
 use crate::ops::Op;
-use crate::view::{case_t0, differing, error_view, ms_of, tally};
+use crate::view::{case_t0, differing, error_view, ms, ms_of, tally};
 use crate::TIMEOUT_MS;
 
 /// One case against the server: a new key, the ops in order, every answer
@@ -93,6 +93,7 @@ impl Run<'_> {
             "key_status": status,
             "max_sessions": self.model.seats,
             "on_conflict": self.model.policy.as_str(),
+            "max_borrow_hours": self.model.max_borrow_hours,
             "live_sessions": self.model.live().len(),
         })
     }
@@ -107,6 +108,7 @@ impl Run<'_> {
             "key_status": key.status,
             "max_sessions": key.max_sessions,
             "on_conflict": key.on_conflict,
+            "max_borrow_hours": key.max_borrow_hours,
             "live_sessions": key.live_sessions,
         })
     }
@@ -121,7 +123,23 @@ impl Run<'_> {
                 self.log.push(format!("#{i} {op:?}"));
                 return Ok(());
             }
-            Op::Start { device, sid, fp } => return self.start(i, op, device, sid, fp).await,
+            Op::Start { device, sid, fp } => return self.start(i, op, device, sid, fp, None).await,
+            Op::Borrow {
+                device,
+                sid,
+                fp,
+                hours,
+            } => return self.start(i, op, device, sid, fp, Some(hours)).await,
+            Op::SetBorrow(hours) => {
+                let key = self.patch(json!({"max_borrow_hours": hours})).await;
+                let expected = if self.model.state == KeyState::Revoked {
+                    error(409, "conflict")
+                } else {
+                    self.model.max_borrow_hours = hours;
+                    self.key_view()
+                };
+                (expected, Self::key_view_of(&key), String::new())
+            }
             Op::StartElsewhere { sid } => {
                 let id = self.client_sid(sid);
                 let answer = self.api.start(&self.other_key, Some(&id), None, None).await;
@@ -195,7 +213,8 @@ impl Run<'_> {
                                "device_name": s.device_name,
                                "started_at": ms_of(s.started_at),
                                "last_heartbeat": ms_of(s.last_heartbeat),
-                               "expires_at": ms_of(s.expires_at)})
+                               "expires_at": ms_of(s.expires_at),
+                               "borrowed_until": s.borrowed_until.map(ms_of)})
                             })
                             .collect();
                         // "Oldest start first": a start's fence orders it.
@@ -348,12 +367,18 @@ impl Run<'_> {
                         json!({"type": kind, "session_id": sid, "at": at})
                     }
                     "start_rejected" => json!({"type": kind}),
+                    "session_borrowed" => json!({"type": kind, "session_id": sid, "at": at,
+                        "fence": d["fence"], "borrowed_until": ms(&d["borrowed_until"])}),
                     _ => return None,
                 })
             })
             .collect();
         let sessions = &self.model.sessions;
         let mut expected: Vec<Value> = vec![json!({"type": "start_rejected"}); self.model.rejected];
+        expected.extend(self.model.borrows.iter().map(|b| {
+            json!({"type": "session_borrowed", "session_id": b.sid, "at": b.at,
+                   "fence": b.fence, "borrowed_until": b.until})
+        }));
         for (i, s) in sessions.iter().enumerate() {
             let terminated: Vec<&str> = sessions
                 .iter()

@@ -104,7 +104,7 @@ pub(super) async fn start(
             }))
         }
         StartDecision::Admit { supersede } => {
-            let lease = asked_borrow.unwrap_or(lease);
+            let lease = asked_borrow.map_or(lease, |until| lease.max(until));
             let session_id = req
                 .session_id
                 .clone()

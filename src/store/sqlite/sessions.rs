@@ -118,7 +118,7 @@ pub(in crate::store) fn start(
             }))
         }
         StartDecision::Admit { supersede } => {
-            let lease = asked_borrow.unwrap_or(lease);
+            let lease = asked_borrow.map_or(lease, |until| lease.max(until));
             let session_id = req
                 .session_id
                 .clone()
