@@ -9,8 +9,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
 use crate::common::api::Answered;
 use crate::history::check::check;
 use crate::history::{all_events, client, Kind, Pace, Rec, Run, KEYS};
@@ -67,7 +65,7 @@ pub async fn history_across_servers(kill: Kill, what: &str) -> Option<Counts> {
     let mut keys = Vec::new();
     let mut key_ids = Vec::new();
     for (seats, policy) in KEYS {
-        let body = json!({"max_sessions": seats, "on_conflict": policy});
+        let body = crate::history::key_body(seats, policy);
         let created = admin.create_key(body).await.answer("create key");
         keys.push(created.access_key);
         key_ids.push(created.key.key_id);
@@ -137,6 +135,11 @@ pub async fn history_across_servers(kill: Kill, what: &str) -> Option<Counts> {
         let live = admin.sessions("").await.answer("sessions").sessions;
         if live.is_empty() {
             break;
+        }
+        // A seat still borrowed (its client's return got no answer from
+        // the killed server) would be held for the hour: an admin ends it.
+        for borrowed in live.iter().filter(|s| s.borrowed_until.is_some()) {
+            let _ = admin.kick(&borrowed.session_id).await;
         }
         assert!(
             Instant::now() < deadline,

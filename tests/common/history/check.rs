@@ -20,6 +20,8 @@ pub struct Stats {
     pub max_certainly_live: Vec<usize>,
     pub max_live_in_log: Vec<usize>,
     pub shed: usize,
+    /// Borrows answered (new or of a live session).
+    pub borrowed: usize,
     /// Events of each type, per key.
     pub by_type: Vec<std::collections::BTreeMap<String, usize>>,
 }
@@ -71,7 +73,7 @@ pub fn check(recs: &[Rec], events: &[Value], key_ids: &[String], v: &mut Vec<Str
     for (i, r) in recs.iter().enumerate() {
         match r.status {
             0 | 503 | 429 => {
-                if r.kind == Kind::Start && r.status != 429 {
+                if matches!(r.kind, Kind::Start | Kind::Borrow) && r.status != 429 {
                     unanswered_starts[r.key] += 1;
                 }
                 st.shed += 1;
@@ -97,7 +99,13 @@ pub fn check(recs: &[Rec], events: &[Value], key_ids: &[String], v: &mut Vec<Str
         };
         let sid = r.sid.clone().unwrap_or_default();
         match (r.kind, r.status) {
-            (Kind::Start, 200) => {
+            (Kind::Start | Kind::Borrow, 200) => {
+                if r.kind == Kind::Borrow {
+                    st.borrowed += 1;
+                    if ts(&r.body["borrowed_until"]) != ts(&r.body["expires_at"]) {
+                        v.push(format!("a borrow's lease is not its borrow: {}", r.short()));
+                    }
+                }
                 let lease = ts(&r.body["expires_at"]);
                 let e = seen.entry(sid.clone()).or_default();
                 e.key = r.key;
@@ -121,8 +129,10 @@ pub fn check(recs: &[Rec], events: &[Value], key_ids: &[String], v: &mut Vec<Str
                     dead(&mut seen, t["session_id"].as_str().unwrap_or_default());
                 }
             }
-            (Kind::Start, 409) if r.code() == "session_id_taken" => dead(&mut seen, &sid),
-            (Kind::Start, 409) if r.code() == "seats_full" => {
+            (Kind::Start | Kind::Borrow, 409) if r.code() == "session_id_taken" => {
+                dead(&mut seen, &sid)
+            }
+            (Kind::Start | Kind::Borrow, 409) if r.code() == "seats_full" => {
                 st.rejected += 1;
                 rejected[r.key] += 1;
             }
@@ -245,6 +255,13 @@ pub fn check(recs: &[Rec], events: &[Value], key_ids: &[String], v: &mut Vec<Str
     let mut rejected_logged = [0usize; 3];
     let mut device: HashMap<String, Value> = HashMap::new();
     let mut started_at: HashMap<String, i64> = HashMap::new();
+    // The end of each session's borrow, from `session_borrowed`.
+    let mut borrowed_until: HashMap<String, i64> = HashMap::new();
+    let last_at = events
+        .iter()
+        .filter_map(|e| ts(&e["at"]))
+        .max()
+        .unwrap_or(0);
     for e in events {
         let Some(&k) = e["key_id"].as_str().and_then(|id| key_of.get(id)) else {
             continue;
@@ -274,6 +291,9 @@ pub fn check(recs: &[Rec], events: &[Value], key_ids: &[String], v: &mut Vec<Str
                 started_at.insert(sid.clone(), at);
                 for t in e["detail"]["terminated"].as_array().into_iter().flatten() {
                     let t = t.as_str().unwrap_or_default().to_owned();
+                    if borrowed_until.get(&t).is_some_and(|&u| u > at) {
+                        v.push(format!("{sid} superseded {t}, which was borrowed"));
+                    }
                     if !live[k].remove(&t) && !ended.contains(&t) {
                         v.push(format!("{sid} superseded {t}, which was not live"));
                     }
@@ -314,11 +334,26 @@ pub fn check(recs: &[Rec], events: &[Value], key_ids: &[String], v: &mut Vec<Str
                 ended.insert(sid);
             }
             "start_rejected" => rejected_logged[k] += 1,
+            "session_borrowed" => {
+                if !live[k].contains(&sid) {
+                    v.push(format!("{sid} borrowed but not live in the log"));
+                }
+                let until = ts(&e["detail"]["borrowed_until"]).unwrap_or(0);
+                let before = borrowed_until.insert(sid.clone(), until);
+                if before.is_some_and(|b| b > until) {
+                    v.push(format!(
+                        "{sid}: a borrow shortened to {until} from {before:?}"
+                    ));
+                }
+            }
             _ => {}
         }
     }
     st.max_live_in_log = max_live.to_vec();
-    for (k, l) in live.iter().enumerate() {
+    for (k, l) in live.iter_mut().enumerate() {
+        // A seat still borrowed at the final sweep is rightly held (its
+        // client's early return got no answer, or the run ended first).
+        l.retain(|sid| borrowed_until.get(sid).is_none_or(|&u| u <= last_at));
         if !l.is_empty() {
             v.push(format!(
                 "key {k}: sessions with no end after the final sweep: {l:?}"
@@ -357,7 +392,7 @@ pub fn check(recs: &[Rec], events: &[Value], key_ids: &[String], v: &mut Vec<Str
     }
     for r in recs {
         let sid = r.sid.as_deref().unwrap_or_default();
-        if r.kind == Kind::Start && r.status == 200 {
+        if matches!(r.kind, Kind::Start | Kind::Borrow) && r.status == 200 {
             for t in r.body["terminated_sessions"]
                 .as_array()
                 .into_iter()

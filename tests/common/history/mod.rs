@@ -23,9 +23,17 @@ use serde_json::Value;
 /// (seats, policy) of each key.
 pub const KEYS: [(usize, &str); 3] = [(1, "takeover"), (2, "reject"), (3, "takeover")];
 
+/// The admin API body that creates key `(seats, policy)`: each allows
+/// borrowing for an hour, which the runs never outlast.
+pub fn key_body(seats: usize, policy: &str) -> Value {
+    serde_json::json!({"max_sessions": seats, "on_conflict": policy, "max_borrow_hours": 1})
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Start,
+    /// A start that borrows the seat for an hour (or a retry of one).
+    Borrow,
     Heartbeat,
     End,
     Kick,
@@ -165,17 +173,31 @@ pub async fn client(id: usize, seed: u64, run: Run) -> Vec<Rec> {
             n += 1;
             format!("hist-{id}-{n}")
         });
+        // Now and then the seat is borrowed: held without heartbeats and
+        // never superseded, so the client always gives it back early.
+        let borrow = rng.gen_bool(0.08);
+        let kind = if borrow { Kind::Borrow } else { Kind::Start };
         let start_it = |api: &'_ Api| {
             let (sid, fp) = (own_sid.clone(), fingerprint.clone());
             let (api, key, device) = (api.clone(), access_key.clone(), device.clone());
             async move {
-                api.start(&key, sid.as_deref(), Some(&device), fp.as_deref())
-                    .await
+                let (sid, fp, device) = (sid.as_deref(), fp.as_deref(), Some(device.as_str()));
+                if borrow {
+                    let b = api.borrow(&key, sid, device, fp, 1).await?;
+                    // The start's fields and the borrow's end, as recorded.
+                    let mut answer = serde_json::to_value(&b.session).expect("JSON");
+                    answer["borrowed_until"] =
+                        serde_json::to_value(b.borrowed_until).expect("JSON");
+                    Ok(answer)
+                } else {
+                    let a = api.start(&key, sid, device, fp).await?;
+                    Ok(serde_json::to_value(a).expect("JSON"))
+                }
             }
         };
         let s = pick(&mut rng);
         let start = r
-            .call((s, k), Kind::Start, own_sid.clone(), start_it(&servers[s]))
+            .call((s, k), kind, own_sid.clone(), start_it(&servers[s]))
             .await;
         if start.status != 200 {
             tokio::time::sleep(pause(&mut rng, 20)).await;
@@ -207,9 +229,7 @@ pub async fn client(id: usize, seed: u64, run: Run) -> Vec<Rec> {
                 }
             } else if roll < 85 && own_sid.is_some() {
                 // A retry of the start with the same id.
-                let again = r
-                    .call((s, k), Kind::Start, own_sid.clone(), start_it(api))
-                    .await;
+                let again = r.call((s, k), kind, own_sid.clone(), start_it(api)).await;
                 if again.status != 200 {
                     over = true;
                     break;
@@ -237,7 +257,13 @@ pub async fn client(id: usize, seed: u64, run: Run) -> Vec<Rec> {
         }
         let s = pick(&mut rng);
         let api = &servers[s];
-        match rng.gen_range(0..100) {
+        // A borrowed seat is given back early (end) or kicked, never left.
+        let last = if borrow {
+            rng.gen_range(0..65)
+        } else {
+            rng.gen_range(0..100)
+        };
+        match last {
             0..=49 => {
                 let end = api.end(&access_key, &sid);
                 r.call((s, k), Kind::End, Some(sid.clone()), end).await;
