@@ -51,6 +51,21 @@ async fn a_database_from_release_0_1_0_opens_with_nothing_lost() {
         labels,
         ["fixture one seat", "fixture reject", "fixture revoked"]
     );
+    // Borrowing came later: every old key has it off, no session borrowed.
+    for k in listed["keys"].as_array().unwrap() {
+        assert_eq!(k["max_borrow_hours"], 0, "{k}");
+    }
+    let (_, live) = s.admin("GET", "/api/admin/sessions", None).await;
+    for session in live["sessions"].as_array().unwrap() {
+        assert_eq!(session["borrowed_until"], Value::Null, "{session}");
+    }
+    let (status, body) = s
+        .post(
+            "/api/session/borrow",
+            json!({"access_key": key(&keys, "one_seat"), "hours": 1}),
+        )
+        .await;
+    assert_error(status, &body, 403, "borrow_not_allowed");
 
     // Sessions live at the stop are live now (a full timeout from readiness).
     let (status, body) = s.heartbeat(key(&keys, "one_seat"), "fixture-live-1").await;
