@@ -51,6 +51,20 @@ if [ -n "${CI:-}" ]; then
   export KEYSEAT_REQUIRE_PYJWT="${KEYSEAT_REQUIRE_PYJWT:-1}"
 fi
 
+# The lease-token check in Node (clients/node-verify/lease.mjs) uses npm's
+# jose, pinned in its package-lock.json: `npm ci` when the installed copy is
+# not the pinned one (as .ci/e2e.sh does for playwright-core). Without node
+# the test skips, or fails under CI (KEYSEAT_REQUIRE_NODE).
+node_verify="$repo/clients/node-verify"
+if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+  pinned_jose=$(cd "$node_verify" && node -p "require('./package-lock.json').packages['node_modules/jose'].version")
+  installed_jose=$(cd "$node_verify" && node -p "try { require('./node_modules/jose/package.json').version } catch (e) { '' }")
+  if [ "$pinned_jose" != "$installed_jose" ]; then
+    echo "== npm ci (clients/node-verify: jose $pinned_jose)"
+    (cd "$node_verify" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+fi
+
 echo "== pytest (server: $KEYSEAT_BIN)"
 cd "$here"
 "$py" -m pytest -q -p no:cacheprovider tests

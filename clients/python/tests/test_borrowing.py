@@ -11,7 +11,9 @@ import base64
 import builtins
 import calendar
 import json
+import os
 import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -25,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from conftest import clean_env
+from conftest import REPO, clean_env
 from keyseat_client import (
     Borrowed,
     BorrowNotAllowed,
@@ -411,3 +413,36 @@ def test_the_cli_exits_10_when_the_key_refuses_the_borrow(server, borrow_key):
     bad = run_cli("--server", server.url, "--key", borrow_key, "--borrow", "two")
     assert bad.returncode == 2 and "--borrow" in bad.stderr
     assert server.live_sessions(borrow_key) == []
+
+
+# -- npm jose ---------------------------------------------------------------------------------
+
+NODE_LEASE = REPO / "clients" / "node-verify" / "lease.mjs"
+
+
+def test_npm_jose_verifies_the_lease_token(server):
+    """clients/node-verify/lease.mjs: borrows, verifies the token with npm's
+    jose (pinned; run-tests.sh runs `npm ci`), refuses a changed, an expired
+    and a foreign token, gives the seat back."""
+    node = shutil.which("node")
+    jose = REPO / "clients" / "node-verify" / "node_modules" / "jose" / "package.json"
+    for missing, what in ((node is None, "node is not installed"),
+                          (not jose.is_file(), "npm jose is not installed (npm ci in clients/node-verify)")):
+        if missing:
+            if os.environ.get("KEYSEAT_REQUIRE_NODE"):
+                pytest.fail(f"{what} and KEYSEAT_REQUIRE_NODE is set")
+            pytest.skip(f"{what} (set KEYSEAT_REQUIRE_NODE to make this a failure)")
+    assert node is not None
+    pinned = json.loads((NODE_LEASE.parent / "package-lock.json").read_text())
+    assert json.loads(jose.read_text())["version"] == pinned["packages"]["node_modules/jose"]["version"]
+    key = server.key(label="npm jose", max_borrow_hours=1)
+    env = dict(clean_env(), KEYSEAT_URL=server.url, KEYSEAT_KEY=key)
+    for _ in range(2):  # the seat is given back each time
+        out = subprocess.run([node, str(NODE_LEASE)], env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, (out.stdout, out.stderr)
+        assert "lease.mjs: ok" in out.stdout
+        assert server.live_sessions(key) == []
+    # A key that refuses borrowing: a failure, not a pass.
+    off = subprocess.run([node, str(NODE_LEASE)], env=dict(env, KEYSEAT_KEY=server.key(label="off")),
+                         capture_output=True, text=True, timeout=60)
+    assert off.returncode == 1 and "FAIL" in off.stderr and "borrow_not_allowed" in off.stderr
