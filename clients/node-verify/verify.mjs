@@ -8,7 +8,8 @@
 // sends a status request with a fresh nonce, and verifies the
 // Keyseat-Signature over the raw body bytes, the nonce echo and the key
 // prefix; also that the same signature fails over a body with one byte
-// changed. Exits 0 when every check passes, 1 otherwise.
+// changed. Exits 0 when every check passes, 1 otherwise. (The lease
+// tokens of borrows are checked beside it, with npm's jose: lease.mjs.)
 import crypto from 'node:crypto';
 
 const base = (process.env.KEYSEAT_URL || '').replace(/\/+$/, '');

@@ -158,6 +158,18 @@ class Server:
     def key(self, **fields: Any) -> str:
         return self.create_key(**fields)["access_key"]
 
+    def pinned_key(self) -> str:
+        """What `keyseat signing-key show --pin` prints for this database."""
+        out = subprocess.run(
+            [keyseat_bin(), "--database", str(self.db), "signing-key", "show", "--pin"],
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
     def live_sessions(self, access_key: str) -> List[Dict[str, Any]]:
         status, body = self.call("POST", "/api/session/status", {"access_key": access_key})
         assert status == 200, body

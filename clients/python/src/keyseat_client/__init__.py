@@ -19,7 +19,9 @@ Standard library only; Python 3.9+. Verifying signed answers
 from ._version import __version__
 from .api import DEFAULT_TIMEOUT, Api
 from .errors import (
+    BorrowNotAllowed,
     ConfigError,
+    InvalidLeaseToken,
     InvalidKey,
     InvalidKeyFormat,
     InvalidRequest,
@@ -45,6 +47,7 @@ from .errors import (
 )
 from .fingerprint import machine_fingerprint
 from .keys import check_access_key, is_access_key
+from .lease import Borrowed, LeaseClaims, LeaseTokenProblem, verify_lease_token
 from .signing import Forgery, PinnedKey
 from .session import (
     Client,
@@ -64,12 +67,17 @@ from .session import (
 __all__ = [
     "__version__",
     "Api",
+    "Borrowed",
+    "BorrowNotAllowed",
     "Client",
     "ConfigError",
     "DEFAULT_TIMEOUT",
     "HeartbeatFailed",
     "HeartbeatRecovered",
     "InvalidKey",
+    "InvalidLeaseToken",
+    "LeaseClaims",
+    "LeaseTokenProblem",
     "InvalidKeyFormat",
     "InvalidRequest",
     "KeyExpired",
@@ -105,4 +113,5 @@ __all__ = [
     "check_access_key",
     "is_access_key",
     "machine_fingerprint",
+    "verify_lease_token",
 ]

@@ -220,6 +220,24 @@ class Api:
         body["device"] = {"name": device_name, "fingerprint": fingerprint}
         return self.post("/api/session/start", body, timeout)
 
+    def borrow(
+        self,
+        access_key: str,
+        hours: int,
+        session_id: Optional[str] = None,
+        device_name: Optional[str] = None,
+        fingerprint: Optional[str] = None,
+        timeout: Optional[float] = None,
+    ) -> Dict[str, Any]:
+        """``POST /api/session/borrow``: a start's answer plus
+        ``borrowed_until`` and ``lease_token``."""
+        body: Dict[str, Any] = {"access_key": access_key}
+        if session_id is not None:
+            body["session_id"] = session_id
+        body["device"] = {"name": device_name, "fingerprint": fingerprint}
+        body["hours"] = hours
+        return self.post("/api/session/borrow", body, timeout)
+
     def heartbeat(
         self, access_key: str, session_id: str, timeout: Optional[float] = None
     ) -> Dict[str, Any]:

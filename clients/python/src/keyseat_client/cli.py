@@ -12,8 +12,16 @@ Exit codes:
 6  the key was refused: typo, unknown, revoked, suspended or expired
 7  the server could not be reached before the lease ran out
 8  all seats are in use and the key's policy is ``reject``
-9  answers failed the signature check with the pinned key (``--public-key``)
+9  answers failed the signature check with the pinned key (``--public-key``),
+   or (``--borrow``) the lease token did not verify with it
+10 ``--borrow``: the key does not allow borrowing, or not that many hours
 == ==========================================================================
+
+``--borrow HOURS`` borrows the seat for offline use instead of
+heartbeating: it prints the session, ``borrowed_until`` and the lease token
+(checked offline with ``--public-key`` when given) and exits 0 at once,
+leaving the seat borrowed (no heartbeat loop; give it back early with
+``/api/session/end`` or an admin kick).
 """
 
 from __future__ import annotations
@@ -26,7 +34,10 @@ import threading
 from typing import List, Optional
 
 from .errors import (
+    BorrowNotAllowed,
     ConfigError,
+    InvalidLeaseToken,
+    InvalidRequest,
     InvalidKeyFormat,
     KeyRefused,
     KeyseatError,
@@ -36,6 +47,7 @@ from .errors import (
     VerificationUnavailable,
 )
 from .fingerprint import machine_fingerprint
+from .lease import verify_lease_token
 from .signing import pinned_keys
 from .session import (
     Client,
@@ -56,6 +68,7 @@ KEY_REFUSED = 6
 UNREACHABLE = 7
 SEATS_FULL = 8
 UNTRUSTED = 9
+BORROW_REFUSED = 10
 USAGE = 2
 
 #: The exit code for each way a session can be lost.
@@ -86,7 +99,8 @@ def _parser() -> argparse.ArgumentParser:
             "Start a keyseat session and keep it alive until Ctrl-C/SIGTERM "
             "(exit 0) or until it is lost (exit 3 superseded, 4 expired, "
             "5 revoked, 6 key refused, 7 unreachable, 9 untrusted; 8 seats full "
-            "at start)."
+            "at start). With --borrow HOURS: borrow the seat for offline use, "
+            "print the lease token and exit 0 (10 if the key refuses the borrow)."
         ),
     )
     p.add_argument("--server", required=True, help="Server URL, e.g. http://127.0.0.1:8080")
@@ -108,7 +122,27 @@ def _parser() -> argparse.ArgumentParser:
             "keyseat-client[verify]."
         ),
     )
+    p.add_argument(
+        "--borrow",
+        metavar="HOURS",
+        type=_hours,
+        help=(
+            "Borrow the seat for this many hours (offline use) instead of "
+            "heartbeating: prints the lease token (checked with --public-key "
+            "when given) and exits 0, leaving the seat borrowed."
+        ),
+    )
     return p
+
+
+def _hours(text: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid number of hours: {text!r}")
+    return value
 
 
 def _parse_args(argv: List[str]) -> argparse.Namespace:
@@ -211,6 +245,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             on_event=_on_event,
             public_key=pinned,
         )
+        if args.borrow is not None:
+            return _borrow(client, args.borrow, pinned)
         session = client.start()
     except KeyseatError as e:
         return _fail(e)
@@ -250,6 +286,40 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyseatError:
         pass
     return EXIT_CODES.get(lost.reason, ERROR)
+
+
+def _borrow(client: Client, hours: int, pinned: object) -> int:
+    """``--borrow HOURS``: one borrow, its token shown (and checked offline
+    against the pinned key), the seat left borrowed; the same lines as the
+    Rust ``keyseat client --borrow``."""
+    try:
+        borrowed = client.borrow(hours)
+    except (BorrowNotAllowed, InvalidRequest) as e:
+        _print_error(f"keyseat: cannot borrow a seat: {e}")
+        return BORROW_REFUSED
+    except InvalidLeaseToken as e:
+        _print_error(f"keyseat: the lease token is not trusted: {e}")
+        return UNTRUSTED
+    except KeyseatError as e:
+        return _fail(e)
+    _print_line(
+        f"borrowed session {borrowed.session_id} (fence {borrowed.fence}) until "
+        f"{borrowed.borrowed_until}; the seat is held without heartbeats"
+    )
+    if borrowed.previous_session_terminated:
+        _print_line("warning: a session on another device was disconnected")
+    _print_line(f"lease token: {borrowed.lease_token}")
+    if pinned:
+        try:
+            claims = verify_lease_token(borrowed.lease_token, pinned)  # type: ignore[arg-type]
+        except InvalidLeaseToken as e:
+            _print_error(f"keyseat: the lease token is not trusted: {e}")
+            return UNTRUSTED
+        _print_line(
+            f"lease token verified offline: session {claims.sub}, key "
+            f"{claims.key_prefix}, until {borrowed.borrowed_until}"
+        )
+    return ENDED_BY_USER
 
 
 def main_exit() -> None:

@@ -31,6 +31,8 @@ __all__ = [
     "KeySuspended",
     "KeyExpired",
     "SeatsFull",
+    "BorrowNotAllowed",
+    "InvalidLeaseToken",
     "SessionIdTaken",
     "SessionGone",
     "SessionSuperseded",
@@ -205,6 +207,40 @@ class SeatsFull(KeyseatError):
     ``reject``."""
 
 
+class BorrowNotAllowed(KeyseatError):
+    """403 ``borrow_not_allowed``: the key does not allow borrowing (its
+    ``max_borrow_hours`` is 0, the default). More hours than the key allows
+    is :class:`InvalidRequest` (400 ``invalid_request``)."""
+
+
+class InvalidLeaseToken(KeyseatError):
+    """A lease token that is not to be believed
+    (:func:`~keyseat_client.verify_lease_token`). ``reason`` is a
+    :class:`~keyseat_client.LeaseTokenProblem` (its value a snake_case
+    string: ``malformed``, ``wrong_algorithm``, ``unknown_key``,
+    ``bad_signature``, ``wrong_issuer``, ``expired``), also in ``code`` as
+    ``lease_<reason>``; ``status`` is ``None``: it is checked offline."""
+
+    def __init__(self, reason: Any, detail: str = "") -> None:
+        text = _LEASE_TEXT.get(str(reason), "the lease token is not valid")
+        super().__init__(
+            f"{text} ({detail})" if detail else text,
+            code=f"lease_{reason}",
+        )
+        self.reason = reason
+        self.detail = detail
+
+
+_LEASE_TEXT = {
+    "malformed": "the lease token is not a compact JWS of keyseat's claims",
+    "wrong_algorithm": "the lease token's algorithm is not EdDSA",
+    "unknown_key": "the lease token is signed by a key that is not pinned",
+    "bad_signature": "the lease token's signature does not match its claims",
+    "wrong_issuer": "the lease token is not issued by keyseat",
+    "expired": "the lease token has run out",
+}
+
+
 class SessionIdTaken(KeyseatError):
     """409 ``session_id_taken``: the session id was used before."""
 
@@ -274,6 +310,7 @@ _BY_CODE: Dict[str, Type[KeyseatError]] = {
     "key_suspended": KeySuspended,
     "key_expired": KeyExpired,
     "seats_full": SeatsFull,
+    "borrow_not_allowed": BorrowNotAllowed,
     "session_id_taken": SessionIdTaken,
     "session_superseded": SessionSuperseded,
     "session_expired": SessionExpired,

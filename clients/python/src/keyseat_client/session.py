@@ -34,12 +34,14 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from .api import DEFAULT_TIMEOUT, Api
 from .errors import (
+    ConfigError,
     KeyRefused,
     KeyseatError,
     ServerUnreachable,
     SessionNotFound,
     UntrustedAnswer,
 )
+from .lease import Borrowed, _borrowed_from
 from .signing import PublicKeys
 from .keys import check_access_key, redact
 
@@ -110,6 +112,10 @@ class SessionState(str, enum.Enum):
     LOST = "lost"
     #: The app ended it.
     ENDED = "ended"
+    #: The app borrowed it (:meth:`Session.borrow`): the server holds the
+    #: seat without heartbeats, and the :class:`~keyseat_client.Borrowed`
+    #: the borrow returned is what to keep (and to give the seat back with).
+    BORROWED = "borrowed"
 
     def __str__(self) -> str:
         return self.value
@@ -399,6 +405,49 @@ class Client:
         """The key's live sessions (``POST /api/session/status``)."""
         return self._api.status(self._access_key)
 
+    def borrow(self, hours: int, session_id: Optional[str] = None) -> "Borrowed":
+        """Borrows a seat for ``hours`` (1 up to the key's
+        ``max_borrow_hours``) for offline use: the server holds it without
+        heartbeats until :attr:`Borrowed.borrowed_until` (or
+        :meth:`Borrowed.give_back`), never superseded. Keep
+        :attr:`Borrowed.lease_token` and check it offline with
+        :func:`~keyseat_client.verify_lease_token`.
+
+        ``session_id`` borrows that live session of this device (same
+        fence); to borrow a running :class:`Session`, prefer
+        :meth:`Session.borrow`, which also stops its heartbeats. Transient
+        failures are retried (``start_attempts`` in all) with the same
+        session id, which the server treats as the same borrow. With a
+        pinned public key the answer is verified like a start's, and the
+        token too (bar its expiry, which is for the offline check).
+
+        Raises :class:`~keyseat_client.BorrowNotAllowed` (403
+        ``borrow_not_allowed``: borrowing is off for the key),
+        :class:`~keyseat_client.InvalidRequest` (400 ``invalid_request``:
+        more hours than the key allows, or 0),
+        :class:`~keyseat_client.SeatsFull` (409 ``seats_full``), a
+        :class:`~keyseat_client.KeyRefused` subclass,
+        :class:`~keyseat_client.ServerUnreachable`,
+        :class:`~keyseat_client.UntrustedAnswer`, ...
+        """
+        if isinstance(hours, bool) or not isinstance(hours, int) or hours < 0:
+            raise ConfigError("hours must be a whole number of hours (1 up to the key's max_borrow_hours)")
+        sid = session_id if session_id is not None else str(uuid.uuid4())
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                body = self._api.borrow(
+                    self._access_key, hours, sid, self.device_name, self.fingerprint
+                )
+                break
+            except KeyseatError as e:
+                if e.transient and attempt < self.start_attempts:
+                    time.sleep(backoff(attempt, START_RETRY_CAP, e.retry_after))
+                    continue
+                raise
+        return _borrowed_from(self._api, self._access_key, body, _parse_start(body))
+
     def start(self) -> "Session":
         """Starts a session and its heartbeat thread.
 
@@ -425,7 +474,15 @@ class Client:
                     continue
                 raise
         info = _parse_start(body)
-        session = Session(self._api, self._access_key, info, sent_at, self.on_event)
+        session = Session(
+            self._api,
+            self._access_key,
+            info,
+            sent_at,
+            self.on_event,
+            self.device_name,
+            self.fingerprint,
+        )
         session._start_heartbeats()
         return session
 
@@ -445,8 +502,12 @@ class Session:
         info: StartInfo,
         lease_from: float,
         on_event: Optional[Callable[[SessionEvent], Any]] = None,
+        device_name: Optional[str] = None,
+        fingerprint: Optional[str] = None,
     ) -> None:
         self._api = api
+        self._device_name = device_name
+        self._fingerprint = fingerprint
         self._access_key = access_key
         self._info = info
         self._on_event = on_event
@@ -571,7 +632,8 @@ class Session:
         forever). :attr:`lost` has the details."""
         with self._cond:
             self._cond.wait_for(
-                lambda: self._state in (SessionState.LOST, SessionState.ENDED),
+                lambda: self._state
+                in (SessionState.LOST, SessionState.ENDED, SessionState.BORROWED),
                 timeout,
             )
             return self._lost.reason if self._lost is not None else None
@@ -587,7 +649,9 @@ class Session:
         :class:`~keyseat_client.ServerUnreachable`)."""
         with self._cond:
             was_lost = self._state is SessionState.LOST
-            if self._state is SessionState.ENDED:
+            if self._state in (SessionState.ENDED, SessionState.BORROWED):
+                # A borrowed seat is given back with Borrowed.give_back(),
+                # never by leaving a `with` block or at interpreter exit.
                 return False
             self._stop = True
             if not was_lost:
@@ -603,6 +667,36 @@ class Session:
                 return False
             raise
         return body.get("ended") is True
+
+    def borrow(self, hours: int, timeout: Optional[float] = None) -> Borrowed:
+        """Borrows this session for ``hours`` (1 up to the key's
+        ``max_borrow_hours``) before going offline: same session, same
+        fence. On success the heartbeats stop and :attr:`state` becomes
+        :attr:`SessionState.BORROWED`; :meth:`end`, leaving a ``with`` block
+        and interpreter exit then leave the seat borrowed (give it back
+        with :meth:`Borrowed.give_back`). On failure (raised as by
+        :meth:`Client.borrow`) the session goes on heartbeating."""
+        if isinstance(hours, bool) or not isinstance(hours, int) or hours < 0:
+            raise ConfigError("hours must be a whole number of hours (1 up to the key's max_borrow_hours)")
+        with self._cond:
+            if self._state not in (SessionState.ACTIVE, SessionState.RETRYING):
+                raise ConfigError(f"the session is {self._state.value}: only a live session can be borrowed")
+        body = self._api.borrow(
+            self._access_key,
+            hours,
+            self._info.session_id,
+            self._device_name,
+            self._fingerprint,
+            timeout,
+        )
+        borrowed = _borrowed_from(self._api, self._access_key, body, _parse_start(body))
+        with self._cond:
+            self._stop = True
+            if self._state in (SessionState.ACTIVE, SessionState.RETRYING):
+                self._state = SessionState.BORROWED
+            self._cond.notify_all()
+        _live_sessions.discard(self)
+        return borrowed
 
     def __enter__(self) -> "Session":
         return self
