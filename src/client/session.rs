@@ -89,6 +89,11 @@ fn heartbeat_loop(shared: Arc<Shared>) {
     let mut failures: u32 = 0;
     let mut wait = shared.lock().interval;
     let mut last_failure: Option<ApiError> = None;
+    // The latest forged answer since the last trusted one: with it, a lease
+    // that runs out is lost as untrusted even if the very last attempt got
+    // no answer at all (its budget is the little lease left, so it often
+    // times out).
+    let mut forged: Option<ApiError> = None;
     loop {
         {
             let inner = shared.lock();
@@ -101,7 +106,7 @@ fn heartbeat_loop(shared: Arc<Shared>) {
             }
             if failures > 0 && Instant::now() >= inner.lease_deadline {
                 drop(inner);
-                shared.lose(lost_after(last_failure.take()));
+                shared.lose(lost_after(last_failure.take(), forged.take()));
                 return;
             }
         }
@@ -133,11 +138,15 @@ fn heartbeat_loop(shared: Arc<Shared>) {
                     });
                 }
                 failures = 0;
+                forged = None;
                 wait = interval;
             }
             Err(e) if e.is_transient() => {
                 failures += 1;
                 last_failure = Some(e.clone());
+                if matches!(e, ApiError::Forged { .. }) {
+                    forged = Some(e.clone());
+                }
                 let (lease_left, interval) = {
                     let mut inner = shared.lock();
                     if inner.stop {
@@ -153,7 +162,7 @@ fn heartbeat_loop(shared: Arc<Shared>) {
                     (left, inner.interval)
                 };
                 if lease_left.is_zero() {
-                    shared.lose(lost_after(Some(e)));
+                    shared.lose(lost_after(Some(e), forged.take()));
                     return;
                 }
                 shared.emit(&SessionEvent::HeartbeatFailed {
@@ -181,9 +190,14 @@ fn heartbeat_loop(shared: Arc<Shared>) {
 }
 
 /// Why a session whose lease ran out between failed heartbeats is lost:
-/// untrusted when the last answer failed the signature check, unreachable
-/// otherwise.
-fn lost_after(last: Option<ApiError>) -> LostReason {
+/// untrusted when an answer since the last trusted one failed the
+/// signature check (`forged`), unreachable when none came at all.
+fn lost_after(last: Option<ApiError>, forged: Option<ApiError>) -> LostReason {
+    if let Some(forged) = forged {
+        return LostReason::Untrusted {
+            last_error: forged.to_string(),
+        };
+    }
     match last {
         Some(forged @ ApiError::Forged { .. }) => LostReason::Untrusted {
             last_error: forged.to_string(),

@@ -170,10 +170,15 @@ class LostInfo:
         return f"rejected ({self.code}): {self.message}"
 
 
-def _lost_after(error: Optional[KeyseatError]) -> LostInfo:
+def _lost_after(
+    error: Optional[KeyseatError], forged: Optional[UntrustedAnswer] = None
+) -> LostInfo:
     """Why a session whose lease ran out between failed heartbeats is lost:
-    untrusted when the last answer failed the signature check, unreachable
-    otherwise."""
+    untrusted when an answer since the last trusted one failed the signature
+    check (``forged``; the very last attempt, whose budget is the little
+    lease left, often gets no answer at all), unreachable otherwise."""
+    if forged is not None:
+        return LostInfo(LostReason.UNTRUSTED, code=forged.code, message=forged.message)
     if isinstance(error, UntrustedAnswer):
         return LostInfo(LostReason.UNTRUSTED, code=error.code, message=error.message)
     if error is None:
@@ -730,6 +735,7 @@ class Session:
     def _heartbeat_loop(self) -> None:
         failures = 0
         error: Optional[KeyseatError] = None
+        forged: Optional[UntrustedAnswer] = None
         with self._cond:
             wait = self._interval
         while True:
@@ -738,7 +744,7 @@ class Session:
                     return
                 lease_out = failures > 0 and time.monotonic() >= self._lease_deadline
             if lease_out:
-                self._lose(_lost_after(error))
+                self._lose(_lost_after(error, forged))
                 return
             sent_at = time.monotonic()
             with self._cond:
@@ -757,6 +763,8 @@ class Session:
                     self._lose(_lost_from_error(e))
                     return
                 error = e
+                if isinstance(e, UntrustedAnswer):
+                    forged = e
             except Exception as e:  # a bug here must not kill the thread silently
                 log.exception("keyseat: unexpected error in a heartbeat")
                 error = ServerUnreachable(f"{type(e).__name__}: {e}")
@@ -774,6 +782,7 @@ class Session:
                 if failures > 0:
                     self._emit(HeartbeatRecovered(failures))
                 failures = 0
+                forged = None
                 continue
 
             # A transient failure: retry within the lease.
@@ -786,7 +795,7 @@ class Session:
                 self._failed_attempts = failures
                 interval = self._interval
             if left <= 0:
-                self._lose(_lost_after(error))
+                self._lose(_lost_after(error, forged))
                 return
             self._emit(HeartbeatFailed(failures, error.describe(), left))
             # Retry sooner than the interval, but never past the lease.
