@@ -11,6 +11,12 @@
 //! A device is known by its fingerprint when the client sent one, else by
 //! its name; a session with neither is an unknown device (it still counts
 //! as a takeover, but not as a distinct device).
+//!
+//! Borrowed sessions (held offline) need no case of their own: one is
+//! never superseded, so it is never the loser of a takeover, and a start
+//! on a key whose seats are all borrowed is refused rather than counted.
+//! A borrow that starts a session takes an ordinary seat like any start,
+//! and that is a real change of device, counted as a takeover.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

@@ -460,6 +460,13 @@ async fn bad_form_input_is_a_readable_message() {
         ("expires_at", "tomorrow", "UTC date"),
         ("on_conflict", "steal", "takeover or reject"),
         ("label", "a\u{1b}[31m", "control characters"),
+        ("max_borrow_hours", "9000", "between 0 and 8760"),
+        (
+            "max_borrow_hours",
+            "abc",
+            "whole number of hours from 0 to 8760",
+        ),
+        ("max_borrow_hours", "-1", "whole number of hours"),
     ] {
         let mut form = vec![
             ("csrf", csrf.as_str()),
@@ -1193,5 +1200,202 @@ async fn stored_invisible_characters_are_shown_escaped() {
                 .contains(['\u{202E}', '\u{2066}', '\u{200B}', '\u{FEFF}']),
             "{path} shows them raw"
         );
+    }
+}
+
+/// The `<tr>` of a session on a sessions table.
+fn session_row<'a>(body: &'a str, session_id: &str) -> &'a str {
+    let start = body
+        .find(&format!("<tr data-session-id=\"{session_id}\">"))
+        .unwrap_or_else(|| panic!("a row for {session_id}: {body}"));
+    &body[start..start + body[start..].find("</tr>").unwrap()]
+}
+
+/// Borrows a seat of `key` for `hours` over the API; returns (session id,
+/// borrowed_until as the answer spells it).
+async fn borrowed(s: &TestServer, key: &str, device: &str, hours: u32) -> (String, String) {
+    let (status, body) = s
+        .post(
+            "/api/session/borrow",
+            serde_json::json!({"access_key": key, "device": {"name": device}, "hours": hours}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["session_id"].as_str().unwrap().to_owned();
+    (id, body["borrowed_until"].as_str().unwrap().to_owned())
+}
+
+/// The key form carries the borrowing field, the details say the terms,
+/// and the edit form refuses a bad value with its message (the key
+/// unchanged), never a panic.
+#[tokio::test]
+async fn the_key_form_sets_offline_borrowing_and_refuses_bad_hours() {
+    let s = TestServer::start().await;
+    let (mut b, csrf) = Browser::signed_in(&s).await;
+    let form = b.get("/admin/keys/new").await;
+    assert!(
+        form.body.contains("name=\"max_borrow_hours\""),
+        "{}",
+        form.body
+    );
+    let created = b
+        .post(
+            "/admin/keys",
+            &[
+                ("csrf", &csrf),
+                ("label", "Travel"),
+                ("max_sessions", "1"),
+                ("on_conflict", "takeover"),
+                ("expires_at", ""),
+                ("max_borrow_hours", "12"),
+            ],
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert!(created.body.contains("up to 12 h"), "{}", created.body);
+    let marker = "<code id=\"key-id\">";
+    let at = created.body.find(marker).expect("the key id") + marker.len();
+    let key_id = &created.body[at..at + created.body[at..].find('<').unwrap()];
+    let page = b.get(&format!("/admin/keys/{key_id}")).await;
+    assert!(page.body.contains("Offline borrowing"), "{}", page.body);
+    assert!(page.body.contains("value=\"12\""), "the edit form shows it");
+    for (value, words) in [
+        ("9000", "between 0 and 8760"),
+        ("abc", "whole number of hours"),
+    ] {
+        let r = b
+            .post(
+                &format!("/admin/keys/{key_id}"),
+                &[
+                    ("csrf", &csrf),
+                    ("label", "Travel"),
+                    ("max_sessions", "1"),
+                    ("on_conflict", "takeover"),
+                    ("expires_at", ""),
+                    ("max_borrow_hours", value),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, 400, "{value}: {}", r.body);
+        assert!(r.body.contains("id=\"error\""), "{value}");
+        assert!(r.body.contains(words), "{value}: {}", r.body);
+        assert!(r.body.contains("id=\"edit-key-form\""), "the form again");
+    }
+    let (_, key) = s
+        .admin("GET", &format!("/api/admin/keys/{key_id}"), None)
+        .await;
+    assert_eq!(key["max_borrow_hours"], 12, "unchanged: {key}");
+    // Empty turns borrowing off.
+    let r = b
+        .post(
+            &format!("/admin/keys/{key_id}"),
+            &[
+                ("csrf", &csrf),
+                ("label", "Travel"),
+                ("max_sessions", "1"),
+                ("on_conflict", "takeover"),
+                ("expires_at", ""),
+                ("max_borrow_hours", ""),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let page = b.follow(&r).await;
+    assert!(
+        page.body.contains("id=\"key-borrowing\">off<"),
+        "{}",
+        page.body
+    );
+}
+
+/// A borrowed session shows "borrowed until" on the live-sessions page and
+/// on its key's page (an ordinary one does not), still after its heartbeats
+/// would have run out; kicking it says plainly that the device's lease
+/// token stays valid offline until its exp; the events page reads the
+/// borrow's detail as lines.
+#[tokio::test]
+async fn borrowed_sessions_show_as_borrowed_and_their_kick_says_the_token_stays_valid() {
+    let s = TestServer::start().await;
+    let (secret, key) = s
+        .create_key(
+            serde_json::json!({"label": "Travel", "max_sessions": 2, "max_borrow_hours": 24}),
+        )
+        .await;
+    let key_id = key["key_id"].as_str().unwrap();
+    let desk = s.started(&secret, "desk").await;
+    let (laptop, until) = borrowed(&s, &secret, "laptop", 2).await;
+    let (mut b, csrf) = Browser::signed_in(&s).await;
+    for path in [
+        "/admin/sessions".to_owned(),
+        format!("/admin/keys/{key_id}"),
+    ] {
+        let page = b.get(&path).await;
+        assert_eq!(page.status, 200, "{path}");
+        let row = session_row(&page.body, &laptop);
+        assert!(row.contains("class=\"badge borrowed\""), "{path}: {row}");
+        assert!(row.contains("borrowed until"), "{path}: {row}");
+        assert!(
+            row.contains(&format!("datetime=\"{until}\"")),
+            "{path}: {row}"
+        );
+        assert!(
+            !session_row(&page.body, &desk).contains("borrowed"),
+            "{path}"
+        );
+    }
+    // Past a timeout the desk is gone, the borrowed laptop still listed.
+    s.clock.advance_secs(s.settings.session_timeout_seconds + 5);
+    let page = b.get("/admin/sessions").await;
+    assert!(!page.body.contains(&desk), "{}", page.body);
+    assert!(session_row(&page.body, &laptop).contains("class=\"badge borrowed\""));
+
+    let r = b
+        .post(
+            &format!("/admin/sessions/{laptop}/kick"),
+            &[("csrf", &csrf), ("back", "/admin/sessions")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let after = b.follow(&r).await;
+    let flash = &after.body[after.body.find("id=\"flash\"").expect("a flash")..];
+    let flash = &flash[..flash.find("</p>").unwrap()];
+    assert!(flash.contains("Session of laptop ended"), "{flash}");
+    assert!(
+        flash.contains(&format!("lease token stays valid offline until {until}")),
+        "{flash}"
+    );
+    assert!(after.body.contains("No live sessions."), "{}", after.body);
+    let (status, body) = s.heartbeat(&secret, &laptop).await;
+    assert_eq!(status, 410, "{body}");
+
+    // An ordinary session's kick says nothing of a token.
+    let other = s.started(&secret, "phone").await;
+    let r = b
+        .post(&format!("/admin/sessions/{other}/kick"), &[("csrf", &csrf)])
+        .await;
+    let after = b.follow(&r).await;
+    assert!(
+        after.body.contains("Session of phone ended."),
+        "{}",
+        after.body
+    );
+    assert!(!after.body.contains("lease token"), "{}", after.body);
+
+    // The borrow's audit event reads as name: value lines.
+    let r = b.get("/admin/events?type=session_borrowed").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.body.matches("<tr data-event-id=").count(),
+        1,
+        "{}",
+        r.body
+    );
+    for line in [
+        "<code>session_borrowed</code>".to_owned(),
+        "<span class=\"k\">hours:</span> <span class=\"v\">2</span>".to_owned(),
+        format!("<span class=\"k\">borrowed_until:</span> <span class=\"v\">{until}</span>"),
+        "<span class=\"k\">fence:</span>".to_owned(),
+    ] {
+        assert!(r.body.contains(&line), "{line}: {}", r.body);
     }
 }

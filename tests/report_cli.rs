@@ -107,3 +107,51 @@ async fn sharing_report_on_the_command_line() {
     let out = report(&db, &["--since", "1m"]);
     assert!(out.status.success());
 }
+
+/// A borrowed seat is never a takeover: a start on a key whose one seat is
+/// borrowed is refused (`seats_full`), not counted, so the key is not
+/// listed. A borrow that is itself a start takes an ordinary seat as any
+/// start does, and that is a takeover between two devices, counted.
+#[tokio::test]
+async fn a_borrowed_seat_is_not_reported_as_a_takeover() {
+    let mut s = TestServer::start().await;
+    let borrow = |key: String, name: &'static str| json!({"access_key": key, "device": {"name": name, "fingerprint": format!("fp-{name}")}, "hours": 2});
+    let (travel, _) = s
+        .create_key(json!({"label": "Travel", "max_borrow_hours": 24}))
+        .await;
+    let (status, body) = s
+        .post("/api/session/borrow", borrow(travel.clone(), "laptop"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = s
+        .post(
+            "/api/session/start",
+            json!({"access_key": travel, "device": {"name": "desk", "fingerprint": "fp-desk"}}),
+        )
+        .await;
+    assert_eq!(status, 409, "the borrowed seat is never superseded: {body}");
+
+    let (office, _) = s
+        .create_key(json!({"label": "Office", "max_borrow_hours": 24}))
+        .await;
+    start(&s, &office, "desk").await;
+    let (status, body) = s
+        .post("/api/session/borrow", borrow(office.clone(), "laptop"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["previous_session_terminated"], true, "{body}");
+    s.stop().await;
+
+    let out = report(&s.db_path(), &["--since", "1d", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let keys = r["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1, "only the office key: {r}");
+    assert_eq!(keys[0]["label"], "Office");
+    assert_eq!(keys[0]["takeovers"], 1, "{r}");
+    assert_eq!(keys[0]["distinct_devices"], 2, "{r}");
+}

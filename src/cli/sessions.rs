@@ -9,7 +9,7 @@ use crate::error::Result;
 use crate::input;
 use crate::model::{Actor, Session};
 use crate::store::{EndOutcome, EventFilter, Storage};
-use crate::wire::AdminSession;
+use crate::wire::{borrowed_at, AdminSession};
 
 #[derive(Debug, Subcommand)]
 pub enum SessionsCommand {
@@ -53,8 +53,9 @@ pub struct EventsArgs {
 }
 
 /// Live sessions as an operator reads them: key prefix, session id,
-/// device, started, last heartbeat, seconds since (the newest heartbeat
-/// first, as the store lists them).
+/// device, started, last heartbeat, seconds since, and until when it is
+/// borrowed (`-` when it is not; the newest heartbeat first, as the store
+/// lists them).
 pub fn session_table(sessions: &[Session], now: Timestamp) -> String {
     let rows: Vec<Vec<String>> = sessions
         .iter()
@@ -66,6 +67,7 @@ pub fn session_table(sessions: &[Session], now: Timestamp) -> String {
                 s.started_at.to_string(),
                 s.last_heartbeat.to_string(),
                 now.secs_since(s.last_heartbeat).to_string(),
+                opt(borrowed_at(s, now)),
             ]
         })
         .collect();
@@ -77,6 +79,7 @@ pub fn session_table(sessions: &[Session], now: Timestamp) -> String {
             "STARTED",
             "LAST HEARTBEAT",
             "SECONDS SINCE",
+            "BORROWED UNTIL",
         ],
         &rows,
     )
@@ -101,11 +104,25 @@ pub fn run(cmd: SessionsCommand, store: &dyn Storage, now: Timestamp) -> Result<
                 (EndOutcome::Ended(_), true) => {
                     outln!("{}", json!({"session_id": session_id, "ended": true}))
                 }
-                (EndOutcome::Ended(s), false) => outln!(
-                    "Ended session {session_id} ({}) of key {}",
-                    super::table::printable(s.device_name.as_deref().unwrap_or("unnamed device")),
-                    s.key_prefix
-                ),
+                (EndOutcome::Ended(s), false) => {
+                    outln!(
+                        "Ended session {session_id} ({}) of key {}",
+                        super::table::printable(
+                            s.device_name.as_deref().unwrap_or("unnamed device")
+                        ),
+                        s.key_prefix
+                    );
+                    // A borrowed seat is free now, but not its device.
+                    if let Some(until) = s
+                        .borrowed_until
+                        .filter(|u| s.ended_at.is_some_and(|e| e < *u))
+                    {
+                        outln!(
+                            "It was borrowed: the device's lease token stays valid offline \
+                             until {until} (its exp)"
+                        );
+                    }
+                }
                 (EndOutcome::AlreadyEnded(r), true) => outln!(
                     "{}",
                     json!({"session_id": session_id, "ended": false, "reason": r})

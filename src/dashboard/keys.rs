@@ -1,5 +1,6 @@
 //! Keys: search and list, create (the secret shown once), edit, suspend,
-//! resume, revoke (after a confirmation page).
+//! resume, revoke (after a confirmation page). The form itself (fields and
+//! parsing) is [`super::key_form`].
 
 use axum::extract::rejection::FormRejection;
 use axum::extract::rejection::QueryRejection;
@@ -12,19 +13,18 @@ use serde::Deserialize;
 
 use std::sync::Arc;
 
-use super::auth::{OnceForms, Sessions, Signed};
+use super::auth::{Sessions, Signed};
+use super::key_form::{key_fields, new_key, patch_from, KeyForm};
 use super::page::{
-    csrf_field, enc, flash, form, parse_expiry, see_other, text_opt, when, when_opt, Page,
-    PageResult,
+    csrf_field, enc, flash, form, see_other, text_opt, when, when_opt, Page, PageResult,
 };
 use crate::clock::Timestamp;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::http::extract::ClientAddr;
-use crate::input;
-use crate::model::{Actor, ConflictPolicy, Key, KeyStatus};
+use crate::model::{Actor, Key, KeyStatus};
 use crate::seats::Via;
 use crate::state::AppState;
-use crate::store::{blocking, KeyChange, KeyPatch, NewKey};
+use crate::store::{blocking, KeyChange, KeyPatch};
 
 /// Keys per page of the list.
 const PER_PAGE: usize = 50;
@@ -168,73 +168,6 @@ pub async fn list_page(state: &AppState, me: &Signed, listing: Listing) -> PageR
         .into_response())
 }
 
-/// What the create form holds (kept to show it again after an error).
-#[derive(Debug, Default, Deserialize)]
-pub struct KeyForm {
-    #[serde(default)]
-    label: String,
-    #[serde(default)]
-    max_sessions: String,
-    #[serde(default)]
-    on_conflict: String,
-    #[serde(default)]
-    expires_at: String,
-    /// Absent (a form from before borrowing): unchanged; empty: 0.
-    #[serde(default)]
-    max_borrow_hours: Option<String>,
-    /// The create form's one-time id (see [`super::auth::OnceForms`]).
-    #[serde(default)]
-    form_id: String,
-}
-
-fn key_fields(f: &KeyForm) -> Markup {
-    let policy = if f.on_conflict.is_empty() {
-        "takeover"
-    } else {
-        f.on_conflict.as_str()
-    };
-    let seats = if f.max_sessions.is_empty() {
-        "1".to_owned()
-    } else {
-        super::page::typed(&f.max_sessions)
-    };
-    html! {
-        div class="field" {
-            label for="label" { "Label" }
-            // Refilled after a refusal: a pasted key comes back as its
-            // prefix only (as in every other refilled field).
-            input type="text" id="label" name="label" value=(super::page::typed(&f.label)) maxlength="200"
-                aria-describedby="label-hint";
-            small id="label-hint" { "A note for you: customer, order number. Empty for none." }
-        }
-        div class="field" {
-            label for="max_sessions" { "Seats (devices at once)" }
-            input type="number" id="max_sessions" name="max_sessions" value=(seats)
-                min="1" max="1000" required inputmode="numeric";
-        }
-        div class="field" {
-            label for="on_conflict" { "When all seats are taken" }
-            select id="on_conflict" name="on_conflict" {
-                option value="takeover" selected[policy == "takeover"] { "takeover: the new device wins" }
-                option value="reject" selected[policy == "reject"] { "reject: the new device is refused" }
-            }
-        }
-        div class="field" {
-            label for="max_borrow_hours" { "Offline borrowing (hours, 0 = off)" }
-            input type="number" id="max_borrow_hours" name="max_borrow_hours"
-                value=(super::page::typed(f.max_borrow_hours.as_deref().unwrap_or("0")))
-                min="0" max="8760" inputmode="numeric" aria-describedby="borrow-hint";
-            small id="borrow-hint" { "How long a device may take its seat offline. A borrowed seat cannot be taken back until it runs out." }
-        }
-        div class="field" {
-            label for="expires_at" { "Expires (UTC)" }
-            input type="text" id="expires_at" name="expires_at" value=(super::page::typed(&f.expires_at))
-                placeholder="2027-01-31 or 2027-01-31T12:00:00Z" aria-describedby="expires-hint";
-            small id="expires-hint" { "Empty: never expires." }
-        }
-    }
-}
-
 fn create_page(me: &Signed, f: &KeyForm, error: Option<&str>) -> Markup {
     Page::new("Create key").nav("keys", &me.csrf).render(html! {
         h1 { "Create key" }
@@ -253,53 +186,8 @@ fn create_page(me: &Signed, f: &KeyForm, error: Option<&str>) -> Markup {
 
 /// `GET /admin/keys/new`.
 pub async fn new_form(Extension(me): Extension<Signed>) -> PageResult {
-    let f = KeyForm {
-        form_id: OnceForms::new_id(),
-        ..Default::default()
-    };
+    let f = KeyForm::blank();
     Ok(create_page(&me, &f, None).into_response())
-}
-
-fn parse_seats(text: &str) -> Result<u32> {
-    let n = text.trim().parse::<u32>().map_err(|_| {
-        Error::InvalidRequest(format!(
-            "seats must be a whole number from 1 to 1000 (got `{}`)",
-            text.trim()
-        ))
-    })?;
-    input::max_sessions(n)
-}
-
-/// The borrowing field: `None` when the form did not carry it.
-fn parse_borrow_hours(text: Option<&str>) -> Result<Option<u32>> {
-    let Some(text) = text.map(str::trim) else {
-        return Ok(None);
-    };
-    if text.is_empty() {
-        return Ok(Some(0));
-    }
-    let n = text.parse::<u32>().map_err(|_| {
-        Error::InvalidRequest(format!(
-            "offline borrowing must be a whole number of hours from 0 to 8760 (got `{text}`)"
-        ))
-    })?;
-    input::max_borrow_hours(n).map(Some)
-}
-
-fn parse_policy(text: &str) -> Result<ConflictPolicy> {
-    ConflictPolicy::parse(text.trim()).ok_or_else(|| {
-        Error::InvalidRequest("the conflict policy must be takeover or reject".into())
-    })
-}
-
-fn new_key(f: &KeyForm) -> Result<NewKey> {
-    Ok(NewKey {
-        label: input::label(Some(f.label.clone()))?,
-        max_sessions: Some(parse_seats(&f.max_sessions)?),
-        on_conflict: Some(parse_policy(&f.on_conflict)?),
-        expires_at: parse_expiry(&f.expires_at)?,
-        max_borrow_hours: parse_borrow_hours(f.max_borrow_hours.as_deref())?,
-    })
 }
 
 /// `POST /admin/keys`: creates the key and shows its secret, this once.
@@ -420,14 +308,7 @@ fn key_page(
     done: Option<&str>,
     error: Option<(&str, &KeyForm)>,
 ) -> Markup {
-    let current = KeyForm {
-        label: k.label.clone().unwrap_or_default(),
-        max_sessions: k.max_sessions.to_string(),
-        on_conflict: k.on_conflict.as_str().into(),
-        expires_at: k.expires_at.map(|t| t.to_rfc3339()).unwrap_or_default(),
-        max_borrow_hours: Some(k.max_borrow_hours.to_string()),
-        form_id: String::new(),
-    };
+    let current = KeyForm::of(k);
     let (msg, shown) = match error {
         Some((m, f)) => (Some(m), f),
         None => (None, &current),
@@ -496,24 +377,6 @@ pub async fn show(
     let id = k.key_id.clone();
     let sessions = blocking(move || store.live_sessions(Some(&id), now)).await?;
     Ok(key_page(&me, &k, &sessions, now, q.done.as_deref(), None).into_response())
-}
-
-/// The fields of the form that differ from the key: only those are
-/// changed (and recorded in the audit log).
-fn patch_from(k: &Key, f: &KeyForm) -> Result<KeyPatch> {
-    let label = input::label(Some(f.label.clone()))?;
-    let seats = parse_seats(&f.max_sessions)?;
-    let policy = parse_policy(&f.on_conflict)?;
-    let expires = parse_expiry(&f.expires_at)?;
-    let borrow = parse_borrow_hours(f.max_borrow_hours.as_deref())?;
-    Ok(KeyPatch {
-        label: (label != k.label).then_some(label),
-        max_sessions: (seats != k.max_sessions).then_some(seats),
-        on_conflict: (policy != k.on_conflict).then_some(policy),
-        expires_at: (expires != k.expires_at).then_some(expires),
-        status: None,
-        max_borrow_hours: borrow.filter(|h| *h != k.max_borrow_hours),
-    })
 }
 
 fn done_url(k: &Key, what: &str) -> String {
@@ -654,30 +517,4 @@ pub async fn revoke(
         .await?;
     let msg = format!("Key revoked.{}", ended_note(&change));
     Ok(see_other(&done_url(&change.key, &msg)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn expiries_in_several_spellings() {
-        let day = Timestamp::parse_rfc3339("2027-01-31T00:00:00Z");
-        assert_eq!(parse_expiry("").unwrap(), None);
-        assert_eq!(parse_expiry(" never ").unwrap(), None);
-        assert_eq!(parse_expiry("2027-01-31").unwrap(), day);
-        assert_eq!(parse_expiry("2027-01-31T00:00").unwrap(), day);
-        assert_eq!(parse_expiry("2027-01-31 00:00:00").unwrap(), day);
-        assert_eq!(parse_expiry("2027-01-31T01:00:00+01:00").unwrap(), day);
-        assert!(parse_expiry("tomorrow").is_err());
-    }
-
-    #[test]
-    fn seats_and_policy() {
-        assert_eq!(parse_seats(" 3 ").unwrap(), 3);
-        assert!(parse_seats("0").is_err());
-        assert!(parse_seats("x").is_err());
-        assert!(parse_policy("reject").is_ok());
-        assert!(parse_policy("steal").is_err());
-    }
 }

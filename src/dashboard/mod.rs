@@ -15,6 +15,7 @@
 pub mod auth;
 mod detail;
 mod events;
+mod key_form;
 mod keys;
 mod overview;
 pub mod page;

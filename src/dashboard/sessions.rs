@@ -1,4 +1,6 @@
 //! Live sessions: who holds a seat right now, and a Kick button for each.
+//! A borrowed session (held offline, without heartbeats) says so and until
+//! when, as its kick does: the device's lease token outlives the kick.
 
 use axum::extract::rejection::FormRejection;
 use std::collections::HashMap;
@@ -17,6 +19,7 @@ use crate::http::extract::ClientAddr;
 use crate::model::{Actor, Session};
 use crate::state::AppState;
 use crate::store::{blocking, EndOutcome};
+use crate::wire::borrowed_at;
 
 /// Rows the live-sessions page shows at most (a big deployment has far
 /// more live sessions than a page can usefully hold).
@@ -42,6 +45,7 @@ pub fn table(
                         th scope="col" { "Key" } th scope="col" { "Device" }
                         th scope="col" { "Session" } th scope="col" { "Started" }
                         th scope="col" { "Last heartbeat" } th scope="col" { "Seconds since" }
+                        th scope="col" { "Offline" }
                         th scope="col" { span class="visually-hidden" { "Action" } }
                     } }
                     tbody {
@@ -56,6 +60,13 @@ pub fn table(
                                 td data-label="Started" { (when(s.started_at)) }
                                 td data-label="Last heartbeat" { (when(s.last_heartbeat)) }
                                 td data-label="Seconds since" class="num" { (now.secs_since(s.last_heartbeat)) }
+                                td data-label="Offline" {
+                                    @if let Some(until) = borrowed_at(s, now) {
+                                        span class="badge borrowed" title="Held without heartbeats; a kick frees the seat, but the device's lease token stays valid offline until then" {
+                                            "borrowed until " (when(until))
+                                        }
+                                    } @else { span class="muted" { "–" } }
+                                }
                                 td data-label="Action" {
                                     form method="post" action={ "/admin/sessions/" (enc(&s.session_id)) "/kick" } {
                                         (csrf_field(&me.csrf))
@@ -164,13 +175,25 @@ pub async fn kick(
     let outcome = state.seats()?.kick(session_id, actor).await?;
     let msg = match outcome {
         EndOutcome::Ended(s) => {
-            format!(
-                "Session of {} ended.",
-                s.device_name.as_deref().unwrap_or("an unnamed device")
-            )
+            let device = s.device_name.as_deref().unwrap_or("an unnamed device");
+            match still_borrowed(&s) {
+                Some(until) => format!(
+                    "Session of {device} ended; its seat is free. It was borrowed: the \
+                     device's lease token stays valid offline until {until} (its exp), \
+                     and nothing can reach a device without a network to take it back."
+                ),
+                None => format!("Session of {device} ended."),
+            }
         }
         EndOutcome::AlreadyEnded(r) => format!("That session had already ended ({}).", r.as_str()),
     };
     let sep = if back.contains('?') { '&' } else { '?' };
     Ok(see_other(&format!("{back}{sep}done={}", enc(&msg))))
+}
+
+/// The end of the borrow a kicked session still had when it ended: its
+/// lease token's `exp`, which the kick cannot take back.
+fn still_borrowed(s: &Session) -> Option<Timestamp> {
+    let ended = s.ended_at?;
+    s.borrowed_until.filter(|until| ended < *until)
 }

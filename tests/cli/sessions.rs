@@ -255,3 +255,89 @@ fn invisible_characters_are_refused_and_stored_ones_shown_escaped() {
         );
     }
 }
+
+/// A seat borrowed over HTTP (a server on the test's database, stopped
+/// before the CLI runs): `sessions list` shows until when in its BORROWED
+/// UNTIL column (`-` for an ordinary session) and `--json` carries
+/// `borrowed_until`; `keys show` lists it and the key's terms; `events`
+/// lists `session_borrowed`; kicking it says the device's lease token stays
+/// valid offline.
+#[test]
+fn a_borrowed_session_is_listed_as_borrowed() {
+    let db = fresh_db();
+    let k = create_key(
+        db.path(),
+        &["--max-sessions", "2", "--max-borrow-hours", "4"],
+    );
+    let secret = field(&k, "access_key").to_owned();
+    let key_id = field(&k, "key_id").to_owned();
+    let target = db.path().to_string_lossy().into_owned();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (desk, body) = rt.block_on(async {
+        let mut s = common::TestServer::start_with(|c| {
+            c.database = keyseat::config::Database::parse(&target)
+        })
+        .await;
+        let desk = s.started(&secret, "desk").await;
+        let (status, body) = s
+            .post(
+                "/api/session/borrow",
+                serde_json::json!({"access_key": secret, "device": {"name": "laptop"}, "hours": 2}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        s.stop().await;
+        (desk, body)
+    });
+    let laptop = body["session_id"].as_str().unwrap().to_owned();
+    let until = body["borrowed_until"].as_str().unwrap().to_owned();
+
+    let text = ok(&run(db.path(), &["sessions", "list"]));
+    let header = text.lines().next().unwrap();
+    assert!(header.ends_with("BORROWED UNTIL"), "{text}");
+    let line = |id: &str| {
+        text.lines()
+            .find(|l| l.contains(id))
+            .unwrap_or_else(|| panic!("{id} in {text}"))
+            .to_owned()
+    };
+    assert!(line(&laptop).ends_with(&until), "{text}");
+    assert!(line(&desk).ends_with(" -"), "{text}");
+
+    let list = ok_json(&run(db.path(), &["sessions", "list", "--json"]));
+    let of = |id: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["session_id"] == id)
+            .unwrap_or_else(|| panic!("{id} in {list}"))
+            .clone()
+    };
+    assert_eq!(of(&laptop)["borrowed_until"], until.as_str(), "{list}");
+    assert!(of(&desk)["borrowed_until"].is_null(), "{list}");
+
+    let shown = ok(&run(db.path(), &["keys", "show", &key_id]));
+    assert!(shown.contains("up to 4 h"), "{shown}");
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.contains(&laptop) && l.ends_with(&until)),
+        "{shown}"
+    );
+
+    let events = ok(&run(db.path(), &["events", "--type", "session_borrowed"]));
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains("session_borrowed") && l.contains(&laptop)),
+        "{events}"
+    );
+
+    let kicked = ok(&run(db.path(), &["sessions", "kick", &laptop]));
+    assert!(
+        kicked.contains(&format!("lease token stays valid offline until {until}")),
+        "{kicked}"
+    );
+    let kicked = ok(&run(db.path(), &["sessions", "kick", &desk]));
+    assert!(!kicked.contains("lease token"), "{kicked}");
+}
