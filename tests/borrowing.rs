@@ -220,6 +220,10 @@ async fn borrowing_a_live_session_keeps_its_fence_and_a_retry_never_shortens_it(
     );
     let until = s.now().plus_secs(12 * HOUR);
     assert_eq!(time(&body["borrowed_until"]), until);
+    // The token names a device only when the borrow did.
+    let token = body["lease_token"].as_str().unwrap();
+    let claims = lease_token::verify(token, &[pinned(&s).await], s.now()).unwrap();
+    assert_eq!(claims.device_fingerprint, None);
     // A retry with fewer hours keeps the later end.
     s.clock.advance_secs(60);
     let (code, again) = borrow(&s, json!({"access_key": key, "session_id": id, "hours": 1})).await;
@@ -441,4 +445,27 @@ async fn the_reference_client_borrows_and_exits() {
     assert_eq!(code, Some(10), "{text}");
     assert!(text.contains("max_borrow_hours (24)"), "{text}");
     assert_eq!(s.events_of("session_borrowed").await.len(), 1);
+
+    // Pinned to another key: every answer is refused, and the seat the
+    // real server lent on the way is given back, not left borrowed.
+    let (key3, _) = s.create_key(json!({"max_borrow_hours": 24})).await;
+    let stranger = keyseat::signing::KeyRecord::generate(keyseat::clock::Timestamp(0))
+        .jwk()
+        .x;
+    let mut cmd = common::keyseat_command();
+    cmd.args([
+        "client",
+        "--server",
+        &s.url,
+        "--borrow",
+        "3",
+        "--public-key",
+        &stranger,
+    ])
+    .env("KEYSEAT_KEY", &key3);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(9), "{out:?}");
+    s.started(&key3, "desktop").await;
 }

@@ -211,11 +211,14 @@ pub fn run_client(args: ClientArgs) -> ExitCode {
 fn run_borrow(client: &Client, hours: u32, public_key: Option<&str>) -> ExitCode {
     let borrowed = match client.borrow(hours) {
         Ok(b) => b,
-        Err(e) if refuses_borrowing(&e) => {
+        Err(e) => {
             eprintln!("keyseat: cannot borrow a seat: {e}");
-            return ExitCode::from(exit::BORROW_REFUSED);
+            return ExitCode::from(if refuses_borrowing(&e) {
+                exit::BORROW_REFUSED
+            } else {
+                exit_code(&e)
+            });
         }
-        Err(e) => return fail(&e),
     };
     print_line(&format!(
         "borrowed session {} (fence {}) until {}; the seat is held without heartbeats",
@@ -232,7 +235,8 @@ fn run_borrow(client: &Client, hours: u32, public_key: Option<&str>) -> ExitCode
                 claims.sub, claims.key_prefix, borrowed.borrowed_until
             )),
             Err(e) => {
-                eprintln!("keyseat: the lease token is not trusted: {e}");
+                eprintln!("keyseat: the lease token is not trusted: {e}; the seat is given back");
+                let _ = borrowed.give_back();
                 return ExitCode::from(exit::UNTRUSTED);
             }
         }
@@ -240,15 +244,22 @@ fn run_borrow(client: &Client, hours: u32, public_key: Option<&str>) -> ExitCode
     ExitCode::from(exit::ENDED_BY_USER)
 }
 
-/// Borrowing off for the key, or more hours than it allows.
+/// Borrowing off for the key, or more hours than it allows (the server's
+/// message names `hours`; another 400, such as a bad device name, is not
+/// the key refusing to lend).
 fn refuses_borrowing(e: &ClientError) -> bool {
-    matches!(e, ClientError::Refused { code, .. }
-        if code == "borrow_not_allowed" || code == "invalid_request")
+    matches!(e, ClientError::Refused { code, message, .. }
+        if code == "borrow_not_allowed" || (code == "invalid_request" && message.starts_with("hours")))
 }
 
 fn fail(e: &ClientError) -> ExitCode {
     eprintln!("keyseat: cannot start a session: {e}");
-    ExitCode::from(match e {
+    ExitCode::from(exit_code(e))
+}
+
+/// The exit code for a refused or failed start or borrow.
+fn exit_code(e: &ClientError) -> u8 {
+    match e {
         ClientError::InvalidKeyFormat(_) => exit::KEY_REFUSED,
         ClientError::Refused { code, .. } if code == "seats_full" => exit::SEATS_FULL,
         ClientError::Refused { code, .. } if code == "invalid_key" || code.starts_with("key_") => {
@@ -257,7 +268,7 @@ fn fail(e: &ClientError) -> ExitCode {
         ClientError::Unreachable(_) => exit::UNREACHABLE,
         ClientError::Untrusted(_) => exit::UNTRUSTED,
         _ => exit::ERROR,
-    })
+    }
 }
 
 #[derive(Debug, Args)]

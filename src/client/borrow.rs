@@ -63,7 +63,16 @@ impl Client {
     /// `borrow_not_allowed`, 400 `invalid_request` (too many hours), 409
     /// `seats_full`.
     pub fn borrow(&self, hours: u32) -> Result<Borrowed, ClientError> {
-        self.borrow_as(&uuid::Uuid::new_v4().to_string(), hours)
+        let session_id = uuid::Uuid::new_v4().to_string();
+        let result = self.borrow_as(&session_id, hours);
+        if let Err(ClientError::Untrusted(_) | ClientError::Unreachable(_)) = &result {
+            // The real server may have taken the seat before the answer was
+            // lost or forged on the way: a borrowed seat is never
+            // superseded, so give it back rather than lock the key for
+            // hours (harmless if nothing was taken).
+            let _ = self.api.end(&self.access_key, &session_id, None);
+        }
+        result
     }
 
     /// Borrows the live session `session_id` of this key (an app that is

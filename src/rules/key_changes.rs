@@ -97,14 +97,17 @@ pub fn ended_by_change(key: &Key, live: &[Session], now: Timestamp) -> Revocatio
 }
 
 /// Live sessions to end when a key's seat limit drops below the number in
-/// use: the oldest heartbeats go first, as with a takeover.
+/// use: the oldest heartbeats go first, as with a takeover, but borrowed
+/// sessions last: ending one frees its seat on the server only, since its
+/// offline device keeps a valid token, so ending an online one instead is
+/// the change that actually takes effect.
 pub fn excess_after_limit_change(open: &[Session], new_limit: u32, now: Timestamp) -> Vec<String> {
     let mut live: Vec<&Session> = open.iter().filter(|s| s.is_live_at(now)).collect();
     let limit = new_limit.max(1) as usize;
     if live.len() <= limit {
         return vec![];
     }
-    live.sort_by_key(|s| (s.last_heartbeat, s.fence));
+    live.sort_by_key(|s| (s.is_borrowed_at(now), s.last_heartbeat, s.fence));
     let excess = live.len() - limit;
     live.iter()
         .take(excess)
@@ -116,6 +119,17 @@ pub fn excess_after_limit_change(open: &[Session], new_limit: u32, now: Timestam
 mod tests {
     use super::super::fixtures::{key, session, T0};
     use super::*;
+
+    /// Lowering the seat limit ends online sessions before borrowed ones.
+    #[test]
+    fn lowering_the_limit_spares_borrowed_sessions() {
+        let mut away = session("aaaaaaaa", 1, T0, None);
+        away.borrowed_until = Some(T0.plus_secs(7200));
+        away.expires_at = T0.plus_secs(7200);
+        let open = [away, session("bbbbbbbb", 2, T0.plus_secs(5), None)];
+        let now = T0.plus_secs(10);
+        assert_eq!(excess_after_limit_change(&open, 1, now), vec!["bbbbbbbb"]);
+    }
 
     /// Lowering the seat limit ends the oldest heartbeats beyond it.
     #[test]

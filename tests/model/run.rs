@@ -255,7 +255,13 @@ impl Run<'_> {
                     self.model.seats = n;
                     let live = self.model.live();
                     let excess = live.len().saturating_sub(n as usize);
-                    for v in self.model.victims_order(&live).into_iter().take(excess) {
+                    // Online sessions first: a borrowed one is ended last.
+                    let (away, online): (Vec<usize>, Vec<usize>) = live
+                        .iter()
+                        .partition(|&&i| self.model.sessions[i].borrowed_at(now));
+                    let mut order = self.model.victims_order(&online);
+                    order.extend(self.model.victims_order(&away));
+                    for v in order.into_iter().take(excess) {
                         self.model.sessions[v].end = Some(EndKind::Revoked("seat_limit_lowered"));
                         self.model.sessions[v].ended_at = now;
                     }
