@@ -265,6 +265,18 @@ pub fn borrow_hours(hours: u32) -> Result<u32> {
     }
 }
 
+/// A heartbeat's `wait_seconds`: 0 (answer at once) up to the interval
+/// the server asks for, so a held heartbeat is always answered before the
+/// next one is due.
+pub fn wait_seconds(wait: Option<u64>, interval_secs: u64) -> Result<u64> {
+    match wait.unwrap_or(0) {
+        w if w <= interval_secs => Ok(w),
+        w => Err(Error::InvalidRequest(format!(
+            "wait_seconds must be between 0 and the heartbeat interval, {interval_secs} (got {w})"
+        ))),
+    }
+}
+
 /// A key label: at most 200 characters; empty means none.
 pub fn label(label: Option<String>) -> Result<Option<String>> {
     optional_text(label, "label", MAX_LABEL)

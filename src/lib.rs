@@ -72,6 +72,7 @@ pub mod config;
 pub mod control;
 pub mod dashboard;
 pub mod error;
+pub mod held;
 pub mod http;
 pub mod input;
 pub mod instance_lock;

@@ -40,6 +40,8 @@ pub struct Server {
     sweep: JoinHandle<()>,
     upkeep: JoinHandle<()>,
     signing_refresh: JoinHandle<()>,
+    /// Held heartbeats, answered at once when the server stops.
+    held: Arc<crate::held::Held>,
     /// One server per database file; released when the server is dropped
     /// (after its stop) or the process dies. None on PostgreSQL, which any
     /// number of servers share.
@@ -280,6 +282,7 @@ impl Server {
             );
         }
         Ok(Server {
+            held: state.held().clone(),
             addr,
             store,
             clock,
@@ -301,6 +304,11 @@ impl Server {
         self.addr
     }
 
+    /// Its held heartbeats (for tests and the metrics).
+    pub fn held(&self) -> Arc<crate::held::Held> {
+        self.held.clone()
+    }
+
     /// The storage it serves from.
     pub fn store(&self) -> Arc<dyn Storage> {
         self.store.clone()
@@ -316,6 +324,9 @@ impl Server {
     /// Stops: in-flight requests finish (bounded), the sweep stops, the
     /// stop is recorded and the database flushed.
     pub async fn stop(self) -> Result<()> {
+        // Held heartbeats first: their clients heartbeat again elsewhere
+        // instead of waiting out the drain.
+        self.held.stop();
         let _ = self.stop.send(true);
         // The listener closes what is still open after DRAIN_TIMEOUT; the
         // extra second only guards against a listener that never returns.

@@ -48,6 +48,8 @@ struct Shared {
     backend: &'static str,
     /// The keys that sign answers (set once the store is open).
     signer: crate::signing::Signer,
+    /// Heartbeats held until their session ends (`wait_seconds`).
+    held: Arc<crate::held::Held>,
 }
 
 impl AppState {
@@ -85,13 +87,24 @@ impl AppState {
                 metrics_here: settings.metrics == crate::config::MetricsMode::Main,
                 backend: settings.database.backend(),
                 signer: crate::signing::Signer::default(),
+                held: Arc::default(),
             }),
         }
     }
 
     /// Marks the server ready: requests are served from now on.
     pub fn set_ready(&self, store: Arc<dyn Storage>) {
+        let held = self.inner.held.clone();
+        store.on_session_end(Arc::new(move |ended: Option<&str>| match ended {
+            Some(session_id) => held.ended(session_id),
+            None => held.recheck_all(),
+        }));
         let _ = self.inner.store.set(store);
+    }
+
+    /// Held heartbeats.
+    pub fn held(&self) -> &Arc<crate::held::Held> {
+        &self.inner.held
     }
 
     /// The store, or 503 while the server is still starting.

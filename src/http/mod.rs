@@ -11,6 +11,7 @@ mod admin;
 pub mod error;
 pub mod extract;
 mod health;
+mod heartbeat;
 pub mod limits;
 pub mod listener;
 pub mod metrics;

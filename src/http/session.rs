@@ -15,8 +15,8 @@ use crate::model::Actor;
 use crate::rules::Timing;
 use crate::store::{blocking, EndOutcome, StartOutcome, StartRequest};
 use crate::wire::{
-    BorrowAnswer, BorrowBody, DeviceBody, EndAnswer, HeartbeatAnswer, SessionBody, StartAnswer,
-    StartBody, StatusAnswer, StatusBody, StatusSession, TerminatedSession,
+    BorrowAnswer, BorrowBody, DeviceBody, EndAnswer, SessionBody, StartAnswer, StartBody,
+    StatusAnswer, StatusBody, StatusSession, TerminatedSession,
 };
 
 /// Longest access key string looked at; anything longer is a malformed
@@ -31,7 +31,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/session/start", post(start))
         .route("/api/session/borrow", post(borrow))
-        .route("/api/session/heartbeat", post(heartbeat))
+        .route("/api/session/heartbeat", post(super::heartbeat::heartbeat))
         .route("/api/session/end", post(end))
         .route("/api/session/status", post(status))
 }
@@ -49,7 +49,7 @@ pub fn router() -> Router<AppState> {
 /// 3. the lookup itself: `invalid_key` counts as a failure, any answer that
 ///    shows the key exists (success, `key_revoked`, `seats_full`, a session
 ///    that is over, ...) proves the key for this address.
-struct KeyChecker {
+pub(super) struct KeyChecker {
     state: AppState,
     addr: ClientAddr,
     /// The key's tag, once parsed.
@@ -91,7 +91,7 @@ impl KeyChecker {
 
     /// Passes a lookup's result through: `invalid_key` counts against the
     /// address, an answer that shows the key exists proves it.
-    fn check<T>(&self, result: Result<T>) -> Result<T> {
+    pub(super) fn check<T>(&self, result: Result<T>) -> Result<T> {
         let found = match &result {
             Ok(_) => true,
             Err(Error::InvalidKey) => false,
@@ -117,14 +117,15 @@ impl KeyChecker {
 
 /// A heartbeat's or an end's body, checked in the order the limits need:
 /// the key through a [`KeyChecker`], then the session id's grammar.
-fn checked_session_body(
+pub(super) fn checked_session_body(
     state: &AppState,
     addr: ClientAddr,
-    body: &SessionBody,
+    access_key: &str,
+    session_id: &str,
 ) -> Result<(KeyChecker, AccessKey)> {
     let mut checker = KeyChecker::new(state, addr);
-    let key = checker.parse(&body.access_key)?;
-    input::session_id(&body.session_id)?;
+    let key = checker.parse(access_key)?;
+    input::session_id(session_id)?;
     Ok((checker, key))
 }
 
@@ -256,6 +257,8 @@ async fn borrow(
         borrow_hours: Some(body.hours),
     };
     let (checker, req) = seat.checked(&state, addr)?;
+    // The token names the device this borrow came from, when it said.
+    let fingerprint = req.fingerprint.clone();
     // The token is signed by the current key: refuse before taking a seat
     // the answer could not prove.
     let keys = state
@@ -273,7 +276,7 @@ async fn borrow(
         sub: s.session_id.clone(),
         key_prefix: s.key_prefix.clone(),
         fence: s.fence,
-        device_fingerprint: s.fingerprint.clone(),
+        device_fingerprint: fingerprint,
         iat: state.now().0.div_euclid(1000),
         exp: until.0.div_euclid(1000),
     };
@@ -281,53 +284,6 @@ async fn borrow(
         session: start_answer(&outcome, timing),
         borrowed_until: until,
         lease_token: lease_token::issue(&keys, &claims),
-    }))
-}
-
-#[utoipa::path(
-    post,
-    path = "/api/session/heartbeat",
-    tag = "session",
-    operation_id = "heartbeat",
-    summary = "Keep a session alive",
-    request_body = SessionBody,
-    responses(
-        (status = 200, description = "The lease is renewed.", body = HeartbeatAnswer),
-    )
-)]
-async fn heartbeat(
-    State(state): State<AppState>,
-    addr: ClientAddr,
-    ApiJson(body): ApiJson<SessionBody>,
-) -> Result<Json<HeartbeatAnswer>> {
-    let (checker, key) = checked_session_body(&state, addr, &body)?;
-    let store = state.store()?;
-    let (clock, timing) = (state.clock(), state.timing());
-    let session_id = body.session_id;
-    // On SQLite almost every heartbeat is answered from memory, right
-    // here, with no database call; on PostgreSQL it is one statement,
-    // awaited here; the rest (key not cached yet, session not live) go to
-    // the blocking pool.
-    let (fence, at, expires_at) = if let Some(beat) = store.heartbeat_fast(&key, &session_id) {
-        let beat = checker.check(beat)?;
-        (beat.fence, beat.at, beat.expires_at)
-    } else {
-        let beat = match store.heartbeat_async(&key, &session_id, clock.now(), timing) {
-            Some(beat) => beat.await,
-            None => {
-                let id = session_id.clone();
-                blocking(move || store.heartbeat(&key, &id, clock.now(), timing)).await
-            }
-        };
-        let s = checker.check(beat)?;
-        (s.fence, s.last_heartbeat, s.expires_at)
-    };
-    Ok(Json(HeartbeatAnswer {
-        session_id,
-        fence,
-        last_heartbeat: at,
-        expires_at,
-        heartbeat_interval_seconds: timing.heartbeat_interval_secs,
     }))
 }
 
@@ -347,7 +303,7 @@ async fn end(
     addr: ClientAddr,
     ApiJson(body): ApiJson<SessionBody>,
 ) -> Result<Json<EndAnswer>> {
-    let (checker, key) = checked_session_body(&state, addr, &body)?;
+    let (checker, key) = checked_session_body(&state, addr, &body.access_key, &body.session_id)?;
     let actor = Actor(addr.label());
     let outcome = checker.check(state.seats()?.end(key, body.session_id, actor).await)?;
     Ok(Json(match outcome {

@@ -353,6 +353,12 @@ impl LiveStore {
 }
 
 impl Storage for LiveStore {
+    /// Every end reaches memory (this server's writes, and other processes'
+    /// through the reconcile), so memory tells.
+    fn on_session_end(&self, listener: crate::store::EndListener) {
+        self.mem.set_end_listener(listener);
+    }
+
     fn check_health(&self) -> Result<()> {
         self.guard.check()?;
         self.db.check_health()

@@ -127,6 +127,8 @@ struct Table {
 #[derive(Default)]
 pub struct Memory {
     table: Mutex<Table>,
+    /// Told of every session memory drops (it ended), after the lock.
+    on_end: std::sync::OnceLock<crate::store::EndListener>,
 }
 
 /// The whole second at or after a lease end: bucket `b` holds sessions
@@ -176,12 +178,31 @@ impl Memory {
         insert(&mut t, id, session);
     }
 
+    /// Who is told of every session that ends (set once).
+    pub fn set_end_listener(&self, listener: crate::store::EndListener) {
+        let _ = self.on_end.set(listener);
+    }
+
+    fn tell_ended(&self, ids: &[String]) {
+        if let Some(tell) = self.on_end.get() {
+            ids.iter().for_each(|id| tell(Some(id)));
+        }
+    }
+
     /// Applies the changes of a committed write.
     pub fn apply(&self, changes: Vec<Change>) {
-        let mut t = self.table();
+        let mut ended = Vec::new();
+        {
+            let mut t = self.table();
+            self.apply_locked(&mut t, changes, &mut ended);
+        }
+        self.tell_ended(&ended);
+    }
+
+    fn apply_locked(&self, t: &mut Table, changes: Vec<Change>, ended: &mut Vec<String>) {
         for change in changes {
             match change {
-                Change::Started { id, session } => insert(&mut t, &id, session),
+                Change::Started { id, session } => insert(t, &id, session),
                 Change::Extended {
                     id,
                     at,
@@ -197,7 +218,9 @@ impl Memory {
                     }
                 }
                 Change::Ended { id } => {
-                    t.sessions.remove(id.as_str());
+                    if t.sessions.remove(id.as_str()).is_some() {
+                        ended.push(id);
+                    }
                 }
                 Change::KeyExpiry {
                     key_tag,
@@ -371,10 +394,15 @@ impl Memory {
 
     /// Forgets sessions by id (ended by another process).
     pub fn remove_all(&self, ids: &[String]) -> usize {
-        let mut t = self.table();
-        ids.iter()
-            .filter(|id| t.sessions.remove(id.as_str()).is_some())
-            .count()
+        let removed: Vec<String> = {
+            let mut t = self.table();
+            ids.iter()
+                .filter(|id| t.sessions.remove(id.as_str()).is_some())
+                .cloned()
+                .collect()
+        };
+        self.tell_ended(&removed);
+        removed.len()
     }
 }
 

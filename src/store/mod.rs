@@ -39,6 +39,11 @@ use crate::model::{Actor, ConflictPolicy, EndReason, Event, EventType, Key, KeyS
 use crate::rules::Timing;
 use crate::signing::KeyRecord;
 
+/// Called with the id of every session that ends, once the end is visible
+/// to a lookup (it wakes held heartbeats: [`crate::held`]); `None` when
+/// any session may have ended unheard (a notification channel was lost).
+pub type EndListener = std::sync::Arc<dyn Fn(Option<&str>) + Send + Sync>;
+
 /// A boxed future that owns what it needs.
 pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
 
@@ -235,6 +240,12 @@ pub trait Storage: Send + Sync + 'static {
     ) -> Option<BoxFuture<Result<Session>>> {
         None
     }
+
+    /// Tells `listener` of every session that ends from now on, whoever
+    /// ended it (this process, another on the same file, another server on
+    /// the same database). Engines that cannot say call nothing; held
+    /// heartbeats then simply run their time.
+    fn on_session_end(&self, _listener: EndListener) {}
 
     /// Background upkeep, called about twice a second by the server:
     /// persisting heartbeat times, noticing other processes' writes,

@@ -21,8 +21,8 @@ pub use admin::{
 };
 pub use health::{DatabaseHealth, HealthAnswer, HealthStatus};
 pub use session::{
-    borrowed_at, BorrowAnswer, BorrowBody, DeviceBody, EndAnswer, HeartbeatAnswer, SessionBody,
-    StartAnswer, StartBody, StatusAnswer, StatusBody, StatusSession, SupersededBy,
+    borrowed_at, BorrowAnswer, BorrowBody, DeviceBody, EndAnswer, HeartbeatAnswer, HeartbeatBody,
+    SessionBody, StartAnswer, StartBody, StatusAnswer, StatusBody, StatusSession, SupersededBy,
     TerminatedSession,
 };
 pub use signing::{Jwk, JwkSet};

@@ -99,13 +99,39 @@ pub struct DeviceBody {
     pub fingerprint: Option<String>,
 }
 
-/// `POST /api/session/heartbeat` and `/api/session/end`.
+/// `POST /api/session/end`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SessionBody {
     #[schema(schema_with = sent_key_schema)]
     pub access_key: String,
     #[schema(schema_with = the_session_id_schema)]
     pub session_id: String,
+    #[schema(schema_with = nonce_schema)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+}
+
+fn wait_schema() -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Integer, Type::Null]))
+        .description(Some(
+            "Hold the answer up to this many seconds (0 up to `heartbeat_interval_seconds`; v1.1):              it comes when the wait is over (200), or at once when the session ends (its 409/410).              The lease is renewed when the request arrives.",
+        ))
+        .minimum(Some(0))
+        .examples([serde_json::json!(25)])
+        .into()
+}
+
+/// `POST /api/session/heartbeat`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HeartbeatBody {
+    #[schema(schema_with = sent_key_schema)]
+    pub access_key: String,
+    #[schema(schema_with = the_session_id_schema)]
+    pub session_id: String,
+    #[schema(schema_with = wait_schema)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_seconds: Option<u64>,
     #[schema(schema_with = nonce_schema)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nonce: Option<String>,

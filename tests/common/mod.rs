@@ -189,6 +189,11 @@ impl TestServer {
         }
     }
 
+    /// Heartbeats held on this server right now.
+    pub fn held_now(&self) -> usize {
+        self.server.as_ref().expect("running").held().held_now()
+    }
+
     pub fn store(&self) -> Arc<dyn keyseat::store::Storage> {
         self.server.as_ref().expect("running").store()
     }

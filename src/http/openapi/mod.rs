@@ -40,7 +40,7 @@ use crate::clock::Timestamp;
         metrics,
         super::session::start,
         super::session::borrow,
-        super::session::heartbeat,
+        super::heartbeat::heartbeat,
         super::session::end,
         super::session::status,
         super::signing::signing_keys,

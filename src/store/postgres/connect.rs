@@ -150,7 +150,7 @@ pub(super) fn parse(url: &PostgresUrl) -> Result<(tokio_postgres::Config, Tls)> 
 }
 
 /// The rustls connector for a policy.
-fn connector(tls: &Tls) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
+pub(super) fn connector(tls: &Tls) -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()

@@ -51,6 +51,7 @@ mod beats;
 mod connect;
 mod contact;
 mod keys;
+mod listen;
 mod reports;
 mod rows;
 mod sessions;
@@ -181,6 +182,13 @@ impl PostgresStore {
 }
 
 impl Storage for PostgresStore {
+    /// Every server LISTENs for the ends the schema's trigger notifies.
+    fn on_session_end(&self, listener: crate::store::EndListener) {
+        if let Some(runtime) = &self.runtime {
+            runtime.spawn(listen::run(self.inner.url.clone(), listener));
+        }
+    }
+
     fn check_health(&self) -> Result<()> {
         self.run(|inner| async move {
             let client = inner.client(&inner.pool).await?;
