@@ -254,6 +254,44 @@ fn end_and_drop_are_prompt() {
     assert_eq!(bg.live_sessions(), 0);
 }
 
+/// With the default 30 s interval, a takeover reaches device A's app
+/// within 100 ms: its heartbeat is held by the server and answered the
+/// moment B takes the seat (the old path would take up to 30 s).
+#[test]
+fn a_takeover_reaches_the_app_at_once_through_a_held_heartbeat() {
+    let bg = Bg::start(|s| {
+        s.heartbeat_interval_seconds = 30;
+        s.session_timeout_seconds = 60;
+    });
+    let key = bg.key(NewKey::default());
+    let a = Client::new(&bg.url(), &key)
+        .unwrap()
+        .device_name("A")
+        .start()
+        .unwrap();
+    let (tx, rx) = mpsc::channel();
+    a.on_lost(move |reason| {
+        let _ = tx.send((reason, Instant::now()));
+    });
+    // Let A's first held heartbeat reach the server.
+    std::thread::sleep(Duration::from_millis(300));
+    let took_over = Instant::now();
+    let b = Client::new(&bg.url(), &key)
+        .unwrap()
+        .device_name("B")
+        .start()
+        .unwrap();
+    let (reason, told) = rx.recv_timeout(Duration::from_secs(5)).expect("A is told");
+    assert!(matches!(reason, LostReason::Superseded { by_device: Some(ref d), .. } if d == "B"));
+    let delay = told.saturating_duration_since(took_over);
+    assert!(delay < Duration::from_millis(100), "told after {delay:?}");
+    eprintln!(
+        "takeover told to A {} ms after B's start was sent",
+        delay.as_millis()
+    );
+    b.end().unwrap();
+}
+
 /// A typo'd key fails locally, and refusals carry the contract's code.
 #[test]
 fn refusals_are_typed() {

@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use crate::signing::{Forgery, PinnedKey, SIGNATURE_HEADER};
 use crate::wire::{
-    BorrowAnswer, BorrowBody, DeviceBody, EndAnswer, HealthAnswer, HeartbeatAnswer, SessionBody,
-    StartAnswer, StartBody, StatusAnswer, StatusBody,
+    BorrowAnswer, BorrowBody, DeviceBody, EndAnswer, HealthAnswer, HeartbeatAnswer, HeartbeatBody,
+    SessionBody, StartAnswer, StartBody, StatusAnswer, StatusBody,
 };
 
 /// A failed call: either no HTTP answer at all, or an answer that is not
@@ -183,6 +183,17 @@ impl Api {
         timeout: Option<Duration>,
     ) -> Result<Value, ApiError> {
         let budget = timeout.map_or(self.timeout, |t| t.min(self.timeout));
+        self.post_within(path, body, budget)
+    }
+
+    /// `post` with this call's own time budget (a held heartbeat's is
+    /// longer than the API's timeout).
+    fn post_within(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+        budget: Duration,
+    ) -> Result<Value, ApiError> {
         let request = self
             .agent
             .post(format!("{}{path}", self.base))
@@ -289,6 +300,26 @@ impl Api {
             &session_body(access_key, session_id),
             timeout,
         )
+    }
+
+    /// `POST /api/session/heartbeat` with `wait_seconds`: held by the
+    /// server until the wait is over or the session ends; the call's
+    /// budget is the wait plus this API's timeout.
+    pub fn heartbeat_held(
+        &self,
+        access_key: &str,
+        session_id: &str,
+        wait_seconds: u64,
+    ) -> Result<HeartbeatAnswer, ApiError> {
+        let body = HeartbeatBody {
+            access_key: access_key.into(),
+            session_id: session_id.into(),
+            wait_seconds: Some(wait_seconds),
+            nonce: None,
+        };
+        let budget = Duration::from_secs(wait_seconds) + self.timeout;
+        self.post_within("/api/session/heartbeat", &body, budget)
+            .and_then(|answer| typed("/api/session/heartbeat", answer))
     }
 
     /// `POST /api/session/end`.

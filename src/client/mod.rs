@@ -137,6 +137,7 @@ pub struct Client {
     fingerprint: Option<String>,
     start_attempts: u32,
     on_event: Option<EventHook>,
+    waiting: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -162,6 +163,7 @@ impl Client {
             fingerprint: None,
             start_attempts: 3,
             on_event: None,
+            waiting: true,
         })
     }
 
@@ -194,6 +196,16 @@ impl Client {
         let key = crate::signing::PinnedKey::parse(key).map_err(ClientError::Config)?;
         self.api = self.api.pin(key);
         Ok(self)
+    }
+
+    /// Whether heartbeats are held by the server until the next is due
+    /// (default on: a takeover reaches [`Session::on_lost`] within
+    /// milliseconds; docs/api.md, "Waiting heartbeat"). Off: one plain
+    /// heartbeat per interval, as against servers before v1.1 (which the
+    /// client also notices by itself).
+    pub fn waiting_heartbeats(mut self, on: bool) -> Self {
+        self.waiting = on;
+        self
     }
 
     /// How many times a start is tried on transient failures (default 3).
@@ -242,6 +254,7 @@ impl Client {
             self.access_key.clone(),
             info,
             self.on_event.clone(),
+            self.waiting,
         )
     }
 }
@@ -280,6 +293,24 @@ mod tests {
             assert!(d >= exp / 2 && d <= exp, "attempt {attempt}: {d:?}");
         }
         assert!(backoff(1, cap, Some(Duration::from_secs(3))) >= Duration::from_secs(3));
+    }
+
+    /// Held heartbeats follow each other at once; a server that answers
+    /// at once (before v1.1) gets one per interval, never a tight loop.
+    #[test]
+    fn held_heartbeats_chain_and_fall_back_to_the_interval() {
+        use super::session::{held_for, next_wait};
+        let interval = Duration::from_secs(30);
+        assert_eq!(held_for(interval), 25);
+        assert_eq!(held_for(Duration::from_secs(2)), 1);
+        assert_eq!(held_for(Duration::from_secs(1)), 0);
+        assert_eq!(
+            next_wait(25, Duration::from_secs(25), interval),
+            Duration::ZERO
+        );
+        // Woken early by the end is not a 200; a quick 200 is an old server.
+        assert_eq!(next_wait(25, Duration::from_millis(40), interval), interval);
+        assert_eq!(next_wait(0, Duration::from_millis(40), interval), interval);
     }
 
     #[test]

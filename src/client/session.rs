@@ -39,6 +39,8 @@ struct Shared {
     api: Api,
     access_key: String,
     info: StartInfo,
+    /// Whether heartbeats ask the server to hold them (`wait_seconds`).
+    waiting: bool,
     inner: Mutex<Inner>,
     changed: Condvar,
     on_event: Option<EventHook>,
@@ -88,6 +90,10 @@ impl Shared {
 fn heartbeat_loop(shared: Arc<Shared>) {
     let mut failures: u32 = 0;
     let mut wait = shared.lock().interval;
+    if shared.waiting && held_for(wait) > 0 {
+        // Held from the start, so a takeover right after it is told too.
+        wait = Duration::ZERO;
+    }
     let mut last_failure: Option<ApiError> = None;
     // The latest forged answer since the last trusted one: with it, a lease
     // that runs out is lost as untrusted even if the very last attempt got
@@ -111,16 +117,33 @@ fn heartbeat_loop(shared: Arc<Shared>) {
             }
         }
         let sent_at = Instant::now();
-        let lease_left = shared
-            .lock()
-            .lease_deadline
-            .saturating_duration_since(sent_at);
+        let (lease_left, interval) = {
+            let inner = shared.lock();
+            (
+                inner.lease_deadline.saturating_duration_since(sent_at),
+                inner.interval,
+            )
+        };
         // A call never outlives the lease: past it the session is lost anyway.
         let budget = lease_left.max(Duration::from_millis(500));
-        match shared
-            .api
-            .heartbeat(&shared.access_key, &shared.info.session_id, Some(budget))
-        {
+        // Held by the server a little under the interval, so a takeover is
+        // told at once; never while retrying, when every second of the
+        // lease counts.
+        let hold = if shared.waiting && failures == 0 {
+            held_for(interval)
+        } else {
+            0
+        };
+        let answer = if hold == 0 {
+            shared
+                .api
+                .heartbeat(&shared.access_key, &shared.info.session_id, Some(budget))
+        } else {
+            shared
+                .api
+                .heartbeat_held(&shared.access_key, &shared.info.session_id, hold)
+        };
+        match answer {
             Ok(body) => {
                 let interval = Duration::from_secs(body.heartbeat_interval_seconds.max(1));
                 {
@@ -139,7 +162,7 @@ fn heartbeat_loop(shared: Arc<Shared>) {
                 }
                 failures = 0;
                 forged = None;
-                wait = interval;
+                wait = next_wait(hold, sent_at.elapsed(), interval);
             }
             Err(e) if e.is_transient() => {
                 failures += 1;
@@ -189,6 +212,25 @@ fn heartbeat_loop(shared: Arc<Shared>) {
     }
 }
 
+/// How long to ask the server to hold a heartbeat, in seconds: a little
+/// under the interval (a sixth of it, at least a second, is left for the
+/// network), 0 for an interval too short to hold.
+pub(super) fn held_for(interval: Duration) -> u64 {
+    let secs = interval.as_secs();
+    secs.saturating_sub((secs / 6).max(1))
+}
+
+/// The pause before the next heartbeat after a 200: none after one the
+/// server held (the next is held in turn), an interval after one answered
+/// at once (an older keyseat ignores `wait_seconds`), never a tight loop.
+pub(super) fn next_wait(hold: u64, took: Duration, interval: Duration) -> Duration {
+    if hold > 0 && took >= Duration::from_secs(hold) / 2 {
+        Duration::ZERO
+    } else {
+        interval
+    }
+}
+
 /// Why a session whose lease ran out between failed heartbeats is lost:
 /// untrusted when an answer since the last trusted one failed the
 /// signature check (`forged`), unreachable when none came at all.
@@ -234,11 +276,13 @@ impl Session {
         access_key: String,
         info: StartInfo,
         on_event: Option<EventHook>,
+        waiting: bool,
     ) -> Result<Session, ClientError> {
         let shared = Arc::new(Shared {
             api,
             access_key,
             info: info.clone(),
+            waiting,
             inner: Mutex::new(Inner {
                 state: SessionState::Active,
                 stop: false,
