@@ -73,6 +73,8 @@ pub struct Metrics {
     sessions_ended: Family<Reason, Counter>,
     starts_rejected: Family<Code, Counter>,
     heartbeats: Family<Code, Counter>,
+    heartbeats_held: Gauge,
+    held_answered_early: Family<Code, Counter>,
     shed: Family<Reason, Counter>,
     http_requests: Family<Request, Counter>,
     http_duration: HistogramFamily<Route>,
@@ -99,6 +101,8 @@ impl Metrics {
             sessions_ended: Family::default(),
             starts_rejected: Family::default(),
             heartbeats: Family::default(),
+            heartbeats_held: Gauge::default(),
+            held_answered_early: Family::default(),
             shed: Family::default(),
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(latency_histogram),
@@ -146,6 +150,16 @@ impl Metrics {
             "keyseat_heartbeats",
             "Heartbeats answered, by outcome (ok or the error code)",
             m.heartbeats.clone(),
+        );
+        registry.register(
+            "keyseat_heartbeats_held",
+            "Heartbeats held open now (wait_seconds), until their wait is over or their session ends",
+            m.heartbeats_held.clone(),
+        );
+        registry.register(
+            "keyseat_held_heartbeats_answered_early",
+            "Held heartbeats answered before their wait was over: by the end that woke them (its error code), or `stopping`",
+            m.held_answered_early.clone(),
         );
         registry.register(
             "keyseat_shed",
@@ -217,6 +231,18 @@ impl Metrics {
     /// A heartbeat was answered: `ok` or the error code.
     pub fn heartbeat(&self, code: &'static str) {
         self.heartbeats.get_or_create(&Code { code }).inc();
+    }
+
+    /// Heartbeats held open right now (read at scrape time).
+    pub fn set_heartbeats_held(&self, n: usize) {
+        self.heartbeats_held
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// A held heartbeat was answered before its wait was over: the code of
+    /// the end that woke it, or `stopping`.
+    pub fn held_answered_early(&self, code: &'static str) {
+        self.held_answered_early.get_or_create(&Code { code }).inc();
     }
 
     /// Work was shed (`connections` or `writes`).

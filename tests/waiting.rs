@@ -161,6 +161,21 @@ async fn every_end_wakes_a_held_heartbeat_with_its_answer() {
         eprintln!("{by:?}: {got} {code} after {} ms", took.as_millis());
     }
     assert_eq!(s.held_now(), 0);
+    // The metrics say how many were told at once, and by what.
+    let text = s
+        .client
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("keyseat_heartbeats_held 0"), "{text}");
+    for code in ["session_superseded", "session_revoked", "key_expired"] {
+        let line = format!("keyseat_held_heartbeats_answered_early_total{{code=\"{code}\"}}");
+        assert!(text.contains(&line), "{line} in\n{text}");
+    }
 }
 
 /// A wait that nothing interrupts answers 200 after `wait_seconds`, with

@@ -13,8 +13,10 @@ use super::session::{checked_session_body, KeyChecker};
 use super::AppState;
 use crate::error::Result;
 use crate::held::Waited;
+use crate::http::error::status_and_code;
 use crate::input;
 use crate::keys::AccessKey;
+use crate::metrics;
 use crate::store::blocking;
 use crate::wire::{HeartbeatAnswer, HeartbeatBody};
 
@@ -52,13 +54,20 @@ pub(super) async fn heartbeat(
     loop {
         let left = until.saturating_duration_since(Instant::now());
         match watch.wait(notified.as_mut(), left).await {
-            Waited::Elapsed | Waited::Stopping => return Ok(Json(answer)),
+            Waited::Elapsed => return Ok(Json(answer)),
+            Waited::Stopping => {
+                metrics::global().held_answered_early("stopping");
+                return Ok(Json(answer));
+            }
             Waited::Woken => {
                 // Look again, watching first as before: the end's answer,
                 // or (a wake that was not this session's end) wait on.
                 notified = Box::pin(watch.notified());
                 notified.as_mut().enable();
-                beat(&state, &checker, &key, &body.session_id).await?;
+                if let Err(end) = beat(&state, &checker, &key, &body.session_id).await {
+                    metrics::global().held_answered_early(status_and_code(&end).1);
+                    return Err(end);
+                }
             }
         }
     }

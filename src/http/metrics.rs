@@ -53,6 +53,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response> {
     let store = state.store()?;
     let now = state.now();
     let reading = blocking(move || store.metrics_reading(now)).await?;
+    metrics::global().set_heartbeats_held(state.held().held_now());
     let text = metrics::global().render(&reading);
     Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text).into_response())
 }
