@@ -20,11 +20,14 @@
 //! or `KEYSEAT_TEST_POSTGRES_URL`), the PostgreSQL phases of `postgres.rs`
 //! too: heartbeats and durable starts on one and three servers, and
 //! pgbench's rate for the heartbeat's statement; without one they print
-//! "skipped". `KEYSEAT_BENCH_ONLY=starts|shed|heartbeats|signed|postgres`
+//! "skipped". The waiting heartbeats' phase (`waiting.rs`): how soon a
+//! takeover reaches the evicted device, and what 10,000 held heartbeats
+//! cost. `KEYSEAT_BENCH_ONLY=starts|shed|heartbeats|signed|postgres|waiting`
 //! runs one phase (heartbeats: three rounds of ceiling + 1,000 sessions;
 //! signed: unsigned and signed heartbeats alternated, three rounds).
 
 mod postgres;
+mod waiting;
 
 use std::ffi::OsStr;
 use std::net::SocketAddr;
@@ -665,6 +668,12 @@ async fn run(opts: Opts) {
                     postgres::targets(&pg, |ok| if ok { "met" } else { "MISSED" });
                 }
             }
+            "waiting" => {
+                let w = waiting::phase(dir.path(), &opts).await;
+                println!();
+                println!("targets:");
+                waiting::targets(&w, |ok| if ok { "met" } else { "MISSED" });
+            }
             "signed" => {
                 let bare = {
                     let mut cmd = Command::new(std::env::current_exe().unwrap());
@@ -737,6 +746,7 @@ async fn run(opts: Opts) {
     let pg = postgres::run(&opts, bare.addr, dir.path()).await;
     drop(bare);
     let shed = shed_phase(dir.path(), &opts).await;
+    let held = waiting::phase(dir.path(), &opts).await;
 
     println!();
     println!("targets:");
@@ -788,6 +798,7 @@ async fn run(opts: Opts) {
     if let Some(pg) = &pg {
         postgres::targets(pg, verdict);
     }
+    waiting::targets(&held, verdict);
     match shed {
         Some(rate) => println!(
             "  load shedding: starts shed with 503 from an offered {rate:.0} starts/s; heartbeats kept answering (see above)"
