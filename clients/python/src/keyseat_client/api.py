@@ -134,10 +134,12 @@ class Api:
         path: str,
         body: Optional[Dict[str, Any]],
         timeout: Optional[float],
+        extra: float = 0.0,
     ) -> Tuple[int, Any, bytes]:
-        """One exchange: the status, headers and raw body bytes."""
+        """One exchange: the status, headers and raw body bytes. ``extra``
+        seconds are added to the budget (a held heartbeat's wait)."""
         budget = self._timeout if timeout is None else min(timeout, self._timeout)
-        budget = max(budget, 0.001)
+        budget = max(budget, 0.001) + max(extra, 0.0)
         data = None
         headers = {"User-Agent": _USER_AGENT, "Accept": "application/json"}
         if body is not None:
@@ -176,12 +178,21 @@ class Api:
         """POSTs JSON to ``path`` (e.g. ``"/api/session/status"``). With a
         pinned key, a fresh ``nonce`` is added to the body and the answer is
         verified before it is read."""
+        return self._post(path, body, timeout)
+
+    def _post(
+        self,
+        path: str,
+        body: Dict[str, Any],
+        timeout: Optional[float],
+        extra: float = 0.0,
+    ) -> Dict[str, Any]:
         if not self._pinned:
-            return self.request("POST", path, body, timeout)
+            return _read(*self._send("POST", path, body, timeout, extra))
         nonce = new_nonce()
         sent = dict(body)
         sent["nonce"] = nonce
-        status, headers, raw = self._send("POST", path, sent, timeout)
+        status, headers, raw = self._send("POST", path, sent, timeout, extra)
         header = headers.get(SIGNATURE_HEADER) if headers is not None else None
         verify(
             self._pinned,
@@ -239,14 +250,24 @@ class Api:
         return self.post("/api/session/borrow", body, timeout)
 
     def heartbeat(
-        self, access_key: str, session_id: str, timeout: Optional[float] = None
+        self,
+        access_key: str,
+        session_id: str,
+        timeout: Optional[float] = None,
+        *,
+        wait_seconds: int = 0,
     ) -> Dict[str, Any]:
-        """``POST /api/session/heartbeat``."""
-        return self.post(
-            "/api/session/heartbeat",
-            {"access_key": access_key, "session_id": session_id},
-            timeout,
-        )
+        """``POST /api/session/heartbeat``. With ``wait_seconds`` (1 up to
+        the heartbeat interval) the server renews the lease at once but
+        holds the answer until that many seconds pass, or answers at once
+        with the session's end (superseded, ended, revoked, key refused);
+        the call's budget is then the wait plus the timeout. A server before
+        the waiting heartbeat ignores the field and answers at once."""
+        body: Dict[str, Any] = {"access_key": access_key, "session_id": session_id}
+        wait = int(wait_seconds)
+        if wait > 0:
+            body["wait_seconds"] = wait
+        return self._post("/api/session/heartbeat", body, timeout, float(max(wait, 0)))
 
     def end(
         self, access_key: str, session_id: str, timeout: Optional[float] = None

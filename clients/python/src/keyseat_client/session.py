@@ -5,7 +5,10 @@ What it gets right so the app does not have to:
 
 - the start is retried with the same client-chosen session id, which the
   server treats as the same start, so a lost answer never costs a seat;
-- heartbeats follow the interval the server returns; transient failures (no
+- heartbeats follow the interval the server returns, and by default the
+  server holds each one until the next is due (the waiting heartbeat), so a
+  takeover or an administrator's kick reaches the app within milliseconds
+  instead of up to an interval later; transient failures (no
   connection, timeouts, 5xx, 429 with ``Retry-After``) are retried with
   backoff and jitter while the lease the server last granted lasts, so a
   server restart or a short outage never loses the session; only when the
@@ -59,6 +62,8 @@ __all__ = [
     "SessionEvent",
     "LostCallback",
     "backoff",
+    "held_for",
+    "next_wait",
 ]
 
 log = logging.getLogger("keyseat_client")
@@ -260,6 +265,26 @@ def backoff(attempt: int, cap: float, retry_after: Optional[float] = None) -> fl
     return delay
 
 
+def held_for(interval: float) -> int:
+    """How long to ask the server to hold a heartbeat (``wait_seconds``),
+    in whole seconds: a little under the interval (a sixth of it, at least a
+    second, is left for the network), 0 (plain heartbeats) for an interval
+    too short to hold: 30 s -> 25, 2 s -> 1, 1 s -> 0."""
+    secs = int(interval)
+    return max(secs - max(secs // 6, 1), 0)
+
+
+def next_wait(hold: int, took: float, interval: float) -> float:
+    """The pause (seconds) before the next heartbeat after a 200: none after
+    one the server held (at least half the hold), so the next is held in
+    turn; an interval after a plain one or one answered at once (a server
+    before the waiting heartbeat ignores ``wait_seconds``): never a tight
+    loop."""
+    if hold > 0 and took >= hold / 2:
+        return 0.0
+    return interval
+
+
 def _lost_from_error(e: KeyseatError) -> LostInfo:
     code = e.code
     if code == "session_superseded":
@@ -365,6 +390,14 @@ class Client:
         ``cryptography`` package (``pip install 'keyseat-client[verify]'``):
         without it this raises
         :class:`~keyseat_client.VerificationUnavailable`.
+    :param waiting_heartbeats: whether heartbeats ask the server to hold
+        them until the next is due (``wait_seconds``, a sixth under the
+        interval), so a takeover or a kick reaches :meth:`Session.on_lost`
+        within milliseconds with still one request per interval. Default on;
+        off, one plain heartbeat per interval. Against a server that
+        answers at once (one before the waiting heartbeat) the client falls
+        back to one per interval by itself. Intervals under 2 s are never
+        held.
     """
 
     def __init__(
@@ -378,6 +411,7 @@ class Client:
         start_attempts: int = 3,
         on_event: Optional[Callable[[SessionEvent], Any]] = None,
         public_key: Optional[PublicKeys] = None,
+        waiting_heartbeats: bool = True,
     ) -> None:
         self._access_key = check_access_key(access_key)
         self._api = Api(server_url, timeout, public_key=public_key)
@@ -385,6 +419,7 @@ class Client:
         self.fingerprint = fingerprint
         self.start_attempts = max(int(start_attempts), 1)
         self.on_event = on_event
+        self.waiting_heartbeats = bool(waiting_heartbeats)
 
     @property
     def api(self) -> Api:
@@ -487,6 +522,7 @@ class Client:
             self.on_event,
             self.device_name,
             self.fingerprint,
+            waiting_heartbeats=self.waiting_heartbeats,
         )
         session._start_heartbeats()
         return session
@@ -509,8 +545,11 @@ class Session:
         on_event: Optional[Callable[[SessionEvent], Any]] = None,
         device_name: Optional[str] = None,
         fingerprint: Optional[str] = None,
+        *,
+        waiting_heartbeats: bool = True,
     ) -> None:
         self._api = api
+        self._waiting = waiting_heartbeats
         self._device_name = device_name
         self._fingerprint = fingerprint
         self._access_key = access_key
@@ -738,6 +777,9 @@ class Session:
         forged: Optional[UntrustedAnswer] = None
         with self._cond:
             wait = self._interval
+        if self._waiting and held_for(wait) > 0:
+            # Held from the start, so a takeover right after it is told too.
+            wait = 0.0
         while True:
             with self._cond:
                 if self._cond.wait_for(lambda: self._stop, wait):
@@ -749,15 +791,26 @@ class Session:
             sent_at = time.monotonic()
             with self._cond:
                 lease_left = max(self._lease_deadline - sent_at, 0.0)
+                interval = self._interval
             # A call never outlives the lease while retrying: past it the
             # session is lost anyway. After a silent stretch with no failure
             # (e.g. the process was suspended) one call is still sent, so the
             # server can say what happened (usually session_expired).
             budget = lease_left if failures > 0 else max(lease_left, 0.5)
+            # Held by the server a little under the interval, so the end of
+            # the session is told at once; never while retrying, when every
+            # second of the lease counts. A held call's budget is the hold
+            # plus the client's timeout.
+            hold = held_for(interval) if self._waiting and failures == 0 else 0
             try:
-                body = self._api.heartbeat(
-                    self._access_key, self._info.session_id, max(budget, 0.001)
-                )
+                if hold > 0:
+                    body = self._api.heartbeat(
+                        self._access_key, self._info.session_id, wait_seconds=hold
+                    )
+                else:
+                    body = self._api.heartbeat(
+                        self._access_key, self._info.session_id, max(budget, 0.001)
+                    )
             except KeyseatError as e:
                 if not e.transient:
                     self._lose(_lost_from_error(e))
@@ -778,7 +831,7 @@ class Session:
                         self._interval = max(new_interval, 1.0)
                     self._state = SessionState.ACTIVE
                     self._failed_attempts = 0
-                    wait = self._interval
+                    wait = next_wait(hold, time.monotonic() - sent_at, self._interval)
                 if failures > 0:
                     self._emit(HeartbeatRecovered(failures))
                 failures = 0
