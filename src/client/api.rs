@@ -144,6 +144,11 @@ impl Api {
         Ok(api)
     }
 
+    /// The time budget of one call.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Whether answers are checked.
     pub fn verifies(&self) -> bool {
         !self.pinned.is_empty()

@@ -311,6 +311,19 @@ mod tests {
         // Woken early by the end is not a 200; a quick 200 is an old server.
         assert_eq!(next_wait(25, Duration::from_millis(40), interval), interval);
         assert_eq!(next_wait(0, Duration::from_millis(40), interval), interval);
+        // The defaults (60 s lease, 10 s calls): a 25 s hold still fits with
+        // time to retry; a short lease holds less, or not at all.
+        use super::session::hold_within;
+        let call = Duration::from_secs(10);
+        assert!(hold_within(Duration::from_secs(60), call) >= 24);
+        assert_eq!(
+            hold_within(Duration::from_secs(8), Duration::from_secs(3)),
+            2
+        );
+        assert_eq!(
+            hold_within(Duration::from_secs(5), Duration::from_secs(3)),
+            0
+        );
     }
 
     #[test]

@@ -130,7 +130,7 @@ fn heartbeat_loop(shared: Arc<Shared>) {
         // told at once; never while retrying, when every second of the
         // lease counts.
         let hold = if shared.waiting && failures == 0 {
-            held_for(interval)
+            held_for(interval).min(hold_within(lease_left, shared.api.timeout()))
         } else {
             0
         };
@@ -218,6 +218,17 @@ fn heartbeat_loop(shared: Arc<Shared>) {
 pub(super) fn held_for(interval: Duration) -> u64 {
     let secs = interval.as_secs();
     secs.saturating_sub((secs / 6).max(1))
+}
+
+/// The longest hold that leaves time to retry: a held heartbeat that is
+/// silently dropped fails only after the hold plus the call's timeout, so
+/// the hold takes at most half of what the lease has left beyond one call
+/// (24 s of a 60 s lease with 10 s calls, leaving 26 s for retries).
+pub(super) fn hold_within(lease_left: Duration, call_timeout: Duration) -> u64 {
+    lease_left
+        .saturating_sub(call_timeout + Duration::from_secs(1))
+        .as_secs()
+        / 2
 }
 
 /// The pause before the next heartbeat after a 200: none after one the

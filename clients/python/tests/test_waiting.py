@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import pytest
 
 from keyseat_client import Client, LostReason, SessionLost, SessionState
-from keyseat_client.session import held_for, next_wait
+from keyseat_client.session import held_for, hold_within, next_wait
 
 
 def test_the_hold_and_the_pause_after_an_answer():
@@ -33,6 +33,10 @@ def test_the_hold_and_the_pause_after_an_answer():
     assert next_wait(25, 25.0, 30) == 0
     assert next_wait(25, 12.5, 30) == 0
     assert next_wait(25, 0.04, 30) == 30
+    # A hold leaves time to retry within the lease: 24 s of 60 with 10 s calls.
+    assert hold_within(60, 10) == 24
+    assert hold_within(8, 3) == 2
+    assert hold_within(5, 3) == 0
     assert next_wait(0, 0.04, 30) == 30
 
 
@@ -162,15 +166,17 @@ def test_end_while_a_heartbeat_is_held_is_prompt_and_not_a_loss(make_server):
 
 
 def test_held_heartbeats_follow_each_other_and_carry_wait_seconds(make_server, relay):
-    server = make_server(interval=2, timeout=6)
+    # A lease long enough to hold within (hold_within: 10 s, 3 s calls -> 3).
+    server = make_server(interval=2, timeout=10)
     key = server.key(label="waiting chain")
     r = relay(server.url)
-    a = Client(r.url, key).start()
+    a = Client(r.url, key, timeout=3).start()
     time.sleep(5.2)
     a.end()
     beats = list(r.heartbeats)
     assert beats, "no heartbeat"
-    assert all(b.get("wait_seconds") == 1 for _, b in beats), beats
+    asking = sum(b.get("wait_seconds") == 1 for _, b in beats)
+    assert asking >= len(beats) - 1, beats
     # Held 1 s each and sent again at once: about five in 5 s (one per
     # interval would be two or three).
     assert 4 <= len(beats) <= 7, [round(t, 2) for t, _ in beats]
@@ -181,17 +187,20 @@ def test_held_heartbeats_follow_each_other_and_carry_wait_seconds(make_server, r
 def test_a_server_that_answers_at_once_gets_one_heartbeat_per_interval(
     make_server, relay, measure
 ):
-    server = make_server(interval=2, timeout=6)
+    server = make_server(interval=2, timeout=10)
     key = server.key(label="waiting fallback")
     r = relay(server.url, strip=True)
-    a = Client(r.url, key).start()
+    a = Client(r.url, key, timeout=3).start()
     time.sleep(5.0)
     assert a.state is SessionState.ACTIVE
     a.end()
     beats = list(r.heartbeats)
     times = [round(t - beats[0][0], 2) for t, _ in beats]
     measure(f"heartbeats in 5 s against a server answering at once (interval 2 s): {times}")
-    assert all(b.get("wait_seconds") == 1 for _, b in beats), "still asks"
+    # It still asks each time (a retry after a slow answer on a loaded
+    # machine may be a plain one: at most one here).
+    asking = sum(b.get("wait_seconds") == 1 for _, b in beats)
+    assert asking >= len(beats) - 1, "still asks"
     assert 2 <= len(beats) <= 4, times
     gaps = [t2 - t1 for (t1, _), (t2, _) in zip(beats, beats[1:])]
     assert all(g >= 1.8 for g in gaps), gaps

@@ -274,6 +274,14 @@ def held_for(interval: float) -> int:
     return max(secs - max(secs // 6, 1), 0)
 
 
+def hold_within(lease_left: float, call_timeout: float) -> int:
+    """The longest hold that leaves time to retry: a held heartbeat that is
+    silently dropped fails only after the hold plus the call's timeout, so
+    the hold takes at most half of what the lease has left beyond one call
+    (24 s of a 60 s lease with 10 s calls, leaving 26 s for retries)."""
+    return max(int((lease_left - call_timeout - 1.0) // 2), 0)
+
+
 def next_wait(hold: int, took: float, interval: float) -> float:
     """The pause (seconds) before the next heartbeat after a 200: none after
     one the server held (at least half the hold), so the next is held in
@@ -801,7 +809,11 @@ class Session:
             # the session is told at once; never while retrying, when every
             # second of the lease counts. A held call's budget is the hold
             # plus the client's timeout.
-            hold = held_for(interval) if self._waiting and failures == 0 else 0
+            hold = (
+                min(held_for(interval), hold_within(lease_left, self._api.timeout))
+                if self._waiting and failures == 0
+                else 0
+            )
             try:
                 if hold > 0:
                     body = self._api.heartbeat(
