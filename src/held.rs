@@ -148,6 +148,8 @@ impl Watch {
             return Waited::Stopping;
         }
         tokio::select! {
+            // An end that comes with the timer wins: never a 200 for it.
+            biased;
             _ = notified => Waited::Woken,
             _ = tokio::time::sleep(limit) => Waited::Elapsed,
             _ = stopping.wait_for(|s| *s) => Waited::Stopping,

@@ -311,19 +311,15 @@ mod tests {
         // Woken early by the end is not a 200; a quick 200 is an old server.
         assert_eq!(next_wait(25, Duration::from_millis(40), interval), interval);
         assert_eq!(next_wait(0, Duration::from_millis(40), interval), interval);
-        // The defaults (60 s lease, 10 s calls): a 25 s hold still fits with
-        // time to retry; a short lease holds less, or not at all.
-        use super::session::hold_within;
-        let call = Duration::from_secs(10);
-        assert!(hold_within(Duration::from_secs(60), call) >= 24);
-        assert_eq!(
-            hold_within(Duration::from_secs(8), Duration::from_secs(3)),
-            2
-        );
-        assert_eq!(
-            hold_within(Duration::from_secs(5), Duration::from_secs(3)),
-            0
-        );
+        // The defaults (60 s lease, 10 s calls): 25 s holds, 15 s when the
+        // lease left after a held one is shorter; none for a short lease.
+        use super::session::hold_for;
+        let (s, call) = (Duration::from_secs, Duration::from_secs(10));
+        assert_eq!(hold_for(interval, s(60), call), 25);
+        assert_eq!(hold_for(interval, s(35), call), 15);
+        assert_eq!(hold_for(interval, s(45), call), 25);
+        assert_eq!(hold_for(s(10), s(15), call), 0);
+        assert_eq!(hold_for(s(2), s(10), s(3)), 1);
     }
 
     #[test]

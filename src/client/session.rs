@@ -130,7 +130,7 @@ fn heartbeat_loop(shared: Arc<Shared>) {
         // told at once; never while retrying, when every second of the
         // lease counts.
         let hold = if shared.waiting && failures == 0 {
-            held_for(interval).min(hold_within(lease_left, shared.api.timeout()))
+            hold_for(interval, lease_left, shared.api.timeout())
         } else {
             0
         };
@@ -220,15 +220,22 @@ pub(super) fn held_for(interval: Duration) -> u64 {
     secs.saturating_sub((secs / 6).max(1))
 }
 
-/// The longest hold that leaves time to retry: a held heartbeat that is
-/// silently dropped fails only after the hold plus the call's timeout, so
-/// the hold takes at most half of what the lease has left beyond one call
-/// (24 s of a 60 s lease with 10 s calls, leaving 26 s for retries).
-pub(super) fn hold_within(lease_left: Duration, call_timeout: Duration) -> u64 {
-    lease_left
-        .saturating_sub(call_timeout + Duration::from_secs(1))
-        .as_secs()
-        / 2
+/// How long to hold the next heartbeat: [`held_for`] the interval, but
+/// leaving room in the lease for the held call's own timeout and one
+/// retry (a held heartbeat silently dropped fails only after the hold plus
+/// the call's timeout), and 0 (a plain heartbeat, then an interval) when
+/// that room is under half a full hold, so a short lease never turns into
+/// a request every second. With the defaults (30 s interval, 60 s lease,
+/// 10 s calls) holds alternate 25 s and 15 s.
+pub(super) fn hold_for(interval: Duration, lease_left: Duration, call_timeout: Duration) -> u64 {
+    let full = held_for(interval);
+    let room = lease_left.saturating_sub(call_timeout * 2).as_secs();
+    let hold = full.min(room);
+    if hold * 2 < full {
+        0
+    } else {
+        hold
+    }
 }
 
 /// The pause before the next heartbeat after a 200: none after one the

@@ -64,9 +64,17 @@ pub(super) async fn heartbeat(
                 // or (a wake that was not this session's end) wait on.
                 notified = Box::pin(watch.notified());
                 notified.as_mut().enable();
-                if let Err(end) = beat(&state, &checker, &key, &body.session_id).await {
-                    metrics::global().held_answered_early(status_and_code(&end).1);
-                    return Err(end);
+                match beat(&state, &checker, &key, &body.session_id).await {
+                    Ok(_) => {}
+                    // The database stumbling is not the session's end: the
+                    // arrival's answer stands, and the wait goes on.
+                    Err(e) if status_and_code(&e).0.is_server_error() => {
+                        tracing::debug!(error = %e, "a held heartbeat could not look again");
+                    }
+                    Err(end) => {
+                        metrics::global().held_answered_early(status_and_code(&end).1);
+                        return Err(end);
+                    }
                 }
             }
         }

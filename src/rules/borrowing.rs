@@ -40,9 +40,15 @@ pub fn borrow_until(key: &Key, hours: u32, now: Timestamp) -> Result<Timestamp> 
 
 /// The borrow a session ends up with when it is borrowed again (a retry,
 /// or a longer borrow): the later of the two, so a retry never shortens
-/// what a token already handed out promises.
-pub fn borrow_extended(current: Option<Timestamp>, asked: Timestamp) -> Timestamp {
-    current.map_or(asked, |c| c.max(asked))
+/// what a token already handed out promises, but never past the key's
+/// expiry as it is now (it may have been moved earlier since).
+pub fn borrow_extended(
+    current: Option<Timestamp>,
+    asked: Timestamp,
+    key_expires_at: Option<Timestamp>,
+) -> Timestamp {
+    let later = current.map_or(asked, |c| c.max(asked));
+    key_expires_at.map_or(later, |at| later.min(at))
 }
 
 #[cfg(test)]
@@ -111,8 +117,11 @@ mod tests {
     #[test]
     fn borrowing_again_never_shortens() {
         let (a, b) = (T0.plus_secs(10), T0.plus_secs(20));
-        assert_eq!(borrow_extended(Some(b), a), b);
-        assert_eq!(borrow_extended(Some(a), b), b);
-        assert_eq!(borrow_extended(None, a), a);
+        assert_eq!(borrow_extended(Some(b), a, None), b);
+        assert_eq!(borrow_extended(Some(a), b, None), b);
+        assert_eq!(borrow_extended(None, a, None), a);
+        // A key whose expiry moved earlier caps a re-borrow's token.
+        let sooner = T0.plus_secs(15);
+        assert_eq!(borrow_extended(Some(b), a, Some(sooner)), sooner);
     }
 }

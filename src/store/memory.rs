@@ -218,9 +218,9 @@ impl Memory {
                     }
                 }
                 Change::Ended { id } => {
-                    if t.sessions.remove(id.as_str()).is_some() {
-                        ended.push(id);
-                    }
+                    // Told even if memory did not hold it: a wake is cheap.
+                    t.sessions.remove(id.as_str());
+                    ended.push(id);
                 }
                 Change::KeyExpiry {
                     key_tag,

@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import pytest
 
 from keyseat_client import Client, LostReason, SessionLost, SessionState
-from keyseat_client.session import held_for, hold_within, next_wait
+from keyseat_client.session import held_for, hold_for, next_wait
 
 
 def test_the_hold_and_the_pause_after_an_answer():
@@ -33,10 +33,12 @@ def test_the_hold_and_the_pause_after_an_answer():
     assert next_wait(25, 25.0, 30) == 0
     assert next_wait(25, 12.5, 30) == 0
     assert next_wait(25, 0.04, 30) == 30
-    # A hold leaves time to retry within the lease: 24 s of 60 with 10 s calls.
-    assert hold_within(60, 10) == 24
-    assert hold_within(8, 3) == 2
-    assert hold_within(5, 3) == 0
+    # A hold leaves room for its call and one retry: 25 s, 15 s after a held
+    # one (60 s lease, 10 s calls); a short lease holds nothing.
+    assert hold_for(30, 60, 10) == 25
+    assert hold_for(30, 35, 10) == 15
+    assert hold_for(10, 15, 10) == 0
+    assert hold_for(2, 10, 3) == 1
     assert next_wait(0, 0.04, 30) == 30
 
 
@@ -166,7 +168,7 @@ def test_end_while_a_heartbeat_is_held_is_prompt_and_not_a_loss(make_server):
 
 
 def test_held_heartbeats_follow_each_other_and_carry_wait_seconds(make_server, relay):
-    # A lease long enough to hold within (hold_within: 10 s, 3 s calls -> 3).
+    # A lease long enough to hold within (hold_for: 10 s lease, 3 s calls -> 1).
     server = make_server(interval=2, timeout=10)
     key = server.key(label="waiting chain")
     r = relay(server.url)

@@ -4,9 +4,10 @@
 //! held on this server is answered at once when another server, or the
 //! CLI, ends its session.
 //!
-//! A lost connection may have missed ends: on every (re)connect the
+//! A lost connection may have missed ends: once it listens again the
 //! listener is told "any session may have ended" (`None`), and each held
-//! heartbeat looks again. Reconnects back off to a few seconds.
+//! heartbeat looks again. Reconnects back off to a few seconds; repeated
+//! failures are logged as a warning.
 
 use std::time::Duration;
 
@@ -21,24 +22,44 @@ use crate::store::EndListener;
 /// The channel the trigger notifies.
 pub(super) const CHANNEL: &str = "keyseat_session_ended";
 
-/// Listens until the runtime stops, reconnecting after any failure.
+/// Listens until the runtime stops, reconnecting after any failure (the
+/// wake for ends it may have missed comes once it listens again, not now:
+/// waking every held heartbeat while the database is unreachable would
+/// only send them all to it at once).
 pub(super) async fn run(url: PostgresUrl, listener: EndListener) {
     let mut pause = Duration::from_millis(200);
+    let mut failures = 0u32;
     loop {
-        match listen(&url, &listener).await {
+        let since = std::time::Instant::now();
+        let outcome = listen(&url, &listener).await;
+        if since.elapsed() > Duration::from_secs(30) {
+            // It listened for a while: start again from a short pause.
+            pause = Duration::from_millis(200);
+            failures = 0;
+        }
+        failures += 1;
+        match outcome {
             Ok(()) => tracing::debug!("the end notifications' connection closed; reconnecting"),
+            Err(e) if failures >= 5 => tracing::warn!(
+                error = %e,
+                "cannot listen for session ends; held heartbeats run their full wait until it can"
+            ),
             Err(e) => {
                 tracing::debug!(error = %e, "the end notifications' connection failed; reconnecting")
             }
         }
-        listener(None);
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(5));
     }
 }
 
 async fn listen(url: &PostgresUrl, listener: &EndListener) -> Result<()> {
-    let (config, tls) = connect::parse(url)?;
+    let (mut config, tls) = connect::parse(url)?;
+    // A connection that only listens sends nothing: TCP keepalives notice
+    // one that died silently in minutes, not the system's two hours.
+    config
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30));
     match tls {
         Tls::Off => {
             let (client, connection) = config.connect(tokio_postgres::NoTls).await?;

@@ -41,11 +41,17 @@ pub(super) async fn start(
         Some(Ok(until)) => Some(until),
         None => None,
     };
+    // The key's open sessions first, locked: the requested session is read
+    // after, so an end or a kick of it that committed meanwhile is seen
+    // (they lock the session's row, which is now ours to hold).
+    let open = rows::lock_open_sessions(tx, &key.key_id, now).await?;
     let requested = match &req.session_id {
-        Some(id) => work.session(id).await?,
+        Some(id) => match open.iter().find(|s| &s.session_id == id) {
+            Some(locked) => Some(locked.clone()),
+            None => work.session(id).await?,
+        },
         None => None,
     };
-    let open = rows::lock_open_sessions(tx, &key.key_id, now).await?;
     let plan = match rules::plan_start(
         &key,
         requested.as_ref(),
@@ -84,7 +90,8 @@ pub(super) async fn start(
     match plan.decision {
         StartDecision::Resume { session_id } => {
             let borrowed = asked_borrow.map(|until| {
-                rules::borrow_extended(requested.as_ref().and_then(|r| r.borrowed_until), until)
+                let current = requested.as_ref().and_then(|r| r.borrowed_until);
+                rules::borrow_extended(current, until, key.expires_at)
             });
             let lease = borrowed.map_or(lease, |until| lease.max(until));
             extend(tx, &session_id, now, lease, borrowed).await?;
@@ -194,11 +201,17 @@ async fn extend(
     let stmt = tx
         .prepare_cached(
             "UPDATE sessions SET last_heartbeat = $2, expires_at = GREATEST(expires_at, $3), \
-             borrowed_until = COALESCE($4, borrowed_until) WHERE session_id = $1",
+             borrowed_until = COALESCE($4, borrowed_until) \
+             WHERE session_id = $1 AND ended_at IS NULL",
         )
         .await?;
-    tx.execute(&stmt, &[&id, &now.0, &lease.0, &borrowed.map(|t| t.0)])
+    let touched = tx
+        .execute(&stmt, &[&id, &now.0, &lease.0, &borrowed.map(|t| t.0)])
         .await?;
+    if touched == 0 {
+        // Locked above, so it cannot have ended: a bug, not a race.
+        return Err(Error::Internal("a resumed session was not open".into()));
+    }
     Ok(())
 }
 

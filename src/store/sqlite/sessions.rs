@@ -78,7 +78,8 @@ pub(in crate::store) fn start(
     match plan.decision {
         StartDecision::Resume { session_id } => {
             let borrowed = asked_borrow.map(|until| {
-                rules::borrow_extended(requested.as_ref().and_then(|r| r.borrowed_until), until)
+                let current = requested.as_ref().and_then(|r| r.borrowed_until);
+                rules::borrow_extended(current, until, key.expires_at)
             });
             let lease = borrowed.map_or(lease, |until| lease.max(until));
             work.conn.execute(

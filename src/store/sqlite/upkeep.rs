@@ -172,9 +172,10 @@ pub(in crate::store) fn resume(
     work.conn.execute(
         // Only sessions whose heartbeat is later than now: the on-disk
         // lease of every other session is at most its heartbeat plus the
-        // span, which the floor's rule already bounds.
-        "UPDATE sessions SET expires_at = MIN(expires_at, ?1), last_heartbeat = ?2 \
-         WHERE ended_at IS NULL AND last_heartbeat > ?2",
+        // span, which the floor's rule already bounds. A borrow keeps its
+        // end.
+        "UPDATE sessions SET expires_at = MIN(expires_at, MAX(?1, IFNULL(borrowed_until, 0))), \
+         last_heartbeat = ?2 WHERE ended_at IS NULL AND last_heartbeat > ?2",
         params![floor.0, ready_at.0],
     )?;
     // Twice the persistence interval: a flush that fails or runs late
