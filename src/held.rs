@@ -14,10 +14,13 @@
 //! client gone), so memory follows the heartbeats held now.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::pin::Pin;
+
+use tokio::sync::futures::Notified;
 use tokio::sync::{watch, Notify};
 
 /// Held heartbeats, by session id.
@@ -27,8 +30,6 @@ pub struct Held {
     stopping: watch::Sender<bool>,
     /// Heartbeats held right now.
     now_held: AtomicUsize,
-    /// Wakes by a session's end, for the metrics.
-    woken: AtomicU64,
 }
 
 struct Slot {
@@ -42,7 +43,6 @@ impl Default for Held {
             slots: Mutex::new(HashMap::new()),
             stopping: watch::channel(false).0,
             now_held: AtomicUsize::new(0),
-            woken: AtomicU64::new(0),
         }
     }
 }
@@ -88,7 +88,6 @@ impl Held {
     pub fn ended(&self, session_id: &str) {
         let notify = self.slots().get(session_id).map(|s| s.notify.clone());
         if let Some(n) = notify {
-            self.woken.fetch_add(1, Ordering::Relaxed);
             n.notify_waiters();
         }
     }
@@ -113,11 +112,6 @@ impl Held {
         self.now_held.load(Ordering::Relaxed)
     }
 
-    /// Held heartbeats woken by their session's end so far.
-    pub fn woken_total(&self) -> u64 {
-        self.woken.load(Ordering::Relaxed)
-    }
-
     /// Sessions with held heartbeats (for tests: an entry must go with
     /// its last waiter).
     pub fn sessions_watched(&self) -> usize {
@@ -135,14 +129,9 @@ pub struct Watch {
 
 impl Watch {
     /// Waits up to `limit`, or until the session may have ended, or the
-    /// server stops. `notified` comes from [`Watch::notified`] and was
-    /// enabled before the heartbeat it follows: `notify_waiters` reaches
-    /// only enabled futures, so an end between the two is not lost.
-    pub async fn wait(
-        &self,
-        notified: std::pin::Pin<&mut tokio::sync::futures::Notified<'_>>,
-        limit: Duration,
-    ) -> Waited {
+    /// server stops. `notified` comes from [`Watch::armed`], taken before
+    /// the heartbeat it follows, so an end between the two is not lost.
+    pub async fn wait(&self, notified: Pin<&mut Notified<'_>>, limit: Duration) -> Waited {
         let mut stopping = self.held.stopping.subscribe();
         if *stopping.borrow_and_update() {
             return Waited::Stopping;
@@ -156,10 +145,13 @@ impl Watch {
         }
     }
 
-    /// A `Notified` for this session: create it and call `enable` on it
-    /// before the heartbeat, then pass it to [`Watch::wait`].
-    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
-        self.notify.notified()
+    /// A `Notified` for this session, already enabled: take it before the
+    /// heartbeat (or the look again) it follows, then pass it to
+    /// [`Watch::wait`].
+    pub fn armed(&self) -> Pin<Box<Notified<'_>>> {
+        let mut notified = Box::pin(self.notify.notified());
+        notified.as_mut().enable();
+        notified
     }
 }
 
@@ -185,8 +177,7 @@ mod tests {
         let held = Arc::new(Held::default());
         let w = held.watch("s1");
         {
-            let mut notified = Box::pin(w.notified());
-            notified.as_mut().enable();
+            let mut notified = w.armed();
             // An end between the registration and the wait is not lost.
             held.ended("s1");
             held.ended("other");
@@ -204,16 +195,13 @@ mod tests {
     async fn a_wait_runs_out_and_a_stop_answers_at_once() {
         let held = Arc::new(Held::default());
         let w = held.watch("s1");
-        let notified = w.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
+        let mut notified = w.armed();
         assert_eq!(
             w.wait(notified.as_mut(), Duration::from_millis(20)).await,
             Waited::Elapsed
         );
         held.stop();
-        let notified = w.notified();
-        tokio::pin!(notified);
+        let mut notified = w.armed();
         assert_eq!(
             w.wait(notified.as_mut(), Duration::from_secs(5)).await,
             Waited::Stopping

@@ -34,11 +34,16 @@ fn time(v: &Value) -> Timestamp {
     Timestamp::parse_rfc3339(v.as_str().expect("a time")).expect("RFC 3339")
 }
 
-/// The server's current public key, as an app pins it.
-async fn pinned(s: &TestServer) -> PinnedKey {
+/// The server's current public key, as an app pins it (base64url).
+async fn pin_text(s: &TestServer) -> String {
     let (status, set) = s.get("/api/signing-keys").await;
     assert_eq!(status, 200, "{set}");
-    PinnedKey::parse(set["keys"][0]["x"].as_str().unwrap()).unwrap()
+    set["keys"][0]["x"].as_str().unwrap().to_owned()
+}
+
+/// [`pin_text`], parsed.
+async fn pinned(s: &TestServer) -> PinnedKey {
+    PinnedKey::parse(&pin_text(s).await).unwrap()
 }
 
 #[tokio::test]
@@ -352,8 +357,7 @@ async fn the_rust_client_borrows_verifies_offline_and_gives_back() {
     let s = TestServer::start().await;
     let (key, key_json) = s.create_key(json!({"max_borrow_hours": 24})).await;
     let (off, _) = s.create_key(json!({})).await;
-    let (_, set) = s.get("/api/signing-keys").await;
-    let pin = set["keys"][0]["x"].as_str().unwrap().to_owned();
+    let pin = pin_text(&s).await;
     let url = s.url.clone();
     let prefix = key_json["prefix"].as_str().unwrap().to_owned();
     let key2 = key.clone();
@@ -408,8 +412,7 @@ async fn the_reference_client_borrows_and_exits() {
     let s = TestServer::start().await;
     let (key, _) = s.create_key(json!({"max_borrow_hours": 24})).await;
     let (off, _) = s.create_key(json!({})).await;
-    let (_, set) = s.get("/api/signing-keys").await;
-    let pin = set["keys"][0]["x"].as_str().unwrap().to_owned();
+    let pin = pin_text(&s).await;
     let run = |key: String, hours: &'static str| {
         let mut cmd = common::keyseat_command();
         cmd.args([

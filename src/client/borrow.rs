@@ -19,9 +19,6 @@
 //! # Ok::<(), keyseat::client::ClientError>(())
 //! ```
 
-use std::time::Duration;
-
-use super::session::{backoff, retry_after};
 use super::{Api, Client, ClientError};
 use crate::clock::{Clock, Timestamp};
 use crate::lease_token::{LeaseClaims, LeaseTokenError};
@@ -78,23 +75,15 @@ impl Client {
     /// Borrows the live session `session_id` of this key (an app that is
     /// running and about to go offline) for `hours`.
     pub fn borrow_as(&self, session_id: &str, hours: u32) -> Result<Borrowed, ClientError> {
-        let mut attempt = 0;
-        let answer = loop {
-            attempt += 1;
-            match self.api.borrow(
+        let answer = self.retried(|| {
+            self.api.borrow(
                 &self.access_key,
                 Some(session_id),
                 self.device_name.as_deref(),
                 self.fingerprint.as_deref(),
                 hours,
-            ) {
-                Ok(answer) => break answer,
-                Err(e) if e.is_transient() && attempt < self.start_attempts => {
-                    std::thread::sleep(backoff(attempt, Duration::from_secs(5), retry_after(&e)));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
+            )
+        })?;
         Ok(Borrowed {
             session_id: answer.session.session_id,
             fence: answer.session.fence,

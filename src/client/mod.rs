@@ -232,22 +232,14 @@ impl Client {
     /// same start.
     pub fn start(&self) -> Result<Session, ClientError> {
         let session_id = uuid::Uuid::new_v4().to_string();
-        let mut attempt = 0;
-        let body = loop {
-            attempt += 1;
-            match self.api.start(
+        let body = self.retried(|| {
+            self.api.start(
                 &self.access_key,
                 Some(&session_id),
                 self.device_name.as_deref(),
                 self.fingerprint.as_deref(),
-            ) {
-                Ok(body) => break body,
-                Err(e) if e.is_transient() && attempt < self.start_attempts => {
-                    std::thread::sleep(backoff(attempt, Duration::from_secs(5), retry_after(&e)));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
+            )
+        })?;
         let info = parse_start(body);
         Session::begin(
             self.api.clone(),
@@ -256,6 +248,25 @@ impl Client {
             self.on_event.clone(),
             self.waiting,
         )
+    }
+}
+
+impl Client {
+    /// Runs a start-like call (start, borrow) up to `start_attempts` times
+    /// while it fails transiently, with backoff; the caller passes the same
+    /// session id each time, so the server treats the tries as one.
+    fn retried<T>(&self, mut call: impl FnMut() -> Result<T, ApiError>) -> Result<T, ClientError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match call() {
+                Ok(answer) => return Ok(answer),
+                Err(e) if e.is_transient() && attempt < self.start_attempts => {
+                    std::thread::sleep(backoff(attempt, Duration::from_secs(5), retry_after(&e)));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 }
 

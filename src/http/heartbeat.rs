@@ -47,8 +47,7 @@ pub(super) async fn heartbeat(
     // the wait; one committed before is its answer.
     let held = state.held().clone();
     let watch = held.watch(&body.session_id);
-    let mut notified = Box::pin(watch.notified());
-    notified.as_mut().enable();
+    let mut notified = watch.armed();
     let answer = beat(&state, &checker, &key, &body.session_id).await?;
     let until = Instant::now() + Duration::from_secs(wait);
     loop {
@@ -62,8 +61,7 @@ pub(super) async fn heartbeat(
             Waited::Woken => {
                 // Look again, watching first as before: the end's answer,
                 // or (a wake that was not this session's end) wait on.
-                notified = Box::pin(watch.notified());
-                notified.as_mut().enable();
+                notified = watch.armed();
                 match beat(&state, &checker, &key, &body.session_id).await {
                     Ok(_) => {}
                     // The database stumbling is not the session's end: the

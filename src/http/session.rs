@@ -261,10 +261,7 @@ async fn borrow(
     let fingerprint = req.fingerprint.clone();
     // The token is signed by the current key: refuse before taking a seat
     // the answer could not prove.
-    let keys = state
-        .signer()
-        .keys()
-        .ok_or_else(|| Error::Unavailable("the server is starting; retry shortly".into()))?;
+    let keys = state.signer().keys().ok_or_else(super::signing::starting)?;
     let timing = state.timing();
     let outcome = checker.check(state.seats()?.start(req, timing).await)?;
     let s = &outcome.session;

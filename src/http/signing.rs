@@ -40,7 +40,8 @@ pub async fn signing_keys(State(state): State<AppState>) -> Result<Json<JwkSet>>
     Ok(Json(keys.jwks()))
 }
 
-fn starting() -> Error {
+/// 503 while the server is still starting (no signing key yet).
+pub(super) fn starting() -> Error {
     Error::Unavailable("the server is starting; retry shortly".into())
 }
 
