@@ -4,6 +4,7 @@ measured by the tests. No mocks of the server anywhere."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import queue
@@ -30,6 +31,15 @@ os.environ["NO_PROXY"] = ",".join(
 os.environ["no_proxy"] = os.environ["NO_PROXY"]
 
 _measurements: List[str] = []
+
+
+def b64url(data: bytes) -> str:
+    """base64url without padding (JWS, JWK and the pinned key's text)."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def unb64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def keyseat_bin() -> str:

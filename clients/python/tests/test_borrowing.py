@@ -7,7 +7,6 @@ another key or malformed; refusals of the borrow map to the client's errors;
 
 from __future__ import annotations
 
-import base64
 import builtins
 import calendar
 import json
@@ -27,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from conftest import REPO, clean_env
+from conftest import REPO, b64url, clean_env, unb64url
 from keyseat_client import (
     Borrowed,
     BorrowNotAllowed,
@@ -44,14 +43,6 @@ from keyseat_client import (
     verify_lease_token,
 )
 from keyseat_client.signing import kid_of
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def unb64url(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def rfc3339_seconds(text: str) -> int:

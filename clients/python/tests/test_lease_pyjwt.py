@@ -10,7 +10,6 @@ CI (``CI`` or ``KEYSEAT_REQUIRE_PYJWT`` set), where they fail."""
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 from typing import Any
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from conftest import b64url, unb64url
 from keyseat_client import (
     Client,
     InvalidLeaseToken,
@@ -41,14 +41,6 @@ def pyjwt() -> Any:
             pytest.fail("PyJWT is not installed and CI/KEYSEAT_REQUIRE_PYJWT is set")
         pytest.skip("PyJWT is not installed (bash clients/python/run-tests.sh installs it)")
     return jwt
-
-
-def unb64url(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ check the server's signatures without the client's code."""
 
 from __future__ import annotations
 
-import base64
 import builtins
 import hashlib
 import http.server
@@ -32,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from conftest import REPO, clean_env, keyseat_bin
+from conftest import REPO, b64url, clean_env, keyseat_bin, unb64url
 from keyseat_client import (
     Client,
     ConfigError,
@@ -46,30 +45,9 @@ from keyseat_client import (
 from keyseat_client.keys import checksum_of
 
 
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def unb64url(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def pinned_key_of(server: Any) -> str:
-    """What `keyseat signing-key show --pin` prints for the server's database."""
-    out = subprocess.run(
-        [keyseat_bin(), "--database", str(server.db), "signing-key", "show", "--pin"],
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip()
-
-
 @pytest.fixture(scope="module")
 def public_key(server: Any) -> str:
-    return pinned_key_of(server)
+    return server.pinned_key()
 
 
 def other_key() -> str:
