@@ -45,6 +45,12 @@ async fn until_held(s: &TestServer, n: usize) {
     }
 }
 
+/// The server's `/metrics` text.
+async fn metrics(s: &TestServer) -> String {
+    let resp = s.client.get(format!("{}/metrics", s.url)).send().await;
+    resp.unwrap().text().await.unwrap()
+}
+
 /// The ways a session ends while its heartbeat is held.
 #[derive(Debug, Clone, Copy)]
 enum EndBy {
@@ -162,15 +168,7 @@ async fn every_end_wakes_a_held_heartbeat_with_its_answer() {
     }
     assert_eq!(s.held_now(), 0);
     // The metrics say how many were told at once, and by what.
-    let text = s
-        .client
-        .get(format!("{}/metrics", s.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics(&s).await;
     assert!(text.contains("keyseat_heartbeats_held 0"), "{text}");
     for code in ["session_superseded", "session_revoked", "key_expired"] {
         let line = format!("keyseat_held_heartbeats_answered_early_total{{code=\"{code}\"}}");
@@ -272,4 +270,94 @@ async fn an_end_on_another_server_wakes_a_held_heartbeat() {
     assert_eq!(e["superseded_by"]["device_name"], "B");
     assert!(took < Duration::from_secs(5), "{took:?}");
     eprintln!("woken across servers after {} ms", took.as_millis());
+}
+
+/// A held answer is finished outside the middleware (it would otherwise
+/// keep every layer's future alive for the whole wait), yet it gets what
+/// every layer gives an answer: signed over its bytes when asked with a
+/// nonce (both the 200 after the wait and an end's 409), dated, counted
+/// in the request metrics with its real status.
+#[tokio::test]
+async fn a_held_answer_is_signed_dated_and_counted_like_any_other() {
+    use keyseat::signing::{self, PinnedKey};
+    let s = TestServer::start().await;
+    let (status, set) = s.get("/api/signing-keys").await;
+    assert_eq!(status, 200, "{set}");
+    let pinned: Vec<PinnedKey> = set["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| PinnedKey::parse(k["x"].as_str().unwrap()).unwrap())
+        .collect();
+    let (key, _) = s.create_key(json!({})).await;
+    let id = s.started(&key, "A").await;
+    let signed_held = |nonce: &'static str, wait: u64| {
+        let (url, client) = (s.url.clone(), s.client.clone());
+        let body =
+            json!({"access_key": key, "session_id": id, "wait_seconds": wait, "nonce": nonce});
+        tokio::spawn(async move {
+            let resp = client
+                .post(format!("{url}/api/session/heartbeat"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let header = |name: &str| {
+                resp.headers()
+                    .get(name)
+                    .map(|v| v.to_str().unwrap().to_owned())
+            };
+            let (signature, date) = (header("keyseat-signature"), header("date"));
+            (
+                status,
+                signature,
+                date,
+                resp.bytes().await.unwrap().to_vec(),
+            )
+        })
+    };
+    let prefix = &key[..11];
+
+    let (status, signature, date, body) = signed_held("held-nonce-01", 1).await.unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert!(date.is_some(), "a held answer carries a Date");
+    let verified = signing::verify(
+        &pinned,
+        status,
+        signature.as_deref(),
+        &body,
+        "held-nonce-01",
+        Some(prefix),
+    );
+    assert_eq!(verified, Ok(()));
+
+    let answer = signed_held("held-nonce-02", HELD);
+    until_held(&s, 1).await;
+    s.started(&key, "B").await;
+    let (status, signature, _, body) = answer.await.unwrap();
+    assert_eq!(status, 409, "{}", String::from_utf8_lossy(&body));
+    let verified = signing::verify(
+        &pinned,
+        status,
+        signature.as_deref(),
+        &body,
+        "held-nonce-02",
+        Some(prefix),
+    );
+    assert_eq!(verified, Ok(()));
+
+    let text = metrics(&s).await;
+    let counted = |status: u16| {
+        text.lines().any(|l| {
+            l.starts_with("keyseat_http_requests_total")
+                && l.contains("/api/session/heartbeat")
+                && l.contains(&format!("status=\"{status}\""))
+        })
+    };
+    assert!(counted(200) && counted(409), "{text}");
+    assert!(
+        text.contains("keyseat_heartbeats_total{code=\"session_superseded\"}"),
+        "{text}"
+    );
 }

@@ -25,6 +25,9 @@ pub struct Waiting {
     pub takeovers: usize,
     pub held: usize,
     pub extra_rss_mib: f64,
+    /// Of that, the keep-alive connections alone (one plain heartbeat
+    /// each, as devices keep them between heartbeats).
+    pub connections_mib: f64,
     pub beats_without: f64,
     pub beats_with: f64,
 }
@@ -172,6 +175,10 @@ pub async fn phase(dir: &Path, opts: &Opts) -> Waiting {
             "16000",
             "--trusted-proxies",
             "127.0.0.1",
+            // Idle connections stay open between the plain heartbeat and
+            // the held one.
+            "--client-timeout-seconds",
+            "120",
         ],
     );
     let addr = server.addr;
@@ -190,8 +197,14 @@ pub async fn phase(dir: &Path, opts: &Opts) -> Waiting {
     let mut parked = Vec::with_capacity(held_n);
     for (key, id) in held_pairs {
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        send(&mut stream, "/api/session/heartbeat", &beat(key, id, 25)).await;
+        let (status, _) = post(&mut stream, "/api/session/heartbeat", &beat(key, id, 0)).await;
+        assert_eq!(status, 200, "a plain heartbeat");
         parked.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let rss_connected = rss_of(server.child.id());
+    for ((key, id), stream) in held_pairs.iter().zip(&mut parked) {
+        send(stream, "/api/session/heartbeat", &beat(key, id, 25)).await;
     }
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     let rss_after = rss_of(server.child.id());
@@ -205,6 +218,7 @@ pub async fn phase(dir: &Path, opts: &Opts) -> Waiting {
         takeovers,
         held: held_n,
         extra_rss_mib: rss_after - rss_before,
+        connections_mib: rss_connected - rss_before,
         beats_without: without.rps,
         beats_with: with.rps,
     };
@@ -214,12 +228,15 @@ pub async fn phase(dir: &Path, opts: &Opts) -> Waiting {
         w.held_p50_ms, w.held_p99_ms, w.takeovers, w.plain_p50_ms, w.plain_p99_ms
     );
     println!(
-        "waiting heartbeats: {} held at once: server +{:.1} MiB resident ({:.1} -> {:.1}); \
+        "waiting heartbeats: {} held at once: server +{:.1} MiB resident ({:.1} -> {:.1}), \
+         of which the keep-alive connections alone +{:.1} MiB and the holding +{:.1} MiB; \
          other devices' heartbeats {:.0}/s with them, {:.0}/s without ({:.3})",
         w.held,
         w.extra_rss_mib,
         rss_before,
         rss_after,
+        w.connections_mib,
+        w.extra_rss_mib - w.connections_mib,
         w.beats_with,
         w.beats_without,
         w.beats_with / w.beats_without

@@ -6,11 +6,13 @@
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures_util::FutureExt;
 
 use super::extract::{ApiJson, ClientAddr};
 use super::session::{checked_session_body, KeyChecker};
-use super::AppState;
+use super::{deferred, AppState};
 use crate::error::Result;
 use crate::held::Waited;
 use crate::http::error::status_and_code;
@@ -35,34 +37,52 @@ pub(super) async fn heartbeat(
     State(state): State<AppState>,
     addr: ClientAddr,
     ApiJson(body): ApiJson<HeartbeatBody>,
-) -> Result<Json<HeartbeatAnswer>> {
+) -> Result<Response> {
     let (checker, key) = checked_session_body(&state, addr, &body.access_key, &body.session_id)?;
     let wait = input::wait_seconds(body.wait_seconds, state.timing().heartbeat_interval_secs)?;
+    let id = body.session_id;
     if wait == 0 {
-        return beat(&state, &checker, &key, &body.session_id)
-            .await
-            .map(Json);
+        let answer = beat(&state, &checker, &key, &id).await?;
+        return Ok(Json(answer).into_response());
     }
+    // Held outside the middleware stack: only this future lives while the
+    // answer waits (`deferred`).
+    let held = held(state, checker, key, id, Duration::from_secs(wait));
+    Ok(deferred::respond(held.map(|answer| {
+        answer.map_or_else(IntoResponse::into_response, |a| Json(a).into_response())
+    })))
+}
+
+/// A held heartbeat: renews the lease, then answers when `wait` is over,
+/// the session ends (its end's answer), or the server stops.
+async fn held(
+    state: AppState,
+    checker: KeyChecker,
+    key: AccessKey,
+    id: String,
+    wait: Duration,
+) -> Result<HeartbeatAnswer> {
     // Watch before the heartbeat: an end committed after its lookup wakes
     // the wait; one committed before is its answer.
-    let held = state.held().clone();
-    let watch = held.watch(&body.session_id);
+    let watch = state.held().clone().watch(&id);
     let mut notified = watch.armed();
-    let answer = beat(&state, &checker, &key, &body.session_id).await?;
-    let until = Instant::now() + Duration::from_secs(wait);
+    // Boxed, here and below: the lookup's future is only alive while it
+    // runs, not for the whole wait.
+    let answer = Box::pin(beat(&state, &checker, &key, &id)).await?;
+    let until = Instant::now() + wait;
     loop {
         let left = until.saturating_duration_since(Instant::now());
         match watch.wait(notified.as_mut(), left).await {
-            Waited::Elapsed => return Ok(Json(answer)),
+            Waited::Elapsed => return Ok(answer),
             Waited::Stopping => {
                 metrics::global().held_answered_early("stopping");
-                return Ok(Json(answer));
+                return Ok(answer);
             }
             Waited::Woken => {
                 // Look again, watching first as before: the end's answer,
                 // or (a wake that was not this session's end) wait on.
                 notified = watch.armed();
-                match beat(&state, &checker, &key, &body.session_id).await {
+                match Box::pin(beat(&state, &checker, &key, &id)).await {
                     Ok(_) => {}
                     // The database stumbling is not the session's end: the
                     // arrival's answer stands, and the wait goes on.

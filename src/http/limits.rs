@@ -62,7 +62,12 @@ pub async fn guard(State(state): State<AppState>, req: Request, next: Next) -> R
     };
     let response = run(&state, parts, bytes, next).await;
     match seal {
-        Some(seal) => seal.apply(response, &state).await,
+        Some(seal) => {
+            super::deferred::then(response, move |response| async move {
+                seal.apply(response, &state).await
+            })
+            .await
+        }
         None => response,
     }
 }
@@ -88,8 +93,15 @@ async fn run(
     } else {
         None
     };
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    let response = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    // A held answer keeps its writer slot until it is finished.
+    super::deferred::then(response, move |response| async move {
+        drop(_slot);
+        response
+    })
+    .await
 }
 
 async fn read_body(body: Body, timeout: Duration) -> Result<Bytes, Error> {

@@ -28,6 +28,19 @@ pub async fn observe(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| metrics::route_label(p.as_str()));
     let response = next.run(req).await;
+    super::deferred::then(response, move |response| async move {
+        record(method, route, started, &response);
+        response
+    })
+    .await
+}
+
+fn record(
+    method: &'static str,
+    route: Option<&'static str>,
+    started: Instant,
+    response: &Response,
+) {
     let code = response.extensions().get::<ErrorCode>().map(|c| c.0);
     match route {
         Some("/api/session/start") => {
@@ -44,7 +57,6 @@ pub async fn observe(req: Request, next: Next) -> Response {
         response.status().as_u16(),
         started.elapsed(),
     );
-    response
 }
 
 /// GET /metrics: the Prometheus text exposition, with the state gauges read

@@ -8,6 +8,7 @@
 //! [`crate::store::blocking`]; they never build SQL and never decide policy.
 
 mod admin;
+mod deferred;
 pub mod error;
 pub mod extract;
 mod health;
@@ -66,6 +67,9 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             date_header,
         ))
+        // Outermost: a held answer is awaited here, after every layer
+        // above has registered its work on it (`deferred`).
+        .layer(axum::middleware::from_fn(deferred::finish))
         .with_state(state)
 }
 
@@ -77,13 +81,16 @@ async fn date_header(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response<axum::body::Body> {
-    let mut response = next.run(request).await;
-    if let Some(value) = http_date(state.now()) {
+    let response = next.run(request).await;
+    deferred::then(response, move |mut response| async move {
+        if let Some(value) = http_date(state.now()) {
+            response
+                .headers_mut()
+                .insert(axum::http::header::DATE, value);
+        }
         response
-            .headers_mut()
-            .insert(axum::http::header::DATE, value);
-    }
-    response
+    })
+    .await
 }
 
 /// The `Date` value for `now`, formatted once a second per worker thread
