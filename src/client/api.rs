@@ -130,7 +130,7 @@ impl Api {
         }
         let extra_roots = Arc::new(Vec::new());
         Ok(Api {
-            agent: agent(&base, timeout, &extra_roots),
+            agent: agent(timeout, &extra_roots),
             base,
             timeout,
             pinned: Arc::new(Vec::new()),
@@ -146,7 +146,7 @@ impl Api {
             .map_err(|e| format!("the CA file {} {e}", path.display()))?;
         let mut api = self.clone();
         Arc::make_mut(&mut api.extra_roots).extend(certs);
-        api.agent = agent(&api.base, api.timeout, &api.extra_roots);
+        api.agent = agent(api.timeout, &api.extra_roots);
         Ok(api)
     }
 
@@ -164,7 +164,7 @@ impl Api {
     pub fn retimed(&self, timeout: Duration) -> Result<Api, String> {
         let mut api = self.clone();
         api.timeout = timeout;
-        api.agent = agent(&api.base, timeout, &api.extra_roots);
+        api.agent = agent(timeout, &api.extra_roots);
         Ok(api)
     }
 
@@ -395,19 +395,16 @@ fn typed<T: DeserializeOwned>(path: &str, answer: Value) -> Result<T, ApiError> 
 }
 
 /// The agent of an API: errors are answers to read, every call bounded,
-/// and over `https://` the trust of [`tls::config`] (not read for plain
-/// HTTP, which has no certificate to check).
-fn agent(base: &str, timeout: Duration, extra_roots: &[CertificateDer<'static>]) -> ureq::Agent {
-    let config = ureq::Agent::config_builder()
+/// and the trust of [`tls::config`] (set for `http://` too: a redirect
+/// may lead to `https://`).
+fn agent(timeout: Duration, extra_roots: &[CertificateDer<'static>]) -> ureq::Agent {
+    ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(timeout))
-        .user_agent(concat!("keyseat-client/", env!("CARGO_PKG_VERSION")));
-    let config = if base.starts_with("https://") {
-        config.tls_config(tls::config(extra_roots))
-    } else {
-        config
-    };
-    config.build().into()
+        .user_agent(concat!("keyseat-client/", env!("CARGO_PKG_VERSION")))
+        .tls_config(tls::config(extra_roots))
+        .build()
+        .into()
 }
 
 /// A call that got no answer: a refused certificate when that is why,
