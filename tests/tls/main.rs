@@ -190,7 +190,7 @@ fn ssl_cert_file_is_honoured() {
 
 /// `keyseat client --ca-file` holds a seat until SIGTERM (exit 0, the
 /// session ended); without the CA it exits 11 with one line naming the
-/// certificate problem.
+/// certificate problem, as for a wrong name and an expired certificate.
 #[test]
 fn keyseat_client_with_and_without_the_ca() {
     let Some(front) = Front::start() else { return };
@@ -227,6 +227,23 @@ fn keyseat_client_with_and_without_the_ca() {
         String::from_utf8_lossy(&out.stderr),
         format!("keyseat: cannot start a session: {UNKNOWN_ISSUER}\n")
     );
+    for (port, said) in [
+        (front.wrong_name, "it is for another name (wrong.example)"),
+        (front.expired, "it has expired"),
+    ] {
+        let out = keyseat(&["client", "--server", &front.url(port), "--ca-file", &ca])
+            .env("KEYSEAT_KEY", &key)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(11), "{}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.starts_with(&format!(
+                "keyseat: cannot start a session: the server's certificate is not trusted: {said}"
+            )),
+            "{stderr}"
+        );
+    }
 }
 
 /// Waits until process `pid` has a SIGTERM handler (SigCgt in
