@@ -42,6 +42,7 @@
 //!   gaps), [`report`] (the sharing report and activity, pure),
 //!   [`ratelimit`], [`proxy`], [`metrics`], [`signing`] (the keys that
 //!   sign answers, the signature header and its check on the device),
+//!   [`trust`] (the CA certificates TLS connections trust),
 //!   [`error`] (one error enum;
 //!   [`http::error`] maps it to statuses in one place).
 //!
@@ -90,4 +91,5 @@ pub mod signing;
 pub mod state;
 pub mod store;
 pub mod sweep;
+pub mod trust;
 pub mod wire;

@@ -1,16 +1,13 @@
-//! `keyseat client` (the reference client: the library in a terminal) and
-//! `keyseat check` (a deployment's smoke test: health, start, heartbeat,
-//! status, one device at a time, end and, optionally, expiry).
+//! `keyseat client`: the reference client, the library in a terminal
+//! (`keyseat check`, in [`super::check`], shares its key handling and exit
+//! codes).
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use super::outln;
 use clap::Args;
 
-use crate::client::{Api, ApiError, Client, ClientError, LostReason, SessionEvent};
-use crate::signing::PinnedKey;
-use crate::wire::StartAnswer;
+use crate::client::{Client, ClientError, LostReason, SessionEvent};
 
 /// Exit codes of `keyseat client`, one per way of ending.
 pub mod exit {
@@ -36,6 +33,9 @@ pub mod exit {
     pub const UNTRUSTED: u8 = 9;
     /// `--borrow`: the key does not allow borrowing, or not that long.
     pub const BORROW_REFUSED: u8 = 10;
+    /// The server's TLS certificate was refused (unknown issuer: see
+    /// `--ca-file`; another name; expired).
+    pub const CERTIFICATE: u8 = 11;
 }
 
 #[derive(Debug, Args)]
@@ -59,6 +59,10 @@ pub struct ClientArgs {
     // A base64url key may begin with `-`: the value is taken as is.
     #[arg(long, value_name = "BASE64URL", allow_hyphen_values = true)]
     public_key: Option<String>,
+    /// A PEM file of CA certificates to trust besides the system store
+    /// (a server whose certificate comes from a private CA).
+    #[arg(long, value_name = "PEM_FILE")]
+    ca_file: Option<std::path::PathBuf>,
     /// Borrow the seat for this many hours (offline use) instead of
     /// heartbeating: prints the lease token (checked with --public-key when
     /// given) and exits 0, leaving the seat borrowed.
@@ -68,7 +72,7 @@ pub struct ClientArgs {
 
 /// The access key from `--key KEY`, `--key -` (a line of standard input)
 /// or the KEYSEAT_KEY environment variable, in that order.
-fn access_key(flag: Option<&str>) -> Result<String, String> {
+pub(super) fn access_key(flag: Option<&str>) -> Result<String, String> {
     let key = match flag {
         Some("-") => {
             let mut line = String::new();
@@ -85,6 +89,12 @@ fn access_key(flag: Option<&str>) -> Result<String, String> {
         })?,
     };
     Ok(key.trim().to_owned())
+}
+
+/// A flag's value is unusable: one line naming the flag, exit 2.
+pub(super) fn bad_flag(flag: &str, e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("keyseat: {flag}: {e}");
+    ExitCode::from(exit::USAGE)
 }
 
 fn print_line(text: &str) {
@@ -109,13 +119,16 @@ pub fn run_client(args: ClientArgs) -> ExitCode {
         Ok(c) => c.device_name(device.clone()),
         Err(e) => return fail(&e),
     };
+    if let Some(path) = &args.ca_file {
+        client = match client.ca_file(path) {
+            Ok(c) => c,
+            Err(e) => return bad_flag("--ca-file", e),
+        };
+    }
     if let Some(public_key) = &args.public_key {
         client = match client.public_key(public_key) {
             Ok(c) => c,
-            Err(e) => {
-                eprintln!("keyseat: --public-key: {e}");
-                return ExitCode::from(exit::USAGE);
-            }
+            Err(e) => return bad_flag("--public-key", e),
         };
     }
     match args.fingerprint.as_deref() {
@@ -200,6 +213,7 @@ pub fn run_client(args: ClientArgs) -> ExitCode {
                 LostReason::KeyRefused { .. } => exit::KEY_REFUSED,
                 LostReason::Unreachable { .. } => exit::UNREACHABLE,
                 LostReason::Untrusted { .. } => exit::UNTRUSTED,
+                LostReason::Certificate(_) => exit::CERTIFICATE,
                 LostReason::Rejected { .. } => exit::ERROR,
             })
         }
@@ -267,341 +281,9 @@ fn exit_code(e: &ClientError) -> u8 {
         }
         ClientError::Unreachable(_) => exit::UNREACHABLE,
         ClientError::Untrusted(_) => exit::UNTRUSTED,
+        ClientError::Certificate(_) => exit::CERTIFICATE,
         _ => exit::ERROR,
     }
-}
-
-#[derive(Debug, Args)]
-pub struct CheckArgs {
-    /// Server URL, e.g. https://licenses.example.com
-    #[arg(long)]
-    server: String,
-    /// An access key to test with (`-`: from standard input; without the
-    /// flag: KEYSEAT_KEY). Use a test key: the checks take over its seat,
-    /// so a real user of it would be disconnected.
-    #[arg(long)]
-    key: Option<String>,
-    /// Also check that a silent session expires (waits for the server's
-    /// advertised timeout).
-    #[arg(long)]
-    with_expiry: bool,
-    /// The server's public signing key (`keyseat signing-key show`):
-    /// answers not signed by it for this request are refused.
-    // A base64url key may begin with `-`: the value is taken as is.
-    #[arg(long, value_name = "BASE64URL", allow_hyphen_values = true)]
-    public_key: Option<String>,
-}
-
-/// Runs the checks; exit 0 only when every check passes.
-pub fn run_check(args: CheckArgs) -> ExitCode {
-    let key = match access_key(args.key.as_deref()) {
-        Ok(k) => k,
-        Err(e) => {
-            eprintln!("keyseat: {e}");
-            return ExitCode::from(exit::USAGE);
-        }
-    };
-    if let Err(e) = crate::keys::AccessKey::parse(&key) {
-        eprintln!("keyseat: the access key is not valid: {e}");
-        return ExitCode::from(exit::KEY_REFUSED);
-    }
-    let mut api = match Api::new(&args.server, Duration::from_secs(10)) {
-        Ok(api) => api,
-        Err(e) => {
-            eprintln!("keyseat: {e}");
-            return ExitCode::from(exit::ERROR);
-        }
-    };
-    let pinned = match args.public_key.as_deref().map(PinnedKey::parse) {
-        None => None,
-        Some(Ok(key)) => Some(key),
-        Some(Err(e)) => {
-            eprintln!("keyseat: --public-key: {e}");
-            return ExitCode::from(exit::USAGE);
-        }
-    };
-    if let Some(key) = &pinned {
-        api = api.pin(key.clone());
-    }
-    let mut check = Check {
-        api,
-        pinned,
-        key,
-        passed: 0,
-        total: 0,
-        opened: Vec::new(),
-    };
-    outln!(
-        "Checking {} (the checks start and end sessions on this key)",
-        check.api.base()
-    );
-    check.run(args.with_expiry);
-    check.cleanup();
-    outln!("{}/{} checks passed", check.passed, check.total);
-    if check.passed == check.total {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(exit::ERROR)
-    }
-}
-
-struct Check {
-    api: Api,
-    /// The key given with --public-key (every call is then verified).
-    pinned: Option<PinnedKey>,
-    key: String,
-    passed: usize,
-    total: usize,
-    /// Sessions this run started, ended at the end whatever happened.
-    opened: Vec<String>,
-}
-
-const DEVICE_A: &str = "keyseat-check-A";
-const DEVICE_B: &str = "keyseat-check-B";
-const DEVICE_C: &str = "keyseat-check-expiry";
-
-impl Check {
-    fn report(&mut self, name: &str, outcome: Result<String, String>) -> bool {
-        self.total += 1;
-        match outcome {
-            Ok(detail) => {
-                self.passed += 1;
-                outln!("PASS {name}: {detail}");
-                true
-            }
-            Err(reason) => {
-                outln!("FAIL {name}: {reason}");
-                false
-            }
-        }
-    }
-
-    fn start(&mut self, device: &str) -> Result<StartAnswer, ApiError> {
-        let id = format!("keyseat-check-{}", uuid::Uuid::new_v4());
-        self.opened.push(id.clone());
-        self.api.start(&self.key, Some(&id), Some(device), None)
-    }
-
-    fn run(&mut self, with_expiry: bool) {
-        let health = self.api.health().map_err(|e| e.to_string()).and_then(|h| {
-            if h.is_ok() {
-                Ok(format!("server {} is up, database ok", h.version))
-            } else {
-                Err(format!("unexpected health answer {}", json_text(&h)))
-            }
-        });
-        self.report("health", health);
-        let signatures = self.signatures();
-        self.report("signatures", signatures);
-
-        let a = self.start(DEVICE_A);
-        let a_id = a.as_ref().ok().map(|b| b.session_id.clone());
-        let timeout = a.as_ref().map_or(60, |b| b.session_timeout_seconds);
-        let started = a
-            .map_err(|e| e.to_string())
-            .map(|b| format!("session {}, fence {}", b.session_id, b.fence));
-        let skipped = || Err::<String, String>("skipped: no session was started".into());
-        self.report("start", started);
-
-        let Some(a_id) = a_id else {
-            for name in ["heartbeat", "status", "one-device-at-a-time", "end"] {
-                self.report(name, skipped());
-            }
-            if with_expiry {
-                self.report("expiry", skipped());
-            }
-            return;
-        };
-
-        let hb = self
-            .api
-            .heartbeat(&self.key, &a_id, None)
-            .map_err(|e| e.to_string())
-            .map(|b| format!("lease extended to {}", b.expires_at));
-        self.report("heartbeat", hb);
-
-        let status = self
-            .api
-            .status(&self.key)
-            .map_err(|e| e.to_string())
-            .and_then(|b| {
-                if b.sessions.iter().any(|s| s.session_id == a_id) {
-                    Ok(format!(
-                        "session listed as live ({} of {} seat(s))",
-                        b.sessions.len(),
-                        b.max_sessions
-                    ))
-                } else {
-                    Err(format!(
-                        "the live session is missing from {}",
-                        json_text(&b)
-                    ))
-                }
-            });
-        self.report("status", status);
-
-        let (one_device, end) = self.one_device(&a_id);
-        self.report("one-device-at-a-time", one_device);
-        self.report("end", end);
-
-        if with_expiry {
-            let expiry = self.expiry(timeout);
-            self.report("expiry", expiry);
-        }
-    }
-
-    /// The server lists its signing keys and signs an answer with one: the
-    /// pinned one when --public-key was given (then every later check is
-    /// verified too), else whichever it lists first, named so it can be
-    /// pinned.
-    fn signatures(&mut self) -> Result<String, String> {
-        let listed = self
-            .api
-            .signing_keys()
-            .map_err(|e| format!("GET /api/signing-keys: {e}"))?;
-        let current = listed
-            .keys
-            .first()
-            .ok_or("the server lists no signing key")?;
-        let (probe, pinned_here) = match &self.pinned {
-            Some(pinned) => {
-                if !listed.keys.iter().any(|k| k.kid == pinned.kid()) {
-                    return Err(format!(
-                        "the pinned key (kid {}) is not among the server's signing keys (current: {}); \
-                         pass the key `keyseat signing-key show` prints on the server",
-                        pinned.kid(),
-                        current.x
-                    ));
-                }
-                (self.api.clone(), true)
-            }
-            None => {
-                let key = PinnedKey::parse(&current.x)
-                    .map_err(|e| format!("the listed key is unusable: {e}"))?;
-                (self.api.clone().pin(key), false)
-            }
-        };
-        probe
-            .status(&self.key)
-            .map_err(|e| format!("a signed status answer: {e}"))?;
-        Ok(if pinned_here {
-            format!("answers are signed by the pinned key (kid {})", current.kid)
-        } else {
-            format!(
-                "answers are signed (kid {}); pin it with --public-key {}",
-                current.kid, current.x
-            )
-        })
-    }
-
-    /// Device B starts; device A must be superseded and told B's name.
-    /// Then B ends and must be told so. Returns both outcomes.
-    fn one_device(&mut self, a_id: &str) -> (Result<String, String>, Result<String, String>) {
-        let b = match self.start(DEVICE_B) {
-            Ok(b) => b,
-            Err(e) => {
-                let reason = if e.code() == Some("seats_full") {
-                    "a second device was refused with seats_full: the key's policy is reject, not takeover".to_owned()
-                } else {
-                    format!("starting a second device failed: {e}")
-                };
-                return (Err(reason), Err("skipped: no second session".into()));
-            }
-        };
-        let b_id = b.session_id.clone();
-        let result = (|| {
-            let terminated = b.terminated_sessions.iter().any(|t| t.session_id == a_id);
-            if !terminated || !b.previous_session_terminated {
-                return Err("a second device started without ending the first: the key allows more than one device at a time".to_owned());
-            }
-            match self.api.heartbeat(&self.key, a_id, None) {
-                Err(ApiError::Server {
-                    status: 409,
-                    code,
-                    error,
-                    ..
-                }) if code == "session_superseded" => {
-                    let by = error["superseded_by"]["device_name"]
-                        .as_str()
-                        .unwrap_or_default();
-                    if by == DEVICE_B {
-                        Ok(format!(
-                            "the first device heard 409 session_superseded naming \"{by}\""
-                        ))
-                    } else {
-                        Err(format!(
-                            "session_superseded named \"{by}\", not \"{DEVICE_B}\""
-                        ))
-                    }
-                }
-                Ok(_) => {
-                    Err("the first device's heartbeat still succeeds after the takeover".into())
-                }
-                Err(e) => Err(format!(
-                    "the first device heard {e}, not 409 session_superseded"
-                )),
-            }
-        })();
-        let end = self.end_check(&b_id);
-        (result, end)
-    }
-
-    fn end_check(&mut self, id: &str) -> Result<String, String> {
-        match self.api.end(&self.key, id, None) {
-            Ok(b) if b.ended => {}
-            Ok(b) => {
-                return Err(format!(
-                    "end answered {}, expected ended: true",
-                    json_text(&b)
-                ))
-            }
-            Err(e) => return Err(e.to_string()),
-        }
-        match self.api.heartbeat(&self.key, id, None) {
-            Err(ApiError::Server {
-                status: 410, code, ..
-            }) if code == "session_ended" => {
-                Ok("ended; a later heartbeat hears 410 session_ended".into())
-            }
-            Ok(_) => Err("a heartbeat after end still succeeds".into()),
-            Err(e) => Err(format!(
-                "a heartbeat after end heard {e}, not 410 session_ended"
-            )),
-        }
-    }
-
-    fn expiry(&mut self, timeout: u64) -> Result<String, String> {
-        let c = self
-            .start(DEVICE_C)
-            .map_err(|e| format!("starting failed: {e}"))?;
-        let id = c.session_id;
-        let wait = timeout + 2;
-        outln!("     waiting {wait} s for the session to expire (server timeout {timeout} s)…");
-        std::thread::sleep(Duration::from_secs(wait));
-        match self.api.heartbeat(&self.key, &id, None) {
-            Err(ApiError::Server {
-                status: 410, code, ..
-            }) if code == "session_expired" => {
-                Ok(format!("a silent session expired after {timeout} s"))
-            }
-            Ok(_) => Err(format!(
-                "the session was still live {wait} s after its last heartbeat"
-            )),
-            Err(e) => Err(format!("heard {e}, not 410 session_expired")),
-        }
-    }
-
-    /// Ends every session this run started (already-ended ones are fine).
-    fn cleanup(&mut self) {
-        for id in std::mem::take(&mut self.opened) {
-            let _ = self.api.end(&self.key, &id, Some(Duration::from_secs(5)));
-        }
-    }
-}
-
-/// An answer as the JSON the server sent, for messages.
-fn json_text(answer: &impl serde::Serialize) -> String {
-    serde_json::to_string(answer).unwrap_or_default()
 }
 
 #[cfg(test)]

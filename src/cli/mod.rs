@@ -10,6 +10,8 @@
 //! usage or an invalid setting.
 
 #[cfg(feature = "client")]
+pub mod check;
+#[cfg(feature = "client")]
 pub mod client;
 /// `println!` that exits quietly when stdout is closed (`keyseat keys list
 /// | head -1`), instead of panicking on the broken pipe.
@@ -238,13 +240,14 @@ enum Command {
     /// client). Exit codes: 0 ended by user, 3 superseded, 4 expired,
     /// 5 revoked, 6 key refused, 7 unreachable, 8 seats full, 9 answers
     /// failed the signature check (--public-key), 10 borrowing refused
-    /// (--borrow), 1 other.
+    /// (--borrow), 11 the server's TLS certificate was refused (see
+    /// --ca-file), 1 other.
     #[cfg(feature = "client")]
     Client(client::ClientArgs),
     /// Verify a live deployment: health, start, heartbeat, status,
     /// one-device-at-a-time, end (and expiry). Exit 0 only if all pass.
     #[cfg(feature = "client")]
-    Check(client::CheckArgs),
+    Check(check::CheckArgs),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -259,7 +262,7 @@ pub fn main() -> ExitCode {
     #[cfg(feature = "client")]
     match cli.command {
         Command::Client(args) => return client::run_client(args),
-        Command::Check(args) => return client::run_check(args),
+        Command::Check(args) => return check::run_check(args),
         _ => {}
     }
     // Flags after the subcommand win over the same flags before it.

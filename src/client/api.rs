@@ -1,13 +1,17 @@
 //! The wire calls, one function per route, with no retry policy: what
 //! [`super::Client`] and `keyseat check` build on.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::tls::{self, CertificateProblem};
 use crate::signing::{Forgery, PinnedKey, SIGNATURE_HEADER};
 use crate::wire::{
     BorrowAnswer, BorrowBody, DeviceBody, EndAnswer, HealthAnswer, HeartbeatAnswer, HeartbeatBody,
@@ -43,13 +47,18 @@ pub enum ApiError {
         /// What did not match.
         reason: Forgery,
     },
+    /// The TLS handshake refused the server's certificate. Not transient:
+    /// retrying cannot fix a certificate, and it is not "unreachable".
+    Certificate(CertificateProblem),
 }
 
 impl ApiError {
-    /// Worth retrying: no answer, a 5xx, or 429.
+    /// Worth retrying: no answer, a 5xx, or 429 (never a refused
+    /// certificate).
     pub fn is_transient(&self) -> bool {
         match self {
             ApiError::Transport(_) | ApiError::Forged { .. } => true,
+            ApiError::Certificate(_) => false,
             ApiError::Server { status, .. } => *status >= 500 || *status == 429,
         }
     }
@@ -57,7 +66,7 @@ impl ApiError {
     /// The contract's error code, if the server answered.
     pub fn code(&self) -> Option<&str> {
         match self {
-            ApiError::Transport(_) | ApiError::Forged { .. } => None,
+            ApiError::Transport(_) | ApiError::Forged { .. } | ApiError::Certificate(_) => None,
             ApiError::Server { code, .. } => Some(code),
         }
     }
@@ -77,6 +86,7 @@ impl std::fmt::Display for ApiError {
                 f,
                 "the answer to {path} failed the signature check: {reason}"
             ),
+            ApiError::Certificate(problem) => write!(f, "{problem}"),
         }
     }
 }
@@ -91,6 +101,8 @@ pub struct Api {
     timeout: Duration,
     /// The public keys answers must be signed with; none: not checked.
     pinned: Arc<Vec<PinnedKey>>,
+    /// CA certificates trusted besides the system store (`ca_file`).
+    extra_roots: Arc<Vec<CertificateDer<'static>>>,
 }
 
 impl std::fmt::Debug for Api {
@@ -102,7 +114,9 @@ impl std::fmt::Debug for Api {
 impl Api {
     /// An API client for `server_url` (`http://host:port` or `https://…`,
     /// with or without a trailing slash); each call is bounded by
-    /// `timeout`.
+    /// `timeout`. Over `https://` the server's certificate must verify
+    /// against the operating system's trust store (`SSL_CERT_FILE` and
+    /// `SSL_CERT_DIR` honoured) or a CA added with [`Api::trusting`].
     pub fn new(server_url: &str, timeout: Duration) -> Result<Api, String> {
         let base = server_url.trim().trim_end_matches('/').to_owned();
         let rest = base
@@ -114,18 +128,26 @@ impl Api {
         if rest.is_empty() || rest.contains(char::is_whitespace) {
             return Err(format!("server URL `{base}` has no host"));
         }
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(timeout))
-            .user_agent(concat!("keyseat-client/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+        let extra_roots = Arc::new(Vec::new());
         Ok(Api {
+            agent: agent(timeout, &extra_roots),
             base,
-            agent,
             timeout,
             pinned: Arc::new(Vec::new()),
+            extra_roots,
         })
+    }
+
+    /// This API trusting the CA certificates of the PEM file at `path` too
+    /// (a private CA, besides the system store). A missing file, or one
+    /// without a PEM certificate, is an error naming the file.
+    pub fn trusting(&self, path: &Path) -> Result<Api, String> {
+        let certs = crate::trust::pem_certificates(path)
+            .map_err(|e| format!("the CA file {} {e}", path.display()))?;
+        let mut api = self.clone();
+        Arc::make_mut(&mut api.extra_roots).extend(certs);
+        api.agent = agent(api.timeout, &api.extra_roots);
+        Ok(api)
     }
 
     /// This API with `key` pinned too: from now on every session call
@@ -137,10 +159,12 @@ impl Api {
         self
     }
 
-    /// This API with another time budget per call (pinned keys kept).
+    /// This API with another time budget per call (pinned keys and added
+    /// CAs kept).
     pub fn retimed(&self, timeout: Duration) -> Result<Api, String> {
-        let mut api = Api::new(&self.base, timeout)?;
-        api.pinned = self.pinned.clone();
+        let mut api = self.clone();
+        api.timeout = timeout;
+        api.agent = agent(timeout, &api.extra_roots);
         Ok(api)
     }
 
@@ -370,8 +394,26 @@ fn typed<T: DeserializeOwned>(path: &str, answer: Value) -> Result<T, ApiError> 
     })
 }
 
+/// The agent of an API: errors are answers to read, every call bounded,
+/// and the trust of [`tls::config`] (set for `http://` too: a redirect
+/// may lead to `https://`).
+fn agent(timeout: Duration, extra_roots: &[CertificateDer<'static>]) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .user_agent(concat!("keyseat-client/", env!("CARGO_PKG_VERSION")))
+        .tls_config(tls::config(extra_roots))
+        .build()
+        .into()
+}
+
+/// A call that got no answer: a refused certificate when that is why,
+/// else a transport failure (retried while the lease lasts).
 fn transport(e: ureq::Error) -> ApiError {
-    ApiError::Transport(e.to_string())
+    match tls::certificate_problem(&e) {
+        Some(problem) => ApiError::Certificate(problem),
+        None => ApiError::Transport(e.to_string()),
+    }
 }
 
 fn read(mut resp: ureq::http::Response<ureq::Body>) -> Result<Value, ApiError> {

@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use super::ApiError;
+use super::{ApiError, CertificateProblem};
 
 /// Why a call failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -33,6 +33,11 @@ pub enum ClientError {
     /// key: an impostor, a replay, or a proxy that changes answers.
     #[error("the server's answer is not trusted: {0}")]
     Untrusted(String),
+    /// The TLS handshake refused the server's certificate (unknown issuer,
+    /// another name, expired): not retried, since it does not heal by
+    /// waiting; see [`super::Client::ca_file`].
+    #[error("{0}")]
+    Certificate(CertificateProblem),
 }
 
 impl From<ApiError> for ClientError {
@@ -40,6 +45,7 @@ impl From<ApiError> for ClientError {
         match e {
             ApiError::Transport(msg) => ClientError::Unreachable(msg),
             forged @ ApiError::Forged { .. } => ClientError::Untrusted(forged.to_string()),
+            ApiError::Certificate(problem) => ClientError::Certificate(problem),
             ApiError::Server {
                 status,
                 code,
@@ -98,6 +104,11 @@ pub enum LostReason {
         /// What the last answer failed.
         last_error: String,
     },
+    /// A heartbeat's TLS handshake refused the server's certificate (it
+    /// was renewed by a CA this client does not trust, expired, or another
+    /// server answers): the session is lost at once, without retrying,
+    /// since a certificate does not heal within a lease.
+    Certificate(CertificateProblem),
     /// Another refusal the client does not expect (a bug on either side).
     Rejected {
         /// The contract's error code.
@@ -140,6 +151,7 @@ impl std::fmt::Display for LostReason {
                 f,
                 "untrusted: no answer that passed the signature check before the lease ran out ({last_error})"
             ),
+            LostReason::Certificate(problem) => write!(f, "{problem}"),
             LostReason::Rejected { code, message } => write!(f, "rejected ({code}): {message}"),
         }
     }

@@ -30,13 +30,20 @@
 //!   stops the heartbeats at once and reaches the app through
 //!   [`Session::on_lost`], [`Session::wait_lost`] and [`Session::state`];
 //! - [`Session::end`] and dropping the session end it on the server without
-//!   waiting for a heartbeat interval to pass.
+//!   waiting for a heartbeat interval to pass;
+//! - over `https://` the server's certificate is checked against the
+//!   operating system's trust store (`SSL_CERT_FILE`/`SSL_CERT_DIR`
+//!   honoured) and any CA added with [`Client::ca_file`]; a refused
+//!   certificate is [`ClientError::Certificate`] (a start) or
+//!   [`LostReason::Certificate`] (a running session, lost at once), named
+//!   (unknown issuer, another name, expired) and never retried.
 
 mod api;
 mod borrow;
 mod error;
 mod fingerprint;
 mod session;
+mod tls;
 
 pub use crate::lease_token::{LeaseClaims, LeaseTokenError};
 pub use api::{Api, ApiError};
@@ -44,6 +51,7 @@ pub use borrow::{verify_lease_token, Borrowed};
 pub use error::{ClientError, LostReason};
 pub use fingerprint::machine_fingerprint;
 pub use session::Session;
+pub use tls::CertificateProblem;
 
 use session::{backoff, retry_after};
 
@@ -179,6 +187,18 @@ impl Client {
     pub fn fingerprint(mut self, fingerprint: impl Into<String>) -> Self {
         self.fingerprint = Some(fingerprint.into());
         self
+    }
+
+    /// Trusts the CA certificates in the PEM file at `path` besides the
+    /// operating system's store: for a server whose certificate comes from
+    /// a private CA. A missing file or one with no PEM certificate is a
+    /// [`ClientError::Config`] naming it.
+    pub fn ca_file(mut self, path: impl AsRef<std::path::Path>) -> Result<Self, ClientError> {
+        self.api = self
+            .api
+            .trusting(path.as_ref())
+            .map_err(ClientError::Config)?;
+        Ok(self)
     }
 
     /// The time budget of each HTTP call (default 10 s).

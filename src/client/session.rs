@@ -20,7 +20,7 @@ pub(super) const FIRST_RETRY: Duration = Duration::from_millis(500);
 pub(super) fn retry_after(e: &ApiError) -> Option<Duration> {
     match e {
         ApiError::Server { retry_after, .. } => *retry_after,
-        ApiError::Transport(_) | ApiError::Forged { .. } => None,
+        ApiError::Transport(_) | ApiError::Forged { .. } | ApiError::Certificate(_) => None,
     }
 }
 
@@ -203,6 +203,13 @@ fn heartbeat_loop(shared: Arc<Shared>) {
                 ..
             }) => {
                 shared.lose(LostReason::from_refusal(&code, &message, &error));
+                return;
+            }
+            // Lost at once, not retried: a refused certificate does not heal
+            // within a lease, and the app should say why now, not in a minute
+            // as "unreachable".
+            Err(ApiError::Certificate(problem)) => {
+                shared.lose(LostReason::Certificate(problem));
                 return;
             }
             Err(ApiError::Transport(_) | ApiError::Forged { .. }) => {

@@ -1,17 +1,22 @@
-//! What this machine must have for the tests (nginx, python3) and who runs
-//! them: without a program a test skips, saying why, except under
-//! `CI=true`, where CI must not pass by testing nothing.
+//! What this machine must have for the tests (nginx, python3, openssl) and
+//! who runs them: without a program a test skips, saying why, except under
+//! `CI=true` or `KEYSEAT_REQUIRE_NGINX=1` (which `.ci/run` sets), where CI
+//! must not pass by testing nothing. tests/tls/ uses this file too.
 
 use std::path::PathBuf;
 
 fn in_ci() -> bool {
     std::env::var("CI").as_deref() == Ok("true")
+        || std::env::var("KEYSEAT_REQUIRE_NGINX").as_deref() == Ok("1")
 }
 
-/// Skips (None, with the reason on stderr), or panics under `CI=true`.
+/// Skips (None, with the reason on stderr), or panics in CI.
 pub fn skip<T>(why: &str) -> Option<T> {
-    assert!(!in_ci(), "CI=true, so this test must run: {why}");
-    eprintln!("skipping a high-availability test: {why}");
+    assert!(
+        !in_ci(),
+        "CI=true or KEYSEAT_REQUIRE_NGINX=1, so this test must run: {why}"
+    );
+    eprintln!("skipping: {why}");
     None
 }
 
@@ -22,9 +27,16 @@ pub fn nginx_binary() -> Option<PathBuf> {
         .or_else(|| skip("nginx is not installed (Debian: apt-get install nginx)"))
 }
 
-/// python3, if there is one (a failure under `CI=true` when missing).
+/// python3, if there is one (a failure in CI when missing).
 pub fn python3() -> Option<PathBuf> {
     on_path("python3").or_else(|| skip("python3 is not installed"))
+}
+
+/// The openssl command line, which makes the TLS tests' certificates.
+#[allow(dead_code)] // tests/tls/ only
+pub fn openssl() -> Option<PathBuf> {
+    on_path("openssl")
+        .or_else(|| skip("openssl is not installed (Debian: apt-get install openssl)"))
 }
 
 fn on_path(program: &str) -> Option<PathBuf> {

@@ -2,6 +2,8 @@
 //! shows (read from the document, so the document cannot drift from what
 //! is tested), nginx started on it in the foreground under a prefix of its
 //! own, and its access log read back to see which server answered what.
+//! tests/tls/ runs README.md's TLS block with the same pieces
+//! ([`Nginx::spawn`], [`documented_block`], [`swapped`]).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -32,12 +34,29 @@ impl Nginx {
         servers: &[u16],
         rt: &tokio::runtime::Runtime,
     ) -> Nginx {
+        let mut nginx = Nginx::spawn(bin, prefix, &tested_nginx_block(listen, servers));
+        let health = Api::new(&format!("http://127.0.0.1:{listen}"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            nginx.assert_running();
+            if rt.block_on(health.health()).is_ok() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nginx never answered /health:\n{}",
+                nginx.error_log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        nginx
+    }
+
+    /// `bin` in the foreground on `http_block` (the inside of nginx.conf's
+    /// `http {}`), everything it writes under `prefix`; not waited for.
+    pub fn spawn(bin: &Path, prefix: PathBuf, http_block: &str) -> Nginx {
         let conf = prefix.join("nginx.conf");
-        std::fs::write(
-            &conf,
-            nginx_conf(&prefix, &tested_nginx_block(listen, servers)),
-        )
-        .unwrap();
+        std::fs::write(&conf, nginx_conf(&prefix, http_block)).unwrap();
         let child = Command::new(bin)
             .arg("-e")
             .arg(prefix.join("error.log"))
@@ -52,28 +71,30 @@ impl Nginx {
             .stderr(File::create(prefix.join("stderr.log")).unwrap())
             .spawn()
             .expect("spawn nginx");
-        let mut nginx = Nginx { child, prefix };
-        let health = Api::new(&format!("http://127.0.0.1:{listen}"));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = nginx.child.try_wait().unwrap() {
-                panic!(
-                    "nginx exited ({status}):\n{}\n{}",
-                    std::fs::read_to_string(nginx.prefix.join("stderr.log")).unwrap_or_default(),
-                    nginx.error_log()
-                );
-            }
-            if rt.block_on(health.health()).is_ok() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "nginx never answered /health:\n{}",
-                nginx.error_log()
+        Nginx { child, prefix }
+    }
+
+    /// Panics with nginx's logs if it has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            panic!(
+                "nginx exited ({status}):\n{}\n{}",
+                std::fs::read_to_string(self.prefix.join("stderr.log")).unwrap_or_default(),
+                self.error_log()
             );
-            std::thread::sleep(Duration::from_millis(20));
         }
-        nginx
+    }
+
+    /// Rewrites nginx.conf with `http_block` and has nginx reload it
+    /// (SIGHUP: new workers on the new configuration, the old ones finish).
+    #[allow(dead_code)] // tests/tls/ only
+    pub fn reload(&mut self, http_block: &str) {
+        std::fs::write(
+            self.prefix.join("nginx.conf"),
+            nginx_conf(&self.prefix, http_block),
+        )
+        .unwrap();
+        signal(self.child.id(), "HUP");
     }
 
     /// The access log: `METHOD URI STATUS UPSTREAM_ADDR SECONDS` per
@@ -131,7 +152,7 @@ impl Nginx {
             .fold(0.0, f64::max)
     }
 
-    fn error_log(&self) -> String {
+    pub fn error_log(&self) -> String {
         std::fs::read_to_string(self.prefix.join("error.log")).unwrap_or_default()
     }
 }
@@ -167,15 +188,15 @@ fn wait_exit(child: &mut Child, limit: Duration) -> bool {
     false
 }
 
-/// The nginx block of docs/high-availability.md: the ```nginx fence after
-/// the comment that names this test.
-fn documented_nginx_block() -> String {
-    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(DOC))
-        .unwrap_or_else(|e| panic!("reading {DOC}: {e}"));
-    let marker = doc
-        .find("tests/high_availability/ runs nginx with exactly")
-        .unwrap_or_else(|| panic!("{DOC} lost the comment marking the tested nginx block"));
-    let after = &doc[marker..];
+/// The ```nginx fence of `doc` (a path in the repository) after the
+/// comment containing `marker`.
+pub fn documented_block(doc: &str, marker: &str) -> String {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(doc))
+        .unwrap_or_else(|e| panic!("reading {doc}: {e}"));
+    let marker = text
+        .find(marker)
+        .unwrap_or_else(|| panic!("{doc} lost the comment marking the tested nginx block"));
+    let after = &text[marker..];
     let open = after
         .find("```nginx\n")
         .expect("a ```nginx block after the marker")
@@ -188,7 +209,7 @@ fn documented_nginx_block() -> String {
 /// 10.0.0.10:80, keyseat on 10.0.0.11-13:8080) swapped for local ports;
 /// each must occur exactly once, so the document cannot drift from this.
 fn tested_nginx_block(listen: u16, servers: &[u16]) -> String {
-    let mut block = documented_nginx_block();
+    let block = documented_block(DOC, "tests/high_availability/ runs nginx with exactly");
     let mut swaps = vec![(
         "listen 10.0.0.10:80;".to_owned(),
         format!("listen 127.0.0.1:{listen};"),
@@ -199,13 +220,19 @@ fn tested_nginx_block(listen: u16, servers: &[u16]) -> String {
             format!("server 127.0.0.1:{port} "),
         ));
     }
+    swapped(DOC, block, &swaps)
+}
+
+/// `block` (from `doc`) with each `(from, to)` swapped; each `from` must
+/// occur exactly once, so the document cannot drift from the test.
+pub fn swapped(doc: &str, mut block: String, swaps: &[(String, String)]) -> String {
     for (from, to) in swaps {
         assert_eq!(
-            block.matches(&from).count(),
+            block.matches(from.as_str()).count(),
             1,
-            "{DOC}'s nginx block should contain `{from}` once:\n{block}"
+            "{doc}'s nginx block should contain `{from}` once:\n{block}"
         );
-        block = block.replace(&from, &to);
+        block = block.replace(from.as_str(), to);
     }
     block
 }

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import pytest
 
@@ -22,16 +22,23 @@ from conftest import clean_env
 class Proc:
     """The entry point in a subprocess, its stdout read line by line."""
 
-    def __init__(self, url: str, key: str, device: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        key: str,
+        device: Optional[str] = None,
+        extra: Sequence[str] = (),
+        env: Optional[Dict[str, str]] = None,
+    ) -> None:
         args = [sys.executable, "-m", "keyseat_client", "--server", url, "--key", key]
         if device is not None:
             args += ["--device-name", device]
         self.p = subprocess.Popen(
-            args,
+            args + list(extra),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=clean_env(),
+            env=clean_env() if env is None else env,
             text=True,
         )
         self.lines: "queue.Queue[Optional[str]]" = queue.Queue()

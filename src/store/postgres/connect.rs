@@ -158,21 +158,10 @@ pub(super) fn connector(tls: &Tls) -> Result<tokio_postgres_rustls::MakeRustlsCo
     let config = match tls {
         Tls::Verified { root_file } => {
             let mut roots = rustls::RootCertStore::empty();
-            use rustls::pki_types::pem::PemObject;
             let certs = match root_file {
-                Some(file) => {
-                    let pem = std::fs::read(file).map_err(|e| {
-                        Error::Config(format!("sslrootcert {file} cannot be read: {e}"))
-                    })?;
-                    rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
-                        .collect::<std::result::Result<Vec<_>, _>>()
-                        .map_err(|e| {
-                            Error::Config(format!(
-                                "sslrootcert {file} is not PEM certificates: {e}"
-                            ))
-                        })?
-                }
-                None => rustls_native_certs::load_native_certs().certs,
+                Some(file) => crate::trust::pem_certificates(std::path::Path::new(file))
+                    .map_err(|e| Error::Config(format!("sslrootcert {file} {e}")))?,
+                None => crate::trust::system_roots(),
             };
             let (added, _ignored) = roots.add_parsable_certificates(certs);
             if added == 0 {

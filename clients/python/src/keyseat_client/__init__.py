@@ -43,6 +43,7 @@ from .errors import (
     SessionSuperseded,
     Unauthorized,
     UntrustedAnswer,
+    CertificateNotTrusted,
     VerificationUnavailable,
 )
 from .fingerprint import machine_fingerprint
@@ -107,6 +108,7 @@ __all__ = [
     "TerminatedDevice",
     "Unauthorized",
     "UntrustedAnswer",
+    "CertificateNotTrusted",
     "VerificationUnavailable",
     "Forgery",
     "PinnedKey",

@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
+import ssl
 import urllib.error
 import urllib.request
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ._version import __version__
-from .errors import ConfigError, KeyseatError, ServerUnreachable, error_from_answer
+from .errors import (
+    ConfigError,
+    KeyseatError,
+    ServerUnreachable,
+    certificate_error,
+    error_from_answer,
+)
 from .signing import (
     SIGNATURE_HEADER,
     PinnedKey,
@@ -71,6 +79,12 @@ class Api:
     connection. Proxies are taken from the environment (``HTTPS_PROXY``,
     ``NO_PROXY``...), as everywhere in ``urllib``.
 
+    Over ``https://`` the server's certificate is checked against the
+    operating system's trust store (``SSL_CERT_FILE``/``SSL_CERT_DIR``
+    honoured, as everywhere in ``ssl``) and, with ``cafile``, the CA
+    certificates of that PEM file too; a refused certificate raises
+    :class:`~keyseat_client.CertificateNotTrusted`.
+
     With ``public_key`` (one key or a list, see
     :class:`~keyseat_client.Client`), every POST sends a fresh nonce and
     raises :class:`~keyseat_client.UntrustedAnswer` for an answer that is
@@ -84,12 +98,16 @@ class Api:
         timeout: float = DEFAULT_TIMEOUT,
         *,
         public_key: Optional[PublicKeys] = None,
+        cafile: "Optional[str | os.PathLike[str]]" = None,
     ) -> None:
         if not timeout or timeout <= 0:
             raise ConfigError("the timeout must be a positive number of seconds")
         self._base = _check_url(server_url)
         self._timeout = float(timeout)
-        self._opener = urllib.request.build_opener(_NoRedirect())
+        handlers: List[urllib.request.BaseHandler] = [_NoRedirect()]
+        if cafile is not None:
+            handlers.append(urllib.request.HTTPSHandler(context=_trusting(cafile)))
+        self._opener = urllib.request.build_opener(*handlers)
         self._pinned: Tuple[PinnedKey, ...] = pinned_keys(public_key)
 
     @property
@@ -165,7 +183,11 @@ class Api:
             finally:
                 e.close()
         except urllib.error.URLError as e:
+            if isinstance(e.reason, ssl.SSLCertVerificationError):
+                raise certificate_error(e.reason) from None
             raise ServerUnreachable(_describe_reason(e.reason)) from None
+        except ssl.SSLCertVerificationError as e:
+            raise certificate_error(e) from None
         except (socket.timeout, TimeoutError) as e:
             raise ServerUnreachable(_describe_reason(e)) from None
         except (OSError, http.client.HTTPException) as e:
@@ -282,6 +304,26 @@ class Api:
     def status(self, access_key: str, timeout: Optional[float] = None) -> Dict[str, Any]:
         """``POST /api/session/status``."""
         return self.post("/api/session/status", {"access_key": access_key}, timeout)
+
+
+def _trusting(cafile: "str | os.PathLike[str]") -> ssl.SSLContext:
+    """The system store (as urllib's default) plus the CAs of ``cafile``; a
+    missing file or one without a PEM certificate is a ConfigError naming it
+    (the Rust client's words)."""
+    context = ssl.create_default_context()
+    path = os.fspath(cafile)
+    try:
+        context.load_verify_locations(cafile=path)
+    except FileNotFoundError as e:
+        raise ConfigError(f"the CA file {path} cannot be read: {e.strerror}") from None
+    except OSError as e:
+        if isinstance(e, ssl.SSLError):
+            raise ConfigError(
+                f"the CA file {path} holds no certificate (expected PEM: "
+                "-----BEGIN CERTIFICATE-----)"
+            ) from None
+        raise ConfigError(f"the CA file {path} cannot be read: {e}") from None
+    return context
 
 
 def _describe_reason(reason: object) -> str:

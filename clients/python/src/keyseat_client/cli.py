@@ -15,6 +15,8 @@ Exit codes:
 9  answers failed the signature check with the pinned key (``--public-key``),
    or (``--borrow``) the lease token did not verify with it
 10 ``--borrow``: the key does not allow borrowing, or not that many hours
+11 the server's TLS certificate was refused (unknown issuer: see
+   ``--ca-file``; another name; expired)
 == ==========================================================================
 
 ``--borrow HOURS`` borrows the seat for offline use instead of
@@ -35,6 +37,7 @@ from typing import List, Optional
 
 from .errors import (
     BorrowNotAllowed,
+    CertificateNotTrusted,
     ConfigError,
     InvalidLeaseToken,
     InvalidRequest,
@@ -69,6 +72,7 @@ UNREACHABLE = 7
 SEATS_FULL = 8
 UNTRUSTED = 9
 BORROW_REFUSED = 10
+CERTIFICATE = 11
 USAGE = 2
 
 #: The exit code for each way a session can be lost.
@@ -81,6 +85,7 @@ EXIT_CODES = {
     LostReason.KEY_REFUSED: KEY_REFUSED,
     LostReason.UNREACHABLE: UNREACHABLE,
     LostReason.UNTRUSTED: UNTRUSTED,
+    LostReason.CERTIFICATE: CERTIFICATE,
     LostReason.REJECTED: ERROR,
 }
 
@@ -98,7 +103,8 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Start a keyseat session and keep it alive until Ctrl-C/SIGTERM "
             "(exit 0) or until it is lost (exit 3 superseded, 4 expired, "
-            "5 revoked, 6 key refused, 7 unreachable, 9 untrusted; 8 seats full "
+            "5 revoked, 6 key refused, 7 unreachable, 9 untrusted, 11 certificate "
+            "refused; 8 seats full "
             "at start). With --borrow HOURS: borrow the seat for offline use, "
             "print the lease token and exit 0 (10 if the key refuses the borrow)."
         ),
@@ -120,6 +126,14 @@ def _parser() -> argparse.ArgumentParser:
             "The server's public signing key (`keyseat signing-key show --pin`): "
             "answers not signed by it for this request are refused. Needs "
             "keyseat-client[verify]."
+        ),
+    )
+    p.add_argument(
+        "--ca-file",
+        metavar="PEM_FILE",
+        help=(
+            "A PEM file of CA certificates to trust besides the system store "
+            "(a server whose certificate comes from a private CA)."
         ),
     )
     p.add_argument(
@@ -186,6 +200,8 @@ def _fail(e: KeyseatError) -> int:
         return UNREACHABLE
     if isinstance(e, UntrustedAnswer):
         return UNTRUSTED
+    if isinstance(e, CertificateNotTrusted):
+        return CERTIFICATE
     return ERROR
 
 
@@ -244,10 +260,16 @@ def main(argv: Optional[List[str]] = None) -> int:
             fingerprint=fingerprint,
             on_event=_on_event,
             public_key=pinned,
+            cafile=args.ca_file,
         )
         if args.borrow is not None:
             return _borrow(client, args.borrow, pinned)
         session = client.start()
+    except ConfigError as e:
+        if not e.message.startswith("the CA file "):
+            return _fail(e)
+        _print_error(f"keyseat: --ca-file: {e}")
+        return USAGE
     except KeyseatError as e:
         return _fail(e)
     except _Interrupted as e:

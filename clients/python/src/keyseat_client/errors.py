@@ -16,6 +16,7 @@ Every exception derives from :class:`KeyseatError`, which carries
 
 from __future__ import annotations
 
+import ssl
 from typing import Any, Dict, Optional, Type
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "ConfigError",
     "ServerUnreachable",
     "UntrustedAnswer",
+    "CertificateNotTrusted",
     "VerificationUnavailable",
     "KeyRefused",
     "InvalidKey",
@@ -170,6 +172,51 @@ class UntrustedAnswer(KeyseatError):
 
     def __str__(self) -> str:
         return f"the server's answer is not trusted: {self.message}"
+
+
+class CertificateNotTrusted(KeyseatError):
+    """The TLS handshake refused the server's certificate: signed by a CA
+    this client does not trust (``problem == "unknown_issuer"``; pass
+    ``cafile=`` or add the CA to the system store), made for another name
+    (``"wrong_name"``), ``"expired"``, ``"not_valid_yet"``, or ``"other"``.
+
+    Not transient: a start is not retried, and a running session that meets
+    it is lost at once as :attr:`~keyseat_client.LostReason.CERTIFICATE`
+    (a certificate does not heal within a lease). ``code`` is
+    ``"certificate"``, ``status`` ``None``.
+    """
+
+    def __init__(self, problem: str, detail: str = "") -> None:
+        said = {
+            "unknown_issuer": "unknown issuer; pass --ca-file or add the CA to the system store",
+            "wrong_name": "it is for another name; use the name the certificate was made "
+            "for in the server URL",
+            "expired": "it has expired; the server's certificate must be renewed",
+            "not_valid_yet": "it is not valid yet; check this machine's clock",
+        }.get(problem, detail)
+        super().__init__(f"the server's certificate is not trusted: {said}", code="certificate")
+        self.problem = problem
+
+
+# OpenSSL's verify codes (X509_V_ERR_*) for each problem.
+_CERT_PROBLEMS = {
+    2: "unknown_issuer",  # unable to get issuer certificate
+    18: "unknown_issuer",  # self-signed certificate
+    19: "unknown_issuer",  # self-signed certificate in chain
+    20: "unknown_issuer",  # unable to get local issuer certificate
+    21: "unknown_issuer",  # unable to verify the first certificate
+    9: "not_valid_yet",
+    10: "expired",
+    62: "wrong_name",  # hostname mismatch
+    64: "wrong_name",  # IP address mismatch
+}
+
+
+def certificate_error(e: ssl.SSLCertVerificationError) -> CertificateNotTrusted:
+    """The :class:`CertificateNotTrusted` for a failed verification."""
+    code = getattr(e, "verify_code", None)
+    detail = getattr(e, "verify_message", None) or str(e)
+    return CertificateNotTrusted(_CERT_PROBLEMS.get(code, "other"), detail)
 
 
 class KeyRefused(KeyseatError):

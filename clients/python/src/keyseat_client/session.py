@@ -15,7 +15,8 @@ What it gets right so the app does not have to:
   lease runs out is it lost as :attr:`LostReason.UNREACHABLE` (or
   :attr:`LostReason.UNTRUSTED` when, with a pinned public key, the last
   answers failed the signature check);
-- a terminal answer (superseded, expired, ended, revoked, key refused) stops
+- a terminal answer (superseded, expired, ended, revoked, key refused), or
+  a refused TLS certificate (:attr:`LostReason.CERTIFICATE`), stops
   the heartbeats at once and reaches the app through :meth:`Session.on_lost`,
   :meth:`Session.wait_lost` and :attr:`Session.state`;
 - :meth:`Session.end` (and leaving a ``with`` block, and interpreter exit)
@@ -98,6 +99,10 @@ class LostReason(str, enum.Enum):
     #: Only answers that failed the signature check (with a pinned public
     #: key) until the lease ran out: something answers in the server's place.
     UNTRUSTED = "untrusted"
+    #: A heartbeat's TLS handshake refused the server's certificate
+    #: (:class:`~keyseat_client.CertificateNotTrusted`): lost at once, not
+    #: retried, since a certificate does not heal within a lease.
+    CERTIFICATE = "certificate"
     #: Another refusal the client does not expect (a bug on either side).
     REJECTED = "rejected"
 
@@ -172,6 +177,8 @@ class LostInfo:
                 "untrusted: no answer that passed the signature check before the "
                 f"lease ran out ({self.message})"
             )
+        if r is LostReason.CERTIFICATE:
+            return self.message
         return f"rejected ({self.code}): {self.message}"
 
 
@@ -322,6 +329,7 @@ def _lost_from_error(e: KeyseatError) -> LostInfo:
         "key_revoked": LostReason.KEY_REFUSED,
         "key_suspended": LostReason.KEY_REFUSED,
         "key_expired": LostReason.KEY_REFUSED,
+        "certificate": LostReason.CERTIFICATE,
     }
     return LostInfo(simple.get(code, LostReason.REJECTED), code=code, message=e.message)
 
@@ -412,6 +420,11 @@ class Client:
         answers at once (one before the waiting heartbeat) the client falls
         back to one per interval by itself. Intervals under 2 s are never
         held.
+    :param cafile: a PEM file of CA certificates trusted besides the
+        operating system's store (a server whose certificate comes from a
+        private CA); a missing or non-PEM file raises
+        :class:`~keyseat_client.ConfigError`. A refused certificate raises
+        :class:`~keyseat_client.CertificateNotTrusted`.
     """
 
     def __init__(
@@ -426,9 +439,10 @@ class Client:
         on_event: Optional[Callable[[SessionEvent], Any]] = None,
         public_key: Optional[PublicKeys] = None,
         waiting_heartbeats: bool = True,
+        cafile: Optional[str] = None,
     ) -> None:
         self._access_key = check_access_key(access_key)
-        self._api = Api(server_url, timeout, public_key=public_key)
+        self._api = Api(server_url, timeout, public_key=public_key, cafile=cafile)
         self.device_name = device_name
         self.fingerprint = fingerprint
         self.start_attempts = max(int(start_attempts), 1)
