@@ -24,6 +24,8 @@ macro_rules! outln {
 #[cfg(feature = "client")]
 pub(crate) use outln;
 
+#[cfg(feature = "client")]
+mod health;
 mod keys;
 mod report;
 mod sessions;
@@ -38,7 +40,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Database;
-use crate::config::{self, Overrides, Settings};
+use crate::config::{self, LogFormat, Overrides, Settings};
 use crate::error::{Error, Result};
 use crate::server::{shutdown_signal, Server};
 use crate::store::{OpenMode, PostgresStore, SqliteStore, Storage};
@@ -70,6 +72,9 @@ struct SettingFlags {
     /// Log filter such as info or debug [default: info] [env: KEYSEAT_LOG]
     #[arg(long, global = true, value_name = "FILTER")]
     log: Option<String>,
+    /// text | json (one JSON object a line) [default: text] [env: KEYSEAT_LOG_FORMAT]
+    #[arg(long, global = true, value_name = "TEXT|JSON")]
+    log_format: Option<String>,
 }
 
 /// The server's settings: only `serve` reads them (and `sweep` its
@@ -142,7 +147,11 @@ impl SettingFlags {
             config: self.config.clone(),
             ..Default::default()
         };
-        for (name, value) in [("database", &self.database), ("log", &self.log)] {
+        for (name, value) in [
+            ("database", &self.database),
+            ("log", &self.log),
+            ("log_format", &self.log_format),
+        ] {
             if let Some(v) = value {
                 o.values.insert(name, v.clone());
             }
@@ -245,6 +254,11 @@ enum Command {
     /// one-device-at-a-time, end (and expiry). Exit 0 only if all pass.
     #[cfg(feature = "client")]
     Check(client::CheckArgs),
+    /// Ask a server's /health once: exit 0 when it serves and its database
+    /// answers, 1 (with one line on stderr) otherwise. For service
+    /// managers and container health checks.
+    #[cfg(feature = "client")]
+    Health(health::HealthArgs),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -260,6 +274,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Client(args) => return client::run_client(args),
         Command::Check(args) => return client::run_check(args),
+        Command::Health(args) => return health::run_health(args),
         _ => {}
     }
     // Flags after the subcommand win over the same flags before it.
@@ -302,7 +317,9 @@ pub fn main() -> ExitCode {
         }
         Command::Openapi => unreachable!("handled above"),
         #[cfg(feature = "client")]
-        Command::Client(_) | Command::Check(_) => unreachable!("handled above"),
+        Command::Client(_) | Command::Check(_) | Command::Health(_) => {
+            unreachable!("handled above")
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -335,12 +352,19 @@ fn init_tracing(settings: &Settings, serving: bool) {
     } else {
         format!("{filter},refinery=warn,refinery_core=warn")
     };
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match settings.log_format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        // The event's fields at the top level beside `message`, as the
+        // text line puts them after it: `{"timestamp":…,"level":"INFO",
+        // "message":"session started","key":"ks_ab12",…}`.
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }
 
 fn serve(settings: Settings) -> Result<()> {
