@@ -24,6 +24,7 @@ macro_rules! outln {
 #[cfg(feature = "client")]
 pub(crate) use outln;
 
+mod generate;
 #[cfg(feature = "client")]
 mod health;
 mod keys;
@@ -259,6 +260,14 @@ enum Command {
     /// managers and container health checks.
     #[cfg(feature = "client")]
     Health(health::HealthArgs),
+    /// Write shell completions and man pages from this definition (the
+    /// package build runs it).
+    #[command(hide = true)]
+    Generate {
+        /// Directory to write `completions/` and `man/` into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 /// Runs the command line; returns the process exit code.
@@ -268,6 +277,15 @@ pub fn main() -> ExitCode {
     if let Command::Openapi = cli.command {
         outln!("{}", crate::http::openapi::pretty().trim_end());
         return ExitCode::SUCCESS;
+    }
+    if let Command::Generate { out } = &cli.command {
+        return match generate::run(out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("keyseat: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     // The device-side commands talk to a server; they need no settings.
     #[cfg(feature = "client")]
@@ -315,7 +333,7 @@ pub fn main() -> ExitCode {
         Command::SigningKey(cmd) => {
             with_store(&settings, |s, now| signing::run(cmd, s, now, &settings))
         }
-        Command::Openapi => unreachable!("handled above"),
+        Command::Openapi | Command::Generate { .. } => unreachable!("handled above"),
         #[cfg(feature = "client")]
         Command::Client(_) | Command::Check(_) | Command::Health(_) => {
             unreachable!("handled above")
