@@ -4,7 +4,9 @@
 //! through its control socket ([`crate::control`]), so they see live
 //! heartbeats and make the admin API's choices; with no server they work
 //! directly on the database file. They print a human table, or JSON with
-//! `--json`.
+//! `--json`. `client`, `check` and `health` talk to a server over HTTP;
+//! the hidden `generate` writes the completions and man pages the package
+//! installs.
 //!
 //! Exit codes: 0 success, 1 the command failed (one line on stderr), 2 bad
 //! usage or an invalid setting.
