@@ -4,7 +4,9 @@
 //! through its control socket ([`crate::control`]), so they see live
 //! heartbeats and make the admin API's choices; with no server they work
 //! directly on the database file. They print a human table, or JSON with
-//! `--json`.
+//! `--json`. `client`, `check` and `health` talk to a server over HTTP;
+//! the hidden `generate` writes the completions and man pages the package
+//! installs.
 //!
 //! Exit codes: 0 success, 1 the command failed (one line on stderr), 2 bad
 //! usage or an invalid setting.
@@ -26,6 +28,9 @@ macro_rules! outln {
 #[cfg(feature = "client")]
 pub(crate) use outln;
 
+mod generate;
+#[cfg(feature = "client")]
+mod health;
 mod keys;
 mod report;
 mod sessions;
@@ -40,7 +45,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Database;
-use crate::config::{self, Overrides, Settings};
+use crate::config::{self, LogFormat, Overrides, Settings};
 use crate::error::{Error, Result};
 use crate::server::{shutdown_signal, Server};
 use crate::store::{OpenMode, PostgresStore, SqliteStore, Storage};
@@ -72,6 +77,9 @@ struct SettingFlags {
     /// Log filter such as info or debug [default: info] [env: KEYSEAT_LOG]
     #[arg(long, global = true, value_name = "FILTER")]
     log: Option<String>,
+    /// text | json (one JSON object a line) [default: text] [env: KEYSEAT_LOG_FORMAT]
+    #[arg(long, global = true, value_name = "TEXT|JSON")]
+    log_format: Option<String>,
 }
 
 /// The server's settings: only `serve` reads them (and `sweep` its
@@ -144,7 +152,11 @@ impl SettingFlags {
             config: self.config.clone(),
             ..Default::default()
         };
-        for (name, value) in [("database", &self.database), ("log", &self.log)] {
+        for (name, value) in [
+            ("database", &self.database),
+            ("log", &self.log),
+            ("log_format", &self.log_format),
+        ] {
             if let Some(v) = value {
                 o.values.insert(name, v.clone());
             }
@@ -248,6 +260,19 @@ enum Command {
     /// one-device-at-a-time, end (and expiry). Exit 0 only if all pass.
     #[cfg(feature = "client")]
     Check(check::CheckArgs),
+    /// Ask a server's /health once: exit 0 when it serves and its database
+    /// answers, 1 (with one line on stderr) otherwise. For service
+    /// managers and container health checks.
+    #[cfg(feature = "client")]
+    Health(health::HealthArgs),
+    /// Write shell completions and man pages from this definition (the
+    /// package build runs it).
+    #[command(hide = true)]
+    Generate {
+        /// Directory to write `completions/` and `man/` into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 /// Runs the command line; returns the process exit code.
@@ -258,11 +283,21 @@ pub fn main() -> ExitCode {
         outln!("{}", crate::http::openapi::pretty().trim_end());
         return ExitCode::SUCCESS;
     }
+    if let Command::Generate { out } = &cli.command {
+        return match generate::run(out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("keyseat: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // The device-side commands talk to a server; they need no settings.
     #[cfg(feature = "client")]
     match cli.command {
         Command::Client(args) => return client::run_client(args),
         Command::Check(args) => return check::run_check(args),
+        Command::Health(args) => return health::run_health(args),
         _ => {}
     }
     // Flags after the subcommand win over the same flags before it.
@@ -303,9 +338,11 @@ pub fn main() -> ExitCode {
         Command::SigningKey(cmd) => {
             with_store(&settings, |s, now| signing::run(cmd, s, now, &settings))
         }
-        Command::Openapi => unreachable!("handled above"),
+        Command::Openapi | Command::Generate { .. } => unreachable!("handled above"),
         #[cfg(feature = "client")]
-        Command::Client(_) | Command::Check(_) => unreachable!("handled above"),
+        Command::Client(_) | Command::Check(_) | Command::Health(_) => {
+            unreachable!("handled above")
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -338,12 +375,19 @@ fn init_tracing(settings: &Settings, serving: bool) {
     } else {
         format!("{filter},refinery=warn,refinery_core=warn")
     };
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+        .with_target(false);
+    let _ = match settings.log_format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        // The event's fields at the top level beside `message`, as the
+        // text line puts them after it: `{"timestamp":…,"level":"INFO",
+        // "message":"session started","key":"ks_ab12",…}`.
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }
 
 fn serve(settings: Settings) -> Result<()> {

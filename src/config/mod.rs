@@ -65,6 +65,8 @@ pub struct Settings {
     pub admin_auth_failures_per_minute: u32,
     /// A tracing filter, e.g. `info` or `keyseat=debug`.
     pub log: String,
+    /// How each log line is written: text for people, JSON for shippers.
+    pub log_format: LogFormat,
     /// How stale heartbeat times on disk may be (the CLI's view).
     pub heartbeat_persist_seconds: u64,
     /// Commit durability: FULL (default) or NORMAL.
@@ -94,6 +96,17 @@ pub struct Settings {
     pub signing_key_overlap_days: u32,
 }
 
+/// How log lines are written (`log_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// One readable line per event (the default).
+    #[default]
+    Text,
+    /// One JSON object per line, with the same fields as the text line,
+    /// for log shippers.
+    Json,
+}
+
 /// Where the Prometheus metrics endpoint is served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MetricsMode {
@@ -119,6 +132,7 @@ impl Default for Settings {
             failed_key_lookups_per_minute: 30,
             admin_auth_failures_per_minute: 10,
             log: "info".into(),
+            log_format: LogFormat::Text,
             heartbeat_persist_seconds: 300,
             durability: Durability::Full,
             starts_per_key_per_minute: 20,
@@ -187,7 +201,7 @@ pub const MIN_ADMIN_TOKEN: usize = 16;
 
 /// Every setting name, in the order of the example file. Each has an
 /// environment variable `KEYSEAT_<NAME>` and a flag `--<name>` (dashes).
-pub const SETTING_NAMES: [&str; 22] = [
+pub const SETTING_NAMES: [&str; 23] = [
     "listen",
     "database",
     "admin_token",
@@ -199,6 +213,7 @@ pub const SETTING_NAMES: [&str; 22] = [
     "failed_key_lookups_per_minute",
     "admin_auth_failures_per_minute",
     "log",
+    "log_format",
     "heartbeat_persist_seconds",
     "synchronous",
     "starts_per_key_per_minute",
@@ -349,6 +364,17 @@ fn apply_text(s: &mut Settings, name: &str, value: &str, from: &str) -> Result<(
                 ))
             })?;
             s.log = value.to_owned()
+        }
+        "log_format" => {
+            s.log_format = match value.trim().to_ascii_lowercase().as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                _ => {
+                    return Err(ConfigError(format!(
+                        "log_format = `{value}` (from {from}) must be `text` or `json`"
+                    )))
+                }
+            }
         }
         "heartbeat_persist_seconds" => s.heartbeat_persist_seconds = number(name, value, from)?,
         "synchronous" => {

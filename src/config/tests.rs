@@ -27,6 +27,35 @@ fn defaults_match_the_contract() {
     assert_eq!(s.history_days, 30);
     assert!(s.rate_limits);
     assert!(s.admin_token.is_none());
+    assert_eq!(s.log_format, LogFormat::Text);
+}
+
+/// `log_format` takes `text` or `json` (any case) from every source.
+#[test]
+fn log_format_is_text_or_json() {
+    let (s, _) = load_env(&[("KEYSEAT_LOG_FORMAT", "JSON")], &Overrides::default()).unwrap();
+    assert_eq!(s.log_format, LogFormat::Json);
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(file, "log_format = \"json\"").unwrap();
+    let mut o = Overrides {
+        config: Some(file.path().to_owned()),
+        ..Default::default()
+    };
+    assert_eq!(load_env(&[], &o).unwrap().0.log_format, LogFormat::Json);
+    o.values.insert("log_format", "text".into());
+    assert_eq!(load_env(&[], &o).unwrap().0.log_format, LogFormat::Text);
+    let err = load_env(
+        &[],
+        &Overrides {
+            config: None,
+            values: [("log_format", "yaml".to_owned())].into(),
+        },
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.0,
+        "log_format = `yaml` (from --log-format) must be `text` or `json`"
+    );
 }
 
 #[test]
@@ -80,6 +109,10 @@ fn invalid_settings_are_one_clear_line() {
         ),
         (&[("KEYSEAT_ADMIN_TOKEN", "has space")], "visible ASCII"),
         (&[("KEYSEAT_LOG", "[[[")], "not a valid log filter"),
+        (
+            &[("KEYSEAT_LOG_FORMAT", "xml")],
+            "log_format = `xml` (from environment variable KEYSEAT_LOG_FORMAT) must be `text` or `json`",
+        ),
     ];
     for (env, expected) in cases {
         let err = load_env(env, &Overrides::default()).unwrap_err();

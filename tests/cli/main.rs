@@ -12,6 +12,9 @@ mod common;
 mod database;
 mod input;
 mod keys;
+// Traffic for the logs comes from `keyseat check`, a client command.
+#[cfg(feature = "client")]
+mod logs;
 mod serve;
 mod sessions;
 mod signing;
@@ -194,6 +197,79 @@ impl Drop for KillOnDrop {
             let _ = self.0.kill();
             let _ = self.0.wait();
         }
+    }
+}
+
+/// A spawned `serve` whose stderr is read line by line on a thread, so a
+/// test can wait for a line and still get every line at the end.
+struct LoggedServe {
+    child: KillOnDrop,
+    lines: mpsc::Receiver<String>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl LoggedServe {
+    /// Spawns `cmd` (a `serve` command) with stdout closed, stderr read.
+    fn spawn(mut cmd: Command) -> LoggedServe {
+        let mut child = KillOnDrop(
+            cmd.stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn serve"),
+        );
+        let pipe = child.0.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel::<String>();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        LoggedServe {
+            child,
+            lines,
+            reader,
+        }
+    }
+
+    /// Waits (20 s at most) for the "listening on http://127.0.0.1:N" line;
+    /// the lines before it go to `seen`. The line and the port it names.
+    fn listening(&self, seen: &mut Vec<String>) -> (String, u16) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let ready = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains("listening on http://") => break line,
+                Ok(line) => seen.push(line),
+                Err(_) => panic!("serve never said it was listening; stderr: {seen:?}"),
+            }
+        };
+        let port = ready
+            .split("listening on http://127.0.0.1:")
+            .nth(1)
+            .map(|rest| {
+                rest.chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+            })
+            .and_then(|digits| digits.parse::<u16>().ok())
+            .unwrap_or_else(|| panic!("no port in: {ready}"));
+        (ready, port)
+    }
+
+    /// SIGTERM; asserts it exits 0 within 15 s. The lines not read yet.
+    fn stop(mut self) -> Vec<String> {
+        let pid = self.child.0.id().to_string();
+        let kill = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(kill.success());
+        let status = wait_for(&mut self.child.0, Duration::from_secs(15));
+        let status = status.expect("serve did not stop within 15 s of SIGTERM");
+        assert!(status.success(), "serve exited with {status}");
+        self.reader.join().unwrap();
+        self.lines.try_iter().collect()
     }
 }
 

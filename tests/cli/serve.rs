@@ -10,52 +10,19 @@ use super::*;
 fn serve_runs_until_sigterm_and_the_cli_works_alongside() {
     let dir = TempDir::new().unwrap();
     let db = dir.path().join("served.db");
-    let mut child = KillOnDrop(
-        keyseat()
-            .arg("--database")
-            .arg(&db)
-            .args(["--listen", "127.0.0.1:0", "serve"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn serve"),
-    );
-    let stderr_pipe = child.0.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr_pipe).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
-
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut cmd = keyseat();
+    cmd.arg("--database")
+        .arg(&db)
+        .args(["--listen", "127.0.0.1:0", "serve"]);
+    let serve = LoggedServe::spawn(cmd);
     let mut seen = Vec::new();
-    let ready = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) if line.contains("listening on http://") => break line,
-            Ok(line) => seen.push(line),
-            Err(_) => panic!("serve never said it was listening; stderr: {seen:?}"),
-        }
-    };
-    let port = ready
-        .split("listening on http://127.0.0.1:")
-        .nth(1)
-        .and_then(|rest| {
-            rest.split(|c: char| !c.is_ascii_digit())
-                .next()
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
-    let port: u16 = port
-        .parse()
-        .unwrap_or_else(|_| panic!("no port in: {ready}"));
+    let (ready, port) = serve.listening(&mut seen);
     assert_ne!(port, 0, "the real port, not 0: {ready}");
     assert!(db.is_file(), "serve did not create the database");
     // The next line says the admin API and the dashboard are off, and how
     // to turn them on.
-    let admin = rx
+    let admin = serve
+        .lines
         .recv_timeout(Duration::from_secs(10))
         .expect("a line about the admin API after the listening line");
     assert!(
@@ -72,17 +39,7 @@ fn serve_runs_until_sigterm_and_the_cli_works_alongside() {
     let listed = ok_json(&run(&db, &["keys", "list", "--json"]));
     assert_eq!(field(&listed[0], "key_id"), field(&k, "key_id"));
 
-    let pid = child.0.id().to_string();
-    let kill = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("run kill");
-    assert!(kill.success());
-    let status = wait_for(&mut child.0, Duration::from_secs(15));
-    let status = status.expect("serve did not stop within 15 s of SIGTERM");
-    assert!(status.success(), "serve exited with {status}");
-    reader.join().unwrap();
-    let rest: Vec<String> = rx.try_iter().collect();
+    let rest = serve.stop();
     assert!(
         !rest.iter().chain(&seen).any(|l| l.contains("panicked")),
         "{seen:?} {rest:?}"
