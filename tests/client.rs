@@ -605,6 +605,47 @@ fn reference_client_exit_codes() {
     let _ = holder.wait();
 }
 
+/// A SIGTERM that comes while the session is starting still ends it: the
+/// client catches signals from before its start, so it ends the session it
+/// gets instead of dying with the seat taken until the lease runs out.
+/// The start's answer is held back (a proxy that forwards nothing until
+/// the signal is sent), so the signal surely arrives mid-start.
+#[test]
+fn a_sigterm_while_starting_ends_the_session() {
+    let bg = Bg::start(|_| {});
+    let key = bg.key(NewKey::default());
+    let upstream: SocketAddr = bg.url().trim_start_matches("http://").parse().unwrap();
+    let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", proxy.local_addr().unwrap());
+    let (accepted, first) = mpsc::channel();
+    let (release, released) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let mut released = Some(released);
+        for device in proxy.incoming().flatten() {
+            let _ = accepted.send(());
+            if let Some(gate) = released.take() {
+                let _ = gate.recv();
+            }
+            let mut server = std::net::TcpStream::connect(upstream).unwrap();
+            let (mut from, mut to) = (device.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || std::io::copy(&mut from, &mut to));
+            let mut device = device;
+            std::thread::spawn(move || std::io::copy(&mut server, &mut device));
+        }
+    });
+    let mut client = spawn_client(&url, &key, "A");
+    first
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the start connected");
+    let pid = client.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    release.send(()).unwrap();
+    let (code, out) = wait_exit(&mut client, Duration::from_secs(10));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ended by user"), "{out}");
+    assert_eq!(bg.live_sessions(), 0, "the seat is free at once");
+}
+
 /// Exit code 4: the server expired the session (here by moving the
 /// server's clock past the timeout between two heartbeats).
 #[test]

@@ -157,6 +157,22 @@ pub fn run_client(args: ClientArgs) -> ExitCode {
         )),
         SessionEvent::Lost(_) => {}
     });
+    // Signals are caught from before the start: one that comes while the
+    // session starts ends it, instead of killing the client with the seat
+    // taken until its lease runs out.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let (runtime, signals) = match runtime.and_then(|rt| {
+        let signals = caught_signals(&rt)?;
+        Ok((rt, signals))
+    }) {
+        Ok(both) => both,
+        Err(e) => {
+            eprintln!("keyseat: cannot wait for signals: {e}");
+            return ExitCode::from(exit::ERROR);
+        }
+    };
     let session = match client.start() {
         Ok(s) => s,
         Err(e) => return fail(&e),
@@ -181,19 +197,9 @@ pub fn run_client(args: ClientArgs) -> ExitCode {
     session.on_lost(move |reason| {
         let _ = lost_tx.send(reason);
     });
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("keyseat: cannot wait for signals: {e}");
-            return ExitCode::from(exit::ERROR);
-        }
-    };
     let lost = runtime.block_on(async {
         tokio::select! {
-            _ = crate::server::shutdown_signal() => None,
+            _ = signals => None,
             reason = lost_rx.recv() => reason,
         }
     });
@@ -218,6 +224,30 @@ pub fn run_client(args: ClientArgs) -> ExitCode {
             })
         }
     }
+}
+
+/// Ctrl-C and SIGTERM, caught from now on (the handlers are installed
+/// here, not when first awaited).
+fn caught_signals(
+    runtime: &tokio::runtime::Runtime,
+) -> std::io::Result<impl std::future::Future<Output = ()>> {
+    let _context = runtime.enter();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 /// `keyseat client --borrow HOURS`: one borrow, its token shown (and
