@@ -94,5 +94,8 @@ TS
   echo "a TypeScript consumer type-checks against the installed declarations (NodeNext and CommonJS)"
 )
 
+echo "== the Electron example's syntax (node --check; Electron itself is not installed)"
+for f in examples/electron/*.js; do node --check "$f"; done
+
 echo "== node --test (server: $KEYSEAT_BIN)"
 node --test test/*.test.mjs
