@@ -98,6 +98,24 @@ function pemList(ca: ApiOptions['ca'], caFile: string | undefined): string[] {
   return out;
 }
 
+/**
+ * What Node trusts without a `ca` option: its bundled roots and the file
+ * named by NODE_EXTRA_CA_CERTS. A `ca` option replaces both in Node, so
+ * they are given again beside it.
+ */
+function defaultRoots(): string[] {
+  const roots = [...rootCertificates];
+  const extraFile = process.env['NODE_EXTRA_CA_CERTS'];
+  if (extraFile) {
+    try {
+      roots.push(readFileSync(extraFile, 'utf8'));
+    } catch {
+      // Node itself only warns about an unreadable file; so does nothing here.
+    }
+  }
+  return roots;
+}
+
 // Node's TLS error codes for a refused certificate.
 const CERT_CODES: Record<string, CertificateProblem> = {
   UNABLE_TO_GET_ISSUER_CERT: 'unknown_issuer',
@@ -200,7 +218,7 @@ export class Api {
     // Keep-alive sockets: Node unrefs idle ones, so they never hold the process open.
     this.#agent =
       this.#base.protocol === 'https:'
-        ? new https.Agent({ keepAlive: true, ...(extra.length > 0 ? { ca: [...rootCertificates, ...extra] } : {}) })
+        ? new https.Agent({ keepAlive: true, ...(extra.length > 0 ? { ca: [...defaultRoots(), ...extra] } : {}) })
         : new http.Agent({ keepAlive: true });
   }
 
