@@ -13,8 +13,9 @@ import { Client } from '../dist/esm/index.js';
 import { Server, measure, sleep } from './helpers.mjs';
 
 /** A proxy in front of the real server recording heartbeats; with `strip` it removes wait_seconds. */
-async function relay(upstream, strip = false) {
+async function relay(upstream, strip = false, refuse = 0) {
   const beats = [];
+  let refused = 0;
   const server = http.createServer((req, res) => {
     const chunks = [];
     req.on('data', (c) => chunks.push(c));
@@ -23,6 +24,12 @@ async function relay(upstream, strip = false) {
       if (req.url === '/api/session/heartbeat') {
         const body = JSON.parse(raw.toString());
         beats.push([performance.now(), { ...body }]);
+        if (refused < refuse) {
+          refused += 1;
+          const busy = Buffer.from(JSON.stringify({ error: { code: 'rate_limited', message: 'too many requests; retry in 1 s', retry_after_seconds: 1 } }));
+          res.writeHead(429, { 'content-type': 'application/json', 'retry-after': '1', 'content-length': busy.length }).end(busy);
+          return;
+        }
         if (strip && 'wait_seconds' in body) {
           delete body.wait_seconds;
           raw = Buffer.from(JSON.stringify(body));
@@ -118,6 +125,28 @@ test('a_script_that_ends_its_session_exits_at_once', async () => {
     assert.ok(took < 5000, `${took}`);
     assert.deepEqual(await server.liveSessions(key), []);
   } finally {
+    await server.close();
+  }
+});
+
+test('a_429_is_retried_after_its_retry_after_within_the_lease', async () => {
+  const server = await Server.start({ interval: 1, timeout: 6 });
+  const r = await relay(server.url, false, 2);
+  try {
+    const events = [];
+    const a = await new Client(r.url, await server.key(), { onEvent: (e) => events.push(e) }).start();
+    const deadline = performance.now() + 8000;
+    while (!events.some((e) => e.type === 'recovered') && performance.now() < deadline) await sleep(50);
+    const failed = events.filter((e) => e.type === 'heartbeat_failed');
+    assert.equal(failed.length, 2, JSON.stringify(events));
+    assert.match(failed[0].error, /429 rate_limited/);
+    assert.ok(events.some((e) => e.type === 'recovered'));
+    // Each retry waited at least the server's Retry-After (1 s).
+    assert.ok(gaps(r.beats.slice(0, 3)).every((g) => g >= 990), `${gaps(r.beats)}`);
+    assert.equal(a.state, 'active');
+    assert.equal(await a.end(), true);
+  } finally {
+    await r.close();
     await server.close();
   }
 });
