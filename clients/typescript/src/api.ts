@@ -275,7 +275,9 @@ export class Api {
         });
         res.on('end', () => finish(null, { status: res.statusCode ?? 0, headers: res.headers, raw: Buffer.concat(chunks) }));
         res.on('error', (e) => finish(new Error(`reading the answer failed: ${e.message}`)));
-        res.on('aborted', () => finish(new Error('reading the answer failed: the connection closed')));
+        res.on('close', () => {
+          if (!res.complete) finish(new Error('reading the answer failed: the connection closed'));
+        });
       });
       const timer = setTimeout(() => req.destroy(new Error('timed out')), budgetMs);
       const onAbort = () => req.destroy(Object.assign(new Error('cancelled'), { name: 'AbortError' }));
