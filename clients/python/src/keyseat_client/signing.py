@@ -63,8 +63,8 @@ class Forgery(str, enum.Enum):
     WRONG_KEY = "the answer is for another access key (its key prefix does not match)"
     #: The signature does not cover the HTTP status: a genuine error body
     #: under a 2xx status (or a success body under an error status) has had
-    #: its status changed on the way. (Not in the Rust client, which refuses
-    #: such a 2xx because its body does not fit the route.)
+    #: its status changed on the way (the Rust and TypeScript clients have
+    #: the same check, `Forgery::WrongStatus`).
     WRONG_STATUS = "the answer's HTTP status does not match its signed body"
 
     def __str__(self) -> str:
