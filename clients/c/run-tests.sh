@@ -8,8 +8,9 @@
 # 2. builds libkeyseat_c (.so and .a) and, unless KEYSEAT_BIN names one,
 #    the server;
 # 3. compiles tests/keyseat_test.c and harness.c with gcc (-Wall -Wextra -Werror) twice:
-#    linked to the static library, and to the shared one; checks that the
-#    header also compiles as C++;
+#    linked to the static library, and to the shared one; compiles the
+#    example (examples/hold_a_seat.c) and checks that the header also
+#    compiles as C++;
 # 4. runs the static build, then the shared build once under valgrind
 #    (--error-exitcode=1 --leak-check=full; the one suppression, for a
 #    block Rust's standard library keeps per C thread, is explained in
@@ -23,6 +24,13 @@ repo="$(cd "$here/../.." && pwd)"
 cd "$repo"
 target="${CARGO_TARGET_DIR:-$repo/target}"
 lib="$target/debug"
+
+# docs/clients.md shows examples/hold_a_seat.c (less its first comment).
+if ! diff <(sed -n '/^### Example/,/^### Tests/p' docs/clients.md | sed -n '/^```c$/,/^```$/p' | sed '1d;$d') \
+  <(sed '1,3d' "$here/examples/hold_a_seat.c") >/dev/null; then
+  echo "docs/clients.md's C example is not clients/c/examples/hold_a_seat.c" >&2
+  exit 1
+fi
 
 echo "== cargo test -p keyseat-c (unit tests, header up to date)"
 cargo test --locked -p keyseat-c
@@ -47,6 +55,9 @@ gcc "${flags[@]}" "${sources[@]}" -o "$out/keyseat_test_static" \
   "$lib/libkeyseat_c.a" -lgcc_s -lutil -lrt -lpthread -lm -ldl
 gcc "${flags[@]}" "${sources[@]}" -o "$out/keyseat_test_shared" \
   -L"$lib" -lkeyseat_c -Wl,-rpath,"$lib" -pthread
+# The example docs/clients.md shows compiles and links too.
+gcc "${flags[@]}" "$here/examples/hold_a_seat.c" -o "$out/hold_a_seat" \
+  -L"$lib" -lkeyseat_c -Wl,-rpath,"$lib"
 if command -v g++ >/dev/null 2>&1; then
   echo '#include "keyseat.h"' | g++ -x c++ -fsyntax-only -Wall -Werror -I"$here/include" -
 fi

@@ -455,6 +455,11 @@ pub unsafe extern "C" fn keyseat_client_session_id(
 /// `keyseat_client_end`. NULL does nothing. The handle must not be used
 /// after, nor be in use by another thread during this call.
 ///
+/// The session's heartbeat thread is not joined: it exits by itself once
+/// its call in flight returns (at once when the server answers the end;
+/// at most the call timeout when it is unreachable). Do not unload the
+/// library (`dlclose`, `NativeLibrary.Free`) while such a thread may run.
+///
 /// # Safety
 /// `client` is NULL or a live handle from `keyseat_client_new`, freed only
 /// once.
