@@ -44,6 +44,12 @@ struct Shared {
     inner: Mutex<Inner>,
     changed: Condvar,
     on_event: Option<EventHook>,
+    /// Held while the loss's hooks run, so an `end()` from another thread
+    /// returns only after them (never a lost callback after `end()`); with
+    /// the thread that runs them, so an `end()` from inside a hook does
+    /// not wait for itself.
+    hooks_running: Mutex<()>,
+    hooks_thread: Mutex<Option<std::thread::ThreadId>>,
 }
 
 struct Inner {
@@ -59,14 +65,18 @@ impl Shared {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Tells the app's event hook. A panic in it is the app's bug: it is
+    /// caught here so the heartbeats go on (an uncaught one would end the
+    /// heartbeat thread and leave the session looking usable forever).
     fn emit(&self, event: &SessionEvent) {
         if let Some(hook) = &self.on_event {
-            hook(event);
+            app_hook(|| hook(event));
         }
     }
 
     /// Records a loss (once) unless the app already ended the session.
     fn lose(&self, reason: LostReason) {
+        let _running = self.hooks_running.lock().unwrap_or_else(|p| p.into_inner());
         let hook = {
             let mut inner = self.lock();
             if inner.stop || matches!(inner.state, SessionState::Lost(_) | SessionState::Ended) {
@@ -76,12 +86,30 @@ impl Shared {
             inner.stop = true;
             inner.on_lost.take()
         };
+        *self.hooks_thread.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(std::thread::current().id());
         self.changed.notify_all();
         self.emit(&SessionEvent::Lost(reason.clone()));
         if let Some(hook) = hook {
-            hook(reason);
+            app_hook(|| hook(reason));
+        }
+        *self.hooks_thread.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Waits for a loss's hooks running on another thread to return.
+    fn after_hooks(&self) {
+        let current = std::thread::current().id();
+        let inside = *self.hooks_thread.lock().unwrap_or_else(|p| p.into_inner()) == Some(current);
+        if !inside {
+            drop(self.hooks_running.lock().unwrap_or_else(|p| p.into_inner()));
         }
     }
+}
+
+/// Runs an app's hook; a panic in it is reported on stderr by the panic
+/// hook as usual, and goes no further.
+fn app_hook(hook: impl FnOnce()) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(hook));
 }
 
 /// The heartbeat thread: sleeps an interval (woken at once by a stop),
@@ -317,12 +345,22 @@ impl Session {
             }),
             changed: Condvar::new(),
             on_event,
+            hooks_running: Mutex::new(()),
+            hooks_thread: Mutex::new(None),
         });
         let worker = shared.clone();
-        std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("keyseat-heartbeat".into())
-            .spawn(move || heartbeat_loop(worker))
-            .map_err(|e| ClientError::Config(format!("cannot start the heartbeat thread: {e}")))?;
+            .spawn(move || heartbeat_loop(worker));
+        if let Err(e) = spawned {
+            // The seat was taken: give it back rather than leave it to
+            // the timeout.
+            let (api, info) = (&shared.api, &shared.info);
+            let _ = api.end(&shared.access_key, &info.session_id, Some(DROP_END_TIMEOUT));
+            return Err(ClientError::Config(format!(
+                "cannot start the heartbeat thread: {e}"
+            )));
+        }
         Ok(Session {
             shared,
             finished: false,
@@ -425,6 +463,9 @@ impl Session {
             lost
         };
         self.shared.changed.notify_all();
+        // A loss found at the same moment has its hooks run before this
+        // returns: none fires after `end()`.
+        self.shared.after_hooks();
         // A lost session may still be live on the server (unreachable):
         // ending it frees the seat as soon as the server is back.
         let result = self.shared.api.end(
