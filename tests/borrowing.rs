@@ -349,14 +349,13 @@ async fn a_borrowed_session_outlives_a_restart() {
 
 /// The Rust client: `borrow` hands back a token that
 /// `verify_lease_token` proves with the pinned key (and no other), and
-/// `give_back` returns the seat; refusals carry the contract's codes.
+/// `give_back` returns the seat.
 #[cfg(feature = "client")]
 #[tokio::test]
-async fn the_rust_client_borrows_verifies_offline_and_gives_back() {
-    use keyseat::client::{verify_lease_token, Client, ClientError};
+async fn a_borrow_holds_the_seat_and_its_token_verifies_offline() {
+    use keyseat::client::{verify_lease_token, Client};
     let s = TestServer::start().await;
     let (key, key_json) = s.create_key(json!({"max_borrow_hours": 24})).await;
-    let (off, _) = s.create_key(json!({})).await;
     let pin = pin_text(&s).await;
     let url = s.url.clone();
     let prefix = key_json["prefix"].as_str().unwrap().to_owned();
@@ -382,10 +381,32 @@ async fn the_rust_client_borrows_verifies_offline_and_gives_back() {
             verify_lease_token(&borrowed.lease_token, "not a key"),
             Err(LeaseTokenError::BadPublicKey(_))
         ));
+        borrowed.give_back().unwrap();
+    })
+    .await
+    .unwrap();
+    // Given back: the seat is free at once.
+    s.started(&key2, "desktop").await;
+}
+
+/// Borrowing off for the key, or more hours than it allows: typed errors
+/// with the contract's codes; a refused borrow of a running session leaves
+/// it heartbeating.
+#[cfg(feature = "client")]
+#[tokio::test]
+async fn borrow_refusals_are_typed() {
+    use keyseat::client::{Client, ClientError};
+    let s = TestServer::start().await;
+    let (key, _) = s.create_key(json!({"max_borrow_hours": 24})).await;
+    let (off, _) = s.create_key(json!({})).await;
+    let pin = pin_text(&s).await;
+    let url = s.url.clone();
+    tokio::task::spawn_blocking(move || {
         let refused = |e: ClientError| match e {
             ClientError::Refused { status, code, .. } => (status, code),
             other => panic!("{other:?}"),
         };
+        let client = Client::new(&url, &key).unwrap().public_key(&pin).unwrap();
         assert_eq!(
             refused(client.borrow(25).unwrap_err()),
             (400, "invalid_request".into())
@@ -395,12 +416,16 @@ async fn the_rust_client_borrows_verifies_offline_and_gives_back() {
             refused(off.borrow(1).unwrap_err()),
             (403, "borrow_not_allowed".into())
         );
-        borrowed.give_back().unwrap();
+        let session = off.start().unwrap();
+        assert_eq!(
+            refused(off.borrow_as(session.id(), 1).unwrap_err()),
+            (403, "borrow_not_allowed".into())
+        );
+        assert!(session.is_usable(), "still heartbeating");
+        assert_eq!(session.end(), Ok(true));
     })
     .await
     .unwrap();
-    // Given back: the seat is free at once.
-    s.started(&key2, "desktop").await;
 }
 
 /// `keyseat client --borrow HOURS`: prints the token, checks it with

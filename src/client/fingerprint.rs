@@ -63,10 +63,13 @@ fn machine_id() -> Option<String> {
 mod tests {
     use super::*;
 
+    /// SHA-256 of `keyseat-fingerprint-v1\0<app>\0<machine id>`, its first
+    /// 16 bytes in hex.
     #[test]
-    fn fingerprints_are_salted_hashes() {
+    fn the_fingerprint_is_a_salted_hash() {
         let a = hash("app-one", "machine-1");
-        assert_eq!(a.len(), 32);
+        // The same in every client (docs/clients.md).
+        assert_eq!(a, "33a21275881bd82f47bb2023d4c863c2");
         assert_eq!(a, hash("app-one", "machine-1"), "stable");
         assert_ne!(a, hash("app-two", "machine-1"), "per application");
         assert_ne!(a, hash("app-one", "machine-2"), "per machine");

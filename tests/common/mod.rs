@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod fuzz;
+pub mod http1;
 pub mod postgres;
 pub mod servers;
 

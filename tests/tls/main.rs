@@ -64,7 +64,7 @@ fn check(url: &str, key: &str, extra: &[&str]) -> Command {
 /// without it the start fails at once (not retried) with the certificate
 /// named, not as "unreachable".
 #[test]
-fn the_rust_client_trusts_a_given_ca_and_names_an_unknown_issuer() {
+fn a_private_ca_is_trusted_with_the_ca_option() {
     let Some(front) = Front::start() else { return };
     let key = front.key();
     let url = front.url(front.good);
@@ -94,7 +94,7 @@ fn the_rust_client_trusts_a_given_ca_and_names_an_unknown_issuer() {
 /// A certificate from the trusted CA for another name, and one that has
 /// expired, are refused and named, each without retries.
 #[test]
-fn a_certificate_for_another_name_or_expired_is_refused() {
+fn a_certificate_for_another_name_is_named() {
     let Some(front) = Front::start() else { return };
     let key = front.key();
     let start = |port: u16| {

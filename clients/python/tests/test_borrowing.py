@@ -88,7 +88,7 @@ def borrow_key(server: Any) -> str:
 # -- the borrow --------------------------------------------------------------------
 
 
-def test_a_borrow_holds_the_seat_without_heartbeats(server, borrow_key, public_key):
+def test_a_borrow_holds_the_seat_and_its_token_verifies_offline(server, borrow_key, public_key):
     client = Client(server.url, borrow_key, device_name="Laptop", fingerprint="fp-laptop",
                     public_key=public_key)
     before = int(time.time())
@@ -264,7 +264,7 @@ def test_the_borrow_answer_is_signed_like_a_start(server, borrow_key, public_key
 # -- refusals and seats ------------------------------------------------------------------
 
 
-def test_refusals_map_to_the_clients_errors(server, public_key):
+def test_borrow_refusals_are_typed(server, public_key):
     off = server.key(label="borrowing off")
     with pytest.raises(BorrowNotAllowed) as e:
         Client(server.url, off, public_key=public_key).borrow(1)

@@ -199,3 +199,29 @@ def test_a_public_key_beginning_with_a_dash_is_taken_as_the_value():
     assert args.public_key == key
     args = cli._parse_args(["--server", "http://x", "--key", "ks_x", f"--public-key={key}"])
     assert args.public_key == key
+
+
+def test_the_cli_exit_codes_are_the_documented_ones(server, key):
+    """docs/clients.md's exit-code table is what the entry point returns:
+    the constants against the table here (the Rust side checks the same
+    table against ``keyseat client``), the cheap codes run here, the
+    others in their own tests: 0/3 ``test_superseded_exits_3_and_sigterm_exits_0``,
+    4 ``test_expired_exits_4``, 5 ``test_revoked_exits_5``, 6/7/8
+    ``test_refusals_at_start_exit_6_7_8``, 9 ``test_the_cli_exits_9_for_an_impostor``,
+    10 ``test_the_cli_exits_10_when_the_key_refuses_the_borrow``, 11
+    ``test_cli_ca_file_ssl_cert_file_and_refusals``."""
+    import pathlib
+
+    from keyseat_client import cli
+
+    docs = pathlib.Path(__file__).resolve().parents[3] / "docs" / "clients.md"
+    table = dict(
+        (m.group(2), int(m.group(1)))
+        for m in re.finditer(r"^\| (\d+) \| `(\w+)` \|", docs.read_text(), re.M)
+    )
+    assert table, "no exit-code table in docs/clients.md"
+    assert {name: getattr(cli, name) for name in table} == table
+    typo = Proc(server.url, key[:-1] + ("A" if key[-1] != "A" else "B"), "typo")
+    assert typo.wait_exit() == table["KEY_REFUSED"], typo.text()
+    nowhere = Proc(f"http://127.0.0.1:{closed_port()}", key, "nowhere")
+    assert nowhere.wait_exit(10) == table["UNREACHABLE"], nowhere.text()

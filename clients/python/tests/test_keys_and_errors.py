@@ -14,6 +14,7 @@ from keyseat_client import (
     ConfigError,
     InvalidKey,
     InvalidKeyFormat,
+    InvalidRequest,
     KeyExpired,
     KeyRefused,
     KeyRevoked,
@@ -31,7 +32,7 @@ from keyseat_client import (
 from keyseat_client.keys import BASE62, checksum_of
 
 
-def test_keys_made_by_the_server_pass_and_every_single_typo_fails_locally(server):
+def test_a_typo_is_refused_locally(server):
     keys = [server.key() for _ in range(5)]
     for key in keys:
         assert check_access_key(f"  {key}\n") == key
@@ -81,12 +82,47 @@ def test_a_typo_fails_in_the_constructor_without_a_request():
             listener.accept()
 
 
-def test_bad_server_urls_are_config_errors():
-    good = "ks_" + "A" * 32
-    good += checksum_of(good)
+def test_bad_inputs_are_typed_errors(server, tmp_path):
+    good = server.key()
     for url in ["ftp://x", "localhost:8080", "http://", "http://a b"]:
         with pytest.raises(ConfigError):
             Client(url, good)
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("not pem")
+    for make in [
+        lambda: Client(server.url, good, public_key="not a key!"),
+        lambda: Client(server.url, good, public_key="AAAA"),
+        lambda: Client(server.url, good, cafile=str(tmp_path / "missing.pem")),
+        lambda: Client(server.url, good, cafile=str(not_pem)),
+    ]:
+        with pytest.raises(ConfigError):
+            make()
+    # The server's own refusals of bad values: typed, with the code.
+    with pytest.raises(InvalidRequest) as caught:
+        Client(server.url, good, device_name="tab\there").start()
+    assert (caught.value.status, caught.value.code) == (400, "invalid_request")
+    with pytest.raises(KeyseatError):
+        Client(server.url, good).borrow(0)
+
+
+def test_the_access_key_is_never_shown_whole(server):
+    key = server.key()
+    client = Client(server.url, key)
+    session = client.start()
+    try:
+        for text in [repr(client), str(client), repr(session), str(session)]:
+            assert key[11:] not in text, text
+        assert client.key_prefix.startswith(key[:11])
+    finally:
+        session.end()
+
+
+def test_the_fingerprint_is_a_salted_hash():
+    from keyseat_client.fingerprint import _hash
+
+    # The same in every client (docs/clients.md).
+    assert _hash("app-one", "machine-1") == "33a21275881bd82f47bb2023d4c863c2"
+    assert _hash("app-two", "machine-1") != _hash("app-one", "machine-1")
 
 
 def test_refusals_carry_the_contracts_codes(server):

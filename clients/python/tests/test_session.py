@@ -46,7 +46,7 @@ def test_start_heartbeat_end(server, key):
     assert session.wait_lost(0) is None
 
 
-def test_takeover_reaches_device_a_with_device_bs_name_within_one_interval(
+def test_takeover_is_told_with_the_other_device(
     server, key, measure
 ):
     a = Client(server.url, key, device_name="Device A").start()
@@ -85,7 +85,7 @@ def test_takeover_reaches_device_a_with_device_bs_name_within_one_interval(
     assert b.end() is True
 
 
-def test_a_restart_shorter_than_the_timeout_is_survived(make_server, measure):
+def test_a_restart_is_survived(make_server, measure):
     srv = make_server(interval=1, timeout=4)
     key = srv.key()
     events: "queue.Queue[object]" = queue.Queue()
@@ -119,7 +119,7 @@ def test_a_restart_shorter_than_the_timeout_is_survived(make_server, measure):
     assert session.end() is True
 
 
-def test_a_server_gone_for_good_is_unreachable_after_the_lease_not_before(
+def test_a_server_gone_for_good_is_lost_after_the_lease_not_before(
     make_server, measure
 ):
     srv = make_server(interval=1, timeout=3)
@@ -211,7 +211,7 @@ def test_interpreter_exit_is_prompt_and_ends_the_session(make_server, measure):
     assert srv.live_sessions(key) == [], "the session was ended at exit"
 
 
-def test_admin_actions_reach_the_app(server):
+def test_an_admin_kick_is_told_as_revoked(server):
     # An admin kicks the session: revoked.
     key = server.create_key()
     session = Client(server.url, key["access_key"], device_name="kicked").start()

@@ -258,7 +258,7 @@ REFUSED_AS = {
 
 
 @pytest.mark.parametrize("mode", ["plain", "replay", "flip", "superseded"])
-def test_an_impostor_is_refused_as_untrusted(server, key, public_key, impostor, mode):
+def test_an_impostor_is_refused(server, key, public_key, impostor, mode):
     # Without a pinned key the plain impostor is believed: what signing is for.
     if mode == "plain":
         impostor.mode = "plain"

@@ -211,7 +211,7 @@ def _env() -> Dict[str, str]:
     return {k: v for k, v in clean_env().items() if not k.startswith("SSL_CERT_")}
 
 
-def test_cafile_connects_and_without_it_the_issuer_is_named(front: Front) -> None:
+def test_a_private_ca_is_trusted_with_the_ca_option(front: Front) -> None:
     key = front.server.key(label="tls")
     session = Client(front.url("good"), key, cafile=str(front.ca)).start()
     assert session.end()
@@ -232,7 +232,7 @@ def test_cafile_connects_and_without_it_the_issuer_is_named(front: Front) -> Non
         ("expired", "expired", "it has expired"),
     ],
 )
-def test_a_wrong_name_or_an_expired_certificate_is_refused(
+def test_a_certificate_for_another_name_is_named(
     front: Front, name: str, problem: str, said: str
 ) -> None:
     key = front.server.key(label="tls")
