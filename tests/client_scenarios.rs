@@ -492,3 +492,29 @@ fn a_429_is_retried_after_its_retry_after_within_the_lease() {
     assert_eq!(session.state(), SessionState::Active);
     assert_eq!(session.end(), Ok(true));
 }
+
+/// Not a shared scenario but the Rust client's own promise: a panic in
+/// the app's hooks is the app's bug and stops nothing. The event hook
+/// panics on every event, yet the lost hook is still told, and a second
+/// session of the same client heartbeats on through a panicking hook.
+#[test]
+fn an_apps_panicking_hook_stops_nothing() {
+    let bg = Bg::start(1, 3);
+    let (key, _) = bg.key(NewKey::default());
+    let client = Client::new(&bg.url(), &key)
+        .unwrap()
+        .on_event(|event| panic!("the app's hook is broken: {event:?}"));
+    let session = client.start().unwrap();
+    let (tx, rx) = mpsc::channel();
+    session.on_lost(move |r| {
+        tx.send(r).unwrap();
+        panic!("and so is its lost hook");
+    });
+    bg.store()
+        .kick_session(session.id(), SystemClock.now(), &Actor::cli())
+        .unwrap();
+    let reason = rx.recv_timeout(Duration::from_secs(3)).expect("told");
+    assert_eq!(reason, LostReason::Revoked);
+    assert_eq!(session.state(), SessionState::Lost(LostReason::Revoked));
+    assert_eq!(session.end(), Ok(false));
+}
