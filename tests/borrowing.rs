@@ -327,6 +327,33 @@ async fn a_borrow_never_outlives_its_key() {
     assert_eq!(claims.exp, expiry.0 / 1000);
 }
 
+/// The key's expiry moved earlier after a borrow caps what a re-borrow
+/// adds, not what the first token already promised: the retry answers the
+/// borrow it gave, and its session's `expires_at` agrees. (Found by the
+/// model-based test: the retry answered an end before the one given.)
+#[tokio::test]
+async fn a_key_expiry_moved_earlier_never_shortens_a_borrow_handed_out() {
+    let s = TestServer::start().await;
+    let (key, key_json) = s.create_key(json!({"max_borrow_hours": 2})).await;
+    let first = borrowed(&s, &key, "laptop", 1).await;
+    let given = time(&first["borrowed_until"]);
+    let key_id = key_json["key_id"].as_str().unwrap();
+    let soon = s.now().plus_secs(60).to_rfc3339();
+    let (code, patched) = s
+        .admin(
+            "PATCH",
+            &format!("/api/admin/keys/{key_id}"),
+            Some(json!({"expires_at": soon})),
+        )
+        .await;
+    assert_eq!(code, 200, "{patched}");
+    let id = first["session_id"].as_str().unwrap();
+    let (code, again) = borrow(&s, json!({"access_key": key, "session_id": id, "hours": 1})).await;
+    assert_eq!(code, 200, "{again}");
+    assert_eq!(time(&again["borrowed_until"]), given);
+    assert_eq!(time(&again["expires_at"]), given);
+}
+
 #[tokio::test]
 async fn a_borrowed_session_outlives_a_restart() {
     let s = TestServer::start().await;

@@ -79,7 +79,7 @@ pub(in crate::store) fn start(
         StartDecision::Resume { session_id } => {
             let borrowed = asked_borrow.map(|until| {
                 let current = requested.as_ref().and_then(|r| r.borrowed_until);
-                rules::borrow_extended(current, until, key.expires_at)
+                rules::borrow_extended(current, until)
             });
             let lease = borrowed.map_or(lease, |until| lease.max(until));
             work.conn.execute(
