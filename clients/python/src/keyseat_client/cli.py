@@ -4,7 +4,11 @@ Rust ``keyseat client`` (same lines, same exit codes).
 Exit codes:
 
 == ==========================================================================
-0  ended by the user (Ctrl-C or SIGTERM); the session was ended
+0  ended by the user (Ctrl-C or SIGTERM); the session was ended. A first
+   signal while the session is still starting lets the start finish and then
+   ends the session it got (the seat is free at once); a second one gives up
+   at once with 128 + the signal's number, so a hung server cannot hold
+   Ctrl-C hostage
 1  something else went wrong (bad URL, unexpected answer)
 3  another device started with the same key and took the seat
 4  the server expired the session (missed heartbeats)
@@ -239,13 +243,17 @@ def main(argv: Optional[List[str]] = None) -> int:
             return USAGE
     done = threading.Event()
     by_user = threading.Event()
-    starting = [True]
+    # "start" while the session starts, "borrow" during --borrow, "" after.
+    phase = ["borrow" if args.borrow is not None else "start"]
 
     def on_signal(signum: int, frame: object) -> None:
-        if starting[0]:
-            # Still starting: give up at once (a hung server must not hold
-            # Ctrl-C for several timeouts).
+        if phase[0] == "borrow" or (phase[0] == "start" and by_user.is_set()):
+            # A borrow, or a second signal while starting: give up at once
+            # (a hung server must not hold Ctrl-C for several timeouts).
             raise _Interrupted(signum)
+        # Like the Rust client: a first signal while starting lets the start
+        # finish, and the session it got is then ended (exit 0) instead of
+        # leaving the seat taken until its lease runs out.
         by_user.set()
         done.set()
 
@@ -265,6 +273,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.borrow is not None:
             return _borrow(client, args.borrow, pinned)
         session = client.start()
+        phase[0] = ""
     except ConfigError as e:
         if not e.message.startswith("the CA file "):
             return _fail(e)
@@ -274,7 +283,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _fail(e)
     except _Interrupted as e:
         return 128 + e.signum
-    starting[0] = False
     session.on_lost(lambda reason, device_name: done.set())
 
     info = session.info
