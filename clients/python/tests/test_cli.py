@@ -281,3 +281,40 @@ def test_a_sigterm_while_starting_ends_the_session(server, key):
     finally:
         p.kill()
         proxy.close()
+
+
+def test_a_second_signal_while_starting_gives_up_at_once(key):
+    # A server that never answers must not hold Ctrl-C hostage: the first
+    # signal waits for the start, a second one gives up at once with
+    # 128 + its number (Python only; the Rust client waits for the start).
+    proxy = socket.socket()
+    proxy.bind(("127.0.0.1", 0))
+    proxy.listen(8)
+    held: List[socket.socket] = []
+    accepted = threading.Event()
+
+    def serve() -> None:
+        while True:
+            try:
+                device, _ = proxy.accept()
+            except OSError:
+                return
+            held.append(device)
+            accepted.set()
+
+    threading.Thread(target=serve, daemon=True).start()
+    p = Proc(f"http://127.0.0.1:{proxy.getsockname()[1]}", key, "hung")
+    try:
+        assert accepted.wait(10), "the start connected"
+        time.sleep(0.2)
+        p.p.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert p.p.poll() is None, "a first signal waits for the start"
+        p.p.send_signal(signal.SIGTERM)
+        assert p.wait_exit(3) == 128 + signal.SIGTERM, p.text()
+        assert "ended by user" not in p.out
+    finally:
+        p.kill()
+        proxy.close()
+        for s in held:
+            s.close()
