@@ -225,3 +225,96 @@ def test_the_cli_exit_codes_are_the_documented_ones(server, key):
     assert typo.wait_exit() == table["KEY_REFUSED"], typo.text()
     nowhere = Proc(f"http://127.0.0.1:{closed_port()}", key, "nowhere")
     assert nowhere.wait_exit(10) == table["UNREACHABLE"], nowhere.text()
+
+
+def test_a_sigterm_while_starting_ends_the_session(server, key):
+    # Like tests/client.rs `a_sigterm_while_starting_ends_the_session`: a
+    # proxy holds the start's connection until the signal has been sent, so
+    # the signal comes while the session is still starting. The start is
+    # finished, then the session it got is ended: the seat is free at once.
+    upstream = ("127.0.0.1", int(server.url.rsplit(":", 1)[1]))
+    proxy = socket.socket()
+    proxy.bind(("127.0.0.1", 0))
+    proxy.listen(8)
+    url = f"http://127.0.0.1:{proxy.getsockname()[1]}"
+    accepted = threading.Event()
+    release = threading.Event()
+
+    def pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            try:
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def serve() -> None:
+        while True:
+            try:
+                device, _ = proxy.accept()
+            except OSError:
+                return
+            accepted.set()
+            release.wait()
+            up = socket.create_connection(upstream)
+            threading.Thread(target=pipe, args=(device, up), daemon=True).start()
+            threading.Thread(target=pipe, args=(up, device), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    p = Proc(url, key, "starting")
+    try:
+        assert accepted.wait(10), "the start connected"
+        time.sleep(0.2)  # the request is sent and waiting for its answer
+        p.p.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        release.set()
+        assert p.wait_exit(10) == 0, p.text()
+        assert "ended by user" in p.out, p.text()
+        assert server.live_sessions(key) == [], "the seat is free at once"
+    finally:
+        p.kill()
+        proxy.close()
+
+
+def test_a_second_signal_while_starting_gives_up_at_once(key):
+    # A server that never answers must not hold Ctrl-C hostage: the first
+    # signal waits for the start, a second one gives up at once with
+    # 128 + its number (Python only; the Rust client waits for the start).
+    proxy = socket.socket()
+    proxy.bind(("127.0.0.1", 0))
+    proxy.listen(8)
+    held: List[socket.socket] = []
+    accepted = threading.Event()
+
+    def serve() -> None:
+        while True:
+            try:
+                device, _ = proxy.accept()
+            except OSError:
+                return
+            held.append(device)
+            accepted.set()
+
+    threading.Thread(target=serve, daemon=True).start()
+    p = Proc(f"http://127.0.0.1:{proxy.getsockname()[1]}", key, "hung")
+    try:
+        assert accepted.wait(10), "the start connected"
+        time.sleep(0.2)
+        p.p.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert p.p.poll() is None, "a first signal waits for the start"
+        p.p.send_signal(signal.SIGTERM)
+        assert p.wait_exit(3) == 128 + signal.SIGTERM, p.text()
+        assert "ended by user" not in p.out
+    finally:
+        p.kill()
+        proxy.close()
+        for s in held:
+            s.close()

@@ -330,6 +330,25 @@ def test_the_cli_exits_9_for_an_impostor(server, key, public_key, impostor):
     assert bad.returncode == 2 and "--public-key" in bad.stderr
 
 
+def test_the_cli_gives_a_borrow_back_when_its_answer_is_not_trusted(server, public_key, impostor):
+    # Like `keyseat client --borrow`: the real server took the seat before
+    # the answer was forged on the way; a borrowed seat is never superseded,
+    # so it is given back rather than left locked for hours.
+    borrow_key = server.key(label="untrusted borrow", max_borrow_hours=24)
+    impostor.mode = "flip"
+    out = subprocess.run(
+        [sys.executable, "-m", "keyseat_client", "--server", impostor.url, "--key", borrow_key,
+         "--public-key", public_key, "--borrow", "2"],
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 9, (out.stdout, out.stderr)
+    assert "not trusted" in out.stderr, out.stderr
+    assert server.live_sessions(borrow_key) == [], "the borrowed seat was given back"
+
+
 # -- independent verifiers -------------------------------------------------------
 
 

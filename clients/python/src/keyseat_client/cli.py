@@ -4,7 +4,11 @@ Rust ``keyseat client`` (same lines, same exit codes).
 Exit codes:
 
 == ==========================================================================
-0  ended by the user (Ctrl-C or SIGTERM); the session was ended
+0  ended by the user (Ctrl-C or SIGTERM); the session was ended. A first
+   signal while the session is still starting lets the start finish and then
+   ends the session it got (the seat is free at once); a second one gives up
+   at once with 128 + the signal's number, so a hung server cannot hold
+   Ctrl-C hostage
 1  something else went wrong (bad URL, unexpected answer)
 3  another device started with the same key and took the seat
 4  the server expired the session (missed heartbeats)
@@ -23,7 +27,8 @@ Exit codes:
 heartbeating: it prints the session, ``borrowed_until`` and the lease token
 (checked offline with ``--public-key`` when given) and exits 0 at once,
 leaving the seat borrowed (no heartbeat loop; give it back early with
-``/api/session/end`` or an admin kick).
+``/api/session/end`` or an admin kick). If the answer or the lease token
+is not trusted (exit 9), the seat is given back, as by the Rust client.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import os
 import signal
 import sys
 import threading
+import uuid
 from typing import List, Optional
 
 from .errors import (
@@ -239,13 +245,17 @@ def main(argv: Optional[List[str]] = None) -> int:
             return USAGE
     done = threading.Event()
     by_user = threading.Event()
-    starting = [True]
+    # "start" while the session starts, "borrow" during --borrow, "" after.
+    phase = ["borrow" if args.borrow is not None else "start"]
 
     def on_signal(signum: int, frame: object) -> None:
-        if starting[0]:
-            # Still starting: give up at once (a hung server must not hold
-            # Ctrl-C for several timeouts).
+        if phase[0] == "borrow" or (phase[0] == "start" and by_user.is_set()):
+            # A borrow, or a second signal while starting: give up at once
+            # (a hung server must not hold Ctrl-C for several timeouts).
             raise _Interrupted(signum)
+        # Like the Rust client: a first signal while starting lets the start
+        # finish, and the session it got is then ended (exit 0) instead of
+        # leaving the seat taken until its lease runs out.
         by_user.set()
         done.set()
 
@@ -265,6 +275,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.borrow is not None:
             return _borrow(client, args.borrow, pinned)
         session = client.start()
+        phase[0] = ""
     except ConfigError as e:
         if not e.message.startswith("the CA file "):
             return _fail(e)
@@ -274,7 +285,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _fail(e)
     except _Interrupted as e:
         return 128 + e.signum
-    starting[0] = False
     session.on_lost(lambda reason, device_name: done.set())
 
     info = session.info
@@ -313,15 +323,27 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _borrow(client: Client, hours: int, pinned: object) -> int:
     """``--borrow HOURS``: one borrow, its token shown (and checked offline
     against the pinned key), the seat left borrowed; the same lines as the
-    Rust ``keyseat client --borrow``."""
+    Rust ``keyseat client --borrow``.
+
+    As in Rust, a borrow whose answer or lease token is not trusted (or
+    whose answer was lost) is given back: the real server may have taken
+    the seat before the answer was forged or lost on the way, and a borrowed
+    seat is never superseded, so it would otherwise stay locked for hours
+    (harmless if nothing was taken)."""
+    sid = str(uuid.uuid4())
     try:
-        borrowed = client.borrow(hours)
+        borrowed = client.borrow(hours, session_id=sid)
     except (BorrowNotAllowed, InvalidRequest) as e:
         _print_error(f"keyseat: cannot borrow a seat: {e}")
         return BORROW_REFUSED
     except InvalidLeaseToken as e:
-        _print_error(f"keyseat: the lease token is not trusted: {e}")
+        _print_error(f"keyseat: the lease token is not trusted: {e}; the seat is given back")
+        _give_back(client, sid)
         return UNTRUSTED
+    except (UntrustedAnswer, ServerUnreachable) as e:
+        code = _fail(e)
+        _give_back(client, sid)
+        return code
     except KeyseatError as e:
         return _fail(e)
     _print_line(
@@ -335,13 +357,23 @@ def _borrow(client: Client, hours: int, pinned: object) -> int:
         try:
             claims = verify_lease_token(borrowed.lease_token, pinned)  # type: ignore[arg-type]
         except InvalidLeaseToken as e:
-            _print_error(f"keyseat: the lease token is not trusted: {e}")
+            _print_error(f"keyseat: the lease token is not trusted: {e}; the seat is given back")
+            _give_back(client, borrowed.session_id)
             return UNTRUSTED
         _print_line(
             f"lease token verified offline: session {claims.sub}, key "
             f"{claims.key_prefix}, until {borrowed.borrowed_until}"
         )
     return ENDED_BY_USER
+
+
+def _give_back(client: Client, session_id: str) -> None:
+    """Ends the borrowed session ``session_id`` (``/api/session/end``),
+    ignoring any failure: like ``Borrowed.give_back`` without the answer."""
+    try:
+        client._api.end(client._access_key, session_id)
+    except KeyseatError:
+        pass
 
 
 def main_exit() -> None:
